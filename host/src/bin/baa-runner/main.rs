@@ -1,0 +1,177 @@
+//! The `baa-runner` command line: run or prepare a step from a request file,
+//! and list the worker kinds found.
+//!
+//! Exit codes: 0 the step completed (or was prepared), 1 it failed, 2 it is
+//! blocked and needs a person, 3 the input (request, config, plugin
+//! directory, arguments) is invalid, 4 the host itself failed.
+
+mod render;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use baa_runner::contracts::{StepExecutionOutcome, StepExecutionRequest, StepExecutionResult};
+use baa_runner::{Error, Runner, RunnerConfig};
+use clap::{Parser, Subcommand};
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_BLOCKED: u8 = 2;
+const EXIT_INVALID_INPUT: u8 = 3;
+const EXIT_HOST_ERROR: u8 = 4;
+
+#[derive(Parser)]
+#[command(name = "baa-runner", version, about = "Run coding-agent steps inside a WebAssembly sandbox")]
+struct Cli {
+    /// Operator config file (TOML): plugin directories, grants per kind, limits.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Add a directory of third-party `<kind>.wasm` worker kinds (repeatable).
+    #[arg(long = "plugins-dir", global = true, value_name = "DIR")]
+    plugins_dirs: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prepare and execute a step; show live progress, then a summary.
+    Run {
+        /// Print exactly the StepExecutionResult JSON on stdout (progress goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Do not show live progress.
+        #[arg(long, short)]
+        quiet: bool,
+        /// The StepExecutionRequest JSON file (`-` for stdin).
+        request: PathBuf,
+    },
+    /// Only prepare a step: create its run directory, metadata, state and logs.
+    Prepare {
+        /// Print exactly the StepExecutionResult JSON (outcome `prepared`).
+        #[arg(long)]
+        json: bool,
+        request: PathBuf,
+    },
+    /// List the worker kinds found: name, version, requested capabilities, file.
+    Kinds {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_INVALID_INPUT } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BAA_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let invalid = e.downcast_ref::<Error>().is_some_and(Error::is_invalid_input)
+                || e.downcast_ref::<InvalidInput>().is_some();
+            eprintln!("baa-runner: error: {e:#}");
+            ExitCode::from(if invalid { EXIT_INVALID_INPUT } else { EXIT_HOST_ERROR })
+        }
+    }
+}
+
+/// An input problem found by the CLI itself (unreadable or malformed file).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct InvalidInput(String);
+
+fn read_request(path: &Path) -> anyhow::Result<StepExecutionRequest> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| InvalidInput(format!("cannot read the request from stdin: {e}")))?
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| InvalidInput(format!("cannot read request file {}: {e}", path.display())))?
+    };
+    let request = serde_json::from_str(&text).map_err(|e| {
+        InvalidInput(format!(
+            "request file {} is not a valid StepExecutionRequest: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(request)
+}
+
+fn runner(cli: &Cli) -> anyhow::Result<Runner> {
+    let mut config = match &cli.config {
+        Some(path) => RunnerConfig::from_file(path)?,
+        None => RunnerConfig::default(),
+    };
+    config.plugin_dirs.extend(cli.plugins_dirs.iter().cloned());
+    Ok(Runner::new(config)?)
+}
+
+fn exit_code(result: &StepExecutionResult) -> u8 {
+    match result.outcome {
+        StepExecutionOutcome::Completed | StepExecutionOutcome::Prepared => 0,
+        StepExecutionOutcome::Failed => EXIT_FAILED,
+        StepExecutionOutcome::Blocked => EXIT_BLOCKED,
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<u8> {
+    let runner = runner(&cli)?;
+    match &cli.command {
+        Command::Run { json, quiet, request } => {
+            let request = read_request(request)?;
+            let observer = (!quiet).then(|| render::live_observer(*json));
+            let tokio = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let result = tokio.block_on(runner.run(request, observer))?;
+            if *json {
+                print_json(&result)?;
+            } else {
+                render::summary(&result);
+            }
+            Ok(exit_code(&result))
+        }
+        Command::Prepare { json, request } => {
+            let request = read_request(request)?;
+            let prepared = runner.prepare(request, None)?;
+            let result = runner.finish_prepared(prepared)?;
+            if *json {
+                print_json(&result)?;
+            } else {
+                println!("prepared {}", result.log_paths.run_dir);
+            }
+            Ok(0)
+        }
+        Command::Kinds { json } => {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let kinds = tokio.block_on(runner.list_kinds());
+            if *json {
+                print_json(&kinds)?;
+            } else {
+                render::kinds(&kinds);
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! How the CLI shows a step to a person: live events and output as they
+//! happen, then a readable summary. Control characters from workers are
+//! shown escaped, never sent raw to the terminal.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use baa_runner::contracts::{EventLevel, StepExecutionOutcome, StepExecutionResult};
+use baa_runner::logs::{LiveUpdate, Observer, Stream};
+use baa_runner::run::KindInfo;
+
+/// Replace terminal control characters (escape sequences, carriage returns,
+/// bells, …) with visible escapes; keep newlines and tabs.
+pub fn sanitize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push_str(&c.escape_default().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An observer printing events and output live: to stdout, or to stderr
+/// when stdout is reserved for JSON.
+pub fn live_observer(to_stderr: bool) -> Observer {
+    Arc::new(move |update: LiveUpdate<'_>| {
+        let mut out: Box<dyn Write> = if to_stderr {
+            Box::new(std::io::stderr().lock())
+        } else {
+            Box::new(std::io::stdout().lock())
+        };
+        let _ = match update {
+            LiveUpdate::Event(entry) => {
+                let marker = match entry.level {
+                    EventLevel::Error => "✗",
+                    EventLevel::Warn => "!",
+                    _ => "▸",
+                };
+                let time = entry.timestamp.get(11..23).unwrap_or(&entry.timestamp);
+                writeln!(out, "{marker} {time} {:<20} {}", entry.event, sanitize(entry.message.lines().next().unwrap_or("")))
+            }
+            LiveUpdate::Output(stream, bytes) => {
+                let text = sanitize(&String::from_utf8_lossy(bytes));
+                match stream {
+                    Stream::Stdout => write!(out, "{text}"),
+                    Stream::Stderr => write!(out, "{}", text.lines().map(|l| format!("  stderr| {l}\n")).collect::<String>()),
+                }
+            }
+        };
+        let _ = out.flush();
+    })
+}
+
+/// The closing summary of a run.
+pub fn summary(result: &StepExecutionResult) {
+    let verdict = match result.outcome {
+        StepExecutionOutcome::Completed => "COMPLETED",
+        StepExecutionOutcome::Failed => "FAILED",
+        StepExecutionOutcome::Blocked => "BLOCKED (needs a person)",
+        StepExecutionOutcome::Prepared => "PREPARED",
+    };
+    println!();
+    println!("── {} · {} · {} ──", result.worker_kind, result.step_id, verdict);
+    println!("{}", sanitize(&result.summary));
+    if let Some(code) = result.state.exit_code {
+        println!("exit code: {code}");
+    }
+    if let Some(failure) = &result.state.failure {
+        println!("reason: {}", serde_json::to_value(failure.reason).map(|v| v.as_str().unwrap_or("").to_string()).unwrap_or_default());
+    }
+    println!(
+        "took {} ms · {} events · {} stdout / {} stderr chunks · {} checkpoint(s)",
+        result.metrics.duration_ms,
+        result.metrics.lifecycle_event_count,
+        result.metrics.stdout_chunk_count,
+        result.metrics.stderr_chunk_count,
+        result.metrics.checkpoint_count
+    );
+    for artifact in result.artifacts.iter().filter(|a| a.kind == baa_runner::contracts::StepArtifactKind::Artifact) {
+        println!("artifact {}: {}", artifact.name, artifact.path);
+    }
+    for followup in &result.suggested_followup {
+        println!("suggested next: {} ({}): {}", followup.step_name, followup.step_kind, sanitize(&followup.reason));
+    }
+    println!("run directory: {}", result.log_paths.run_dir);
+}
+
+/// The worker kinds table.
+pub fn kinds(kinds: &[KindInfo]) {
+    for kind in kinds {
+        match &kind.error {
+            None => {
+                println!("{} {} — {}", kind.name, kind.version, sanitize(&kind.description));
+                println!(
+                    "    programs: [{}] · env: [{}] · network: {}",
+                    kind.capabilities.programs.join(", "),
+                    kind.capabilities.env.join(", "),
+                    kind.capabilities.network
+                );
+            }
+            Some(error) => println!("{} — cannot be loaded: {}", kind.name, sanitize(error)),
+        }
+        println!("    file: {}{}", kind.source, if kind.shadowed { " (shadowed by an earlier kind of the same name)" } else { "" });
+    }
+}

@@ -1,0 +1,288 @@
+//! The one place that launches subprocesses for workers: policy check, cwd
+//! inside the worktree, scrubbed environment, timeout, output cap, output
+//! streamed into the run logs and back to the worker, and the whole process
+//! group killed when the process or the step ends.
+
+pub mod policy;
+mod process;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+pub use policy::ExecPolicy;
+pub use process::ProcessHandle;
+
+use crate::contracts::{EventLevel, EventSource};
+use crate::logs::LogSession;
+use crate::sandbox::bindings::baa::worker::subprocess::{Command, SpawnError};
+
+/// Process groups of a step that may still have members.
+#[derive(Debug, Default, Clone)]
+pub struct LiveGroups(Arc<Mutex<HashSet<i32>>>);
+
+impl LiveGroups {
+    fn insert(&self, pgid: i32) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
+    }
+
+    fn remove(&self, pgid: i32) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&pgid);
+    }
+
+    /// SIGKILL every group still registered; returns how many.
+    pub fn kill_all(&self) -> usize {
+        let groups: Vec<i32> = self.0.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for pgid in &groups {
+            kill_group(*pgid);
+        }
+        groups.len()
+    }
+}
+
+/// Send SIGKILL to process group `pgid`.
+pub(crate) fn kill_group(pgid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+        // ESRCH (already gone) is fine.
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// The subprocess capability of one step.
+pub struct Subprocesses {
+    policy: ExecPolicy,
+    worktree: PathBuf,
+    base_env: BTreeMap<String, String>,
+    deadline: Instant,
+    output_cap: u64,
+    logs: Arc<LogSession>,
+    live: LiveGroups,
+    denials: Vec<String>,
+    spawned: u64,
+}
+
+impl Subprocesses {
+    /// `worktree` must be canonical. `base_env` is the complete environment
+    /// every child starts from (nothing of the host's own is added).
+    pub fn new(
+        policy: ExecPolicy,
+        worktree: PathBuf,
+        base_env: BTreeMap<String, String>,
+        deadline: Instant,
+        output_cap: u64,
+        logs: Arc<LogSession>,
+    ) -> Self {
+        Subprocesses {
+            policy,
+            worktree,
+            base_env,
+            deadline,
+            output_cap,
+            logs,
+            live: LiveGroups::default(),
+            denials: Vec::new(),
+            spawned: 0,
+        }
+    }
+
+    /// Replace the policy (the kind's grants are known once it described itself).
+    pub fn set_policy(&mut self, policy: ExecPolicy) {
+        self.policy = policy;
+    }
+
+    /// The groups to kill when the step ends.
+    pub fn live_groups(&self) -> LiveGroups {
+        self.live.clone()
+    }
+
+    /// Every denial of this step, in order.
+    pub fn denials(&self) -> &[String] {
+        &self.denials
+    }
+
+    pub fn spawned(&self) -> u64 {
+        self.spawned
+    }
+
+    fn deny(&mut self, cmd: &Command, why: String) -> SpawnError {
+        self.logs.event(
+            EventSource::Host,
+            EventLevel::Warn,
+            "subprocess.denied",
+            format!("denied `{}`: {why}", cmd.program),
+            Some(json!({ "program": cmd.program, "args": cmd.args, "reason": why })),
+        );
+        self.denials.push(why.clone());
+        SpawnError::Denied(why)
+    }
+
+    /// Check `cmd` against the policy and start it.
+    pub fn spawn(&mut self, cmd: Command) -> Result<ProcessHandle, SpawnError> {
+        let allowed = match self.policy.check(&cmd.program, &cmd.args, &cmd.env) {
+            Ok(allowed) => allowed,
+            Err(why) => return Err(self.deny(&cmd, why)),
+        };
+        let cwd = match resolve_cwd(&self.worktree, cmd.cwd.as_deref()) {
+            Ok(cwd) => cwd,
+            Err(why) => {
+                self.logs.event(
+                    EventSource::Host,
+                    EventLevel::Warn,
+                    "subprocess.denied",
+                    format!("denied `{}`: {why}", cmd.program),
+                    Some(json!({ "program": cmd.program, "cwd": cmd.cwd, "reason": why })),
+                );
+                self.denials.push(why.clone());
+                return Err(SpawnError::InvalidCwd(why));
+            }
+        };
+        let now = Instant::now();
+        let deadline = match cmd.timeout_ms {
+            Some(ms) => self.deadline.min(now + Duration::from_millis(ms)),
+            None => self.deadline,
+        };
+        if deadline <= now {
+            return Err(SpawnError::Denied(
+                "the step's time is up: no new subprocess may start".into(),
+            ));
+        }
+
+        let mut env = self.base_env.clone();
+        env.extend(cmd.env.iter().cloned());
+        let mut child = tokio::process::Command::new(&allowed.path);
+        child
+            .args(&cmd.args)
+            .current_dir(&cwd)
+            .env_clear()
+            .envs(&env)
+            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = child.spawn().map_err(|e| {
+            let why = format!("{}: {e}", allowed.path.display());
+            self.logs.event(
+                EventSource::Host,
+                EventLevel::Error,
+                "subprocess.failed",
+                format!("could not start `{}`: {e}", cmd.program),
+                None,
+            );
+            SpawnError::Io(why)
+        })?;
+        let pid = child.id().unwrap_or(0);
+        self.spawned += 1;
+        self.live.insert(pid as i32);
+        self.logs.event(
+            EventSource::Host,
+            EventLevel::Info,
+            "subprocess.started",
+            format!("started `{}` (pid {pid})", display_command(&allowed.path, &cmd.args)),
+            Some(json!({
+                "pid": pid,
+                "program": allowed.path.display().to_string(),
+                "args": cmd.args,
+                "cwd": cwd.display().to_string(),
+                "envNames": env.keys().collect::<Vec<_>>(),
+            })),
+        );
+        Ok(process::start(
+            child,
+            cmd.stdin,
+            process::Limits {
+                deadline,
+                step_deadline: self.deadline,
+                output_cap: self.output_cap,
+            },
+            self.logs.clone(),
+            self.live.clone(),
+        ))
+    }
+}
+
+fn display_command(program: &Path, args: &[String]) -> String {
+    let mut out = program.display().to_string();
+    for arg in args {
+        out.push(' ');
+        if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+            out.push_str(&format!("{arg:?}"));
+        } else {
+            out.push_str(arg);
+        }
+    }
+    out
+}
+
+/// Resolve a worker-given cwd (relative to the worktree) to a directory that
+/// is inside the worktree after following symlinks.
+fn resolve_cwd(worktree: &Path, cwd: Option<&str>) -> Result<PathBuf, String> {
+    let Some(rel) = cwd.filter(|c| !c.is_empty() && *c != ".") else {
+        return Ok(worktree.to_path_buf());
+    };
+    let rel_path = Path::new(rel);
+    if rel.contains('\0') {
+        return Err("cwd contains a NUL byte".into());
+    }
+    if rel_path.is_absolute() || rel_path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("cwd `{rel}` must be a relative path inside the worktree, without `..`"));
+    }
+    let resolved = worktree
+        .join(rel_path)
+        .canonicalize()
+        .map_err(|e| format!("cwd `{rel}`: {e}"))?;
+    if !resolved.starts_with(worktree) {
+        return Err(format!("cwd `{rel}` resolves outside the worktree"));
+    }
+    if !resolved.is_dir() {
+        return Err(format!("cwd `{rel}` is not a directory"));
+    }
+    Ok(resolved)
+}
+
+mod host {
+    //! The `subprocess` WIT interface, implemented on the step's store data.
+    use wasmtime::component::Resource;
+
+    use super::ProcessHandle;
+    use crate::sandbox::bindings::baa::worker::subprocess::{Command, Host, HostProcess, Output, SpawnError};
+    use crate::sandbox::state::StepState;
+
+    impl Host for StepState {
+        async fn spawn(
+            &mut self,
+            cmd: Command,
+        ) -> wasmtime::Result<Result<Resource<ProcessHandle>, SpawnError>> {
+            match self.host.subprocesses.spawn(cmd) {
+                Ok(handle) => Ok(Ok(self.table.push(handle)?)),
+                Err(e) => Ok(Err(e)),
+            }
+        }
+    }
+
+    impl HostProcess for StepState {
+        async fn pid(&mut self, process: Resource<ProcessHandle>) -> wasmtime::Result<u32> {
+            Ok(self.table.get(&process)?.pid())
+        }
+
+        async fn next(&mut self, process: Resource<ProcessHandle>) -> wasmtime::Result<Output> {
+            Ok(self.table.get_mut(&process)?.next().await)
+        }
+
+        async fn kill(&mut self, process: Resource<ProcessHandle>) -> wasmtime::Result<()> {
+            self.table.get(&process)?.kill();
+            Ok(())
+        }
+
+        async fn drop(&mut self, process: Resource<ProcessHandle>) -> wasmtime::Result<()> {
+            // Dropping the handle kills the group if it is still running.
+            self.table.delete(process)?;
+            Ok(())
+        }
+    }
+}

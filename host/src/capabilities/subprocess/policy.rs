@@ -1,0 +1,210 @@
+//! The subprocess policy of one worker kind: which programs (resolved to
+//! absolute paths when the policy loads), which arguments and which
+//! environment variables. Deny by default.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::KindGrant;
+
+/// Directories where program names are resolved. The host's own `PATH` is
+/// never consulted, and neither is anything inside a worktree.
+pub const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
+
+/// The `PATH` given to subprocesses.
+pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Variables that change how programs load or configure themselves; never
+/// passed to a subprocess, whoever asks.
+const NEVER_PASSED: &[&str] = &[
+    "LD_", "DYLD_", "BASH_ENV", "ENV", "PS4", "SHELLOPTS", "BASHOPTS", "IFS", "PATH", "HOME",
+    "GIT_CONFIG", "GIT_EXEC_PATH", "GIT_SSH", "GIT_ASKPASS", "GIT_PAGER", "GIT_EDITOR",
+    "GIT_EXTERNAL_DIFF", "GIT_DIR", "GIT_WORK_TREE", "GIT_PROXY_COMMAND", "NODE_OPTIONS",
+    "PYTHONSTARTUP", "PERL5OPT",
+];
+
+/// Arguments refused for a program (by its file name), because they make it
+/// run other programs or read configuration from elsewhere. Matched exactly
+/// or as `<option>=<value>`.
+const REFUSED_ARGS: &[(&str, &[&str])] = &[(
+    "git",
+    &[
+        "-c",
+        "--config-env",
+        "--exec-path",
+        "--upload-pack",
+        "--receive-pack",
+        "-C",
+        "--git-dir",
+        "--work-tree",
+        "--namespace",
+        "--ext-diff",
+    ],
+)];
+
+/// Whether `name` is a variable a subprocess may never receive.
+pub fn is_never_passed(name: &str) -> bool {
+    NEVER_PASSED
+        .iter()
+        .any(|p| name == *p || (p.ends_with('_') && name.starts_with(p)) || name.starts_with("GIT_CONFIG"))
+}
+
+/// Whether `name` is a well-formed environment variable name.
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The subprocess policy of one kind for one run.
+#[derive(Debug, Clone, Default)]
+pub struct ExecPolicy {
+    /// Program name → absolute path.
+    programs: BTreeMap<String, PathBuf>,
+    /// Programs granted but not found on this machine, with the reason.
+    missing: BTreeMap<String, String>,
+    env: Vec<String>,
+    network: bool,
+}
+
+/// A command the policy allowed, with its program resolved.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub path: PathBuf,
+}
+
+impl ExecPolicy {
+    /// The policy for a kind that requested `requested` and was granted
+    /// `granted`: only what both name.
+    pub fn intersect(requested: &KindGrant, granted: &KindGrant) -> Self {
+        let mut policy = ExecPolicy {
+            network: requested.network && granted.network,
+            ..Default::default()
+        };
+        for program in &requested.programs {
+            // A grant names the program, or gives the absolute path of a
+            // program with that file name.
+            let Some(grant) = granted.programs.iter().find(|g| {
+                *g == program
+                    || (Path::new(g).is_absolute()
+                        && Path::new(g).file_name().and_then(|n| n.to_str()) == Some(program))
+            }) else {
+                continue;
+            };
+            match resolve_program(grant) {
+                Ok(path) => {
+                    policy.programs.insert(program.clone(), path);
+                }
+                Err(why) => {
+                    policy.missing.insert(program.clone(), why);
+                }
+            }
+        }
+        policy.env = requested
+            .env
+            .iter()
+            .filter(|name| granted.env.contains(name) && !is_never_passed(name))
+            .cloned()
+            .collect();
+        policy
+    }
+
+    /// Program names this policy allows, with their resolved paths.
+    pub fn programs(&self) -> &BTreeMap<String, PathBuf> {
+        &self.programs
+    }
+
+    pub fn env_names(&self) -> &[String] {
+        &self.env
+    }
+
+    pub fn network(&self) -> bool {
+        self.network
+    }
+
+    /// Check a program, its arguments and its extra environment.
+    pub fn check(&self, program: &str, args: &[String], env: &[(String, String)]) -> Result<Allowed, String> {
+        let path = if program.contains('/') {
+            let candidate = Path::new(program);
+            self.programs
+                .values()
+                .find(|p| p.as_path() == candidate)
+                .cloned()
+                .ok_or_else(|| {
+                    format!("program `{program}` is not allowed for this worker kind (allowed: {})", self.allowed_list())
+                })?
+        } else if let Some(path) = self.programs.get(program) {
+            path.clone()
+        } else if let Some(why) = self.missing.get(program) {
+            return Err(format!("program `{program}` is granted but cannot be used: {why}"));
+        } else {
+            return Err(format!(
+                "program `{program}` is not allowed for this worker kind (allowed: {}); the operator can grant it under [kinds.<kind>] programs in the config file",
+                self.allowed_list()
+            ));
+        };
+        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        for (name, refused) in REFUSED_ARGS {
+            if *name != file_name {
+                continue;
+            }
+            for arg in args {
+                let option = arg.split('=').next().unwrap_or(arg);
+                if refused.contains(&option) {
+                    return Err(format!(
+                        "argument `{option}` of `{name}` is refused: it can make `{name}` run other programs or read other configuration"
+                    ));
+                }
+            }
+        }
+        for (name, _) in env {
+            if !is_env_name(name) {
+                return Err(format!("environment variable name `{name}` is malformed"));
+            }
+            if is_never_passed(name) {
+                return Err(format!("environment variable `{name}` is never passed to subprocesses"));
+            }
+            if !self.env.iter().any(|allowed| allowed == name) {
+                return Err(format!(
+                    "environment variable `{name}` is not allowed for this worker kind (allowed: {})",
+                    if self.env.is_empty() { "none".to_string() } else { self.env.join(", ") }
+                ));
+            }
+        }
+        Ok(Allowed { path })
+    }
+
+    fn allowed_list(&self) -> String {
+        if self.programs.is_empty() {
+            "none".to_string()
+        } else {
+            self.programs.keys().cloned().collect::<Vec<_>>().join(", ")
+        }
+    }
+}
+
+/// Resolve a granted program to an absolute path of an executable file.
+pub fn resolve_program(program: &str) -> Result<PathBuf, String> {
+    let is_executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        let path = Path::new(program);
+        if !path.is_absolute() {
+            return Err(format!("`{program}` must be a name or an absolute path"));
+        }
+        return if is_executable(path) {
+            Ok(path.to_path_buf())
+        } else {
+            Err(format!("`{program}` is not an executable file"))
+        };
+    }
+    SYSTEM_PATH
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| format!("`{program}` was not found in {}", SYSTEM_PATH.join(":")))
+}

@@ -1,0 +1,199 @@
+//! A running child: one task pumps its stdout/stderr into the run logs and a
+//! channel the worker reads, enforces its deadline and output cap, and kills
+//! its process group once the child exits or is killed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{kill_group, LiveGroups};
+use crate::contracts::{EventLevel, EventSource};
+use crate::logs::{LogSession, Stream};
+use crate::sandbox::bindings::baa::worker::subprocess::{ExitStatus, Output};
+
+/// How long output is still drained after the child exited and its group
+/// was killed (descendants that left the group may hold the pipes).
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+const READ_CHUNK: usize = 64 * 1024;
+
+pub(super) struct Limits {
+    /// When this process is killed.
+    pub deadline: Instant,
+    /// The step's own deadline (to tell a process timeout from a step timeout).
+    pub step_deadline: Instant,
+    pub output_cap: u64,
+}
+
+/// The host side of a worker's `process` resource.
+pub struct ProcessHandle {
+    pid: u32,
+    rx: mpsc::UnboundedReceiver<Output>,
+    exited: Option<ExitStatus>,
+}
+
+impl ProcessHandle {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The next chunk, or the exit once all output was delivered.
+    pub async fn next(&mut self) -> Output {
+        if let Some(status) = &self.exited {
+            return Output::Exited(*status);
+        }
+        let output = self.rx.recv().await.unwrap_or(Output::Exited(ExitStatus {
+            code: None,
+            signal: None,
+            timed_out: false,
+            output_limit_exceeded: false,
+        }));
+        if let Output::Exited(status) = &output {
+            self.exited = Some(*status);
+        }
+        output
+    }
+
+    /// Kill the process group (no-op once it has exited).
+    pub fn kill(&self) {
+        if self.exited.is_none() && self.pid != 0 {
+            kill_group(self.pid as i32);
+        }
+    }
+}
+
+impl Drop for ProcessHandle {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub(super) fn start(
+    mut child: tokio::process::Child,
+    stdin: Option<Vec<u8>>,
+    limits: Limits,
+    logs: Arc<LogSession>,
+    live: LiveGroups,
+) -> ProcessHandle {
+    let pid = child.id().unwrap_or(0);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), stdin) {
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&bytes).await;
+        });
+    }
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let pgid = pid as i32;
+        let mut out_buf = vec![0u8; READ_CHUNK];
+        let mut err_buf = vec![0u8; READ_CHUNK];
+        let mut total: u64 = 0;
+        let mut status = None;
+        let mut timed_out = false;
+        let mut over_cap = false;
+        let mut drain_until: Option<Instant> = None;
+        let deadline = tokio::time::sleep_until(limits.deadline);
+        tokio::pin!(deadline);
+        loop {
+            if stdout.is_none() && stderr.is_none() && status.is_some() {
+                break;
+            }
+            let grace = async {
+                match drain_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = async { stdout.as_mut().unwrap().read(&mut out_buf).await }, if stdout.is_some() => {
+                    match read {
+                        Ok(n) if n > 0 => {
+                            total += n as u64;
+                            logs.output(Stream::Stdout, &out_buf[..n]);
+                            let _ = tx.send(Output::Stdout(out_buf[..n].to_vec()));
+                        }
+                        _ => stdout = None,
+                    }
+                }
+                read = async { stderr.as_mut().unwrap().read(&mut err_buf).await }, if stderr.is_some() => {
+                    match read {
+                        Ok(n) if n > 0 => {
+                            total += n as u64;
+                            logs.output(Stream::Stderr, &err_buf[..n]);
+                            let _ = tx.send(Output::Stderr(err_buf[..n].to_vec()));
+                        }
+                        _ => stderr = None,
+                    }
+                }
+                exit = child.wait(), if status.is_none() => {
+                    status = Some(exit);
+                    // Whatever the child left running goes with it.
+                    kill_group(pgid);
+                    drain_until = Some(Instant::now() + DRAIN_GRACE);
+                }
+                _ = &mut deadline, if !timed_out && status.is_none() => {
+                    timed_out = true;
+                    kill_group(pgid);
+                }
+                _ = grace => {
+                    stdout = None;
+                    stderr = None;
+                }
+            }
+            if total > limits.output_cap && !over_cap {
+                over_cap = true;
+                kill_group(pgid);
+            }
+        }
+        live.remove(pgid);
+        let (code, signal) = match &status {
+            Some(Ok(s)) => {
+                use std::os::unix::process::ExitStatusExt;
+                (s.code(), s.signal())
+            }
+            _ => (None, None),
+        };
+        let exit = ExitStatus {
+            code,
+            signal,
+            timed_out,
+            output_limit_exceeded: over_cap,
+        };
+        let step_timeout = timed_out && limits.deadline >= limits.step_deadline;
+        let (level, how) = if timed_out {
+            (EventLevel::Warn, if step_timeout { "killed: the step timed out".to_string() } else { "killed: its timeout ran out".to_string() })
+        } else if over_cap {
+            (EventLevel::Warn, format!("killed: output exceeded {} bytes", limits.output_cap))
+        } else if let Some(code) = code {
+            (if code == 0 { EventLevel::Info } else { EventLevel::Warn }, format!("exited with code {code}"))
+        } else {
+            (EventLevel::Warn, format!("killed by signal {}", signal.unwrap_or(0)))
+        };
+        logs.event(
+            EventSource::Host,
+            level,
+            "subprocess.exited",
+            format!("pid {pid} {how}"),
+            Some(json!({
+                "pid": pid,
+                "exitCode": code,
+                "signal": signal,
+                "timedOut": timed_out,
+                "outputLimitExceeded": over_cap,
+                "outputBytes": total,
+                "durationMs": started.elapsed().as_millis() as u64,
+            })),
+        );
+        let _ = tx.send(Output::Exited(exit));
+    });
+    ProcessHandle {
+        pid,
+        rx,
+        exited: None,
+    }
+}

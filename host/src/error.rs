@@ -1,0 +1,51 @@
+//! The library's error type. Expected step failures are not errors: they are
+//! outcomes in the `StepExecutionResult`. Errors are bad input (the request,
+//! the config, a plugin file) and host failures.
+
+use crate::config::ConfigError;
+use crate::plugins::PluginError;
+
+/// What went wrong before or around a step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; `field` names the offending field.
+    #[error("invalid request: `{field}`: {message}")]
+    InvalidRequest { field: String, message: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The run directory or one of its files could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The WebAssembly engine could not be set up.
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Whether the caller's input (request, config, plugin) is at fault.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, Error::InvalidRequest { .. } | Error::Config(_) | Error::Plugin(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,266 @@
+//! The log session of one attempt: lifecycle events as JSON lines, and every
+//! stdout/stderr chunk of the worker and its subprocesses, appended as it
+//! arrives, counted, and offered live to an observer.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::contracts::{
+    EventLevel, EventSource, LocalRunLogSession, LocalRunLogSummary, LogSessionStatus,
+    WorkerLifecycleLogEntry,
+};
+use crate::fsutil::now_rfc3339;
+
+/// How many trailing lines of each stream the summary keeps.
+pub const SUMMARY_TAIL_LINES: usize = 20;
+/// How many trailing bytes of each stream are kept in memory for tails.
+const TAIL_BYTES: usize = 64 * 1024;
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Something the log session just recorded, for live observers.
+#[derive(Debug)]
+pub enum LiveUpdate<'a> {
+    Event(&'a WorkerLifecycleLogEntry),
+    Output(Stream, &'a [u8]),
+}
+
+/// Receives every record as it is written (e.g. the CLI's live view).
+pub type Observer = Arc<dyn Fn(LiveUpdate<'_>) + Send + Sync>;
+
+struct StreamLog {
+    file: File,
+    chunks: u64,
+    bytes: u64,
+    tail: Vec<u8>,
+}
+
+impl StreamLog {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.chunks += 1;
+        self.bytes += bytes.len() as u64;
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > 2 * TAIL_BYTES {
+            let cut = self.tail.len() - TAIL_BYTES;
+            self.tail.drain(..cut);
+        }
+        Ok(())
+    }
+
+    fn tail_lines(&self, n: usize) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.tail);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    }
+}
+
+struct Inner {
+    lifecycle: File,
+    stdout: StreamLog,
+    stderr: StreamLog,
+    events: Vec<WorkerLifecycleLogEntry>,
+    session: LocalRunLogSession,
+    write_error: Option<String>,
+}
+
+/// The open log files of one attempt. Cheap to share: clone the `Arc`.
+pub struct LogSession {
+    inner: Mutex<Inner>,
+    observer: Option<Observer>,
+}
+
+fn open_new(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().append(true).create_new(true).open(path)
+}
+
+impl LogSession {
+    /// Create the three log files of `session` (they must not exist yet).
+    pub fn create(session: LocalRunLogSession, observer: Option<Observer>) -> std::io::Result<Self> {
+        let stream = |path: &str| -> std::io::Result<StreamLog> {
+            Ok(StreamLog {
+                file: open_new(Path::new(path))?,
+                chunks: 0,
+                bytes: 0,
+                tail: Vec::new(),
+            })
+        };
+        let inner = Inner {
+            lifecycle: open_new(Path::new(&session.lifecycle_log_path))?,
+            stdout: stream(&session.stdout_log_path)?,
+            stderr: stream(&session.stderr_log_path)?,
+            events: Vec::new(),
+            session,
+            write_error: None,
+        };
+        Ok(LogSession {
+            inner: Mutex::new(inner),
+            observer,
+        })
+    }
+
+    /// A session that records counts but writes to `/dev/null` (for calls
+    /// into a worker outside any step, such as `describe`).
+    pub fn discard() -> std::io::Result<Self> {
+        let null = || OpenOptions::new().append(true).open("/dev/null");
+        let stream = || -> std::io::Result<StreamLog> {
+            Ok(StreamLog { file: null()?, chunks: 0, bytes: 0, tail: Vec::new() })
+        };
+        let session = LocalRunLogSession {
+            session_id: "discard".into(),
+            run_dir: "/dev/null".into(),
+            started_at: now_rfc3339(),
+            closed_at: None,
+            status: LogSessionStatus::Open,
+            lifecycle_log_path: "/dev/null".into(),
+            stdout_log_path: "/dev/null".into(),
+            stderr_log_path: "/dev/null".into(),
+        };
+        Ok(LogSession {
+            inner: Mutex::new(Inner {
+                lifecycle: null()?,
+                stdout: stream()?,
+                stderr: stream()?,
+                events: Vec::new(),
+                session,
+                write_error: None,
+            }),
+            observer: None,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the files torn beyond one
+        // record; keep logging.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Append a lifecycle event and return it.
+    pub fn event(
+        &self,
+        source: EventSource,
+        level: EventLevel,
+        event: &str,
+        message: impl Into<String>,
+        data: Option<serde_json::Value>,
+    ) -> WorkerLifecycleLogEntry {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let entry = WorkerLifecycleLogEntry {
+            seq: inner.events.len() as u64 + 1,
+            timestamp: now_rfc3339(),
+            event: event.to_string(),
+            level,
+            source,
+            message: message.into(),
+            data,
+        };
+        match serde_json::to_vec(&entry) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                // One write per record: appends of a whole line are not
+                // interleaved with other writers of this file.
+                if let Err(e) = inner.lifecycle.write_all(&line) {
+                    inner.write_error.get_or_insert(format!(
+                        "{}: {e}",
+                        inner.session.lifecycle_log_path
+                    ));
+                }
+            }
+            Err(e) => tracing::error!("cannot serialize lifecycle event: {e}"),
+        }
+        inner.events.push(entry.clone());
+        drop(guard);
+        if let Some(observer) = &self.observer {
+            observer(LiveUpdate::Event(&entry));
+        }
+        entry
+    }
+
+    /// A host event at `info` level.
+    pub fn host_info(&self, event: &str, message: impl Into<String>, data: Option<serde_json::Value>) {
+        self.event(EventSource::Host, EventLevel::Info, event, message, data);
+    }
+
+    /// Append a chunk of output.
+    pub fn output(&self, stream: Stream, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let (log, path) = match stream {
+            Stream::Stdout => (&mut inner.stdout, &inner.session.stdout_log_path),
+            Stream::Stderr => (&mut inner.stderr, &inner.session.stderr_log_path),
+        };
+        if let Err(e) = log.append(bytes) {
+            inner.write_error.get_or_insert(format!("{path}: {e}"));
+        }
+        drop(guard);
+        if let Some(observer) = &self.observer {
+            observer(LiveUpdate::Output(stream, bytes));
+        }
+    }
+
+    /// The lifecycle events written so far.
+    pub fn events(&self) -> Vec<WorkerLifecycleLogEntry> {
+        self.lock().events.clone()
+    }
+
+    pub fn event_count(&self) -> u64 {
+        self.lock().events.len() as u64
+    }
+
+    /// The last `n` lines of both streams, stdout first.
+    pub fn tail_lines(&self, n: usize) -> (Vec<String>, Vec<String>) {
+        let inner = self.lock();
+        (inner.stdout.tail_lines(n), inner.stderr.tail_lines(n))
+    }
+
+    /// Counts and tails of what was written.
+    pub fn summary(&self) -> LocalRunLogSummary {
+        let inner = self.lock();
+        LocalRunLogSummary {
+            lifecycle_event_count: inner.events.len() as u64,
+            stdout_chunk_count: inner.stdout.chunks,
+            stderr_chunk_count: inner.stderr.chunks,
+            stdout_bytes: inner.stdout.bytes,
+            stderr_bytes: inner.stderr.bytes,
+            stdout_tail: inner.stdout.tail_lines(SUMMARY_TAIL_LINES),
+            stderr_tail: inner.stderr.tail_lines(SUMMARY_TAIL_LINES),
+        }
+    }
+
+    /// The first write error, if any write failed.
+    pub fn write_error(&self) -> Option<String> {
+        self.lock().write_error.clone()
+    }
+
+    /// Flush the files to disk and mark the session closed.
+    pub fn close(&self) -> LocalRunLogSession {
+        let mut inner = self.lock();
+        for file in [&inner.lifecycle, &inner.stdout.file, &inner.stderr.file] {
+            if let Err(e) = file.sync_all() {
+                tracing::warn!("cannot fsync a log file: {e}");
+            }
+        }
+        inner.session.status = LogSessionStatus::Closed;
+        inner.session.closed_at = Some(now_rfc3339());
+        inner.session.clone()
+    }
+
+    /// The session as it stands.
+    pub fn session(&self) -> LocalRunLogSession {
+        self.lock().session.clone()
+    }
+}

@@ -1,0 +1,245 @@
+//! Finding and loading worker kinds: the built-in kinds embedded in the host,
+//! and `<kind>.wasm` files in the operator's plugin directories. A kind is
+//! compiled once per runner and checked against the `baa:worker` version.
+
+mod builtin;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use crate::contracts::WorkerKind;
+use crate::fsutil::sha256_hex;
+use crate::sandbox::bindings::{EXECUTOR_EXPORT, WIT_PACKAGE};
+
+/// Why a worker kind cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("unknown worker kind `{kind}`: no built-in kind has that name and no `{kind}.wasm` is in the plugin directories ({searched}); add the file or pass --plugins-dir")]
+    Unknown { kind: String, searched: String },
+    #[error("cannot read plugin directory {path}: {source}")]
+    Directory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("plugin {path} is {size} bytes; the limit is {limit} (limits.plugin-file-bytes)")]
+    TooLarge { path: String, size: u64, limit: u64 },
+    #[error("plugin {source_name} is not a valid WebAssembly component: {message}")]
+    Invalid { source_name: String, message: String },
+    #[error("plugin {source_name} was built for {found}, but this host implements {WIT_PACKAGE}; rebuild it against {WIT_PACKAGE}")]
+    IncompatibleVersion { source_name: String, found: String },
+    #[error("plugin {source_name} does not export `{EXECUTOR_EXPORT}`; it must implement the `baa:worker` world (exports: {exports})")]
+    MissingExport { source_name: String, exports: String },
+    #[error("plugin {source_name} needs imports this host does not provide: {message}")]
+    Link { source_name: String, message: String },
+}
+
+/// Where a kind's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// Embedded in the host binary.
+    Builtin,
+    /// A `.wasm` file in a plugin directory.
+    File(PathBuf),
+}
+
+impl PluginSource {
+    /// `builtin` or the file's path.
+    pub fn describe(&self) -> String {
+        match self {
+            PluginSource::Builtin => "builtin".into(),
+            PluginSource::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// A kind found by discovery (not yet compiled).
+#[derive(Debug, Clone)]
+pub struct PluginEntry {
+    pub kind: WorkerKind,
+    pub source: PluginSource,
+}
+
+/// A compiled, checked worker kind.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    pub kind: WorkerKind,
+    pub source: PluginSource,
+    pub sha256: String,
+    pub component: Component,
+}
+
+/// The worker kinds a runner knows: built-ins first, then plugin directories
+/// in order; the first entry of a name wins and later ones are reported as
+/// shadowed.
+#[derive(Debug, Clone, Default)]
+pub struct PluginRegistry {
+    entries: BTreeMap<String, PluginEntry>,
+    shadowed: Vec<PluginEntry>,
+    dirs: Vec<PathBuf>,
+}
+
+impl PluginRegistry {
+    /// Discover the built-in kinds and every `<kind>.wasm` in `dirs`.
+    pub fn discover(dirs: &[PathBuf]) -> Result<Self, PluginError> {
+        let mut registry = PluginRegistry {
+            dirs: dirs.to_vec(),
+            ..Default::default()
+        };
+        for name in builtin::NAMES {
+            if let Ok(kind) = WorkerKind::new(name) {
+                registry.add(PluginEntry {
+                    kind,
+                    source: PluginSource::Builtin,
+                });
+            }
+        }
+        for dir in dirs {
+            let read = std::fs::read_dir(dir).map_err(|source| PluginError::Directory {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            let mut files: Vec<PathBuf> = read
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+                .collect();
+            files.sort();
+            for path in files {
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                match WorkerKind::new(stem) {
+                    Ok(kind) => registry.add(PluginEntry {
+                        kind,
+                        source: PluginSource::File(path),
+                    }),
+                    Err(why) => tracing::warn!("ignoring plugin file {}: {why}", path.display()),
+                }
+            }
+        }
+        Ok(registry)
+    }
+
+    fn add(&mut self, entry: PluginEntry) {
+        if self.entries.contains_key(entry.kind.as_str()) {
+            self.shadowed.push(entry);
+        } else {
+            self.entries.insert(entry.kind.as_str().to_string(), entry);
+        }
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &PluginEntry> {
+        self.entries.values()
+    }
+
+    /// Entries whose name an earlier entry already took.
+    pub fn shadowed(&self) -> &[PluginEntry] {
+        &self.shadowed
+    }
+
+    pub fn find(&self, kind: &WorkerKind) -> Result<&PluginEntry, PluginError> {
+        self.entries.get(kind.as_str()).ok_or_else(|| PluginError::Unknown {
+            kind: kind.to_string(),
+            searched: if self.dirs.is_empty() {
+                "none configured".into()
+            } else {
+                self.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            },
+        })
+    }
+}
+
+/// Read, compile and check an entry's component.
+pub fn load(engine: &Engine, entry: &PluginEntry, max_file_bytes: u64) -> Result<LoadedPlugin, PluginError> {
+    let bytes: std::borrow::Cow<'static, [u8]> = match &entry.source {
+        PluginSource::Builtin => builtin::bytes(entry.kind.as_str())
+            .map(std::borrow::Cow::Borrowed)
+            .ok_or_else(|| PluginError::Invalid {
+                source_name: "builtin".into(),
+                message: format!("no built-in kind `{}`", entry.kind),
+            })?,
+        PluginSource::File(path) => std::borrow::Cow::Owned(read_limited(path, max_file_bytes)?),
+    };
+    let source_name = format!("`{}` ({})", entry.kind, entry.source.describe());
+    let component = Component::from_binary(engine, &bytes).map_err(|e| PluginError::Invalid {
+        source_name: source_name.clone(),
+        message: format!("{e:#}"),
+    })?;
+    check_exports(engine, &component, &source_name)?;
+    Ok(LoadedPlugin {
+        kind: entry.kind.clone(),
+        source: entry.source.clone(),
+        sha256: sha256_hex(&bytes),
+        component,
+    })
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, PluginError> {
+    let read_err = |source| PluginError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    if size > limit {
+        return Err(PluginError::TooLarge {
+            path: path.display().to_string(),
+            size,
+            limit,
+        });
+    }
+    std::fs::read(path).map_err(read_err)
+}
+
+/// The component must export `baa:worker/worker-executor` at this host's version.
+fn check_exports(engine: &Engine, component: &Component, source_name: &str) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    if exports.iter().any(|e| e == EXECUTOR_EXPORT) {
+        return Ok(());
+    }
+    let unversioned = EXECUTOR_EXPORT.split('@').next().unwrap_or(EXECUTOR_EXPORT);
+    if let Some(other) = exports.iter().find(|e| e.split('@').next() == Some(unversioned)) {
+        let version = other.split('@').nth(1).unwrap_or("an unversioned package");
+        return Err(PluginError::IncompatibleVersion {
+            source_name: source_name.to_string(),
+            found: format!("baa:worker@{version}"),
+        });
+    }
+    Err(PluginError::MissingExport {
+        source_name: source_name.to_string(),
+        exports: if exports.is_empty() { "none".into() } else { exports.join(", ") },
+    })
+}
+
+/// Compiled kinds of a runner, by digest, so each is compiled once.
+#[derive(Default)]
+pub struct PluginCache {
+    loaded: std::sync::Mutex<BTreeMap<String, Arc<LoadedPlugin>>>,
+}
+
+impl PluginCache {
+    /// Load `entry`, reusing an earlier compilation of the same source.
+    pub fn get(&self, engine: &Engine, entry: &PluginEntry, max_file_bytes: u64) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let key = format!("{}:{}", entry.kind, entry.source.describe());
+        if let Some(hit) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            if entry.source == PluginSource::Builtin {
+                return Ok(hit.clone());
+            }
+        }
+        // Files may change between runs: reload them (the digest is recorded).
+        let loaded = Arc::new(load(engine, entry, max_file_bytes)?);
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, loaded.clone());
+        Ok(loaded)
+    }
+}

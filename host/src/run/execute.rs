@@ -1,0 +1,424 @@
+//! Execute a prepared step: load the kind's component, grant what the kind
+//! requests and the operator allows, call `execute` under the step's deadline
+//! and memory limit, and map whatever happens onto an outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use super::prepare::PreparedStepRun;
+use super::RunnerShared;
+use crate::capabilities::subprocess::policy::CHILD_PATH;
+use crate::capabilities::subprocess::{ExecPolicy, Subprocesses};
+use crate::config::KindGrant;
+use crate::contracts::{
+    CheckpointMode, EventLevel, EventSource, FailureReason, FailureRecord, PluginRecord, StepArtifact,
+    StepExecutionOutcome, StepKind, SuggestedFollowup,
+};
+use crate::logs::Stream;
+use crate::plugins::PluginError;
+use crate::sandbox::bindings::baa::worker::types::StepRequest;
+use crate::sandbox::bindings::exports::baa::worker::worker_executor::{
+    ExecuteError, Status, WorkerInfo, WorkerOutcome,
+};
+use crate::sandbox::bindings::WorkerPre;
+use crate::sandbox::limits::StepLimits;
+use crate::sandbox::state::{StepHost, StepState};
+use crate::sandbox::stdio::LogOutput;
+
+/// How a worker run ended, before it becomes a `StepExecutionResult`.
+pub(crate) struct Report {
+    pub outcome: StepExecutionOutcome,
+    pub summary: String,
+    pub needs_human: bool,
+    pub exit_code: Option<i32>,
+    pub followups: Vec<SuggestedFollowup>,
+    pub failure: Option<FailureRecord>,
+    pub artifacts: Vec<StepArtifact>,
+    pub plugin: Option<PluginRecord>,
+}
+
+impl Report {
+    fn failed(reason: FailureReason, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Report {
+            outcome: StepExecutionOutcome::Failed,
+            summary: message.clone(),
+            needs_human: false,
+            exit_code: None,
+            followups: Vec::new(),
+            failure: Some(FailureRecord { reason, message }),
+            artifacts: Vec::new(),
+            plugin: None,
+        }
+    }
+}
+
+fn engine_error(context: &str, error: impl std::fmt::Display) -> Report {
+    Report::failed(FailureReason::HostError, format!("{context}: {error}"))
+}
+
+/// Run the worker of `prepared` to an outcome. Never fails: every failure
+/// becomes a failed (or blocked) report.
+pub(crate) async fn run_worker(shared: &RunnerShared, prepared: &PreparedStepRun, started: Instant) -> Report {
+    let request = &prepared.request;
+    let logs = prepared.logs.clone();
+    let timeout = Duration::from_secs_f64(request.timeout_sec);
+    let deadline = started + timeout;
+    let limits = &shared.config.limits;
+    // Guest code may run a little past the deadline to report what happened
+    // once its subprocesses were killed; then it is interrupted.
+    let guest_deadline = deadline + Duration::from_millis(limits.timeout_grace_ms);
+
+    let entry = match shared.plugins.find(&request.worker_kind) {
+        Ok(entry) => entry.clone(),
+        Err(e) => return Report::failed(FailureReason::InvalidPlugin, e.to_string()),
+    };
+    let plugin = match shared.cache.get(&shared.engine, &entry, limits.plugin_file_bytes) {
+        Ok(plugin) => plugin,
+        Err(e) => return Report::failed(FailureReason::InvalidPlugin, e.to_string()),
+    };
+    let mut plugin_record = PluginRecord {
+        name: plugin.kind.to_string(),
+        version: String::new(),
+        source: plugin.source.describe(),
+        sha256: plugin.sha256.clone(),
+    };
+    let with_plugin = |mut report: Report, record: &PluginRecord| {
+        report.plugin = Some(record.clone());
+        report
+    };
+
+    let pre = match shared.linker.instantiate_pre(&plugin.component) {
+        Ok(pre) => pre,
+        Err(e) => {
+            let error = PluginError::Link {
+                source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
+                message: format!("{e:#}"),
+            };
+            return with_plugin(Report::failed(FailureReason::InvalidPlugin, error.to_string()), &plugin_record);
+        }
+    };
+    let pre = match WorkerPre::new(pre) {
+        Ok(pre) => pre,
+        Err(e) => return with_plugin(Report::failed(FailureReason::InvalidPlugin, format!("{e:#}")), &plugin_record),
+    };
+
+    // WASI: the worktree as `.`, stdio into the logs, nothing else.
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(LogOutput::new(logs.clone(), Stream::Stdout))
+        .stderr(LogOutput::new(logs.clone(), Stream::Stderr))
+        .allow_blocking_current_thread(true);
+    if let Err(e) = wasi.preopened_dir(prepared.worktree(), ".", FsPerms::ReadWrite) {
+        return engine_error("cannot open the worktree for the worker", e);
+    }
+
+    let mut base_env = std::collections::BTreeMap::new();
+    base_env.insert("PATH".to_string(), CHILD_PATH.to_string());
+    base_env.insert("HOME".to_string(), prepared.log_paths.home_dir.clone());
+    base_env.insert("TMPDIR".to_string(), format!("{}/tmp", prepared.log_paths.home_dir));
+    base_env.insert("LANG".to_string(), "C.UTF-8".to_string());
+    base_env.insert("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string());
+    if let Some(env) = &request.runtime.env {
+        base_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    let subprocesses = Subprocesses::new(
+        ExecPolicy::default(),
+        prepared.worktree().to_path_buf(),
+        base_env,
+        deadline,
+        limits.subprocess_output_bytes,
+        logs.clone(),
+    );
+    let live_groups = subprocesses.live_groups();
+    let state = StepState {
+        wasi: wasi.build(),
+        table: ResourceTable::new(),
+        limits: StepLimits::new((limits.memory_mib * 1024 * 1024) as usize),
+        host: StepHost {
+            logs: logs.clone(),
+            subprocesses,
+            checkpoints: prepared.checkpoint_manager.clone(),
+            artifacts: Vec::new(),
+            artifacts_dir: prepared.log_paths.artifacts_dir.clone().into(),
+        },
+    };
+    let mut store = new_store(shared, state, guest_deadline);
+
+    let mut report = call_worker(&mut store, &pre, prepared, &mut plugin_record, shared, guest_deadline).await;
+
+    // The step is over: nothing it started may outlive it.
+    let killed = live_groups.kill_all();
+    if killed > 0 {
+        logs.host_info("subprocess.cleanup", format!("killed {killed} process group(s) left running"), None);
+    }
+    let timed_out = Instant::now() >= deadline;
+    let data = store.data();
+    let denials = data.host.subprocesses.denials().to_vec();
+    let memory_hit = data.limits.memory_hit;
+    report.artifacts = data.host.artifacts.clone();
+    report.plugin = Some(plugin_record);
+
+    // Name the limit or policy behind a failure.
+    if report.outcome == StepExecutionOutcome::Failed {
+        let reason = report.failure.as_ref().map(|f| f.reason);
+        let refined = if timed_out && reason != Some(FailureReason::InvalidPlugin) {
+            Some((FailureReason::Timeout, format!("timed out after {}s", request.timeout_sec)))
+        } else if memory_hit && reason == Some(FailureReason::Trap) {
+            Some((FailureReason::MemoryLimit, format!("exceeded the memory limit of {} MiB", limits.memory_mib)))
+        } else if !denials.is_empty() && matches!(reason, None | Some(FailureReason::WorkerFailed)) {
+            Some((FailureReason::PolicyDenied, format!("denied by policy: {}", denials.join("; "))))
+        } else {
+            None
+        };
+        if let Some((reason, message)) = refined {
+            if reason == FailureReason::Timeout || reason == FailureReason::MemoryLimit {
+                report.summary = format!("{message}: {}", report.summary);
+            }
+            report.failure = Some(FailureRecord { reason, message: report.summary.clone() });
+        } else if report.failure.is_none() {
+            report.failure = Some(FailureRecord {
+                reason: FailureReason::WorkerFailed,
+                message: report.summary.clone(),
+            });
+        }
+    }
+    report
+}
+
+async fn call_worker(
+    store: &mut Store<StepState>,
+    pre: &WorkerPre<StepState>,
+    prepared: &PreparedStepRun,
+    plugin_record: &mut PluginRecord,
+    shared: &RunnerShared,
+    guest_deadline: Instant,
+) -> Report {
+    let logs = prepared.logs.clone();
+    let request = &prepared.request;
+    // Backstop for a host call that does not return: the guest's deadline
+    // plus a second.
+    let backstop = guest_deadline + Duration::from_secs(1);
+    let trap_report = |e: wasmtime::Error, during: &str| -> Report {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Report::failed(FailureReason::Timeout, format!("interrupted {during}")),
+            Some(trap) => Report::failed(FailureReason::Trap, format!("the worker trapped {during}: {trap}")),
+            None => Report::failed(FailureReason::Trap, format!("the worker failed {during}: {e:#}")),
+        }
+    };
+
+    let worker = match tokio::time::timeout_at(backstop, pre.instantiate_async(&mut *store)).await {
+        Ok(Ok(worker)) => worker,
+        Ok(Err(e)) => return trap_report(e, "while starting"),
+        Err(_) => return Report::failed(FailureReason::Timeout, "interrupted while starting"),
+    };
+    let executor = worker.baa_worker_worker_executor();
+    let info = match tokio::time::timeout_at(backstop, executor.call_describe(&mut *store)).await {
+        Ok(Ok(info)) => info,
+        Ok(Err(e)) => return trap_report(e, "in describe"),
+        Err(_) => return Report::failed(FailureReason::Timeout, "interrupted in describe"),
+    };
+    plugin_record.version = info.version.clone();
+    if info.name != request.worker_kind.as_str() {
+        return Report::failed(
+            FailureReason::InvalidPlugin,
+            format!(
+                "plugin {} describes itself as `{}`, not `{}`; rename the file or fix its describe()",
+                plugin_record.source, info.name, request.worker_kind
+            ),
+        );
+    }
+    let requested = KindGrant {
+        programs: info.capabilities.programs.clone(),
+        env: info.capabilities.env.clone(),
+        network: info.capabilities.network,
+    };
+    let granted = shared.config.grant(request.worker_kind.as_str());
+    let policy = ExecPolicy::intersect(&requested, &granted);
+    let programs: Vec<String> = policy.programs().iter().map(|(k, v)| format!("{k}={}", v.display())).collect();
+    let refused: Vec<&String> = requested.programs.iter().filter(|p| !policy.programs().contains_key(*p)).collect();
+    logs.event(
+        EventSource::Host,
+        if refused.is_empty() { EventLevel::Info } else { EventLevel::Warn },
+        "plugin.loaded",
+        format!(
+            "{} {} ({}) granted programs [{}]{}",
+            info.name,
+            info.version,
+            plugin_record.source,
+            programs.join(", "),
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!("; not granted: {}", refused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+            }
+        ),
+        Some(json!({
+            "name": info.name,
+            "version": info.version,
+            "source": plugin_record.source,
+            "sha256": plugin_record.sha256,
+            "requested": { "programs": requested.programs, "env": requested.env, "network": requested.network },
+            "granted": { "programs": policy.programs(), "env": policy.env_names(), "network": policy.network() },
+        })),
+    );
+    store.data_mut().host.subprocesses.set_policy(policy);
+
+    let step_request = StepRequest {
+        task_id: request.task_id.clone(),
+        step_id: request.step_id.clone(),
+        run_id: request.run_id.clone(),
+        attempt: request.attempt,
+        step_name: request.step_name.clone(),
+        step_kind: request.step_kind.to_string(),
+        worker_kind: request.worker_kind.to_string(),
+        prompt_summary: request.prompt_summary.clone(),
+        command: request.command.clone(),
+        timeout_ms: (request.timeout_sec * 1000.0) as u64,
+        resume: None,
+        checkpoints_enabled: prepared.checkpoint.mode == CheckpointMode::Capture,
+    };
+    let outcome = match tokio::time::timeout_at(backstop, executor.call_execute(&mut *store, &step_request)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => return trap_report(e, "in execute"),
+        Err(_) => return Report::failed(FailureReason::Timeout, "interrupted in execute"),
+    };
+    match outcome {
+        Ok(outcome) => from_worker_outcome(outcome),
+        Err(ExecuteError::InvalidRequest(why)) => Report::failed(FailureReason::InvalidRequest, why),
+        Err(ExecuteError::Failed(why)) => Report::failed(FailureReason::WorkerFailed, why),
+    }
+}
+
+fn from_worker_outcome(outcome: WorkerOutcome) -> Report {
+    let (step_outcome, needs_human) = match outcome.status {
+        Status::Completed => (StepExecutionOutcome::Completed, outcome.needs_human),
+        Status::Failed => (StepExecutionOutcome::Failed, outcome.needs_human),
+        Status::Blocked => (StepExecutionOutcome::Blocked, true),
+    };
+    let followups = outcome
+        .suggested_followup
+        .into_iter()
+        .filter_map(|f| {
+            Some(SuggestedFollowup {
+                step_kind: StepKind::parse(&f.step_kind).ok()?,
+                step_name: f.step_name,
+                reason: f.reason,
+            })
+        })
+        .collect();
+    Report {
+        outcome: step_outcome,
+        failure: None,
+        summary: outcome.summary,
+        needs_human,
+        exit_code: outcome.exit_code,
+        followups,
+        artifacts: Vec::new(),
+        plugin: None,
+    }
+}
+
+/// The run directory's own files, listed as artifacts of every result.
+pub(crate) fn record_artifacts(prepared: &PreparedStepRun) -> Vec<StepArtifact> {
+    use crate::contracts::StepArtifactKind as K;
+    let p = &prepared.log_paths;
+    let item = |name: &str, kind, path: &str, description: &str| StepArtifact {
+        name: name.into(),
+        kind,
+        path: path.into(),
+        description: description.into(),
+    };
+    vec![
+        item("run", K::Directory, &p.run_dir, "The run directory of this attempt"),
+        item("metadata", K::Metadata, &p.metadata_path, "Run metadata"),
+        item("state", K::State, &p.state_path, "Latest run state snapshot"),
+        item("lifecycle", K::Log, &p.lifecycle_log_path, "Lifecycle events, one JSON object per line"),
+        item("stdout", K::Log, &p.stdout_log_path, "Every stdout chunk of the worker and its subprocesses"),
+        item("stderr", K::Log, &p.stderr_log_path, "Every stderr chunk of the worker and its subprocesses"),
+        item("checkpoints", K::Directory, &p.checkpoints_dir, "Numbered checkpoint records and payloads"),
+    ]
+}
+
+
+/// Load `entry` and call its `describe` in a store with no capabilities.
+/// Returns what it says and the component's digest.
+pub(crate) async fn describe(shared: &RunnerShared, entry: &crate::plugins::PluginEntry) -> Result<(WorkerInfo, String), String> {
+    let plugin = shared
+        .cache
+        .get(&shared.engine, entry, shared.config.limits.plugin_file_bytes)
+        .map_err(|e| e.to_string())?;
+    let pre = shared.linker.instantiate_pre(&plugin.component).map_err(|e| {
+        PluginError::Link {
+            source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
+            message: format!("{e:#}"),
+        }
+        .to_string()
+    })?;
+    let pre = WorkerPre::new(pre).map_err(|e| format!("{e:#}"))?;
+    let logs = Arc::new(crate::logs::LogSession::discard().map_err(|e| e.to_string())?);
+    let deadline = Instant::now() + DESCRIBE_TIMEOUT;
+    let state = StepState {
+        wasi: WasiCtxBuilder::new().build(),
+        table: ResourceTable::new(),
+        limits: StepLimits::new((shared.config.limits.memory_mib * 1024 * 1024) as usize),
+        host: StepHost {
+            logs: logs.clone(),
+            subprocesses: Subprocesses::new(
+                ExecPolicy::default(),
+                std::path::PathBuf::from("/nonexistent"),
+                Default::default(),
+                deadline,
+                0,
+                logs,
+            ),
+            checkpoints: Arc::new(std::sync::Mutex::new(crate::checkpoints::CheckpointManager::new(
+                "/nonexistent".into(),
+                CheckpointMode::Disabled,
+                crate::checkpoints::CheckpointOwner {
+                    task_id: String::new(),
+                    step_id: String::new(),
+                    run_id: String::new(),
+                    attempt: 0,
+                },
+                None,
+            ))),
+            artifacts: Vec::new(),
+            artifacts_dir: "/nonexistent".into(),
+        },
+    };
+    let mut store = new_store(shared, state, deadline);
+    let call = async {
+        let worker = pre.instantiate_async(&mut store).await?;
+        worker.baa_worker_worker_executor().call_describe(&mut store).await
+    };
+    match tokio::time::timeout_at(deadline + Duration::from_secs(1), call).await {
+        Ok(Ok(info)) => Ok((info, plugin.sha256.clone())),
+        Ok(Err(e)) => Err(format!("describe failed: {e:#}")),
+        Err(_) => Err("describe did not return in time".into()),
+    }
+}
+
+/// How long a `describe` outside a step may take.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A store with the runner's limits whose guest code is interrupted at `deadline`.
+fn new_store(shared: &RunnerShared, state: StepState, deadline: Instant) -> Store<StepState> {
+    let mut store = Store::new(&shared.engine, state);
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(1);
+    let deadline = deadline.into_std();
+    store.epoch_deadline_callback(move |_| {
+        if std::time::Instant::now() >= deadline {
+            Err(Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}

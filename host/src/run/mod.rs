@@ -1,0 +1,295 @@
+//! The step lifecycle: validate → prepare (run directory, metadata, state,
+//! logs) → execute (the kind's component) → finish (result, final state).
+//! [`Runner`] is what the conductor embeds.
+
+mod execute;
+pub mod prepare;
+pub mod validate;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::time::Instant;
+use wasmtime::component::Linker;
+use wasmtime::Engine;
+
+pub use prepare::PreparedStepRun;
+
+use crate::config::RunnerConfig;
+use crate::contracts::{
+    EventLevel, EventSource, RunStateSnapshot, RunStatus, StepExecutionMetrics, StepExecutionOutcome,
+    StepExecutionRequest, StepExecutionResult,
+};
+use crate::error::Error;
+use crate::fsutil::{now_rfc3339, write_json_atomic};
+use crate::logs::Observer;
+use crate::plugins::{PluginCache, PluginRegistry};
+use crate::sandbox::state::StepState;
+
+/// What every step of a runner shares.
+pub(crate) struct RunnerShared {
+    pub engine: Engine,
+    pub linker: Arc<Linker<StepState>>,
+    pub plugins: PluginRegistry,
+    pub cache: PluginCache,
+    pub config: RunnerConfig,
+}
+
+/// Runs steps: built once (engine, plugins, policy, limits), used for many.
+#[derive(Clone)]
+pub struct Runner {
+    shared: Arc<RunnerShared>,
+}
+
+impl Runner {
+    /// Build a runner: one engine, the linker, and the kinds in the config's
+    /// plugin directories (plus the built-in kinds).
+    pub fn new(config: RunnerConfig) -> Result<Self, Error> {
+        let engine = crate::sandbox::new_engine()?;
+        let linker = crate::sandbox::new_linker(&engine)?;
+        let plugins = PluginRegistry::discover(&config.plugin_dirs)?;
+        Ok(Runner {
+            shared: Arc::new(RunnerShared {
+                engine,
+                linker,
+                plugins,
+                cache: PluginCache::default(),
+                config,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &RunnerConfig {
+        &self.shared.config
+    }
+
+    pub fn plugins(&self) -> &PluginRegistry {
+        &self.shared.plugins
+    }
+
+    /// Validate `request` and create its run directory, metadata, state
+    /// snapshot and log session. `observer` sees every event and output
+    /// chunk as it is written.
+    pub fn prepare(&self, request: StepExecutionRequest, observer: Option<Observer>) -> Result<PreparedStepRun, Error> {
+        prepare::prepare(request, observer)
+    }
+
+    /// The result of a step that was only prepared (outcome `prepared`),
+    /// written to `result.json`.
+    pub fn finish_prepared(&self, prepared: PreparedStepRun) -> Result<StepExecutionResult, Error> {
+        let report = execute::Report {
+            outcome: StepExecutionOutcome::Prepared,
+            summary: format!("prepared; run directory {}", prepared.log_paths.run_dir),
+            needs_human: false,
+            exit_code: None,
+            followups: Vec::new(),
+            failure: None,
+            artifacts: Vec::new(),
+            plugin: None,
+        };
+        finish(prepared, report, now_rfc3339(), std::time::Instant::now())
+    }
+
+    /// Execute a prepared step to its outcome and write the result. Step
+    /// failures (including timeouts, traps and policy denials) are outcomes;
+    /// `Err` means the run records themselves could not be written.
+    pub async fn execute(&self, mut prepared: PreparedStepRun) -> Result<StepExecutionResult, Error> {
+        let started_at = now_rfc3339();
+        let started = Instant::now();
+        let logs = prepared.logs.clone();
+        prepared.state.status = RunStatus::Running;
+        prepared.state.started_at = Some(started_at.clone());
+        prepared.state.updated_at = started_at.clone();
+        logs.host_info(
+            "step.started",
+            format!(
+                "started `{}` on {} (timeout {}s)",
+                prepared.request.step_name, prepared.request.worker_kind, prepared.request.timeout_sec
+            ),
+            Some(json!({ "timeoutSec": prepared.request.timeout_sec })),
+        );
+        prepared.state.lifecycle_event_count = logs.event_count();
+        let state_path = prepared.log_paths.state_path.clone();
+        write_json_atomic(Path::new(&state_path), &prepared.state).map_err(Error::io(Path::new(&state_path)))?;
+
+        let report = execute::run_worker(&self.shared, &prepared, started).await;
+        finish(prepared, report, started_at, started.into_std())
+    }
+
+    /// Prepare and execute `request`.
+    pub async fn run(&self, request: StepExecutionRequest, observer: Option<Observer>) -> Result<StepExecutionResult, Error> {
+        let prepared = self.prepare(request, observer)?;
+        self.execute(prepared).await
+    }
+}
+
+/// Write the final state, metadata and result of a step.
+fn finish(
+    mut prepared: PreparedStepRun,
+    report: execute::Report,
+    started_at: String,
+    started: std::time::Instant,
+) -> Result<StepExecutionResult, Error> {
+    let logs = prepared.logs.clone();
+    let finished_at = now_rfc3339();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let checkpoint = prepared
+        .checkpoint_manager
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .state();
+
+    let level = match report.outcome {
+        StepExecutionOutcome::Completed | StepExecutionOutcome::Prepared => EventLevel::Info,
+        StepExecutionOutcome::Blocked => EventLevel::Warn,
+        StepExecutionOutcome::Failed => EventLevel::Error,
+    };
+    if report.outcome != StepExecutionOutcome::Prepared {
+        logs.event(
+            EventSource::Host,
+            level,
+            "step.finished",
+            format!("{}: {}", report.outcome.as_str(), first_line(&report.summary)),
+            Some(json!({
+                "outcome": report.outcome,
+                "exitCode": report.exit_code,
+                "failure": report.failure,
+                "durationMs": duration_ms,
+            })),
+        );
+    }
+    if let Some(error) = logs.write_error() {
+        tracing::error!("a log write failed: {error}");
+    }
+    let log_session = logs.close();
+    let log_summary = logs.summary();
+
+    let status = match report.outcome {
+        StepExecutionOutcome::Prepared => RunStatus::Prepared,
+        StepExecutionOutcome::Completed => RunStatus::Completed,
+        StepExecutionOutcome::Failed => RunStatus::Failed,
+        StepExecutionOutcome::Blocked => RunStatus::Blocked,
+    };
+    let executed = report.outcome != StepExecutionOutcome::Prepared;
+    let state = RunStateSnapshot {
+        status,
+        updated_at: finished_at.clone(),
+        started_at: executed.then(|| started_at.clone()),
+        finished_at: executed.then(|| finished_at.clone()),
+        summary: Some(report.summary.clone()),
+        exit_code: report.exit_code,
+        failure: report.failure.clone(),
+        last_checkpoint_seq: checkpoint.last_checkpoint_seq,
+        lifecycle_event_count: log_summary.lifecycle_event_count,
+    };
+    prepared.metadata.plugin = report.plugin.clone();
+    prepared.metadata.outcome = Some(report.outcome);
+    prepared.metadata.failure = report.failure.clone();
+    prepared.metadata.finished_at = executed.then(|| finished_at.clone());
+
+    let mut artifacts = execute::record_artifacts(&prepared);
+    artifacts.extend(report.artifacts);
+    let request = &prepared.request;
+    let result = StepExecutionResult {
+        ok: report.outcome == StepExecutionOutcome::Completed,
+        outcome: report.outcome,
+        summary: report.summary,
+        needs_human: report.needs_human,
+        blocked: report.outcome == StepExecutionOutcome::Blocked,
+        task_id: request.task_id.clone(),
+        step_id: request.step_id.clone(),
+        run_id: request.run_id.clone(),
+        attempt: request.attempt,
+        worker_kind: request.worker_kind.clone(),
+        started_at,
+        finished_at,
+        duration_ms,
+        metadata: prepared.metadata.clone(),
+        state: state.clone(),
+        log_paths: prepared.log_paths.clone(),
+        log_session,
+        lifecycle_events: logs.events(),
+        metrics: StepExecutionMetrics {
+            duration_ms,
+            lifecycle_event_count: log_summary.lifecycle_event_count,
+            stdout_chunk_count: log_summary.stdout_chunk_count,
+            stderr_chunk_count: log_summary.stderr_chunk_count,
+            checkpoint_count: checkpoint.records.len() as u64,
+        },
+        log_summary,
+        checkpoint,
+        artifacts,
+        suggested_followup: report.followups,
+    };
+    let paths = &prepared.log_paths;
+    write_json_atomic(Path::new(&paths.state_path), &state).map_err(Error::io(Path::new(&paths.state_path)))?;
+    write_json_atomic(Path::new(&paths.metadata_path), &prepared.metadata)
+        .map_err(Error::io(Path::new(&paths.metadata_path)))?;
+    write_json_atomic(Path::new(&paths.result_path), &result).map_err(Error::io(Path::new(&paths.result_path)))?;
+    Ok(result)
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
+/// A worker kind as listed by [`Runner::list_kinds`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KindInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// What the kind requests.
+    pub capabilities: crate::config::KindGrant,
+    /// `builtin` or the `.wasm` file.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// An earlier kind of the same name takes precedence over this one.
+    pub shadowed: bool,
+    /// Why the kind cannot be loaded, if it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Runner {
+    /// Every kind found, with what it describes itself as (its `describe`
+    /// runs in a store with no capabilities and a short deadline).
+    pub async fn list_kinds(&self) -> Vec<KindInfo> {
+        let shared = &self.shared;
+        let mut out = Vec::new();
+        let all = shared.plugins.entries().map(|e| (e, false)).chain(shared.plugins.shadowed().iter().map(|e| (e, true)));
+        for (entry, shadowed) in all {
+            let mut info = KindInfo {
+                name: entry.kind.to_string(),
+                version: String::new(),
+                description: String::new(),
+                capabilities: Default::default(),
+                source: entry.source.describe(),
+                sha256: None,
+                shadowed,
+                error: None,
+            };
+            match execute::describe(shared, entry).await {
+                Ok((described, sha256)) => {
+                    info.sha256 = Some(sha256);
+                    if described.name != info.name {
+                        info.error = Some(format!("describes itself as `{}`", described.name));
+                    }
+                    info.version = described.version;
+                    info.description = described.description;
+                    info.capabilities = crate::config::KindGrant {
+                        programs: described.capabilities.programs,
+                        env: described.capabilities.env,
+                        network: described.capabilities.network,
+                    };
+                }
+                Err(e) => info.error = Some(e),
+            }
+            out.push(info);
+        }
+        out
+    }
+}

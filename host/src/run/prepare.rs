@@ -1,0 +1,245 @@
+//! Prepare a step: create its run directory, write metadata and the initial
+//! state, open the log session and the checkpoint manager. Either all of it
+//! exists afterwards, or (on failure) none of this attempt's directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::validate::{validate, ValidPaths};
+use crate::checkpoints::{CheckpointManager, CheckpointOwner};
+use crate::contracts::{
+    CheckpointMode, GitDiffSnapshotPlan, LocalRunLogSession, LocalRunPaths, LogSessionStatus,
+    RunMetadata, RunStateSnapshot, RunStatus, StepCheckpointState, StepExecutionRequest,
+};
+use crate::error::Error;
+use crate::fsutil::{display, now_rfc3339, sync_dir, write_json_atomic};
+use crate::logs::{LogSession, Observer};
+
+/// Version of the run directory layout written into `metadata.json`.
+pub const RUN_SCHEMA_VERSION: u32 = 1;
+
+/// A prepared step, ready to execute (the contract's `PreparedStepRun`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreparedStepRun {
+    pub request: StepExecutionRequest,
+    pub log_paths: LocalRunPaths,
+    pub log_session: LocalRunLogSession,
+    pub metadata: RunMetadata,
+    pub state: RunStateSnapshot,
+    pub checkpoint: StepCheckpointState,
+    #[serde(skip)]
+    pub checkpoint_manager: Arc<Mutex<CheckpointManager>>,
+    #[serde(skip)]
+    pub(crate) logs: Arc<LogSession>,
+    #[serde(skip)]
+    pub(crate) paths: ValidPaths,
+}
+
+impl PreparedStepRun {
+    /// The live log session (events and output as they are written).
+    pub fn logs(&self) -> &Arc<LogSession> {
+        &self.logs
+    }
+
+    /// The canonical worktree the step runs in.
+    pub fn worktree(&self) -> &Path {
+        &self.paths.worktree
+    }
+}
+
+fn run_paths(runs_root: &Path, request: &StepExecutionRequest) -> (LocalRunPaths, PathBuf) {
+    let run_dir = runs_root
+        .join(&request.task_id)
+        .join(&request.run_id)
+        .join(&request.step_id)
+        .join(format!("attempt-{}", request.attempt));
+    let p = |rel: &str| display(&run_dir.join(rel));
+    (
+        LocalRunPaths {
+            runs_root_dir: display(runs_root),
+            run_dir: display(&run_dir),
+            metadata_path: p("metadata.json"),
+            state_path: p("state.json"),
+            result_path: p("result.json"),
+            logs_dir: p("logs"),
+            lifecycle_log_path: p("logs/lifecycle.jsonl"),
+            stdout_log_path: p("logs/stdout.log"),
+            stderr_log_path: p("logs/stderr.log"),
+            checkpoints_dir: p("checkpoints"),
+            artifacts_dir: p("artifacts"),
+            home_dir: p("home"),
+        },
+        run_dir,
+    )
+}
+
+/// What a `git-diff` checkpoint of this step will compare against: the
+/// configured base ref, else the commit the worktree is at now.
+fn git_diff_plan(request: &StepExecutionRequest, worktree: &Path) -> Option<GitDiffSnapshotPlan> {
+    let config = request.checkpoint.as_ref()?;
+    if config.mode != CheckpointMode::Capture {
+        return None;
+    }
+    let base_ref = match &config.git_diff_base_ref {
+        Some(base) => base.clone(),
+        None => {
+            let git = crate::capabilities::subprocess::policy::resolve_program("git").ok()?;
+            let out = std::process::Command::new(git)
+                .args(["rev-parse", "--verify", "-q", "HEAD"])
+                .current_dir(worktree)
+                .env_clear()
+                .env("PATH", crate::capabilities::subprocess::policy::CHILD_PATH)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    Some(GitDiffSnapshotPlan {
+        base_ref,
+        include_stat: config.include_git_diff_stat.unwrap_or(false),
+        worktree_path: display(worktree),
+    })
+}
+
+/// Validate `request` and create its run records.
+pub fn prepare(request: StepExecutionRequest, observer: Option<Observer>) -> Result<PreparedStepRun, Error> {
+    let paths = validate(&request)?;
+    let (log_paths, run_dir) = run_paths(&paths.runs_root, &request);
+    let parent = run_dir.parent().unwrap_or(&paths.runs_root);
+    fs::create_dir_all(parent).map_err(Error::io(parent))?;
+    match fs::create_dir(&run_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::invalid(
+                "attempt",
+                format!(
+                    "attempt {} of this step already has a run directory at {}; use the next attempt number",
+                    request.attempt,
+                    run_dir.display()
+                ),
+            ))
+        }
+        Err(e) => return Err(Error::io(&run_dir)(e)),
+    }
+    match populate(request, paths, log_paths, &run_dir, observer) {
+        Ok(prepared) => Ok(prepared),
+        Err(e) => {
+            // Leave no half-written attempt behind.
+            let _ = fs::remove_dir_all(&run_dir);
+            Err(e)
+        }
+    }
+}
+
+fn populate(
+    request: StepExecutionRequest,
+    paths: ValidPaths,
+    log_paths: LocalRunPaths,
+    run_dir: &Path,
+    observer: Option<Observer>,
+) -> Result<PreparedStepRun, Error> {
+    for dir in [&log_paths.logs_dir, &log_paths.checkpoints_dir, &log_paths.artifacts_dir, &log_paths.home_dir] {
+        fs::create_dir(dir).map_err(Error::io(Path::new(dir)))?;
+    }
+    let tmp = Path::new(&log_paths.home_dir).join("tmp");
+    fs::create_dir(&tmp).map_err(Error::io(&tmp))?;
+
+    let now = now_rfc3339();
+    let mode = request.checkpoint.as_ref().map(|c| c.mode).unwrap_or_default();
+    let metadata = RunMetadata {
+        schema_version: RUN_SCHEMA_VERSION,
+        task_id: request.task_id.clone(),
+        step_id: request.step_id.clone(),
+        run_id: request.run_id.clone(),
+        attempt: request.attempt,
+        step_name: request.step_name.clone(),
+        step_kind: request.step_kind.clone(),
+        worker_kind: request.worker_kind.clone(),
+        timeout_sec: request.timeout_sec,
+        repo_root: display(&paths.repo_root),
+        worktree_path: display(&paths.worktree),
+        run_dir: display(run_dir),
+        created_at: request.created_at.clone(),
+        prepared_at: now.clone(),
+        checkpoint_mode: mode,
+        host: format!("baa-runner {}", env!("CARGO_PKG_VERSION")),
+        prompt_summary: request.prompt_summary.clone(),
+        command: request.command.clone(),
+        plugin: None,
+        resumed_from_seq: None,
+        outcome: None,
+        failure: None,
+        finished_at: None,
+    };
+    write_json_atomic(Path::new(&log_paths.metadata_path), &metadata)
+        .map_err(Error::io(Path::new(&log_paths.metadata_path)))?;
+
+    let session = LocalRunLogSession {
+        session_id: format!("{}/{}/{}/{}", request.task_id, request.run_id, request.step_id, request.attempt),
+        run_dir: display(run_dir),
+        started_at: now.clone(),
+        closed_at: None,
+        status: LogSessionStatus::Open,
+        lifecycle_log_path: log_paths.lifecycle_log_path.clone(),
+        stdout_log_path: log_paths.stdout_log_path.clone(),
+        stderr_log_path: log_paths.stderr_log_path.clone(),
+    };
+    let logs = Arc::new(
+        LogSession::create(session.clone(), observer).map_err(Error::io(Path::new(&log_paths.logs_dir)))?,
+    );
+
+    let manager = CheckpointManager::new(
+        PathBuf::from(&log_paths.checkpoints_dir),
+        mode,
+        CheckpointOwner {
+            task_id: request.task_id.clone(),
+            step_id: request.step_id.clone(),
+            run_id: request.run_id.clone(),
+            attempt: request.attempt,
+        },
+        git_diff_plan(&request, &paths.worktree),
+    );
+    let checkpoint = manager.state();
+
+    logs.host_info(
+        "run.prepared",
+        format!(
+            "prepared {} step `{}` (task {}, run {}, attempt {}) in {}",
+            request.worker_kind, request.step_name, request.task_id, request.run_id, request.attempt, run_dir.display()
+        ),
+        Some(serde_json::json!({ "runDir": display(run_dir), "checkpointMode": mode })),
+    );
+    let state = RunStateSnapshot {
+        status: RunStatus::Prepared,
+        updated_at: now_rfc3339(),
+        started_at: None,
+        finished_at: None,
+        summary: None,
+        exit_code: None,
+        failure: None,
+        last_checkpoint_seq: 0,
+        lifecycle_event_count: logs.event_count(),
+    };
+    write_json_atomic(Path::new(&log_paths.state_path), &state).map_err(Error::io(Path::new(&log_paths.state_path)))?;
+    sync_dir(run_dir).map_err(Error::io(run_dir))?;
+
+    Ok(PreparedStepRun {
+        request,
+        log_paths,
+        log_session: session,
+        metadata,
+        state,
+        checkpoint,
+        checkpoint_manager: Arc::new(Mutex::new(manager)),
+        logs,
+        paths,
+    })
+}

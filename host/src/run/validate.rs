@@ -1,0 +1,149 @@
+//! Checks a step request before anything is written, naming the field at
+//! fault and what to do about it.
+
+use std::path::{Path, PathBuf};
+
+use crate::capabilities::subprocess::policy::{is_env_name, is_never_passed};
+use crate::contracts::StepExecutionRequest;
+use crate::error::Error;
+
+/// Longest `command` or `promptSummary` accepted.
+pub const MAX_TEXT_BYTES: usize = 256 * 1024;
+/// Longest step timeout accepted: 7 days.
+pub const MAX_TIMEOUT_SEC: f64 = 7.0 * 24.0 * 3600.0;
+
+/// Where a valid request's run records go, resolved.
+#[derive(Debug, Clone)]
+pub struct ValidPaths {
+    pub repo_root: PathBuf,
+    pub worktree: PathBuf,
+    pub runs_root: PathBuf,
+}
+
+/// An id that becomes a directory name: letters, digits, `.`, `_`, `-`;
+/// not starting with `.`; at most 128 characters.
+fn check_id(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > 128 {
+        return Err(Error::invalid(field, "must be at most 128 characters"));
+    }
+    if value.starts_with('.') || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(Error::invalid(
+            field,
+            format!("`{value}` would not stay inside the runs directory: use letters, digits, `.`, `_` and `-`, not starting with `.`"),
+        ));
+    }
+    Ok(())
+}
+
+fn existing_dir(field: &str, value: &str) -> Result<PathBuf, Error> {
+    let path = Path::new(value);
+    if value.is_empty() || !path.is_absolute() {
+        return Err(Error::invalid(field, format!("`{value}` must be an absolute path")));
+    }
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| Error::invalid(field, format!("`{value}`: {e}")))?;
+    if !canonical.is_dir() {
+        return Err(Error::invalid(field, format!("`{value}` is not a directory")));
+    }
+    Ok(canonical)
+}
+
+/// The default runs root: `$XDG_STATE_HOME/baa-runner/runs`, else
+/// `$HOME/.local/state/baa-runner/runs`. It is outside every worktree, so a
+/// worker cannot reach its own records.
+pub fn default_runs_root() -> PathBuf {
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(state).join("baa-runner/runs");
+    }
+    let home = std::env::var_os("HOME").filter(|s| !s.is_empty()).unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/state/baa-runner/runs")
+}
+
+/// Validate every field of `request`; nothing is written.
+pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
+    check_id("taskId", &request.task_id)?;
+    check_id("stepId", &request.step_id)?;
+    check_id("runId", &request.run_id)?;
+    if request.attempt == 0 {
+        return Err(Error::invalid("attempt", "attempts are numbered from 1"));
+    }
+    if request.step_name.trim().is_empty() || request.step_name.len() > 512 {
+        return Err(Error::invalid("stepName", "must be 1 to 512 characters"));
+    }
+    if !(request.timeout_sec.is_finite() && request.timeout_sec > 0.0 && request.timeout_sec <= MAX_TIMEOUT_SEC) {
+        return Err(Error::invalid(
+            "timeoutSec",
+            format!("must be a number of seconds above 0 and at most {MAX_TIMEOUT_SEC} (got {})", request.timeout_sec),
+        ));
+    }
+    for (field, text) in [("command", &request.command), ("promptSummary", &request.prompt_summary)] {
+        if let Some(text) = text {
+            if text.len() > MAX_TEXT_BYTES {
+                return Err(Error::invalid(field, format!("is {} bytes; the limit is {MAX_TEXT_BYTES}", text.len())));
+            }
+            if text.contains('\0') {
+                return Err(Error::invalid(field, "contains a NUL byte"));
+            }
+        }
+    }
+    if let Some(checkpoint) = &request.checkpoint {
+        if let Some(seq) = checkpoint.resume_from_seq {
+            return Err(Error::invalid(
+                "checkpoint.resumeFromSeq",
+                format!("resuming from checkpoint {seq} is not supported by this version of baa-runner; remove the field to start the attempt fresh"),
+            ));
+        }
+        if checkpoint.log_tail_lines.is_some_and(|n| n > 10_000) {
+            return Err(Error::invalid("checkpoint.logTailLines", "must be at most 10000"));
+        }
+        if let Some(base) = &checkpoint.git_diff_base_ref {
+            if base.is_empty() || base.starts_with('-') || base.contains(char::is_whitespace) || base.contains("..") {
+                return Err(Error::invalid("checkpoint.gitDiffBaseRef", format!("`{base}` is not a single git revision")));
+            }
+        }
+    }
+
+    let runtime = &request.runtime;
+    let repo_root = existing_dir("runtime.repoRoot", &runtime.repo_root)?;
+    let worktree = existing_dir("runtime.worktreePath", &runtime.worktree_path)?;
+    if let Some(env) = &runtime.env {
+        for (name, value) in env {
+            let field = format!("runtime.env.{name}");
+            if !is_env_name(name) {
+                return Err(Error::invalid(&field, "is not a valid environment variable name"));
+            }
+            if is_never_passed(name) {
+                return Err(Error::invalid(&field, "changes how programs load or find their configuration and is never passed to subprocesses; remove it"));
+            }
+            if value.contains('\0') {
+                return Err(Error::invalid(&field, "contains a NUL byte"));
+            }
+        }
+    }
+    let runs_root = match runtime.runs_root_dir.as_deref() {
+        Some("") => return Err(Error::invalid("runtime.runsRootDir", "must not be empty; omit it for the default")),
+        Some(dir) if Path::new(dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => repo_root.join(dir),
+        None => default_runs_root(),
+    };
+    // Resolve the longest existing ancestor to see where the root really is.
+    let real_root = runs_root
+        .ancestors()
+        .find_map(|a| a.canonicalize().ok().map(|c| c.join(runs_root.strip_prefix(a).unwrap_or(Path::new("")))))
+        .unwrap_or_else(|| runs_root.clone());
+    if real_root.starts_with(&worktree) {
+        return Err(Error::invalid(
+            "runtime.runsRootDir",
+            format!("`{}` is inside the worktree, where the worker could change its own records; choose a directory outside `{}`", runs_root.display(), worktree.display()),
+        ));
+    }
+    Ok(ValidPaths {
+        repo_root,
+        worktree,
+        runs_root: real_root,
+    })
+}

@@ -1,0 +1,49 @@
+//! Resource limits of one store, recording which limit a guest ran into so
+//! that the step result can name it.
+
+use wasmtime::ResourceLimiter;
+
+/// Memory and table limits that remember being hit.
+#[derive(Debug)]
+pub struct StepLimits {
+    memory_bytes: usize,
+    table_elements: usize,
+    /// Set when the guest asked for more memory than allowed.
+    pub memory_hit: bool,
+}
+
+impl StepLimits {
+    pub fn new(memory_bytes: usize) -> Self {
+        StepLimits {
+            memory_bytes,
+            table_elements: 100_000,
+            memory_hit: false,
+        }
+    }
+}
+
+impl ResourceLimiter for StepLimits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+
+    fn instances(&self) -> usize {
+        10
+    }
+
+    fn tables(&self) -> usize {
+        10
+    }
+
+    fn memories(&self) -> usize {
+        10
+    }
+}
