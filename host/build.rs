@@ -5,7 +5,9 @@
 mod build_support;
 
 fn main() {
-    for (package, path) in build_support::build_plugins(&["baa-worker-shell", "baa-worker-git", "baa-worker-codex"]) {
+    for (package, path) in
+        build_support::build_plugins(&["baa-worker-shell", "baa-worker-git", "baa-worker-codex"])
+    {
         let kind = package.trim_start_matches("baa-worker-").to_uppercase();
         println!("cargo:rustc-env=BAA_BUILTIN_{kind}_WASM={}", path.display());
     }

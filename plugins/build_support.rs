@@ -19,8 +19,20 @@ pub fn build_plugins(packages: &[&str]) -> Vec<(String, PathBuf)> {
         .map(|t| t.join("wasm-plugins"))
         .unwrap_or_else(|| out_dir.join("wasm-plugins"));
 
-    for entry in ["Cargo.toml", "Cargo.lock", "sdk", "shell", "git", "codex", "testing", "../wit"] {
-        println!("cargo:rerun-if-changed={}", plugins_dir.join(entry).display());
+    for entry in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "sdk",
+        "shell",
+        "git",
+        "codex",
+        "testing",
+        "../wit",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            plugins_dir.join(entry).display()
+        );
     }
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -43,7 +55,9 @@ pub fn build_plugins(packages: &[&str]) -> Vec<(String, PathBuf)> {
     for package in packages {
         cmd.arg("-p").arg(package);
     }
-    let status = cmd.status().expect("cannot run cargo to build the worker plugins");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the worker plugins");
     if !status.success() {
         panic!(
             "building the worker plugins failed ({status}). Is the wasm target installed? Run `rustup target add wasm32-wasip2`."
@@ -54,7 +68,11 @@ pub fn build_plugins(packages: &[&str]) -> Vec<(String, PathBuf)> {
         .map(|package| {
             let file = format!("{}.wasm", package.replace('-', "_"));
             let path = target_dir.join("wasm32-wasip2/release").join(file);
-            assert!(Path::new(&path).exists(), "{} was not built", path.display());
+            assert!(
+                Path::new(&path).exists(),
+                "{} was not built",
+                path.display()
+            );
             (package.to_string(), path)
         })
         .collect()

@@ -118,7 +118,12 @@ impl Default for RunnerConfig {
             "codex".into(),
             grant(
                 &["codex"],
-                &["CODEX_HOME", "OPENAI_API_KEY", "OPENAI_BASE_URL", "BAA_CODEX_API_KEY"],
+                &[
+                    "CODEX_HOME",
+                    "OPENAI_API_KEY",
+                    "OPENAI_BASE_URL",
+                    "BAA_CODEX_API_KEY",
+                ],
                 true,
             ),
         );
@@ -141,11 +146,13 @@ impl RunnerConfig {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let mut config = RunnerConfig::default();
-        config.plugin_dirs = file.plugin_dirs;
-        config.limits = file.limits;
-        config.kinds.extend(file.kinds);
-        Ok(config)
+        let mut kinds = RunnerConfig::default().kinds;
+        kinds.extend(file.kinds);
+        Ok(RunnerConfig {
+            plugin_dirs: file.plugin_dirs,
+            limits: file.limits,
+            kinds,
+        })
     }
 
     /// The operator's grant for `kind` (empty when none was configured).

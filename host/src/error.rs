@@ -44,7 +44,10 @@ impl Error {
 
     /// Whether the caller's input (request, config, plugin) is at fault.
     pub fn is_invalid_input(&self) -> bool {
-        matches!(self, Error::InvalidRequest { .. } | Error::Config(_) | Error::Plugin(_))
+        matches!(
+            self,
+            Error::InvalidRequest { .. } | Error::Config(_) | Error::Plugin(_)
+        )
     }
 }
 

@@ -86,7 +86,10 @@ fn open_new(path: &Path) -> std::io::Result<File> {
 
 impl LogSession {
     /// Create the three log files of `session` (they must not exist yet).
-    pub fn create(session: LocalRunLogSession, observer: Option<Observer>) -> std::io::Result<Self> {
+    pub fn create(
+        session: LocalRunLogSession,
+        observer: Option<Observer>,
+    ) -> std::io::Result<Self> {
         let stream = |path: &str| -> std::io::Result<StreamLog> {
             Ok(StreamLog {
                 file: open_new(Path::new(path))?,
@@ -114,7 +117,12 @@ impl LogSession {
     pub fn discard() -> std::io::Result<Self> {
         let null = || OpenOptions::new().append(true).open("/dev/null");
         let stream = || -> std::io::Result<StreamLog> {
-            Ok(StreamLog { file: null()?, chunks: 0, bytes: 0, tail: Vec::new() })
+            Ok(StreamLog {
+                file: null()?,
+                chunks: 0,
+                bytes: 0,
+                tail: Vec::new(),
+            })
         };
         let session = LocalRunLogSession {
             session_id: "discard".into(),
@@ -171,10 +179,9 @@ impl LogSession {
                 // One write per record: appends of a whole line are not
                 // interleaved with other writers of this file.
                 if let Err(e) = inner.lifecycle.write_all(&line) {
-                    inner.write_error.get_or_insert(format!(
-                        "{}: {e}",
-                        inner.session.lifecycle_log_path
-                    ));
+                    inner
+                        .write_error
+                        .get_or_insert(format!("{}: {e}", inner.session.lifecycle_log_path));
                 }
             }
             Err(e) => tracing::error!("cannot serialize lifecycle event: {e}"),
@@ -188,7 +195,12 @@ impl LogSession {
     }
 
     /// A host event at `info` level.
-    pub fn host_info(&self, event: &str, message: impl Into<String>, data: Option<serde_json::Value>) {
+    pub fn host_info(
+        &self,
+        event: &str,
+        message: impl Into<String>,
+        data: Option<serde_json::Value>,
+    ) {
         self.event(EventSource::Host, EventLevel::Info, event, message, data);
     }
 

@@ -1,0 +1,109 @@
+//! Shared by the integration tests: the fixture plugins' paths and helpers
+//! that make real temporary git repositories and step requests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use baa_runner::contracts::StepExecutionRequest;
+use serde_json::{json, Value};
+
+/// Paths of the fixture worker kinds built by `build.rs`.
+pub mod fixtures {
+    include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));
+}
+
+/// A temporary git repository (the worktree) with a runs directory beside it.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub runs: PathBuf,
+}
+
+/// Run git in `dir`, panicking with its stderr when it fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Sandbox {
+    /// A repository with one commit holding `README.md`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = dir.path().join("repo");
+        let runs = dir.path().join("runs");
+        std::fs::create_dir(&repo).unwrap();
+        git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["config", "user.name", "Test Author"]);
+        git(&repo, &["config", "user.email", "author@example.test"]);
+        std::fs::write(repo.join("README.md"), "# demo\n").unwrap();
+        git(&repo, &["add", "README.md"]);
+        git(&repo, &["commit", "-q", "-m", "initial commit"]);
+        Sandbox { dir, repo, runs }
+    }
+
+    /// A request as JSON, for tests that tweak fields before parsing.
+    pub fn request_json(&self, worker_kind: &str, command: &str) -> Value {
+        json!({
+            "taskId": "task-1",
+            "stepId": "step-1",
+            "runId": "run-1",
+            "attempt": 1,
+            "stepName": format!("{worker_kind} step"),
+            "stepKind": worker_kind,
+            "workerKind": worker_kind,
+            "timeoutSec": 30,
+            "runtime": {
+                "repoRoot": self.repo,
+                "worktreePath": self.repo,
+                "runsRootDir": self.runs,
+            },
+            "command": command,
+            "checkpoint": { "mode": "capture" },
+        })
+    }
+
+    /// A request for `worker_kind` running `command`.
+    pub fn request(&self, worker_kind: &str, command: &str) -> StepExecutionRequest {
+        serde_json::from_value(self.request_json(worker_kind, command)).expect("valid request")
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Read and parse a JSON file of a run directory.
+pub fn read_json(path: impl AsRef<Path>) -> Value {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The lifecycle log of a run, one parsed event per line.
+pub fn read_lifecycle(path: impl AsRef<Path>) -> Vec<Value> {
+    let text = std::fs::read_to_string(path.as_ref()).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+/// The event names of a lifecycle log.
+pub fn event_names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or_default().to_string())
+        .collect()
+}

@@ -27,7 +27,9 @@ impl Host for StepState {
         let payload = match (&checkpoint_type, payload) {
             (CheckpointType::LogTail, None) => {
                 let (stdout, stderr) = self.host.logs.tail_lines(DEFAULT_LOG_TAIL_LINES);
-                Some(serde_json::to_vec_pretty(&json!({ "stdout": stdout, "stderr": stderr }))?)
+                Some(serde_json::to_vec_pretty(
+                    &json!({ "stdout": stdout, "stderr": stderr }),
+                )?)
             }
             (_, payload) => payload,
         };

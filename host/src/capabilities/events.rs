@@ -107,7 +107,9 @@ impl Host for StepState {
             EventLevel::Info,
             "artifact.declared",
             format!("stored artifact `{name}` ({} bytes)", contents.len()),
-            Some(serde_json::json!({ "name": name, "path": artifact.path, "bytes": contents.len() })),
+            Some(
+                serde_json::json!({ "name": name, "path": artifact.path, "bytes": contents.len() }),
+            ),
         );
         self.host.artifacts.push(artifact.clone());
         Ok(Ok(artifact.path))

@@ -35,13 +35,22 @@ pub enum PluginError {
     #[error("plugin {path} is {size} bytes; the limit is {limit} (limits.plugin-file-bytes)")]
     TooLarge { path: String, size: u64, limit: u64 },
     #[error("plugin {source_name} is not a valid WebAssembly component: {message}")]
-    Invalid { source_name: String, message: String },
+    Invalid {
+        source_name: String,
+        message: String,
+    },
     #[error("plugin {source_name} was built for {found}, but this host implements {WIT_PACKAGE}; rebuild it against {WIT_PACKAGE}")]
     IncompatibleVersion { source_name: String, found: String },
     #[error("plugin {source_name} does not export `{EXECUTOR_EXPORT}`; it must implement the `baa:worker` world (exports: {exports})")]
-    MissingExport { source_name: String, exports: String },
+    MissingExport {
+        source_name: String,
+        exports: String,
+    },
     #[error("plugin {source_name} needs imports this host does not provide: {message}")]
-    Link { source_name: String, message: String },
+    Link {
+        source_name: String,
+        message: String,
+    },
 }
 
 /// Where a kind's component comes from.
@@ -115,7 +124,10 @@ impl PluginRegistry {
                 .collect();
             files.sort();
             for path in files {
-                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
                 match WorkerKind::new(stem) {
                     Ok(kind) => registry.add(PluginEntry {
                         kind,
@@ -146,19 +158,29 @@ impl PluginRegistry {
     }
 
     pub fn find(&self, kind: &WorkerKind) -> Result<&PluginEntry, PluginError> {
-        self.entries.get(kind.as_str()).ok_or_else(|| PluginError::Unknown {
-            kind: kind.to_string(),
-            searched: if self.dirs.is_empty() {
-                "none configured".into()
-            } else {
-                self.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
-            },
-        })
+        self.entries
+            .get(kind.as_str())
+            .ok_or_else(|| PluginError::Unknown {
+                kind: kind.to_string(),
+                searched: if self.dirs.is_empty() {
+                    "none configured".into()
+                } else {
+                    self.dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            })
     }
 }
 
 /// Read, compile and check an entry's component.
-pub fn load(engine: &Engine, entry: &PluginEntry, max_file_bytes: u64) -> Result<LoadedPlugin, PluginError> {
+pub fn load(
+    engine: &Engine,
+    entry: &PluginEntry,
+    max_file_bytes: u64,
+) -> Result<LoadedPlugin, PluginError> {
     let bytes: std::borrow::Cow<'static, [u8]> = match &entry.source {
         PluginSource::Builtin => builtin::bytes(entry.kind.as_str())
             .map(std::borrow::Cow::Borrowed)
@@ -199,14 +221,24 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, PluginError> {
 }
 
 /// The component must export `baa:worker/worker-executor` at this host's version.
-fn check_exports(engine: &Engine, component: &Component, source_name: &str) -> Result<(), PluginError> {
+fn check_exports(
+    engine: &Engine,
+    component: &Component,
+    source_name: &str,
+) -> Result<(), PluginError> {
     let ty = component.component_type();
-    let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
     if exports.iter().any(|e| e == EXECUTOR_EXPORT) {
         return Ok(());
     }
     let unversioned = EXECUTOR_EXPORT.split('@').next().unwrap_or(EXECUTOR_EXPORT);
-    if let Some(other) = exports.iter().find(|e| e.split('@').next() == Some(unversioned)) {
+    if let Some(other) = exports
+        .iter()
+        .find(|e| e.split('@').next() == Some(unversioned))
+    {
         let version = other.split('@').nth(1).unwrap_or("an unversioned package");
         return Err(PluginError::IncompatibleVersion {
             source_name: source_name.to_string(),
@@ -215,7 +247,11 @@ fn check_exports(engine: &Engine, component: &Component, source_name: &str) -> R
     }
     Err(PluginError::MissingExport {
         source_name: source_name.to_string(),
-        exports: if exports.is_empty() { "none".into() } else { exports.join(", ") },
+        exports: if exports.is_empty() {
+            "none".into()
+        } else {
+            exports.join(", ")
+        },
     })
 }
 
@@ -227,9 +263,19 @@ pub struct PluginCache {
 
 impl PluginCache {
     /// Load `entry`, reusing an earlier compilation of the same source.
-    pub fn get(&self, engine: &Engine, entry: &PluginEntry, max_file_bytes: u64) -> Result<Arc<LoadedPlugin>, PluginError> {
+    pub fn get(
+        &self,
+        engine: &Engine,
+        entry: &PluginEntry,
+        max_file_bytes: u64,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let key = format!("{}:{}", entry.kind, entry.source.describe());
-        if let Some(hit) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(hit) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             if entry.source == PluginSource::Builtin {
                 return Ok(hit.clone());
             }

@@ -17,8 +17,8 @@ use crate::capabilities::subprocess::policy::CHILD_PATH;
 use crate::capabilities::subprocess::{ExecPolicy, Subprocesses};
 use crate::config::KindGrant;
 use crate::contracts::{
-    CheckpointMode, EventLevel, EventSource, FailureReason, FailureRecord, PluginRecord, StepArtifact,
-    StepExecutionOutcome, StepKind, SuggestedFollowup,
+    CheckpointMode, EventLevel, EventSource, FailureReason, FailureRecord, PluginRecord,
+    StepArtifact, StepExecutionOutcome, StepKind, SuggestedFollowup,
 };
 use crate::logs::Stream;
 use crate::plugins::PluginError;
@@ -65,7 +65,11 @@ fn engine_error(context: &str, error: impl std::fmt::Display) -> Report {
 
 /// Run the worker of `prepared` to an outcome. Never fails: every failure
 /// becomes a failed (or blocked) report.
-pub(crate) async fn run_worker(shared: &RunnerShared, prepared: &PreparedStepRun, started: Instant) -> Report {
+pub(crate) async fn run_worker(
+    shared: &RunnerShared,
+    prepared: &PreparedStepRun,
+    started: Instant,
+) -> Report {
     let request = &prepared.request;
     let logs = prepared.logs.clone();
     let timeout = Duration::from_secs_f64(request.timeout_sec);
@@ -79,7 +83,10 @@ pub(crate) async fn run_worker(shared: &RunnerShared, prepared: &PreparedStepRun
         Ok(entry) => entry.clone(),
         Err(e) => return Report::failed(FailureReason::InvalidPlugin, e.to_string()),
     };
-    let plugin = match shared.cache.get(&shared.engine, &entry, limits.plugin_file_bytes) {
+    let plugin = match shared
+        .cache
+        .get(&shared.engine, &entry, limits.plugin_file_bytes)
+    {
         Ok(plugin) => plugin,
         Err(e) => return Report::failed(FailureReason::InvalidPlugin, e.to_string()),
     };
@@ -101,12 +108,20 @@ pub(crate) async fn run_worker(shared: &RunnerShared, prepared: &PreparedStepRun
                 source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
                 message: format!("{e:#}"),
             };
-            return with_plugin(Report::failed(FailureReason::InvalidPlugin, error.to_string()), &plugin_record);
+            return with_plugin(
+                Report::failed(FailureReason::InvalidPlugin, error.to_string()),
+                &plugin_record,
+            );
         }
     };
     let pre = match WorkerPre::new(pre) {
         Ok(pre) => pre,
-        Err(e) => return with_plugin(Report::failed(FailureReason::InvalidPlugin, format!("{e:#}")), &plugin_record),
+        Err(e) => {
+            return with_plugin(
+                Report::failed(FailureReason::InvalidPlugin, format!("{e:#}")),
+                &plugin_record,
+            )
+        }
     };
 
     // WASI: the worktree as `.`, stdio into the logs, nothing else.
@@ -121,7 +136,10 @@ pub(crate) async fn run_worker(shared: &RunnerShared, prepared: &PreparedStepRun
     let mut base_env = std::collections::BTreeMap::new();
     base_env.insert("PATH".to_string(), CHILD_PATH.to_string());
     base_env.insert("HOME".to_string(), prepared.log_paths.home_dir.clone());
-    base_env.insert("TMPDIR".to_string(), format!("{}/tmp", prepared.log_paths.home_dir));
+    base_env.insert(
+        "TMPDIR".to_string(),
+        format!("{}/tmp", prepared.log_paths.home_dir),
+    );
     base_env.insert("LANG".to_string(), "C.UTF-8".to_string());
     base_env.insert("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string());
     if let Some(env) = &request.runtime.env {
@@ -150,12 +168,24 @@ pub(crate) async fn run_worker(shared: &RunnerShared, prepared: &PreparedStepRun
     };
     let mut store = new_store(shared, state, guest_deadline);
 
-    let mut report = call_worker(&mut store, &pre, prepared, &mut plugin_record, shared, guest_deadline).await;
+    let mut report = call_worker(
+        &mut store,
+        &pre,
+        prepared,
+        &mut plugin_record,
+        shared,
+        guest_deadline,
+    )
+    .await;
 
     // The step is over: nothing it started may outlive it.
     let killed = live_groups.kill_all();
     if killed > 0 {
-        logs.host_info("subprocess.cleanup", format!("killed {killed} process group(s) left running"), None);
+        logs.host_info(
+            "subprocess.cleanup",
+            format!("killed {killed} process group(s) left running"),
+            None,
+        );
     }
     let timed_out = Instant::now() >= deadline;
     let data = store.data();
@@ -168,11 +198,21 @@ pub(crate) async fn run_worker(shared: &RunnerShared, prepared: &PreparedStepRun
     if report.outcome == StepExecutionOutcome::Failed {
         let reason = report.failure.as_ref().map(|f| f.reason);
         let refined = if timed_out && reason != Some(FailureReason::InvalidPlugin) {
-            Some((FailureReason::Timeout, format!("timed out after {}s", request.timeout_sec)))
+            Some((
+                FailureReason::Timeout,
+                format!("timed out after {}s", request.timeout_sec),
+            ))
         } else if memory_hit && reason == Some(FailureReason::Trap) {
-            Some((FailureReason::MemoryLimit, format!("exceeded the memory limit of {} MiB", limits.memory_mib)))
-        } else if !denials.is_empty() && matches!(reason, None | Some(FailureReason::WorkerFailed)) {
-            Some((FailureReason::PolicyDenied, format!("denied by policy: {}", denials.join("; "))))
+            Some((
+                FailureReason::MemoryLimit,
+                format!("exceeded the memory limit of {} MiB", limits.memory_mib),
+            ))
+        } else if !denials.is_empty() && matches!(reason, None | Some(FailureReason::WorkerFailed))
+        {
+            Some((
+                FailureReason::PolicyDenied,
+                format!("denied by policy: {}", denials.join("; ")),
+            ))
         } else {
             None
         };
@@ -180,7 +220,10 @@ pub(crate) async fn run_worker(shared: &RunnerShared, prepared: &PreparedStepRun
             if reason == FailureReason::Timeout || reason == FailureReason::MemoryLimit {
                 report.summary = format!("{message}: {}", report.summary);
             }
-            report.failure = Some(FailureRecord { reason, message: report.summary.clone() });
+            report.failure = Some(FailureRecord {
+                reason,
+                message: report.summary.clone(),
+            });
         } else if report.failure.is_none() {
             report.failure = Some(FailureRecord {
                 reason: FailureReason::WorkerFailed,
@@ -206,9 +249,17 @@ async fn call_worker(
     let backstop = guest_deadline + Duration::from_secs(1);
     let trap_report = |e: wasmtime::Error, during: &str| -> Report {
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => Report::failed(FailureReason::Timeout, format!("interrupted {during}")),
-            Some(trap) => Report::failed(FailureReason::Trap, format!("the worker trapped {during}: {trap}")),
-            None => Report::failed(FailureReason::Trap, format!("the worker failed {during}: {e:#}")),
+            Some(Trap::Interrupt) => {
+                Report::failed(FailureReason::Timeout, format!("interrupted {during}"))
+            }
+            Some(trap) => Report::failed(
+                FailureReason::Trap,
+                format!("the worker trapped {during}: {trap}"),
+            ),
+            None => Report::failed(
+                FailureReason::Trap,
+                format!("the worker failed {during}: {e:#}"),
+            ),
         }
     };
 
@@ -240,8 +291,16 @@ async fn call_worker(
     };
     let granted = shared.config.grant(request.worker_kind.as_str());
     let policy = ExecPolicy::intersect(&requested, &granted);
-    let programs: Vec<String> = policy.programs().iter().map(|(k, v)| format!("{k}={}", v.display())).collect();
-    let refused: Vec<&String> = requested.programs.iter().filter(|p| !policy.programs().contains_key(*p)).collect();
+    let programs: Vec<String> = policy
+        .programs()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.display()))
+        .collect();
+    let refused: Vec<&String> = requested
+        .programs
+        .iter()
+        .filter(|p| !policy.programs().contains_key(*p))
+        .collect();
     logs.event(
         EventSource::Host,
         if refused.is_empty() { EventLevel::Info } else { EventLevel::Warn },
@@ -283,14 +342,19 @@ async fn call_worker(
         resume: None,
         checkpoints_enabled: prepared.checkpoint.mode == CheckpointMode::Capture,
     };
-    let outcome = match tokio::time::timeout_at(backstop, executor.call_execute(&mut *store, &step_request)).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => return trap_report(e, "in execute"),
-        Err(_) => return Report::failed(FailureReason::Timeout, "interrupted in execute"),
-    };
+    let outcome =
+        match tokio::time::timeout_at(backstop, executor.call_execute(&mut *store, &step_request))
+            .await
+        {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => return trap_report(e, "in execute"),
+            Err(_) => return Report::failed(FailureReason::Timeout, "interrupted in execute"),
+        };
     match outcome {
         Ok(outcome) => from_worker_outcome(outcome),
-        Err(ExecuteError::InvalidRequest(why)) => Report::failed(FailureReason::InvalidRequest, why),
+        Err(ExecuteError::InvalidRequest(why)) => {
+            Report::failed(FailureReason::InvalidRequest, why)
+        }
         Err(ExecuteError::Failed(why)) => Report::failed(FailureReason::WorkerFailed, why),
     }
 }
@@ -335,31 +399,70 @@ pub(crate) fn record_artifacts(prepared: &PreparedStepRun) -> Vec<StepArtifact> 
         description: description.into(),
     };
     vec![
-        item("run", K::Directory, &p.run_dir, "The run directory of this attempt"),
+        item(
+            "run",
+            K::Directory,
+            &p.run_dir,
+            "The run directory of this attempt",
+        ),
         item("metadata", K::Metadata, &p.metadata_path, "Run metadata"),
-        item("state", K::State, &p.state_path, "Latest run state snapshot"),
-        item("lifecycle", K::Log, &p.lifecycle_log_path, "Lifecycle events, one JSON object per line"),
-        item("stdout", K::Log, &p.stdout_log_path, "Every stdout chunk of the worker and its subprocesses"),
-        item("stderr", K::Log, &p.stderr_log_path, "Every stderr chunk of the worker and its subprocesses"),
-        item("checkpoints", K::Directory, &p.checkpoints_dir, "Numbered checkpoint records and payloads"),
+        item(
+            "state",
+            K::State,
+            &p.state_path,
+            "Latest run state snapshot",
+        ),
+        item(
+            "lifecycle",
+            K::Log,
+            &p.lifecycle_log_path,
+            "Lifecycle events, one JSON object per line",
+        ),
+        item(
+            "stdout",
+            K::Log,
+            &p.stdout_log_path,
+            "Every stdout chunk of the worker and its subprocesses",
+        ),
+        item(
+            "stderr",
+            K::Log,
+            &p.stderr_log_path,
+            "Every stderr chunk of the worker and its subprocesses",
+        ),
+        item(
+            "checkpoints",
+            K::Directory,
+            &p.checkpoints_dir,
+            "Numbered checkpoint records and payloads",
+        ),
     ]
 }
 
-
 /// Load `entry` and call its `describe` in a store with no capabilities.
 /// Returns what it says and the component's digest.
-pub(crate) async fn describe(shared: &RunnerShared, entry: &crate::plugins::PluginEntry) -> Result<(WorkerInfo, String), String> {
+pub(crate) async fn describe(
+    shared: &RunnerShared,
+    entry: &crate::plugins::PluginEntry,
+) -> Result<(WorkerInfo, String), String> {
     let plugin = shared
         .cache
-        .get(&shared.engine, entry, shared.config.limits.plugin_file_bytes)
+        .get(
+            &shared.engine,
+            entry,
+            shared.config.limits.plugin_file_bytes,
+        )
         .map_err(|e| e.to_string())?;
-    let pre = shared.linker.instantiate_pre(&plugin.component).map_err(|e| {
-        PluginError::Link {
-            source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
-            message: format!("{e:#}"),
-        }
-        .to_string()
-    })?;
+    let pre = shared
+        .linker
+        .instantiate_pre(&plugin.component)
+        .map_err(|e| {
+            PluginError::Link {
+                source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
+                message: format!("{e:#}"),
+            }
+            .to_string()
+        })?;
     let pre = WorkerPre::new(pre).map_err(|e| format!("{e:#}"))?;
     let logs = Arc::new(crate::logs::LogSession::discard().map_err(|e| e.to_string())?);
     let deadline = Instant::now() + DESCRIBE_TIMEOUT;
@@ -377,17 +480,19 @@ pub(crate) async fn describe(shared: &RunnerShared, entry: &crate::plugins::Plug
                 0,
                 logs,
             ),
-            checkpoints: Arc::new(std::sync::Mutex::new(crate::checkpoints::CheckpointManager::new(
-                "/nonexistent".into(),
-                CheckpointMode::Disabled,
-                crate::checkpoints::CheckpointOwner {
-                    task_id: String::new(),
-                    step_id: String::new(),
-                    run_id: String::new(),
-                    attempt: 0,
-                },
-                None,
-            ))),
+            checkpoints: Arc::new(std::sync::Mutex::new(
+                crate::checkpoints::CheckpointManager::new(
+                    "/nonexistent".into(),
+                    CheckpointMode::Disabled,
+                    crate::checkpoints::CheckpointOwner {
+                        task_id: String::new(),
+                        step_id: String::new(),
+                        run_id: String::new(),
+                        attempt: 0,
+                    },
+                    None,
+                ),
+            )),
             artifacts: Vec::new(),
             artifacts_dir: "/nonexistent".into(),
         },
@@ -395,7 +500,10 @@ pub(crate) async fn describe(shared: &RunnerShared, entry: &crate::plugins::Plug
     let mut store = new_store(shared, state, deadline);
     let call = async {
         let worker = pre.instantiate_async(&mut store).await?;
-        worker.baa_worker_worker_executor().call_describe(&mut store).await
+        worker
+            .baa_worker_worker_executor()
+            .call_describe(&mut store)
+            .await
     };
     match tokio::time::timeout_at(deadline + Duration::from_secs(1), call).await {
         Ok(Ok(info)) => Ok((info, plugin.sha256.clone())),

@@ -18,8 +18,8 @@ pub use prepare::PreparedStepRun;
 
 use crate::config::RunnerConfig;
 use crate::contracts::{
-    EventLevel, EventSource, RunStateSnapshot, RunStatus, StepExecutionMetrics, StepExecutionOutcome,
-    StepExecutionRequest, StepExecutionResult,
+    EventLevel, EventSource, RunStateSnapshot, RunStatus, StepExecutionMetrics,
+    StepExecutionOutcome, StepExecutionRequest, StepExecutionResult,
 };
 use crate::error::Error;
 use crate::fsutil::{now_rfc3339, write_json_atomic};
@@ -71,7 +71,11 @@ impl Runner {
     /// Validate `request` and create its run directory, metadata, state
     /// snapshot and log session. `observer` sees every event and output
     /// chunk as it is written.
-    pub fn prepare(&self, request: StepExecutionRequest, observer: Option<Observer>) -> Result<PreparedStepRun, Error> {
+    pub fn prepare(
+        &self,
+        request: StepExecutionRequest,
+        observer: Option<Observer>,
+    ) -> Result<PreparedStepRun, Error> {
         prepare::prepare(request, observer)
     }
 
@@ -94,7 +98,10 @@ impl Runner {
     /// Execute a prepared step to its outcome and write the result. Step
     /// failures (including timeouts, traps and policy denials) are outcomes;
     /// `Err` means the run records themselves could not be written.
-    pub async fn execute(&self, mut prepared: PreparedStepRun) -> Result<StepExecutionResult, Error> {
+    pub async fn execute(
+        &self,
+        mut prepared: PreparedStepRun,
+    ) -> Result<StepExecutionResult, Error> {
         let started_at = now_rfc3339();
         let started = Instant::now();
         let logs = prepared.logs.clone();
@@ -105,20 +112,27 @@ impl Runner {
             "step.started",
             format!(
                 "started `{}` on {} (timeout {}s)",
-                prepared.request.step_name, prepared.request.worker_kind, prepared.request.timeout_sec
+                prepared.request.step_name,
+                prepared.request.worker_kind,
+                prepared.request.timeout_sec
             ),
             Some(json!({ "timeoutSec": prepared.request.timeout_sec })),
         );
         prepared.state.lifecycle_event_count = logs.event_count();
         let state_path = prepared.log_paths.state_path.clone();
-        write_json_atomic(Path::new(&state_path), &prepared.state).map_err(Error::io(Path::new(&state_path)))?;
+        write_json_atomic(Path::new(&state_path), &prepared.state)
+            .map_err(Error::io(Path::new(&state_path)))?;
 
         let report = execute::run_worker(&self.shared, &prepared, started).await;
         finish(prepared, report, started_at, started.into_std())
     }
 
     /// Prepare and execute `request`.
-    pub async fn run(&self, request: StepExecutionRequest, observer: Option<Observer>) -> Result<StepExecutionResult, Error> {
+    pub async fn run(
+        &self,
+        request: StepExecutionRequest,
+        observer: Option<Observer>,
+    ) -> Result<StepExecutionResult, Error> {
         let prepared = self.prepare(request, observer)?;
         self.execute(prepared).await
     }
@@ -150,7 +164,11 @@ fn finish(
             EventSource::Host,
             level,
             "step.finished",
-            format!("{}: {}", report.outcome.as_str(), first_line(&report.summary)),
+            format!(
+                "{}: {}",
+                report.outcome.as_str(),
+                first_line(&report.summary)
+            ),
             Some(json!({
                 "outcome": report.outcome,
                 "exitCode": report.exit_code,
@@ -192,7 +210,10 @@ fn finish(
     artifacts.extend(report.artifacts);
     let request = &prepared.request;
     let result = StepExecutionResult {
-        ok: report.outcome == StepExecutionOutcome::Completed,
+        ok: matches!(
+            report.outcome,
+            StepExecutionOutcome::Completed | StepExecutionOutcome::Prepared
+        ),
         outcome: report.outcome,
         summary: report.summary,
         needs_human: report.needs_human,
@@ -223,10 +244,12 @@ fn finish(
         suggested_followup: report.followups,
     };
     let paths = &prepared.log_paths;
-    write_json_atomic(Path::new(&paths.state_path), &state).map_err(Error::io(Path::new(&paths.state_path)))?;
+    write_json_atomic(Path::new(&paths.state_path), &state)
+        .map_err(Error::io(Path::new(&paths.state_path)))?;
     write_json_atomic(Path::new(&paths.metadata_path), &prepared.metadata)
         .map_err(Error::io(Path::new(&paths.metadata_path)))?;
-    write_json_atomic(Path::new(&paths.result_path), &result).map_err(Error::io(Path::new(&paths.result_path)))?;
+    write_json_atomic(Path::new(&paths.result_path), &result)
+        .map_err(Error::io(Path::new(&paths.result_path)))?;
     Ok(result)
 }
 
@@ -260,7 +283,11 @@ impl Runner {
     pub async fn list_kinds(&self) -> Vec<KindInfo> {
         let shared = &self.shared;
         let mut out = Vec::new();
-        let all = shared.plugins.entries().map(|e| (e, false)).chain(shared.plugins.shadowed().iter().map(|e| (e, true)));
+        let all = shared
+            .plugins
+            .entries()
+            .map(|e| (e, false))
+            .chain(shared.plugins.shadowed().iter().map(|e| (e, true)));
         for (entry, shadowed) in all {
             let mut info = KindInfo {
                 name: entry.kind.to_string(),

@@ -110,7 +110,10 @@ fn git_diff_plan(request: &StepExecutionRequest, worktree: &Path) -> Option<GitD
 }
 
 /// Validate `request` and create its run records.
-pub fn prepare(request: StepExecutionRequest, observer: Option<Observer>) -> Result<PreparedStepRun, Error> {
+pub fn prepare(
+    request: StepExecutionRequest,
+    observer: Option<Observer>,
+) -> Result<PreparedStepRun, Error> {
     let paths = validate(&request)?;
     let (log_paths, run_dir) = run_paths(&paths.runs_root, &request);
     let parent = run_dir.parent().unwrap_or(&paths.runs_root);
@@ -146,14 +149,23 @@ fn populate(
     run_dir: &Path,
     observer: Option<Observer>,
 ) -> Result<PreparedStepRun, Error> {
-    for dir in [&log_paths.logs_dir, &log_paths.checkpoints_dir, &log_paths.artifacts_dir, &log_paths.home_dir] {
+    for dir in [
+        &log_paths.logs_dir,
+        &log_paths.checkpoints_dir,
+        &log_paths.artifacts_dir,
+        &log_paths.home_dir,
+    ] {
         fs::create_dir(dir).map_err(Error::io(Path::new(dir)))?;
     }
     let tmp = Path::new(&log_paths.home_dir).join("tmp");
     fs::create_dir(&tmp).map_err(Error::io(&tmp))?;
 
     let now = now_rfc3339();
-    let mode = request.checkpoint.as_ref().map(|c| c.mode).unwrap_or_default();
+    let mode = request
+        .checkpoint
+        .as_ref()
+        .map(|c| c.mode)
+        .unwrap_or_default();
     let metadata = RunMetadata {
         schema_version: RUN_SCHEMA_VERSION,
         task_id: request.task_id.clone(),
@@ -183,7 +195,10 @@ fn populate(
         .map_err(Error::io(Path::new(&log_paths.metadata_path)))?;
 
     let session = LocalRunLogSession {
-        session_id: format!("{}/{}/{}/{}", request.task_id, request.run_id, request.step_id, request.attempt),
+        session_id: format!(
+            "{}/{}/{}/{}",
+            request.task_id, request.run_id, request.step_id, request.attempt
+        ),
         run_dir: display(run_dir),
         started_at: now.clone(),
         closed_at: None,
@@ -193,7 +208,8 @@ fn populate(
         stderr_log_path: log_paths.stderr_log_path.clone(),
     };
     let logs = Arc::new(
-        LogSession::create(session.clone(), observer).map_err(Error::io(Path::new(&log_paths.logs_dir)))?,
+        LogSession::create(session.clone(), observer)
+            .map_err(Error::io(Path::new(&log_paths.logs_dir)))?,
     );
 
     let manager = CheckpointManager::new(
@@ -213,7 +229,12 @@ fn populate(
         "run.prepared",
         format!(
             "prepared {} step `{}` (task {}, run {}, attempt {}) in {}",
-            request.worker_kind, request.step_name, request.task_id, request.run_id, request.attempt, run_dir.display()
+            request.worker_kind,
+            request.step_name,
+            request.task_id,
+            request.run_id,
+            request.attempt,
+            run_dir.display()
         ),
         Some(serde_json::json!({ "runDir": display(run_dir), "checkpointMode": mode })),
     );
@@ -228,7 +249,8 @@ fn populate(
         last_checkpoint_seq: 0,
         lifecycle_event_count: logs.event_count(),
     };
-    write_json_atomic(Path::new(&log_paths.state_path), &state).map_err(Error::io(Path::new(&log_paths.state_path)))?;
+    write_json_atomic(Path::new(&log_paths.state_path), &state)
+        .map_err(Error::io(Path::new(&log_paths.state_path)))?;
     sync_dir(run_dir).map_err(Error::io(run_dir))?;
 
     Ok(PreparedStepRun {

@@ -29,7 +29,11 @@ fn check_id(field: &str, value: &str) -> Result<(), Error> {
     if value.len() > 128 {
         return Err(Error::invalid(field, "must be at most 128 characters"));
     }
-    if value.starts_with('.') || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if value.starts_with('.')
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
         return Err(Error::invalid(
             field,
             format!("`{value}` would not stay inside the runs directory: use letters, digits, `.`, `_` and `-`, not starting with `.`"),
@@ -41,13 +45,19 @@ fn check_id(field: &str, value: &str) -> Result<(), Error> {
 fn existing_dir(field: &str, value: &str) -> Result<PathBuf, Error> {
     let path = Path::new(value);
     if value.is_empty() || !path.is_absolute() {
-        return Err(Error::invalid(field, format!("`{value}` must be an absolute path")));
+        return Err(Error::invalid(
+            field,
+            format!("`{value}` must be an absolute path"),
+        ));
     }
     let canonical = path
         .canonicalize()
         .map_err(|e| Error::invalid(field, format!("`{value}`: {e}")))?;
     if !canonical.is_dir() {
-        return Err(Error::invalid(field, format!("`{value}` is not a directory")));
+        return Err(Error::invalid(
+            field,
+            format!("`{value}` is not a directory"),
+        ));
     }
     Ok(canonical)
 }
@@ -59,7 +69,9 @@ pub fn default_runs_root() -> PathBuf {
     if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(state).join("baa-runner/runs");
     }
-    let home = std::env::var_os("HOME").filter(|s| !s.is_empty()).unwrap_or_else(|| "/tmp".into());
+    let home = std::env::var_os("HOME")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/tmp".into());
     PathBuf::from(home).join(".local/state/baa-runner/runs")
 }
 
@@ -74,16 +86,28 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
     if request.step_name.trim().is_empty() || request.step_name.len() > 512 {
         return Err(Error::invalid("stepName", "must be 1 to 512 characters"));
     }
-    if !(request.timeout_sec.is_finite() && request.timeout_sec > 0.0 && request.timeout_sec <= MAX_TIMEOUT_SEC) {
+    if !(request.timeout_sec.is_finite()
+        && request.timeout_sec > 0.0
+        && request.timeout_sec <= MAX_TIMEOUT_SEC)
+    {
         return Err(Error::invalid(
             "timeoutSec",
-            format!("must be a number of seconds above 0 and at most {MAX_TIMEOUT_SEC} (got {})", request.timeout_sec),
+            format!(
+                "must be a number of seconds above 0 and at most {MAX_TIMEOUT_SEC} (got {})",
+                request.timeout_sec
+            ),
         ));
     }
-    for (field, text) in [("command", &request.command), ("promptSummary", &request.prompt_summary)] {
+    for (field, text) in [
+        ("command", &request.command),
+        ("promptSummary", &request.prompt_summary),
+    ] {
         if let Some(text) = text {
             if text.len() > MAX_TEXT_BYTES {
-                return Err(Error::invalid(field, format!("is {} bytes; the limit is {MAX_TEXT_BYTES}", text.len())));
+                return Err(Error::invalid(
+                    field,
+                    format!("is {} bytes; the limit is {MAX_TEXT_BYTES}", text.len()),
+                ));
             }
             if text.contains('\0') {
                 return Err(Error::invalid(field, "contains a NUL byte"));
@@ -98,11 +122,21 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
             ));
         }
         if checkpoint.log_tail_lines.is_some_and(|n| n > 10_000) {
-            return Err(Error::invalid("checkpoint.logTailLines", "must be at most 10000"));
+            return Err(Error::invalid(
+                "checkpoint.logTailLines",
+                "must be at most 10000",
+            ));
         }
         if let Some(base) = &checkpoint.git_diff_base_ref {
-            if base.is_empty() || base.starts_with('-') || base.contains(char::is_whitespace) || base.contains("..") {
-                return Err(Error::invalid("checkpoint.gitDiffBaseRef", format!("`{base}` is not a single git revision")));
+            if base.is_empty()
+                || base.starts_with('-')
+                || base.contains(char::is_whitespace)
+                || base.contains("..")
+            {
+                return Err(Error::invalid(
+                    "checkpoint.gitDiffBaseRef",
+                    format!("`{base}` is not a single git revision"),
+                ));
             }
         }
     }
@@ -114,7 +148,10 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
         for (name, value) in env {
             let field = format!("runtime.env.{name}");
             if !is_env_name(name) {
-                return Err(Error::invalid(&field, "is not a valid environment variable name"));
+                return Err(Error::invalid(
+                    &field,
+                    "is not a valid environment variable name",
+                ));
             }
             if is_never_passed(name) {
                 return Err(Error::invalid(&field, "changes how programs load or find their configuration and is never passed to subprocesses; remove it"));
@@ -125,7 +162,12 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
         }
     }
     let runs_root = match runtime.runs_root_dir.as_deref() {
-        Some("") => return Err(Error::invalid("runtime.runsRootDir", "must not be empty; omit it for the default")),
+        Some("") => {
+            return Err(Error::invalid(
+                "runtime.runsRootDir",
+                "must not be empty; omit it for the default",
+            ))
+        }
         Some(dir) if Path::new(dir).is_absolute() => PathBuf::from(dir),
         Some(dir) => repo_root.join(dir),
         None => default_runs_root(),
@@ -133,7 +175,11 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
     // Resolve the longest existing ancestor to see where the root really is.
     let real_root = runs_root
         .ancestors()
-        .find_map(|a| a.canonicalize().ok().map(|c| c.join(runs_root.strip_prefix(a).unwrap_or(Path::new("")))))
+        .find_map(|a| {
+            a.canonicalize()
+                .ok()
+                .map(|c| c.join(runs_root.strip_prefix(a).unwrap_or(Path::new(""))))
+        })
         .unwrap_or_else(|| runs_root.clone());
     if real_root.starts_with(&worktree) {
         return Err(Error::invalid(

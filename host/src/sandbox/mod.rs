@@ -45,7 +45,9 @@ fn start_epoch_ticker(engine: &Engine) {
             }
         });
     if let Err(e) = spawned {
-        tracing::error!("cannot start the epoch ticker thread: {e}; deadlines rely on host timeouts only");
+        tracing::error!(
+            "cannot start the epoch ticker thread: {e}; deadlines rely on host timeouts only"
+        );
     }
 }
 
@@ -53,7 +55,8 @@ fn start_epoch_ticker(engine: &Engine) {
 /// step to grant only the worktree) and the `baa:worker` host interfaces.
 pub fn new_linker(engine: &Engine) -> Result<Arc<Linker<StepState>>, Error> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| Error::Engine(e.to_string()))?;
     bindings::Worker::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
         .map_err(|e| Error::Engine(e.to_string()))?;
     Ok(Arc::new(linker))

@@ -7,8 +7,20 @@ use baa_worker_sdk::*;
 /// Subcommands the kind runs. Anything that talks to remotes or rewrites
 /// history is left to other kinds.
 const ALLOWED_SUBCOMMANDS: &[&str] = &[
-    "status", "diff", "add", "rm", "mv", "commit", "branch", "checkout", "switch", "restore",
-    "log", "show", "rev-parse", "tag",
+    "status",
+    "diff",
+    "add",
+    "rm",
+    "mv",
+    "commit",
+    "branch",
+    "checkout",
+    "switch",
+    "restore",
+    "log",
+    "show",
+    "rev-parse",
+    "tag",
 ];
 
 /// Options that make git run other programs or look elsewhere for its
@@ -45,6 +57,7 @@ impl Worker for Git {
         .env("GIT_AUTHOR_EMAIL")
         .env("GIT_COMMITTER_NAME")
         .env("GIT_COMMITTER_EMAIL")
+        .env("GIT_TERMINAL_PROMPT")
     }
 
     fn execute(request: StepRequest) -> Result<WorkerOutcome, ExecuteError> {
@@ -55,8 +68,12 @@ impl Worker for Git {
         for args in &operations {
             let line = args.join(" ");
             emit(Level::Info, "git.operation", &format!("git {line}"), None);
-            let finished = run(&git_command(args))
-                .map_err(|e| ExecuteError::Failed(format!("could not run `git {line}`: {}", describe_spawn_error(&e))))?;
+            let finished = run(&git_command(args)).map_err(|e| {
+                ExecuteError::Failed(format!(
+                    "could not run `git {line}`: {}",
+                    describe_spawn_error(&e)
+                ))
+            })?;
             if !finished.success() {
                 let stderr = finished.stderr_text();
                 let reason = last_lines(&stderr, 3).join("\n");
@@ -92,15 +109,21 @@ impl Worker for Git {
                 "Changes in the worktree against the commit the step started from",
                 diff.as_bytes(),
             ) {
-                emit(Level::Warn, "git.artifact", &format!("could not store the diff: {e:?}"), None);
+                emit(
+                    Level::Warn,
+                    "git.artifact",
+                    &format!("could not store the diff: {e:?}"),
+                    None,
+                );
             }
         }
 
         let mut summary = format!("on branch {branch}");
         match &commits {
-            Some(commits) if !commits.is_empty() => {
-                summary.push_str(&format!("; committed {}", commits.lines().collect::<Vec<_>>().join(", ")))
-            }
+            Some(commits) if !commits.is_empty() => summary.push_str(&format!(
+                "; committed {}",
+                commits.lines().collect::<Vec<_>>().join(", ")
+            )),
             _ => summary.push_str("; no commit made"),
         }
         if changed_files.is_empty() {
@@ -172,7 +195,10 @@ fn parse_operations(script: &str) -> Result<Vec<Vec<String>>, String> {
         operations.push(args);
     }
     if operations.is_empty() {
-        return Err("`command`: no git operation given (e.g. `status`, `add -A`, `commit -m \"msg\"`)".into());
+        return Err(
+            "`command`: no git operation given (e.g. `status`, `add -A`, `commit -m \"msg\"`)"
+                .into(),
+        );
     }
     Ok(operations)
 }

@@ -42,13 +42,18 @@ impl Worker for Shell {
                 }
             }
         })
-        .map_err(|e| ExecuteError::Failed(format!("could not run `sh -c {command}`: {}", describe_spawn_error(&e))))?;
+        .map_err(|e| {
+            ExecuteError::Failed(format!(
+                "could not run `sh -c {command}`: {}",
+                describe_spawn_error(&e)
+            ))
+        })?;
 
         let text = String::from_utf8_lossy(&tail);
         let last = last_lines(&text, SUMMARY_LINES);
         let mut summary = format!("`{command}`: {}", describe_exit(&status));
         if !last.is_empty() {
-            summary.push_str("\n");
+            summary.push('\n');
             summary.push_str(&last.join("\n"));
         }
 

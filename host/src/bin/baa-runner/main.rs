@@ -22,7 +22,11 @@ const EXIT_INVALID_INPUT: u8 = 3;
 const EXIT_HOST_ERROR: u8 = 4;
 
 #[derive(Parser)]
-#[command(name = "baa-runner", version, about = "Run coding-agent steps inside a WebAssembly sandbox")]
+#[command(
+    name = "baa-runner",
+    version,
+    about = "Run coding-agent steps inside a WebAssembly sandbox"
+)]
 struct Cli {
     /// Operator config file (TOML): plugin directories, grants per kind, limits.
     #[arg(long, global = true, value_name = "FILE")]
@@ -66,22 +70,33 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_INVALID_INPUT } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                EXIT_INVALID_INPUT
+            } else {
+                0
+            });
         }
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BAA_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BAA_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     match real_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let invalid = e.downcast_ref::<Error>().is_some_and(Error::is_invalid_input)
+            let invalid = e
+                .downcast_ref::<Error>()
+                .is_some_and(Error::is_invalid_input)
                 || e.downcast_ref::<InvalidInput>().is_some();
             eprintln!("baa-runner: error: {e:#}");
-            ExitCode::from(if invalid { EXIT_INVALID_INPUT } else { EXIT_HOST_ERROR })
+            ExitCode::from(if invalid {
+                EXIT_INVALID_INPUT
+            } else {
+                EXIT_HOST_ERROR
+            })
         }
     }
 }
@@ -93,10 +108,12 @@ struct InvalidInput(String);
 
 fn read_request(path: &Path) -> anyhow::Result<StepExecutionRequest> {
     let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| InvalidInput(format!("cannot read the request from stdin: {e}")))?
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| InvalidInput(format!("cannot read the request from stdin: {e}")))?
     } else {
-        std::fs::read_to_string(path)
-            .map_err(|e| InvalidInput(format!("cannot read request file {}: {e}", path.display())))?
+        std::fs::read_to_string(path).map_err(|e| {
+            InvalidInput(format!("cannot read request file {}: {e}", path.display()))
+        })?
     };
     let request = serde_json::from_str(&text).map_err(|e| {
         InvalidInput(format!(
@@ -134,7 +151,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 fn real_main(cli: Cli) -> anyhow::Result<u8> {
     let runner = runner(&cli)?;
     match &cli.command {
-        Command::Run { json, quiet, request } => {
+        Command::Run {
+            json,
+            quiet,
+            request,
+        } => {
             let request = read_request(request)?;
             let observer = (!quiet).then(|| render::live_observer(*json));
             let tokio = tokio::runtime::Builder::new_multi_thread()

@@ -40,13 +40,24 @@ pub fn live_observer(to_stderr: bool) -> Observer {
                     _ => "▸",
                 };
                 let time = entry.timestamp.get(11..23).unwrap_or(&entry.timestamp);
-                writeln!(out, "{marker} {time} {:<20} {}", entry.event, sanitize(entry.message.lines().next().unwrap_or("")))
+                writeln!(
+                    out,
+                    "{marker} {time} {:<20} {}",
+                    entry.event,
+                    sanitize(entry.message.lines().next().unwrap_or(""))
+                )
             }
             LiveUpdate::Output(stream, bytes) => {
                 let text = sanitize(&String::from_utf8_lossy(bytes));
                 match stream {
                     Stream::Stdout => write!(out, "{text}"),
-                    Stream::Stderr => write!(out, "{}", text.lines().map(|l| format!("  stderr| {l}\n")).collect::<String>()),
+                    Stream::Stderr => write!(
+                        out,
+                        "{}",
+                        text.lines()
+                            .map(|l| format!("  stderr| {l}\n"))
+                            .collect::<String>()
+                    ),
                 }
             }
         };
@@ -63,13 +74,21 @@ pub fn summary(result: &StepExecutionResult) {
         StepExecutionOutcome::Prepared => "PREPARED",
     };
     println!();
-    println!("── {} · {} · {} ──", result.worker_kind, result.step_id, verdict);
+    println!(
+        "── {} · {} · {} ──",
+        result.worker_kind, result.step_id, verdict
+    );
     println!("{}", sanitize(&result.summary));
     if let Some(code) = result.state.exit_code {
         println!("exit code: {code}");
     }
     if let Some(failure) = &result.state.failure {
-        println!("reason: {}", serde_json::to_value(failure.reason).map(|v| v.as_str().unwrap_or("").to_string()).unwrap_or_default());
+        println!(
+            "reason: {}",
+            serde_json::to_value(failure.reason)
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .unwrap_or_default()
+        );
     }
     println!(
         "took {} ms · {} events · {} stdout / {} stderr chunks · {} checkpoint(s)",
@@ -79,11 +98,20 @@ pub fn summary(result: &StepExecutionResult) {
         result.metrics.stderr_chunk_count,
         result.metrics.checkpoint_count
     );
-    for artifact in result.artifacts.iter().filter(|a| a.kind == baa_runner::contracts::StepArtifactKind::Artifact) {
+    for artifact in result
+        .artifacts
+        .iter()
+        .filter(|a| a.kind == baa_runner::contracts::StepArtifactKind::Artifact)
+    {
         println!("artifact {}: {}", artifact.name, artifact.path);
     }
     for followup in &result.suggested_followup {
-        println!("suggested next: {} ({}): {}", followup.step_name, followup.step_kind, sanitize(&followup.reason));
+        println!(
+            "suggested next: {} ({}): {}",
+            followup.step_name,
+            followup.step_kind,
+            sanitize(&followup.reason)
+        );
     }
     println!("run directory: {}", result.log_paths.run_dir);
 }
@@ -93,7 +121,12 @@ pub fn kinds(kinds: &[KindInfo]) {
     for kind in kinds {
         match &kind.error {
             None => {
-                println!("{} {} — {}", kind.name, kind.version, sanitize(&kind.description));
+                println!(
+                    "{} {} — {}",
+                    kind.name,
+                    kind.version,
+                    sanitize(&kind.description)
+                );
                 println!(
                     "    programs: [{}] · env: [{}] · network: {}",
                     kind.capabilities.programs.join(", "),
@@ -103,6 +136,14 @@ pub fn kinds(kinds: &[KindInfo]) {
             }
             Some(error) => println!("{} — cannot be loaded: {}", kind.name, sanitize(error)),
         }
-        println!("    file: {}{}", kind.source, if kind.shadowed { " (shadowed by an earlier kind of the same name)" } else { "" });
+        println!(
+            "    file: {}{}",
+            kind.source,
+            if kind.shadowed {
+                " (shadowed by an earlier kind of the same name)"
+            } else {
+                ""
+            }
+        );
     }
 }

@@ -28,16 +28,27 @@ pub struct LiveGroups(Arc<Mutex<HashSet<i32>>>);
 
 impl LiveGroups {
     fn insert(&self, pgid: i32) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(pgid);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pgid);
     }
 
     fn remove(&self, pgid: i32) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&pgid);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pgid);
     }
 
     /// SIGKILL every group still registered; returns how many.
     pub fn kill_all(&self) -> usize {
-        let groups: Vec<i32> = self.0.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let groups: Vec<i32> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         for pgid in &groups {
             kill_group(*pgid);
         }
@@ -160,7 +171,11 @@ impl Subprocesses {
             .current_dir(&cwd)
             .env_clear()
             .envs(&env)
-            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if cmd.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -183,7 +198,10 @@ impl Subprocesses {
             EventSource::Host,
             EventLevel::Info,
             "subprocess.started",
-            format!("started `{}` (pid {pid})", display_command(&allowed.path, &cmd.args)),
+            format!(
+                "started `{}` (pid {pid})",
+                display_command(&allowed.path, &cmd.args)
+            ),
             Some(json!({
                 "pid": pid,
                 "program": allowed.path.display().to_string(),
@@ -229,8 +247,14 @@ fn resolve_cwd(worktree: &Path, cwd: Option<&str>) -> Result<PathBuf, String> {
     if rel.contains('\0') {
         return Err("cwd contains a NUL byte".into());
     }
-    if rel_path.is_absolute() || rel_path.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!("cwd `{rel}` must be a relative path inside the worktree, without `..`"));
+    if rel_path.is_absolute()
+        || rel_path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(format!(
+            "cwd `{rel}` must be a relative path inside the worktree, without `..`"
+        ));
     }
     let resolved = worktree
         .join(rel_path)
@@ -250,7 +274,9 @@ mod host {
     use wasmtime::component::Resource;
 
     use super::ProcessHandle;
-    use crate::sandbox::bindings::baa::worker::subprocess::{Command, Host, HostProcess, Output, SpawnError};
+    use crate::sandbox::bindings::baa::worker::subprocess::{
+        Command, Host, HostProcess, Output, SpawnError,
+    };
     use crate::sandbox::state::StepState;
 
     impl Host for StepState {

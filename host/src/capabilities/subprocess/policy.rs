@@ -18,10 +18,29 @@ pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// Variables that change how programs load or configure themselves; never
 /// passed to a subprocess, whoever asks.
 const NEVER_PASSED: &[&str] = &[
-    "LD_", "DYLD_", "BASH_ENV", "ENV", "PS4", "SHELLOPTS", "BASHOPTS", "IFS", "PATH", "HOME",
-    "GIT_CONFIG", "GIT_EXEC_PATH", "GIT_SSH", "GIT_ASKPASS", "GIT_PAGER", "GIT_EDITOR",
-    "GIT_EXTERNAL_DIFF", "GIT_DIR", "GIT_WORK_TREE", "GIT_PROXY_COMMAND", "NODE_OPTIONS",
-    "PYTHONSTARTUP", "PERL5OPT",
+    "LD_",
+    "DYLD_",
+    "BASH_ENV",
+    "ENV",
+    "PS4",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "IFS",
+    "PATH",
+    "HOME",
+    "GIT_CONFIG",
+    "GIT_EXEC_PATH",
+    "GIT_SSH",
+    "GIT_ASKPASS",
+    "GIT_PAGER",
+    "GIT_EDITOR",
+    "GIT_EXTERNAL_DIFF",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_PROXY_COMMAND",
+    "NODE_OPTIONS",
+    "PYTHONSTARTUP",
+    "PERL5OPT",
 ];
 
 /// Arguments refused for a program (by its file name), because they make it
@@ -45,9 +64,9 @@ const REFUSED_ARGS: &[(&str, &[&str])] = &[(
 
 /// Whether `name` is a variable a subprocess may never receive.
 pub fn is_never_passed(name: &str) -> bool {
-    NEVER_PASSED
-        .iter()
-        .any(|p| name == *p || (p.ends_with('_') && name.starts_with(p)) || name.starts_with("GIT_CONFIG"))
+    NEVER_PASSED.iter().any(|p| {
+        name == *p || (p.ends_with('_') && name.starts_with(p)) || name.starts_with("GIT_CONFIG")
+    })
 }
 
 /// Whether `name` is a well-formed environment variable name.
@@ -124,7 +143,12 @@ impl ExecPolicy {
     }
 
     /// Check a program, its arguments and its extra environment.
-    pub fn check(&self, program: &str, args: &[String], env: &[(String, String)]) -> Result<Allowed, String> {
+    pub fn check(
+        &self,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<Allowed, String> {
         let path = if program.contains('/') {
             let candidate = Path::new(program);
             self.programs
@@ -132,19 +156,27 @@ impl ExecPolicy {
                 .find(|p| p.as_path() == candidate)
                 .cloned()
                 .ok_or_else(|| {
-                    format!("program `{program}` is not allowed for this worker kind (allowed: {})", self.allowed_list())
+                    format!(
+                        "program `{program}` is not allowed for this worker kind (allowed: {})",
+                        self.allowed_list()
+                    )
                 })?
         } else if let Some(path) = self.programs.get(program) {
             path.clone()
         } else if let Some(why) = self.missing.get(program) {
-            return Err(format!("program `{program}` is granted but cannot be used: {why}"));
+            return Err(format!(
+                "program `{program}` is granted but cannot be used: {why}"
+            ));
         } else {
             return Err(format!(
                 "program `{program}` is not allowed for this worker kind (allowed: {}); the operator can grant it under [kinds.<kind>] programs in the config file",
                 self.allowed_list()
             ));
         };
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         for (name, refused) in REFUSED_ARGS {
             if *name != file_name {
                 continue;
@@ -163,7 +195,9 @@ impl ExecPolicy {
                 return Err(format!("environment variable name `{name}` is malformed"));
             }
             if is_never_passed(name) {
-                return Err(format!("environment variable `{name}` is never passed to subprocesses"));
+                return Err(format!(
+                    "environment variable `{name}` is never passed to subprocesses"
+                ));
             }
             if !self.env.iter().any(|allowed| allowed == name) {
                 return Err(format!(

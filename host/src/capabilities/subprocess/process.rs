@@ -166,13 +166,33 @@ pub(super) fn start(
         };
         let step_timeout = timed_out && limits.deadline >= limits.step_deadline;
         let (level, how) = if timed_out {
-            (EventLevel::Warn, if step_timeout { "killed: the step timed out".to_string() } else { "killed: its timeout ran out".to_string() })
+            (
+                EventLevel::Warn,
+                if step_timeout {
+                    "killed: the step timed out".to_string()
+                } else {
+                    "killed: its timeout ran out".to_string()
+                },
+            )
         } else if over_cap {
-            (EventLevel::Warn, format!("killed: output exceeded {} bytes", limits.output_cap))
+            (
+                EventLevel::Warn,
+                format!("killed: output exceeded {} bytes", limits.output_cap),
+            )
         } else if let Some(code) = code {
-            (if code == 0 { EventLevel::Info } else { EventLevel::Warn }, format!("exited with code {code}"))
+            (
+                if code == 0 {
+                    EventLevel::Info
+                } else {
+                    EventLevel::Warn
+                },
+                format!("exited with code {code}"),
+            )
         } else {
-            (EventLevel::Warn, format!("killed by signal {}", signal.unwrap_or(0)))
+            (
+                EventLevel::Warn,
+                format!("killed by signal {}", signal.unwrap_or(0)),
+            )
         };
         logs.event(
             EventSource::Host,

@@ -1,0 +1,180 @@
+//! The `baa-runner` binary: `run --json` prints exactly the result; exit
+//! codes tell a failed step from bad input; `kinds` lists the kinds.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use baa_runner_tests::{fixtures, Sandbox};
+
+/// The CLI binary that `cargo test --workspace` builds beside the tests.
+fn cli() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let bin: PathBuf = exe.parent().unwrap().parent().unwrap().join("baa-runner");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+fn write_request(sandbox: &Sandbox, json: &serde_json::Value) -> PathBuf {
+    let path = sandbox
+        .dir
+        .path()
+        .join(format!("request-{}.json", json["stepId"].as_str().unwrap()));
+    std::fs::write(&path, serde_json::to_vec(json).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn run_json_prints_exactly_the_result() {
+    let sandbox = Sandbox::new();
+    let path = write_request(&sandbox, &sandbox.request_json("shell", "echo via cli"));
+    let out = cli().args(["run", "--json"]).arg(&path).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is exactly one JSON document");
+    for field in [
+        "ok",
+        "outcome",
+        "summary",
+        "needsHuman",
+        "blocked",
+        "taskId",
+        "stepId",
+        "runId",
+        "attempt",
+        "workerKind",
+        "startedAt",
+        "finishedAt",
+        "durationMs",
+        "metadata",
+        "state",
+        "logPaths",
+        "logSession",
+        "logSummary",
+        "lifecycleEvents",
+        "checkpoint",
+        "artifacts",
+        "suggestedFollowup",
+        "metrics",
+    ] {
+        assert!(result.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(result["outcome"], "completed");
+    let on_disk: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(result["logPaths"]["resultPath"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(on_disk, result);
+    // Live progress went to stderr.
+    assert!(String::from_utf8_lossy(&out.stderr).contains("via cli"));
+}
+
+#[test]
+fn exit_codes_distinguish_failed_steps_bad_input_and_blocked() {
+    let sandbox = Sandbox::new();
+    let mut failing = sandbox.request_json("shell", "exit 3");
+    failing["stepId"] = "fails".into();
+    let out = cli()
+        .args(["run", "--quiet"])
+        .arg(write_request(&sandbox, &failing))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAILED") && stdout.contains("exit code: 3"),
+        "{stdout}"
+    );
+
+    let mut bad = sandbox.request_json("shell", "true");
+    bad["stepId"] = "bad".into();
+    bad["taskId"] = "../escape".into();
+    let out = cli()
+        .args(["run"])
+        .arg(write_request(&sandbox, &bad))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("taskId"));
+
+    let out = cli()
+        .args(["run", "/nonexistent/request.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+
+    let plugins = sandbox.dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(fixtures::PROBE_WASM, plugins.join("probe.wasm")).unwrap();
+    let mut blocked = sandbox.request_json("probe", "block waiting for a reviewer");
+    blocked["stepId"] = "blocked".into();
+    let out = cli()
+        .args(["run", "--quiet", "--plugins-dir"])
+        .arg(&plugins)
+        .arg(write_request(&sandbox, &blocked))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kinds_lists_builtin_and_third_party_kinds() {
+    let sandbox = Sandbox::new();
+    let plugins = sandbox.dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(fixtures::PROBE_WASM, plugins.join("probe.wasm")).unwrap();
+    std::fs::write(plugins.join("broken.wasm"), b"not wasm at all").unwrap();
+    let out = cli()
+        .args(["kinds", "--json", "--plugins-dir"])
+        .arg(&plugins)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kinds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_name = |name: &str| {
+        kinds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        by_name("shell")["capabilities"]["programs"],
+        serde_json::json!(["sh"])
+    );
+    assert_eq!(by_name("shell")["source"], "builtin");
+    assert_eq!(
+        by_name("git")["capabilities"]["programs"],
+        serde_json::json!(["git"])
+    );
+    assert_eq!(by_name("codex")["capabilities"]["network"], true);
+    assert_eq!(by_name("probe")["version"], "0.1.0");
+    assert!(by_name("probe")["source"]
+        .as_str()
+        .unwrap()
+        .ends_with("probe.wasm"));
+    assert!(by_name("broken")["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a valid WebAssembly component"));
+}

@@ -1,0 +1,147 @@
+//! Bad requests get clear errors naming the field, and leave no run directory.
+
+use baa_runner::contracts::StepExecutionRequest;
+use baa_runner::Error;
+use baa_runner_tests::Sandbox;
+
+use crate::runner;
+
+fn expect_invalid(sandbox: &Sandbox, request: StepExecutionRequest, field: &str) {
+    let err = match runner().prepare(request, None) {
+        Ok(_) => panic!("`{field}` should be refused"),
+        Err(e) => e,
+    };
+    match &err {
+        Error::InvalidRequest { field: f, .. } => assert_eq!(f, field, "{err}"),
+        other => panic!("expected an invalid-request error for `{field}`, got {other}"),
+    }
+    assert!(err.to_string().contains(field));
+    // Nothing half-written.
+    let leftovers: Vec<_> = walk(&sandbox.runs)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "{field}: files written: {leftovers:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn ids_that_escape_the_runs_directory_are_refused() {
+    let sandbox = Sandbox::new();
+    for (field, value) in [
+        ("taskId", "../../etc"),
+        ("stepId", ".."),
+        ("runId", "a/b"),
+        ("taskId", ""),
+        ("runId", ".hidden"),
+    ] {
+        let mut json = sandbox.request_json("shell", "true");
+        json[field] = value.into();
+        let request: StepExecutionRequest = serde_json::from_value(json).unwrap();
+        expect_invalid(&sandbox, request, field);
+    }
+}
+
+#[test]
+fn malformed_fields_name_the_field() {
+    let sandbox = Sandbox::new();
+    let mut request = sandbox.request("shell", "true");
+    request.timeout_sec = 0.0;
+    expect_invalid(&sandbox, request, "timeoutSec");
+
+    let mut request = sandbox.request("shell", "true");
+    request.attempt = 0;
+    expect_invalid(&sandbox, request, "attempt");
+
+    let mut request = sandbox.request("shell", "true");
+    request.runtime.worktree_path = "relative/path".into();
+    expect_invalid(&sandbox, request, "runtime.worktreePath");
+
+    let mut request = sandbox.request("shell", "true");
+    request.runtime.worktree_path = sandbox.dir.path().join("missing").display().to_string();
+    expect_invalid(&sandbox, request, "runtime.worktreePath");
+
+    let mut request = sandbox.request("shell", "true");
+    request.runtime.env = Some([("LD_PRELOAD".to_string(), "/tmp/x.so".to_string())].into());
+    expect_invalid(&sandbox, request, "runtime.env.LD_PRELOAD");
+
+    let mut request = sandbox.request("shell", "true");
+    request.runtime.runs_root_dir = Some(sandbox.repo.join(".runs").display().to_string());
+    expect_invalid(&sandbox, request, "runtime.runsRootDir");
+}
+
+#[test]
+fn json_errors_name_the_field() {
+    let sandbox = Sandbox::new();
+    let mut json = sandbox.request_json("shell", "true");
+    json.as_object_mut().unwrap().remove("taskId");
+    let err = serde_json::from_value::<StepExecutionRequest>(json).unwrap_err();
+    assert!(err.to_string().contains("taskId"), "{err}");
+
+    let mut json = sandbox.request_json("shell", "true");
+    json["workerKind"] = "Not A Kind".into();
+    let err = serde_json::from_value::<StepExecutionRequest>(json).unwrap_err();
+    assert!(err.to_string().contains("not a worker kind name"), "{err}");
+
+    let mut json = sandbox.request_json("shell", "true");
+    json["checkpoint"]["mode"] = "sometimes".into();
+    let err = serde_json::from_value::<StepExecutionRequest>(json).unwrap_err();
+    assert!(err.to_string().contains("sometimes"), "{err}");
+}
+
+#[test]
+fn a_second_prepare_of_the_same_attempt_is_refused_and_keeps_the_first() {
+    let sandbox = Sandbox::new();
+    let runner = runner();
+    let first = runner
+        .prepare(sandbox.request("shell", "true"), None)
+        .unwrap();
+    let metadata_before = std::fs::read(&first.log_paths.metadata_path).unwrap();
+    let err = runner
+        .prepare(sandbox.request("shell", "true"), None)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::InvalidRequest { field, .. } if field == "attempt"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&first.log_paths.metadata_path).unwrap(),
+        metadata_before
+    );
+}
+
+#[test]
+fn prepare_alone_yields_outcome_prepared() {
+    let sandbox = Sandbox::new();
+    let runner = runner();
+    let prepared = runner
+        .prepare(sandbox.request("shell", "true"), None)
+        .unwrap();
+    let result = runner.finish_prepared(prepared).unwrap();
+    assert_eq!(
+        result.outcome,
+        baa_runner::contracts::StepExecutionOutcome::Prepared
+    );
+    assert!(result.ok, "preparing succeeded");
+    let state = baa_runner_tests::read_json(&result.log_paths.state_path);
+    assert_eq!(state["status"], "prepared");
+    assert!(std::path::Path::new(&result.log_paths.lifecycle_log_path).exists());
+    assert!(std::path::Path::new(&result.log_paths.result_path).exists());
+}

@@ -1,0 +1,251 @@
+//! What a worker can and cannot do: the `probe` fixture kind, loaded from a
+//! plugin directory like any third-party `.wasm`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use baa_runner::config::KindGrant;
+use baa_runner::contracts::{FailureReason, StepExecutionOutcome};
+use baa_runner::{Runner, RunnerConfig};
+use baa_runner_tests::{fixtures, read_json, read_lifecycle, Sandbox};
+
+use crate::run;
+
+/// A runner whose plugin directory holds `probe.wasm`, granted `grant`.
+fn probe_runner(sandbox: &Sandbox, grant: KindGrant) -> (Runner, PathBuf) {
+    let dir = sandbox.dir.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("probe.wasm");
+    std::fs::copy(fixtures::PROBE_WASM, &wasm).unwrap();
+    let mut config = RunnerConfig::default();
+    config.plugin_dirs.push(dir);
+    config.kinds.insert("probe".into(), grant);
+    (Runner::new(config).unwrap(), wasm)
+}
+
+fn grant(programs: &[&str]) -> KindGrant {
+    KindGrant {
+        programs: programs.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PROBE_VAR".into()],
+        network: false,
+    }
+}
+
+fn stdout_of(result: &baa_runner::contracts::StepExecutionResult) -> String {
+    std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_third_party_kind_from_a_plugin_directory_runs() {
+    let sandbox = Sandbox::new();
+    let (runner, wasm) = probe_runner(&sandbox, grant(&["true"]));
+    let script = "write notes.txt written by the probe\nread notes.txt\nartifact report.txt all good\ncheckpoint probe.state halfway\nfollowup review-it review please review\nspawn true";
+    let result = run(&runner, sandbox.request("probe", script)).await;
+
+    assert!(result.ok, "{}\n{}", result.summary, stdout_of(&result));
+    assert_eq!(
+        std::fs::read_to_string(sandbox.repo.join("notes.txt")).unwrap(),
+        "written by the probe"
+    );
+    let stdout = stdout_of(&result);
+    assert!(
+        stdout.contains("read notes.txt: ok written by the probe"),
+        "{stdout}"
+    );
+
+    let metadata = read_json(&result.log_paths.metadata_path);
+    assert_eq!(metadata["plugin"]["source"], wasm.display().to_string());
+    assert_eq!(metadata["plugin"]["version"], "0.1.0");
+    let artifact = result
+        .artifacts
+        .iter()
+        .find(|a| a.name == "report.txt")
+        .expect("artifact");
+    assert_eq!(std::fs::read_to_string(&artifact.path).unwrap(), "all good");
+    let record = result.checkpoint.latest.as_ref().expect("checkpoint");
+    assert_eq!(record.checkpoint_type.as_str(), "probe.state");
+    assert_eq!(
+        std::fs::read_to_string(record.payload_path.as_ref().unwrap()).unwrap(),
+        "halfway"
+    );
+    assert_eq!(result.suggested_followup.len(), 1);
+    assert_eq!(result.suggested_followup[0].step_name, "review-it");
+    assert_eq!(result.suggested_followup[0].step_kind.as_str(), "review");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cannot_read_or_write_outside_its_worktree() {
+    let sandbox = Sandbox::new();
+    let secret = sandbox.dir.path().join("secret.txt");
+    std::fs::write(&secret, "TOP-SECRET-CONTENT").unwrap();
+    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let script = format!(
+        "read README.md\nread ../secret.txt\nread {secret}\nread /etc/passwd\nwrite ../planted.txt x\nsymlink ../secret.txt link-out\nread link-out\nsymlink {secret} abs-link\nread abs-link",
+        secret = secret.display()
+    );
+    let result = run(&runner, sandbox.request("probe", &script)).await;
+
+    let stdout = stdout_of(&result);
+    assert!(stdout.contains("read README.md: ok # demo"), "{stdout}");
+    assert!(
+        !stdout.contains("TOP-SECRET-CONTENT"),
+        "the secret leaked: {stdout}"
+    );
+    assert!(
+        !stdout.contains("root:x:0:0"),
+        "/etc/passwd leaked: {stdout}"
+    );
+    for op in [
+        "read ../secret.txt",
+        "read /etc/passwd",
+        "write ../planted.txt x",
+        "read link-out",
+        "read abs-link",
+    ] {
+        assert!(
+            stdout.contains(&format!("{op}: denied")),
+            "`{op}` was not denied: {stdout}"
+        );
+    }
+    assert!(!sandbox.dir.path().join("planted.txt").exists());
+    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_the_policy_does_not_allow_is_denied_and_never_spawned() {
+    let sandbox = Sandbox::new();
+    // The probe requests `true`, `touch` and `sh`; the operator grants only `true`.
+    let (runner, _) = probe_runner(&sandbox, grant(&["true"]));
+    let script = "spawn true\nspawn touch pwned-by-touch\nspawn rm -rf README.md\nspawn /usr/bin/touch pwned-by-path";
+    let result = run(&runner, sandbox.request("probe", script)).await;
+
+    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
+    assert_eq!(
+        result.state.failure.as_ref().unwrap().reason,
+        FailureReason::PolicyDenied
+    );
+    assert!(!sandbox.repo.join("pwned-by-touch").exists());
+    assert!(!sandbox.repo.join("pwned-by-path").exists());
+    assert!(sandbox.repo.join("README.md").exists());
+
+    let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
+    let started: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "subprocess.started")
+        .collect();
+    assert_eq!(started.len(), 1, "only `true` may start: {started:?}");
+    assert!(started[0]["data"]["program"]
+        .as_str()
+        .unwrap()
+        .ends_with("/true"));
+    let denied: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "subprocess.denied")
+        .collect();
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    assert!(denied[0]["message"].as_str().unwrap().contains("touch"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_subprocess_environment_is_scrubbed() {
+    let sandbox = Sandbox::new();
+    std::env::set_var("BAA_TEST_HOST_SECRET", "host-secret-value");
+    let (runner, _) = probe_runner(&sandbox, grant(&["sh"]));
+    let result = run(&runner, sandbox.request("probe", "spawn sh -c env")).await;
+    assert!(result.ok, "{}", result.summary);
+    let stdout = stdout_of(&result);
+    assert!(!stdout.contains("host-secret-value"), "{stdout}");
+    assert!(stdout.contains("PROBE_VAR=from-probe"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("HOME={}", result.log_paths.home_dir)),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_in_an_endless_loop_is_interrupted_at_its_deadline() {
+    let sandbox = Sandbox::new();
+    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let mut request = sandbox.request("probe", "loop");
+    request.timeout_sec = 0.5;
+    let started = Instant::now();
+    let result = run(&runner, request).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
+    assert_eq!(
+        result.state.failure.as_ref().unwrap().reason,
+        FailureReason::Timeout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_beyond_the_limit_fails_with_memory_limit() {
+    let sandbox = Sandbox::new();
+    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let result = run(&runner, sandbox.request("probe", "alloc 1024")).await;
+    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
+    let failure = result.state.failure.as_ref().unwrap();
+    assert_eq!(
+        failure.reason,
+        FailureReason::MemoryLimit,
+        "{}",
+        failure.message
+    );
+    let metadata = read_json(&result.log_paths.metadata_path);
+    assert_eq!(metadata["failure"]["reason"], "memory-limit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_worker_is_a_trap_with_a_complete_record() {
+    let sandbox = Sandbox::new();
+    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let result = run(
+        &runner,
+        sandbox.request("probe", "write before.txt x\npanic"),
+    )
+    .await;
+    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
+    assert_eq!(
+        result.state.failure.as_ref().unwrap().reason,
+        FailureReason::Trap
+    );
+    let stderr = std::fs::read_to_string(&result.log_paths.stderr_log_path).unwrap();
+    assert!(stderr.contains("probe was asked to panic"), "{stderr}");
+    assert_eq!(
+        read_json(&result.log_paths.result_path)["outcome"],
+        "failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_worker_needs_a_human() {
+    let sandbox = Sandbox::new();
+    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let result = run(
+        &runner,
+        sandbox.request("probe", "block the credentials are missing"),
+    )
+    .await;
+    assert_eq!(result.outcome, StepExecutionOutcome::Blocked);
+    assert!(result.blocked && result.needs_human && !result.ok);
+    assert_eq!(result.summary, "the credentials are missing");
+    assert_eq!(read_json(&result.log_paths.state_path)["status"], "blocked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_kind_fails_with_invalid_plugin_and_a_full_record() {
+    let sandbox = Sandbox::new();
+    let runner = crate::runner();
+    let result = run(&runner, sandbox.request("nosuchkind", "x")).await;
+    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
+    assert_eq!(
+        result.state.failure.as_ref().unwrap().reason,
+        FailureReason::InvalidPlugin
+    );
+    assert!(
+        result.summary.contains("nosuchkind.wasm"),
+        "{}",
+        result.summary
+    );
+    assert!(std::path::Path::new(&result.log_paths.result_path).exists());
+}
