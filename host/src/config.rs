@@ -90,8 +90,9 @@ pub enum ConfigError {
 
 impl Default for RunnerConfig {
     /// The built-in kinds' grants: `shell` may run `sh`; `git` may run `git`
-    /// with author/committer identity variables; `codex` may run `codex` with
-    /// its home, API key variables and the network.
+    /// with author/committer identity variables; `codex` may run `codex`
+    /// (`$BAA_CODEX_BIN` if set) with its home, API key variables and the
+    /// network.
     fn default() -> Self {
         let grant = |programs: &[&str], env: &[&str], network| KindGrant {
             programs: programs.iter().map(|s| s.to_string()).collect(),
@@ -114,10 +115,16 @@ impl Default for RunnerConfig {
                 false,
             ),
         );
+        // The Codex CLI: `$BAA_CODEX_BIN` when the operator set it, else
+        // `codex` on the system path.
+        let codex = std::env::var("BAA_CODEX_BIN")
+            .ok()
+            .filter(|p| std::path::Path::new(p).is_absolute())
+            .unwrap_or_else(|| "codex".into());
         kinds.insert(
             "codex".into(),
             grant(
-                &["codex"],
+                &[codex.as_str()],
                 &[
                     "CODEX_HOME",
                     "OPENAI_API_KEY",

@@ -7,6 +7,8 @@ use std::process::Command;
 use baa_runner::contracts::StepExecutionRequest;
 use serde_json::{json, Value};
 
+pub mod mock_model;
+
 /// Paths of the fixture worker kinds built by `build.rs`.
 pub mod fixtures {
     include!(concat!(env!("OUT_DIR"), "/fixtures.rs"));

@@ -148,6 +148,7 @@ pub(crate) async fn run_worker(
     let subprocesses = Subprocesses::new(
         ExecPolicy::default(),
         prepared.worktree().to_path_buf(),
+        std::path::Path::new(&prepared.log_paths.home_dir).join("tmp"),
         base_env,
         deadline,
         limits.subprocess_output_bytes,
@@ -474,6 +475,7 @@ pub(crate) async fn describe(
             logs: logs.clone(),
             subprocesses: Subprocesses::new(
                 ExecPolicy::default(),
+                std::path::PathBuf::from("/nonexistent"),
                 std::path::PathBuf::from("/nonexistent"),
                 Default::default(),
                 deadline,

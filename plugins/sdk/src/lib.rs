@@ -240,6 +240,12 @@ pub fn describe_spawn_error(error: &SpawnError) -> String {
     }
 }
 
+/// Write a file into the step's scratch directory (outside the worktree) for
+/// a subprocess to read; returns its absolute path.
+pub fn scratch_file(name: &str, contents: &[u8]) -> Result<String, SpawnError> {
+    bindings::baa::worker::subprocess::scratch_file(name, contents)
+}
+
 /// Append an event to the run's lifecycle log.
 pub fn emit(level: Level, event: &str, message: &str, data_json: Option<&str>) {
     bindings::baa::worker::events::emit(level, event, message, data_json);

@@ -3,6 +3,7 @@
 //! test asserts on the files in the run directory, not only on the result.
 
 mod cli;
+mod codex;
 mod git;
 mod requests;
 mod sandbox;

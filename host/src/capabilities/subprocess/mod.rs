@@ -75,14 +75,21 @@ pub struct Subprocesses {
     live: LiveGroups,
     denials: Vec<String>,
     spawned: u64,
+    scratch_dir: PathBuf,
 }
+
+/// Largest scratch file a worker may write.
+pub const MAX_SCRATCH_BYTES: usize = 4 * 1024 * 1024;
 
 impl Subprocesses {
     /// `worktree` must be canonical. `base_env` is the complete environment
     /// every child starts from (nothing of the host's own is added).
+    /// `scratch_dir` receives [`Subprocesses::scratch_file`]s.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         policy: ExecPolicy,
         worktree: PathBuf,
+        scratch_dir: PathBuf,
         base_env: BTreeMap<String, String>,
         deadline: Instant,
         output_cap: u64,
@@ -98,7 +105,33 @@ impl Subprocesses {
             live: LiveGroups::default(),
             denials: Vec::new(),
             spawned: 0,
+            scratch_dir,
         }
+    }
+
+    /// Write a scratch file for a subprocess argument; returns its path.
+    pub fn scratch_file(&mut self, name: &str, contents: &[u8]) -> Result<String, SpawnError> {
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !valid {
+            return Err(SpawnError::Denied(format!(
+                "scratch file name `{name}` must be a file name of letters, digits, `.`, `-` and `_`"
+            )));
+        }
+        if contents.len() > MAX_SCRATCH_BYTES {
+            return Err(SpawnError::Denied(format!(
+                "scratch file `{name}` is {} bytes; the limit is {MAX_SCRATCH_BYTES}",
+                contents.len()
+            )));
+        }
+        let path = self.scratch_dir.join(name);
+        crate::fsutil::write_atomic(&path, contents)
+            .map_err(|e| SpawnError::Io(format!("{}: {e}", path.display())))?;
+        Ok(path.display().to_string())
     }
 
     /// Replace the policy (the kind's grants are known once it described itself).
@@ -288,6 +321,14 @@ mod host {
                 Ok(handle) => Ok(Ok(self.table.push(handle)?)),
                 Err(e) => Ok(Err(e)),
             }
+        }
+
+        async fn scratch_file(
+            &mut self,
+            name: String,
+            contents: Vec<u8>,
+        ) -> wasmtime::Result<Result<String, SpawnError>> {
+            Ok(self.host.subprocesses.scratch_file(&name, &contents))
         }
     }
 

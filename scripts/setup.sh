@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what baa-runner needs, builds the host and the worker kinds, and
+# runs the shell example step on a demo repository.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
+cd "$ROOT"
+ensure_wasm_target
+ensure_codex
+echo "==> cargo build --workspace (host, CLI and the built-in worker kinds)"
+cargo build --workspace --locked
+echo "==> running examples/shell.json on a demo repository"
+bash examples/demo.sh shell

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: real worker components in a real wasmtime, real git
+# repositories, real subprocesses, the real Codex CLI against a mock model.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
+cd "$ROOT"
+ensure_wasm_target
+ensure_codex
+export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
+cargo test --workspace --locked

@@ -1,0 +1,34 @@
+# Sourced by setup.sh and test.sh: installs what the build and the tests need,
+# idempotently, outside the repository's tracked files.
+#   - the wasm32-wasip2 Rust target (worker kinds are WASI 0.2 components);
+#   - the Codex CLI (npm `@openai/codex`, pinned) into the git-ignored .tools/.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CODEX_VERSION="0.169.0"
+CODEX_PREFIX="$ROOT/.tools/codex"
+
+ensure_wasm_target() {
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+        echo "==> rustup target add wasm32-wasip2"
+        rustup target add wasm32-wasip2
+    fi
+}
+
+ensure_codex() {
+    local bin="$CODEX_PREFIX/node_modules/.bin/codex"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$CODEX_VERSION"; then
+        return 0
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "npm is required to install the Codex CLI (apt-get install nodejs npm)" >&2
+        return 1
+    fi
+    echo "==> npm install @openai/codex@$CODEX_VERSION into .tools/codex (about 400 MB, once)"
+    mkdir -p "$CODEX_PREFIX"
+    npm install --prefix "$CODEX_PREFIX" --no-audit --no-fund --loglevel=error "@openai/codex@$CODEX_VERSION"
+}
+
+# The native codex binary inside the npm package (the .bin entry is a Node wrapper).
+codex_native_binary() {
+    find "$CODEX_PREFIX/node_modules" -type f -name codex -path '*vendor*' -perm -u+x 2>/dev/null | head -n 1
+}

@@ -1,0 +1,158 @@
+//! The `codex` kind against the real Codex CLI and a scripted mock model.
+
+use baa_runner::config::KindGrant;
+use baa_runner::contracts::{StepExecutionOutcome, StepExecutionRequest};
+use baa_runner::{Runner, RunnerConfig};
+use baa_runner_tests::mock_model::{codex_binary, MockModel, Reply};
+use baa_runner_tests::{event_names, read_json, read_lifecycle, Sandbox};
+use serde_json::json;
+
+use crate::run;
+
+/// A runner granting the codex kind the real CLI.
+fn codex_runner() -> Runner {
+    let mut config = RunnerConfig::default();
+    let mut grant: KindGrant = config.grant("codex");
+    grant.programs = vec![codex_binary().display().to_string()];
+    config.kinds.insert("codex".into(), grant);
+    Runner::new(config).unwrap()
+}
+
+fn codex_request(sandbox: &Sandbox, model: &MockModel, prompt: &str) -> StepExecutionRequest {
+    let mut json = sandbox.request_json("codex", "");
+    json.as_object_mut().unwrap().remove("command");
+    json["stepName"] = "fix the greeting".into();
+    json["stepKind"] = "codex".into();
+    json["promptSummary"] = prompt.into();
+    json["timeoutSec"] = 120.into();
+    json["runtime"]["env"] = json!({
+        "CODEX_HOME": model.codex_home(sandbox.dir.path()),
+        "BAA_CODEX_API_KEY": "test-key",
+    });
+    serde_json::from_value(json).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_changes_files_and_completes() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![
+        Reply::command("printf 'hello, world\\n' > greeting.txt && cat greeting.txt"),
+        Reply::answer(
+            "completed",
+            "wrote greeting.txt",
+            false,
+            json!([{ "stepName": "review greeting", "stepKind": "review", "reason": "check the wording" }]),
+        ),
+    ]);
+    let result = run(
+        &codex_runner(),
+        codex_request(&sandbox, &model, "Create greeting.txt saying hello"),
+    )
+    .await;
+
+    assert!(
+        result.ok,
+        "{}\n{:?}",
+        result.summary, result.log_summary.stderr_tail
+    );
+    assert_eq!(result.outcome, StepExecutionOutcome::Completed);
+    assert!(
+        result.summary.starts_with("wrote greeting.txt"),
+        "{}",
+        result.summary
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.repo.join("greeting.txt")).unwrap(),
+        "hello, world\n"
+    );
+    assert_eq!(result.suggested_followup.len(), 1);
+    assert_eq!(result.suggested_followup[0].step_kind.as_str(), "review");
+
+    // The model saw a prompt built from the step name and prompt summary.
+    let requests = model.requests();
+    assert_eq!(requests.len(), 2, "one request per model turn");
+    let first = requests[0].to_string();
+    assert!(
+        first.contains("fix the greeting") && first.contains("Create greeting.txt saying hello")
+    );
+
+    // Codex's event stream became lifecycle events.
+    let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
+    let names = event_names(&events);
+    for expected in [
+        "codex.thread",
+        "codex.command",
+        "codex.message",
+        "codex.usage",
+    ] {
+        assert!(
+            names.contains(&expected.to_string()),
+            "missing {expected}: {names:?}"
+        );
+    }
+    let command = events
+        .iter()
+        .find(|e| e["event"] == "codex.command")
+        .unwrap();
+    assert_eq!(command["data"]["exitCode"], 0);
+    let stdout = std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap();
+    assert!(
+        stdout.contains("\"turn.completed\""),
+        "the raw JSON lines are logged"
+    );
+    assert_eq!(
+        read_json(&result.log_paths.metadata_path)["plugin"]["name"],
+        "codex"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_fails_when_the_model_fails() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![Reply::Status(500, "the model is down".into())]);
+    let result = run(
+        &codex_runner(),
+        codex_request(&sandbox, &model, "Do anything"),
+    )
+    .await;
+
+    assert_eq!(
+        result.outcome,
+        StepExecutionOutcome::Failed,
+        "{}",
+        result.summary
+    );
+    assert!(
+        result.summary.contains("codex turn failed"),
+        "{}",
+        result.summary
+    );
+    assert_eq!(result.state.exit_code, Some(1));
+    assert!(!model.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_ends_blocked_when_it_needs_a_person() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![Reply::answer(
+        "blocked",
+        "the API token for the staging server is missing",
+        true,
+        json!([]),
+    )]);
+    let result = run(
+        &codex_runner(),
+        codex_request(&sandbox, &model, "Deploy to staging"),
+    )
+    .await;
+
+    assert_eq!(
+        result.outcome,
+        StepExecutionOutcome::Blocked,
+        "{}",
+        result.summary
+    );
+    assert!(result.blocked && result.needs_human && !result.ok);
+    assert!(result.summary.contains("API token"), "{}", result.summary);
+    assert_eq!(read_json(&result.log_paths.state_path)["status"], "blocked");
+}
