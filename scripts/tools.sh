@@ -1,11 +1,13 @@
 # Sourced by setup.sh and test.sh: installs what the build and the tests need,
 # idempotently, outside the repository's tracked files.
 #   - the wasm32-wasip2 Rust target (worker kinds are WASI 0.2 components);
-#   - the Codex CLI (npm `@openai/codex`, pinned) into the git-ignored .tools/.
+#   - the Codex CLI (npm `@openai/codex`, pinned) into a cache outside the
+#     repository ($BAA_TOOLS_DIR, default ~/.cache/baa-runner), shared by clones.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CODEX_VERSION="0.169.0"
-CODEX_PREFIX="$ROOT/.tools/codex"
+TOOLS_DIR="${BAA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/baa-runner}"
+CODEX_PREFIX="$TOOLS_DIR/codex-$CODEX_VERSION"
 
 ensure_wasm_target() {
     if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -23,7 +25,7 @@ ensure_codex() {
         echo "npm is required to install the Codex CLI (apt-get install nodejs npm)" >&2
         return 1
     fi
-    echo "==> npm install @openai/codex@$CODEX_VERSION into .tools/codex (about 400 MB, once)"
+    echo "==> npm install @openai/codex@$CODEX_VERSION into $CODEX_PREFIX (about 400 MB, once)"
     mkdir -p "$CODEX_PREFIX"
     npm install --prefix "$CODEX_PREFIX" --no-audit --no-fund --loglevel=error "@openai/codex@$CODEX_VERSION"
 }

@@ -104,6 +104,7 @@ impl MockModel {
     pub fn codex_home(&self, dir: &Path) -> PathBuf {
         let home = dir.join("codex-home");
         std::fs::create_dir_all(&home).unwrap();
+        // Written last, atomically: its presence means the server is up.
         let config = format!(
             r#"model = "mock-model"
 model_provider = "mock"
@@ -119,7 +120,9 @@ stream_max_retries = 0
 "#,
             self.port
         );
-        std::fs::write(home.join("config.toml"), config).unwrap();
+        let tmp = home.join(".config.toml.tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(tmp, home.join("config.toml")).unwrap();
         home
     }
 }
@@ -214,16 +217,20 @@ fn render(reply: Reply, n: usize) -> String {
 }
 
 /// The Codex CLI's native binary: `$BAA_CODEX_BIN`, else the one
-/// `scripts/setup.sh` installed under `.tools/codex`.
+/// `scripts/setup.sh` installed (`$BAA_TOOLS_DIR`, default `~/.cache/baa-runner`).
 pub fn codex_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("BAA_CODEX_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
     }
-    let vendor = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/codex/node_modules/@openai");
-    let found = std::fs::read_dir(&vendor).ok().and_then(|entries| {
+    let tools = std::env::var_os("BAA_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("baa-runner")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baa-runner")))
+        .unwrap_or_default();
+    let scope = tools.join(format!("codex-{CODEX_VERSION}/node_modules/@openai"));
+    let found = std::fs::read_dir(&scope).ok().and_then(|entries| {
         entries.flatten().find_map(|pkg| {
-            let vendor = pkg.path().join("vendor");
-            std::fs::read_dir(vendor)
+            std::fs::read_dir(pkg.path().join("vendor"))
                 .ok()?
                 .flatten()
                 .find_map(|triple| {
@@ -233,6 +240,12 @@ pub fn codex_binary() -> PathBuf {
         })
     });
     found.unwrap_or_else(|| {
-        panic!("the Codex CLI is not installed: run scripts/setup.sh (or set BAA_CODEX_BIN)")
+        panic!(
+            "the Codex CLI is not installed under {}: run scripts/setup.sh (or set BAA_CODEX_BIN)",
+            scope.display()
+        )
     })
 }
+
+/// The Codex CLI version the set-up installs (`scripts/tools.sh`).
+pub const CODEX_VERSION: &str = "0.169.0";

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the example request of a worker kind (shell, git or codex) on a demo
+# repository created on the fly:  bash examples/demo.sh shell
+# The codex example talks to a scripted local model (tests/src/bin/mock-model.rs);
+# point CODEX_HOME at a real Codex configuration to use a real one.
+set -euo pipefail
+kind="${1:-shell}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../scripts/tools.sh"
+case "$kind" in shell|git|codex) ;; *) echo "usage: $0 shell|git|codex" >&2; exit 3 ;; esac
+
+bin="$ROOT/target/debug/baa-runner"
+[ -x "$bin" ] || (cd "$ROOT" && cargo build --workspace --locked)
+
+demo="$(mktemp -d "${TMPDIR:-/tmp}/baa-demo.XXXXXX")"
+repo="$demo/repo"
+mkdir -p "$repo"
+git -C "$repo" init -q -b main
+git -C "$repo" config user.name "Demo Author"
+git -C "$repo" config user.email "demo@example.test"
+printf '#!/bin/sh\necho "running 3 checks"\nfor t in parse build lint; do echo "ok - $t"; done\n' > "$repo/test.sh"
+printf '# demo\n' > "$repo/README.md"
+git -C "$repo" add -A && git -C "$repo" commit -q -m "initial commit"
+# An uncommitted change for the git example to commit.
+printf 'goodbye\n' > "$repo/farewell.txt"
+
+sed -e "s|@DEMO_REPO@|$repo|g" -e "s|@RUNS_DIR@|$demo/runs|g" -e "s|@CODEX_HOME@|$demo/codex-home|g" \
+    "$here/$kind.json" > "$demo/request.json"
+
+if [ "$kind" = codex ]; then
+    export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
+    "$ROOT/target/debug/mock-model" --script "$here/codex-model-script.json" --codex-home "$demo" &
+    model=$!
+    trap 'kill $model 2>/dev/null || true' EXIT
+    for _ in $(seq 100); do [ -f "$demo/codex-home/config.toml" ] && break; sleep 0.05; done
+fi
+
+echo "==> baa-runner run $demo/request.json"
+status=0
+"$bin" run "$demo/request.json" || status=$?
+echo "==> the run directory:"
+find "$demo/runs" -type f | sort | sed "s|$demo/runs/||"
+exit "$status"
