@@ -7,4 +7,6 @@ cd "$ROOT"
 ensure_wasm_target
 ensure_codex
 export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
+# The CLI tests run the real binary.
+cargo build --workspace --locked --bins
 cargo test --workspace --locked

@@ -12,7 +12,7 @@ fn cli() -> Command {
     let bin: PathBuf = exe.parent().unwrap().parent().unwrap().join("baa-runner");
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
+        "{} is missing: run the tests with scripts/test.sh (it builds the CLI first)",
         bin.display()
     );
     Command::new(bin)

@@ -13,6 +13,15 @@ use crate::run;
 
 /// A runner whose plugin directory holds `probe.wasm`, granted `grant`.
 fn probe_runner(sandbox: &Sandbox, grant: KindGrant) -> (Runner, PathBuf) {
+    probe_runner_with(sandbox, grant, |_| {})
+}
+
+/// Like [`probe_runner`], with the config adjusted by `adjust`.
+fn probe_runner_with(
+    sandbox: &Sandbox,
+    grant: KindGrant,
+    adjust: impl FnOnce(&mut RunnerConfig),
+) -> (Runner, PathBuf) {
     let dir = sandbox.dir.path().join("plugins");
     std::fs::create_dir_all(&dir).unwrap();
     let wasm = dir.join("probe.wasm");
@@ -20,6 +29,7 @@ fn probe_runner(sandbox: &Sandbox, grant: KindGrant) -> (Runner, PathBuf) {
     let mut config = RunnerConfig::default();
     config.plugin_dirs.push(dir);
     config.kinds.insert("probe".into(), grant);
+    adjust(&mut config);
     (Runner::new(config).unwrap(), wasm)
 }
 
@@ -248,4 +258,71 @@ async fn an_unknown_kind_fails_with_invalid_plugin_and_a_full_record() {
         result.summary
     );
     assert!(std::path::Path::new(&result.log_paths.result_path).exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn neither_the_worker_nor_its_subprocesses_get_the_network_unless_granted() {
+    let sandbox = Sandbox::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (runner, _) = probe_runner(&sandbox, grant(&["sh"]));
+    let script = format!("connect {addr}\nsh cat /proc/net/dev");
+    let result = run(&runner, sandbox.request("probe", &script)).await;
+
+    let stdout = stdout_of(&result);
+    assert!(
+        stdout.contains(&format!("connect {addr}: denied")),
+        "{stdout}"
+    );
+    // The child's network namespace has nothing but the loopback device
+    // (the log holds the child's output and the probe's echo of it).
+    let devices: std::collections::BTreeSet<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(dev, _)| dev.trim()))
+        .filter(|dev| {
+            !dev.is_empty()
+                && !dev.contains(' ')
+                && !dev.starts_with("spawn")
+                && !dev.starts_with("connect")
+        })
+        .collect();
+    assert_eq!(devices, ["lo"].into(), "{stdout}");
+    let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
+    let started = events
+        .iter()
+        .find(|e| e["event"] == "subprocess.started")
+        .unwrap();
+    assert_eq!(started["data"]["network"], "isolated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subprocess_flooding_output_is_killed_at_the_cap() {
+    let sandbox = Sandbox::new();
+    let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |config| {
+        config.limits.subprocess_output_bytes = 1024 * 1024;
+    });
+    let result = run(
+        &runner,
+        sandbox.request("probe", "sh while :; do echo flood; done"),
+    )
+    .await;
+
+    let stdout = stdout_of(&result);
+    assert!(
+        stdout.contains("denied killed: output limit exceeded"),
+        "{}",
+        &stdout[stdout.len().saturating_sub(300)..]
+    );
+    let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
+    let exited = events
+        .iter()
+        .find(|e| e["event"] == "subprocess.exited")
+        .unwrap();
+    assert_eq!(exited["data"]["outputLimitExceeded"], true);
+    // The cap bounds what was taken in: at most one read past it.
+    let bytes = exited["data"]["outputBytes"].as_u64().unwrap();
+    assert!(
+        (1024 * 1024..1024 * 1024 + 128 * 1024).contains(&bytes),
+        "{bytes}"
+    );
 }

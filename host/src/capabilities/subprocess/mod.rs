@@ -153,37 +153,30 @@ impl Subprocesses {
         self.spawned
     }
 
-    fn deny(&mut self, cmd: &Command, why: String) -> SpawnError {
+    /// Record a refused spawn as an event and a denial.
+    fn refuse(&mut self, cmd: &Command, why: String) -> String {
         self.logs.event(
             EventSource::Host,
             EventLevel::Warn,
             "subprocess.denied",
             format!("denied `{}`: {why}", cmd.program),
-            Some(json!({ "program": cmd.program, "args": cmd.args, "reason": why })),
+            Some(
+                json!({ "program": cmd.program, "args": cmd.args, "cwd": cmd.cwd, "reason": why }),
+            ),
         );
         self.denials.push(why.clone());
-        SpawnError::Denied(why)
+        why
     }
 
     /// Check `cmd` against the policy and start it.
     pub fn spawn(&mut self, cmd: Command) -> Result<ProcessHandle, SpawnError> {
         let allowed = match self.policy.check(&cmd.program, &cmd.args, &cmd.env) {
             Ok(allowed) => allowed,
-            Err(why) => return Err(self.deny(&cmd, why)),
+            Err(why) => return Err(SpawnError::Denied(self.refuse(&cmd, why))),
         };
         let cwd = match resolve_cwd(&self.worktree, cmd.cwd.as_deref()) {
             Ok(cwd) => cwd,
-            Err(why) => {
-                self.logs.event(
-                    EventSource::Host,
-                    EventLevel::Warn,
-                    "subprocess.denied",
-                    format!("denied `{}`: {why}", cmd.program),
-                    Some(json!({ "program": cmd.program, "cwd": cmd.cwd, "reason": why })),
-                );
-                self.denials.push(why.clone());
-                return Err(SpawnError::InvalidCwd(why));
-            }
+            Err(why) => return Err(SpawnError::InvalidCwd(self.refuse(&cmd, why))),
         };
         let now = Instant::now();
         let deadline = match cmd.timeout_ms {
@@ -213,6 +206,18 @@ impl Subprocesses {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        let network = if self.policy.network() {
+            "granted"
+        } else {
+            // No network for kinds that were not granted it: the child gets
+            // a network namespace of its own with nothing but a down loopback.
+            // SAFETY: runs in the forked child before exec and only makes a
+            // raw system call.
+            unsafe {
+                child.pre_exec(isolate_network);
+            }
+            "isolated"
+        };
         let child = child.spawn().map_err(|e| {
             let why = format!("{}: {e}", allowed.path.display());
             self.logs.event(
@@ -241,6 +246,7 @@ impl Subprocesses {
                 "args": cmd.args,
                 "cwd": cwd.display().to_string(),
                 "envNames": env.keys().collect::<Vec<_>>(),
+                "network": network,
             })),
         );
         Ok(process::start(
@@ -254,6 +260,24 @@ impl Subprocesses {
             self.logs.clone(),
             self.live.clone(),
         ))
+    }
+}
+
+/// Move the calling (child) process into a new, empty network namespace;
+/// without the privilege for that, into a new user namespace with one.
+fn isolate_network() -> std::io::Result<()> {
+    use rustix::thread::{unshare_unsafe, UnshareFlags};
+    // SAFETY: called only in a freshly forked, single-threaded child before
+    // exec, where changing namespaces cannot confuse other threads.
+    unsafe {
+        match unshare_unsafe(UnshareFlags::NEWNET) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::PERM) => {
+                unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNET)
+                    .map_err(std::io::Error::from)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! `<op>: denied …`. Used by the host's tests to exercise the sandbox.
 //!
 //! Operations: `read PATH`, `write PATH TEXT`, `symlink TARGET LINK`,
-//! `spawn PROGRAM ARGS…`, `artifact NAME TEXT`, `checkpoint TYPE SUMMARY`,
+//! `spawn PROGRAM ARGS…`, `sh SCRIPT` (`sh -c SCRIPT`), `connect HOST:PORT`, `artifact NAME TEXT`, `checkpoint TYPE SUMMARY`,
 //! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`.
 
 use baa_worker_sdk::*;
@@ -42,15 +42,22 @@ impl Worker for Probe {
                 "symlink" => std::fs::soft_link(arg(1), arg(2))
                     .map(|_| "created".into())
                     .map_err(|e| e.to_string()),
-                "spawn" => {
-                    let cmd = Command::new(arg(1), words[2..].iter().copied())
-                        .env("PROBE_VAR", "from-probe");
+                "spawn" | "sh" => {
+                    let cmd = if words[0] == "sh" {
+                        Command::new("sh", ["-c".to_string(), rest(1)])
+                    } else {
+                        Command::new(arg(1), words[2..].iter().copied())
+                    };
+                    let cmd = cmd.env("PROBE_VAR", "from-probe");
                     match run(&cmd) {
                         Ok(done) if done.success() => Ok(done.stdout_text()),
                         Ok(done) => Err(done.describe_exit()),
                         Err(e) => Err(describe_spawn_error(&e)),
                     }
                 }
+                "connect" => std::net::TcpStream::connect(arg(1))
+                    .map(|_| "connected".into())
+                    .map_err(|e| e.to_string()),
                 "artifact" => declare_artifact(arg(1), "probe artifact", rest(2).as_bytes())
                     .map_err(|e| format!("{e:?}")),
                 "checkpoint" => capture_checkpoint(arg(1), &rest(2), Some(rest(2).as_bytes()))
