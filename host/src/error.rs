@@ -22,6 +22,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another writer holds the run directory.
+    #[error("{path} is held by another writer (another host, or a run still in progress); only one may write a run directory")]
+    RunLocked { path: String },
+    /// A checkpoint or another record is missing or corrupt.
+    #[error(transparent)]
+    Record(#[from] crate::fsutil::RecordError),
     /// The WebAssembly engine could not be set up.
     #[error("wasm engine: {0}")]
     Engine(String),

@@ -1,11 +1,14 @@
 //! Durable file writes and small helpers shared by the run-record writers:
-//! atomic JSON files (temp file, fsync, rename, fsync dir), digests, timestamps.
+//! atomic JSON records with an embedded checksum (temp file, fsync, rename,
+//! fsync dir), validated reads, digests, timestamps.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Write `bytes` to `path` atomically: a temporary file in the same
@@ -25,12 +28,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             .truncate(true)
             .open(&tmp)?;
         file.write_all(bytes)?;
+        crate::fault::point("write.before-fsync");
         file.sync_all()?;
     }
+    crate::fault::point("write.before-rename");
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
+    crate::fault::point("write.before-dir-fsync");
     sync_dir(dir)
 }
 
@@ -39,6 +45,109 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Resul
     let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
+}
+
+/// The key under which a record's checksum is stored.
+pub const CHECKSUM_KEY: &str = "checksum";
+
+/// Why a record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+/// `sha256:<hex>` of a JSON object without its checksum key; keys are sorted
+/// (serde_json's map), so the same object always hashes the same.
+fn record_checksum(object: &Value) -> Result<String, serde_json::Error> {
+    Ok(format!(
+        "sha256:{}",
+        sha256_hex(&serde_json::to_vec(object)?)
+    ))
+}
+
+/// Write `value` (a JSON object) as a record: pretty JSON carrying a
+/// `checksum` of its content, written atomically.
+pub fn write_record_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let mut object = serde_json::to_value(value).map_err(std::io::Error::other)?;
+    let checksum = record_checksum(&object).map_err(std::io::Error::other)?;
+    match object.as_object_mut() {
+        Some(map) => {
+            map.insert(CHECKSUM_KEY.to_string(), Value::String(checksum));
+        }
+        None => return Err(std::io::Error::other("a record must be a JSON object")),
+    }
+    write_json_atomic(path, &object)
+}
+
+/// Read a record written by [`write_record_atomic`], verify its checksum and
+/// return it without the checksum key.
+pub fn read_record_value(path: &Path) -> Result<Value, RecordError> {
+    let corrupt = |reason: String| RecordError::Corrupt {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = fs::read(path).map_err(|source| RecordError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut object: Value =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not valid JSON ({e})")))?;
+    let stored = object
+        .as_object_mut()
+        .ok_or_else(|| corrupt("not a JSON object".into()))?
+        .remove(CHECKSUM_KEY)
+        .ok_or_else(|| corrupt("it has no checksum".into()))?;
+    let actual = record_checksum(&object).map_err(|e| corrupt(e.to_string()))?;
+    if stored.as_str() != Some(actual.as_str()) {
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {stored}, computed {actual})"
+        )));
+    }
+    Ok(object)
+}
+
+/// Read and verify a record, then deserialize it.
+pub fn read_record<T: DeserializeOwned>(path: &Path) -> Result<T, RecordError> {
+    let value = read_record_value(path)?;
+    serde_json::from_value(value).map_err(|e| RecordError::Corrupt {
+        path: path.display().to_string(),
+        reason: format!("unexpected content ({e})"),
+    })
+}
+
+/// Parse a JSON-lines log, skipping a torn last line (one a crash cut short,
+/// without its newline). Returns the parsed lines and whether one was skipped.
+pub fn read_json_lines<T: DeserializeOwned>(path: &Path) -> Result<(Vec<T>, bool), RecordError> {
+    let text = fs::read_to_string(path).map_err(|source| RecordError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..end],
+        None => "",
+    };
+    let torn = complete.len() + 1 < text.len() || (complete.is_empty() && !text.is_empty());
+    let mut out = Vec::new();
+    for (i, line) in complete
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        out.push(
+            serde_json::from_str(line).map_err(|e| RecordError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("line {} is not a valid record ({e})", i + 1),
+            })?,
+        );
+    }
+    Ok((out, torn))
 }
 
 /// fsync a directory so that entries created or renamed in it are durable.

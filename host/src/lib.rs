@@ -20,6 +20,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod contracts;
 pub mod error;
+pub mod fault;
 pub mod fsutil;
 pub mod logs;
 pub mod plugins;

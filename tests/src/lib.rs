@@ -87,11 +87,10 @@ impl Default for Sandbox {
     }
 }
 
-/// Read and parse a JSON file of a run directory.
+/// Read a JSON record of a run directory, verify its checksum, and return
+/// it without the checksum.
 pub fn read_json(path: impl AsRef<Path>) -> Value {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    baa_runner::fsutil::read_record_value(path.as_ref()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The lifecycle log of a run, one parsed event per line.

@@ -3,14 +3,11 @@
 
 use serde_json::json;
 
+use crate::checkpoints::snapshot;
 use crate::checkpoints::CheckpointError as StoreError;
 use crate::contracts::{CheckpointType, EventLevel, EventSource};
 use crate::sandbox::bindings::baa::worker::checkpoint::{CheckpointError, Host};
 use crate::sandbox::state::StepState;
-
-/// Lines of each stream a `log-tail` checkpoint holds when the step's
-/// configuration does not say.
-pub const DEFAULT_LOG_TAIL_LINES: usize = 50;
 
 impl Host for StepState {
     async fn capture(
@@ -23,13 +20,36 @@ impl Host for StepState {
             Ok(t) => t,
             Err(why) => return Ok(Err(CheckpointError::Invalid(why))),
         };
-        // The host fills a `log-tail` checkpoint that carries no payload.
+        // The host fills the built-in types when the worker gives no payload.
+        let mut details = None;
         let payload = match (&checkpoint_type, payload) {
             (CheckpointType::LogTail, None) => {
-                let (stdout, stderr) = self.host.logs.tail_lines(DEFAULT_LOG_TAIL_LINES);
-                Some(serde_json::to_vec_pretty(
-                    &json!({ "stdout": stdout, "stderr": stderr }),
-                )?)
+                let (tail, tail_details) =
+                    snapshot::log_tail(&self.host.logs, self.host.log_tail_lines);
+                details = Some(tail_details);
+                Some(tail)
+            }
+            (CheckpointType::GitDiff, None) => {
+                let plan = self
+                    .host
+                    .checkpoints
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .git_diff_plan()
+                    .cloned();
+                let Some(plan) = plan else {
+                    return Ok(Err(CheckpointError::Invalid(
+                        "no git-diff snapshot is planned for this step (checkpoints disabled, or the worktree is not a git repository)".into(),
+                    )));
+                };
+                let scratch = self.host.subprocesses.scratch_dir().to_path_buf();
+                match snapshot::git_diff(&mut self.host.subprocesses, &plan, &scratch).await {
+                    Ok(diff) => {
+                        details = Some(diff.details);
+                        Some(diff.patch)
+                    }
+                    Err(why) => return Ok(Err(CheckpointError::Io(why))),
+                }
             }
             (_, payload) => payload,
         };
@@ -38,7 +58,7 @@ impl Host for StepState {
             .checkpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .capture(checkpoint_type, &summary, payload.as_deref());
+            .capture_with_details(checkpoint_type, &summary, payload.as_deref(), details);
         Ok(match captured {
             Ok(record) => {
                 self.host.logs.event(

@@ -98,6 +98,11 @@ pub struct CheckpointRecord {
     /// SHA-256 of the payload, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_sha256: Option<String>,
+    /// What the payload holds, by type: for `git-diff` the base ref, the
+    /// changed files and (when asked) the diff stat; for `log-tail` the line
+    /// counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// The checkpoint manager's own state, shared by every step state.

@@ -22,7 +22,7 @@ use crate::contracts::{
 };
 use crate::logs::Stream;
 use crate::plugins::PluginError;
-use crate::sandbox::bindings::baa::worker::types::StepRequest;
+use crate::sandbox::bindings::baa::worker::types::{ResumeCheckpoint, StepRequest};
 use crate::sandbox::bindings::exports::baa::worker::worker_executor::{
     ExecuteError, Status, WorkerInfo, WorkerOutcome,
 };
@@ -30,6 +30,126 @@ use crate::sandbox::bindings::WorkerPre;
 use crate::sandbox::limits::StepLimits;
 use crate::sandbox::state::{StepHost, StepState};
 use crate::sandbox::stdio::LogOutput;
+
+/// The subprocess capability of a step: its worktree, scratch directory,
+/// scrubbed base environment, deadline and output cap; deny-all until the
+/// kind's grants are known.
+pub(crate) fn step_subprocesses(
+    prepared: &PreparedStepRun,
+    deadline: Instant,
+    output_cap: u64,
+) -> Subprocesses {
+    let home = &prepared.log_paths.home_dir;
+    let mut base_env = std::collections::BTreeMap::new();
+    base_env.insert("PATH".to_string(), CHILD_PATH.to_string());
+    base_env.insert("HOME".to_string(), home.clone());
+    base_env.insert("TMPDIR".to_string(), format!("{home}/tmp"));
+    base_env.insert("LANG".to_string(), "C.UTF-8".to_string());
+    base_env.insert("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string());
+    if let Some(env) = &prepared.request.runtime.env {
+        base_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    Subprocesses::new(
+        ExecPolicy::default(),
+        prepared.worktree().to_path_buf(),
+        std::path::Path::new(home).join("tmp"),
+        base_env,
+        deadline,
+        output_cap,
+        prepared.logs.clone(),
+    )
+}
+
+/// The checkpoints the host captures when a step ends in `capture` mode,
+/// whatever the outcome: a `git-diff` of the worktree (when planned), a
+/// `log-tail`, and a `summary` (prefixed by `summaryHint` when given).
+pub(crate) async fn final_checkpoints(
+    shared: &RunnerShared,
+    prepared: &PreparedStepRun,
+    report: &Report,
+) {
+    use crate::checkpoints::snapshot;
+    use crate::contracts::CheckpointType;
+    if prepared.checkpoint.mode != CheckpointMode::Capture {
+        return;
+    }
+    let logs = &prepared.logs;
+    let config = prepared.request.checkpoint.clone().unwrap_or_default();
+    let mut subprocesses = step_subprocesses(
+        prepared,
+        Instant::now() + snapshot::GIT_TIMEOUT * 4,
+        shared.config.limits.subprocess_output_bytes,
+    );
+    let plan = prepared.checkpoint.git_diff_plan.clone();
+    let scratch = std::path::Path::new(&prepared.log_paths.home_dir).join("tmp");
+    let mut captures: Vec<(CheckpointType, String, Vec<u8>, serde_json::Value)> = Vec::new();
+    if let Some(plan) = plan {
+        match snapshot::git_diff(&mut subprocesses, &plan, &scratch).await {
+            Ok(diff) => captures.push((
+                CheckpointType::GitDiff,
+                diff.summary,
+                diff.patch,
+                diff.details,
+            )),
+            Err(why) => {
+                logs.event(
+                    EventSource::Host,
+                    EventLevel::Warn,
+                    "checkpoint.failed",
+                    format!("no git-diff snapshot: {why}"),
+                    None,
+                );
+            }
+        }
+    }
+    let lines = config
+        .log_tail_lines
+        .map(|n| n as usize)
+        .unwrap_or(snapshot::DEFAULT_LOG_TAIL_LINES);
+    let (tail, details) = snapshot::log_tail(logs, lines);
+    captures.push((
+        CheckpointType::LogTail,
+        format!("last {lines} lines of stdout and stderr"),
+        tail,
+        details,
+    ));
+    let first_line = report.summary.lines().next().unwrap_or_default();
+    let summary = match &config.summary_hint {
+        Some(hint) => format!("{hint} — {}: {first_line}", report.outcome.as_str()),
+        None => format!("{}: {first_line}", report.outcome.as_str()),
+    };
+    let payload = json!({
+        "outcome": report.outcome,
+        "summary": report.summary,
+        "exitCode": report.exit_code,
+        "failure": report.failure,
+    });
+    captures.push((
+        CheckpointType::Summary,
+        summary
+            .chars()
+            .take(crate::checkpoints::MAX_SUMMARY_BYTES / 4)
+            .collect(),
+        serde_json::to_vec_pretty(&payload).unwrap_or_default(),
+        json!({ "outcome": report.outcome }),
+    ));
+    let mut manager = prepared
+        .checkpoint_manager
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for (kind, summary, payload, details) in captures {
+        match manager.capture_with_details(kind, &summary, Some(&payload), Some(details)) {
+            Ok(record) => logs.event(
+                EventSource::Host,
+                EventLevel::Info,
+                "checkpoint.captured",
+                format!("checkpoint {} ({}): {}", record.seq, record.checkpoint_type, record.summary),
+                Some(json!({ "seq": record.seq, "type": record.checkpoint_type, "path": record.path })),
+            ),
+            Err(e) => logs.event(EventSource::Host, EventLevel::Error, "checkpoint.failed", e.to_string(), None),
+        };
+    }
+}
 
 /// How a worker run ended, before it becomes a `StepExecutionResult`.
 pub(crate) struct Report {
@@ -133,27 +253,7 @@ pub(crate) async fn run_worker(
         return engine_error("cannot open the worktree for the worker", e);
     }
 
-    let mut base_env = std::collections::BTreeMap::new();
-    base_env.insert("PATH".to_string(), CHILD_PATH.to_string());
-    base_env.insert("HOME".to_string(), prepared.log_paths.home_dir.clone());
-    base_env.insert(
-        "TMPDIR".to_string(),
-        format!("{}/tmp", prepared.log_paths.home_dir),
-    );
-    base_env.insert("LANG".to_string(), "C.UTF-8".to_string());
-    base_env.insert("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string());
-    if let Some(env) = &request.runtime.env {
-        base_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    let subprocesses = Subprocesses::new(
-        ExecPolicy::default(),
-        prepared.worktree().to_path_buf(),
-        std::path::Path::new(&prepared.log_paths.home_dir).join("tmp"),
-        base_env,
-        deadline,
-        limits.subprocess_output_bytes,
-        logs.clone(),
-    );
+    let subprocesses = step_subprocesses(prepared, deadline, limits.subprocess_output_bytes);
     let live_groups = subprocesses.live_groups();
     let state = StepState {
         wasi: wasi.build(),
@@ -165,6 +265,13 @@ pub(crate) async fn run_worker(
             checkpoints: prepared.checkpoint_manager.clone(),
             artifacts: Vec::new(),
             artifacts_dir: prepared.log_paths.artifacts_dir.clone().into(),
+            log_tail_lines: prepared
+                .request
+                .checkpoint
+                .as_ref()
+                .and_then(|c| c.log_tail_lines)
+                .map(|n| n as usize)
+                .unwrap_or(crate::checkpoints::snapshot::DEFAULT_LOG_TAIL_LINES),
         },
     };
     let mut store = new_store(shared, state, guest_deadline);
@@ -340,7 +447,12 @@ async fn call_worker(
         prompt_summary: request.prompt_summary.clone(),
         command: request.command.clone(),
         timeout_ms: (request.timeout_sec * 1000.0) as u64,
-        resume: None,
+        resume: prepared.resume.as_ref().map(|r| ResumeCheckpoint {
+            seq: r.record.seq,
+            checkpoint_type: r.record.checkpoint_type.to_string(),
+            summary: r.record.summary.clone(),
+            payload: r.payload.clone(),
+        }),
         checkpoints_enabled: prepared.checkpoint.mode == CheckpointMode::Capture,
     };
     let outcome =
@@ -483,20 +595,11 @@ pub(crate) async fn describe(
                 logs,
             ),
             checkpoints: Arc::new(std::sync::Mutex::new(
-                crate::checkpoints::CheckpointManager::new(
-                    "/nonexistent".into(),
-                    CheckpointMode::Disabled,
-                    crate::checkpoints::CheckpointOwner {
-                        task_id: String::new(),
-                        step_id: String::new(),
-                        run_id: String::new(),
-                        attempt: 0,
-                    },
-                    None,
-                ),
+                crate::checkpoints::CheckpointManager::disabled(),
             )),
             artifacts: Vec::new(),
             artifacts_dir: "/nonexistent".into(),
+            log_tail_lines: 0,
         },
     };
     let mut store = new_store(shared, state, deadline);

@@ -3,6 +3,7 @@
 //! [`Runner`] is what the conductor embeds.
 
 mod execute;
+pub mod lock;
 pub mod prepare;
 pub mod validate;
 
@@ -22,7 +23,7 @@ use crate::contracts::{
     StepExecutionOutcome, StepExecutionRequest, StepExecutionResult,
 };
 use crate::error::Error;
-use crate::fsutil::{now_rfc3339, write_json_atomic};
+use crate::fsutil::{now_rfc3339, write_record_atomic};
 use crate::logs::Observer;
 use crate::plugins::{PluginCache, PluginRegistry};
 use crate::sandbox::state::StepState;
@@ -120,10 +121,11 @@ impl Runner {
         );
         prepared.state.lifecycle_event_count = logs.event_count();
         let state_path = prepared.log_paths.state_path.clone();
-        write_json_atomic(Path::new(&state_path), &prepared.state)
+        write_record_atomic(Path::new(&state_path), &prepared.state)
             .map_err(Error::io(Path::new(&state_path)))?;
 
         let report = execute::run_worker(&self.shared, &prepared, started).await;
+        execute::final_checkpoints(&self.shared, &prepared, &report).await;
         finish(prepared, report, started_at, started.into_std())
     }
 
@@ -244,11 +246,11 @@ fn finish(
         suggested_followup: report.followups,
     };
     let paths = &prepared.log_paths;
-    write_json_atomic(Path::new(&paths.state_path), &state)
+    write_record_atomic(Path::new(&paths.state_path), &state)
         .map_err(Error::io(Path::new(&paths.state_path)))?;
-    write_json_atomic(Path::new(&paths.metadata_path), &prepared.metadata)
+    write_record_atomic(Path::new(&paths.metadata_path), &prepared.metadata)
         .map_err(Error::io(Path::new(&paths.metadata_path)))?;
-    write_json_atomic(Path::new(&paths.result_path), &result)
+    write_record_atomic(Path::new(&paths.result_path), &result)
         .map_err(Error::io(Path::new(&paths.result_path)))?;
     Ok(result)
 }

@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::lock::RunLock;
 use super::validate::{validate, ValidPaths};
-use crate::checkpoints::{CheckpointManager, CheckpointOwner};
+use crate::checkpoints::{CheckpointManager, CheckpointOwner, Resume, StepHistory};
 use crate::contracts::{
     CheckpointMode, GitDiffSnapshotPlan, LocalRunLogSession, LocalRunPaths, LogSessionStatus,
     RunMetadata, RunStateSnapshot, RunStatus, StepCheckpointState, StepExecutionRequest,
 };
 use crate::error::Error;
-use crate::fsutil::{display, now_rfc3339, sync_dir, write_json_atomic};
+use crate::fsutil::{display, now_rfc3339, sync_dir, write_record_atomic};
 use crate::logs::{LogSession, Observer};
 
 /// Version of the run directory layout written into `metadata.json`.
@@ -37,6 +38,12 @@ pub struct PreparedStepRun {
     pub(crate) logs: Arc<LogSession>,
     #[serde(skip)]
     pub(crate) paths: ValidPaths,
+    /// The checkpoint this attempt resumes from, validated.
+    #[serde(skip)]
+    pub(crate) resume: Option<Resume>,
+    /// Held until the run is finished.
+    #[serde(skip)]
+    pub(crate) _lock: RunLock,
 }
 
 impl PreparedStepRun {
@@ -117,6 +124,13 @@ pub fn prepare(
     let paths = validate(&request)?;
     let (log_paths, run_dir) = run_paths(&paths.runs_root, &request);
     let parent = run_dir.parent().unwrap_or(&paths.runs_root);
+    // Earlier attempts' checkpoints: the numbering continues after them, and
+    // a resume point must exist and be valid before anything is written.
+    let history = StepHistory::load(parent, request.attempt);
+    let resume = match request.checkpoint.as_ref().and_then(|c| c.resume_from_seq) {
+        Some(seq) => Some(history.resume_from(parent, seq)?),
+        None => None,
+    };
     fs::create_dir_all(parent).map_err(Error::io(parent))?;
     match fs::create_dir(&run_dir) {
         Ok(()) => {}
@@ -132,7 +146,9 @@ pub fn prepare(
         }
         Err(e) => return Err(Error::io(&run_dir)(e)),
     }
-    match populate(request, paths, log_paths, &run_dir, observer) {
+    match populate(
+        request, paths, log_paths, &run_dir, observer, history, resume,
+    ) {
         Ok(prepared) => Ok(prepared),
         Err(e) => {
             // Leave no half-written attempt behind.
@@ -148,7 +164,10 @@ fn populate(
     log_paths: LocalRunPaths,
     run_dir: &Path,
     observer: Option<Observer>,
+    history: StepHistory,
+    resume: Option<Resume>,
 ) -> Result<PreparedStepRun, Error> {
+    let lock = RunLock::acquire(run_dir)?;
     for dir in [
         &log_paths.logs_dir,
         &log_paths.checkpoints_dir,
@@ -186,12 +205,12 @@ fn populate(
         prompt_summary: request.prompt_summary.clone(),
         command: request.command.clone(),
         plugin: None,
-        resumed_from_seq: None,
+        resumed_from_seq: resume.as_ref().map(|r| r.record.seq),
         outcome: None,
         failure: None,
         finished_at: None,
     };
-    write_json_atomic(Path::new(&log_paths.metadata_path), &metadata)
+    write_record_atomic(Path::new(&log_paths.metadata_path), &metadata)
         .map_err(Error::io(Path::new(&log_paths.metadata_path)))?;
 
     let session = LocalRunLogSession {
@@ -222,6 +241,8 @@ fn populate(
             attempt: request.attempt,
         },
         git_diff_plan(&request, &paths.worktree),
+        history.clone(),
+        resume.as_ref().map(|r| r.record.clone()),
     );
     let checkpoint = manager.state();
 
@@ -238,6 +259,25 @@ fn populate(
         ),
         Some(serde_json::json!({ "runDir": display(run_dir), "checkpointMode": mode })),
     );
+    for why in &history.corrupt {
+        logs.event(
+            crate::contracts::EventSource::Host,
+            crate::contracts::EventLevel::Warn,
+            "checkpoint.corrupt",
+            format!("skipped a corrupt checkpoint of an earlier attempt: {why}"),
+            None,
+        );
+    }
+    if let Some(resume) = &resume {
+        logs.host_info(
+            "checkpoint.resumed",
+            format!(
+                "resuming from checkpoint {} ({}, attempt {}): {}",
+                resume.record.seq, resume.record.checkpoint_type, resume.record.attempt, resume.record.summary
+            ),
+            Some(serde_json::json!({ "seq": resume.record.seq, "path": resume.record.path, "attempt": resume.record.attempt })),
+        );
+    }
     let state = RunStateSnapshot {
         status: RunStatus::Prepared,
         updated_at: now_rfc3339(),
@@ -246,10 +286,10 @@ fn populate(
         summary: None,
         exit_code: None,
         failure: None,
-        last_checkpoint_seq: 0,
+        last_checkpoint_seq: checkpoint.last_checkpoint_seq,
         lifecycle_event_count: logs.event_count(),
     };
-    write_json_atomic(Path::new(&log_paths.state_path), &state)
+    write_record_atomic(Path::new(&log_paths.state_path), &state)
         .map_err(Error::io(Path::new(&log_paths.state_path)))?;
     sync_dir(run_dir).map_err(Error::io(run_dir))?;
 
@@ -263,5 +303,7 @@ fn populate(
         checkpoint_manager: Arc::new(Mutex::new(manager)),
         logs,
         paths,
+        resume,
+        _lock: lock,
     })
 }

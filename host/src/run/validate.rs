@@ -115,10 +115,10 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
         }
     }
     if let Some(checkpoint) = &request.checkpoint {
-        if let Some(seq) = checkpoint.resume_from_seq {
+        if checkpoint.resume_from_seq == Some(0) {
             return Err(Error::invalid(
                 "checkpoint.resumeFromSeq",
-                format!("resuming from checkpoint {seq} is not supported by this version of baa-runner; remove the field to start the attempt fresh"),
+                "checkpoints are numbered from 1",
             ));
         }
         if checkpoint.log_tail_lines.is_some_and(|n| n > 10_000) {

@@ -21,6 +21,8 @@ pub struct StepHost {
     pub checkpoints: Arc<Mutex<CheckpointManager>>,
     pub artifacts: Vec<StepArtifact>,
     pub artifacts_dir: PathBuf,
+    /// Lines of each stream in a `log-tail` checkpoint.
+    pub log_tail_lines: usize,
 }
 
 /// The `T` of `Store<T>` for a step.

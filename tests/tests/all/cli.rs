@@ -68,10 +68,7 @@ fn run_json_prints_exactly_the_result() {
         assert!(result.get(field).is_some(), "missing {field}");
     }
     assert_eq!(result["outcome"], "completed");
-    let on_disk: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(result["logPaths"]["resultPath"].as_str().unwrap()).unwrap(),
-    )
-    .unwrap();
+    let on_disk = baa_runner_tests::read_json(result["logPaths"]["resultPath"].as_str().unwrap());
     assert_eq!(on_disk, result);
     // Live progress went to stderr.
     assert!(String::from_utf8_lossy(&out.stderr).contains("via cli"));

@@ -1,7 +1,7 @@
 //! The `git` kind: real commits in a real repository; refused options.
 
 use baa_runner::contracts::{FailureReason, StepArtifactKind, StepExecutionOutcome};
-use baa_runner_tests::{git, read_json, Sandbox};
+use baa_runner_tests::{git, read_json, read_lifecycle, Sandbox};
 
 use crate::{run, runner};
 
@@ -103,11 +103,14 @@ async fn git_options_that_run_other_programs_are_refused() {
             "{command}"
         );
         assert!(!sandbox.repo.join("pwned").exists());
-        // Refused before any git process started.
-        let events = std::fs::read_to_string(&result.log_paths.lifecycle_log_path).unwrap();
+        // Refused before the worker started any git process (the host's
+        // own snapshot commands come later).
+        let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
         assert!(
-            !events.contains("subprocess.started"),
-            "{command}: {events}"
+            !events
+                .iter()
+                .any(|e| e["event"] == "subprocess.started" && e["data"]["forWorker"] == true),
+            "{command}: {events:?}"
         );
     }
 }

@@ -2,6 +2,7 @@
 //! wasmtime, real temporary git repositories, real child processes. Each
 //! test asserts on the files in the run directory, not only on the result.
 
+mod checkpoints;
 mod cli;
 mod codex;
 mod git;

@@ -72,7 +72,12 @@ async fn a_third_party_kind_from_a_plugin_directory_runs() {
         .find(|a| a.name == "report.txt")
         .expect("artifact");
     assert_eq!(std::fs::read_to_string(&artifact.path).unwrap(), "all good");
-    let record = result.checkpoint.latest.as_ref().expect("checkpoint");
+    let record = result
+        .checkpoint
+        .records
+        .iter()
+        .find(|r| r.checkpoint_type.as_str() == "probe.state")
+        .expect("the probe's checkpoint");
     assert_eq!(record.checkpoint_type.as_str(), "probe.state");
     assert_eq!(
         std::fs::read_to_string(record.payload_path.as_ref().unwrap()).unwrap(),
@@ -141,7 +146,7 @@ async fn a_program_the_policy_does_not_allow_is_denied_and_never_spawned() {
     let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
     let started: Vec<_> = events
         .iter()
-        .filter(|e| e["event"] == "subprocess.started")
+        .filter(|e| e["event"] == "subprocess.started" && e["data"]["forWorker"] == true)
         .collect();
     assert_eq!(started.len(), 1, "only `true` may start: {started:?}");
     assert!(started[0]["data"]["program"]

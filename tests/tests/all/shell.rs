@@ -69,12 +69,28 @@ async fn shell_step_succeeds_and_records_everything() {
     // Real counts: the child wrote to both streams.
     assert!(result.metrics.stdout_chunk_count >= 1);
     assert!(result.metrics.stderr_chunk_count >= 1);
-    assert_eq!(result.metrics.checkpoint_count, 1);
+    // The worker's summary, then the host's git-diff, log-tail and summary.
+    assert_eq!(result.metrics.checkpoint_count, 4);
+    let types: Vec<&str> = result
+        .checkpoint
+        .records
+        .iter()
+        .map(|r| r.checkpoint_type.as_str())
+        .collect();
+    assert_eq!(types, ["summary", "git-diff", "log-tail", "summary"]);
     let record = read_json(std::path::Path::new(&paths.checkpoints_dir).join("000001.json"));
     assert_eq!(record["seq"], 1);
     assert_eq!(record["type"], "summary");
-    assert_eq!(result.checkpoint.last_checkpoint_seq, 1);
-    assert_eq!(result.checkpoint.next_checkpoint_seq, 2);
+    assert_eq!(result.checkpoint.last_checkpoint_seq, 4);
+    assert_eq!(result.checkpoint.next_checkpoint_seq, 5);
+    let tail = read_json(std::path::Path::new(&paths.checkpoints_dir).join("000003.json"));
+    let payload: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tail["payloadPath"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert!(
+        payload["stdout"].to_string().contains("hello from shell"),
+        "{payload}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

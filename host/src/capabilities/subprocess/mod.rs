@@ -20,7 +20,7 @@ pub use process::ProcessHandle;
 
 use crate::contracts::{EventLevel, EventSource};
 use crate::logs::LogSession;
-use crate::sandbox::bindings::baa::worker::subprocess::{Command, SpawnError};
+use crate::sandbox::bindings::baa::worker::subprocess::{Command, ExitStatus, Output, SpawnError};
 
 /// Process groups of a step that may still have members.
 #[derive(Debug, Default, Clone)]
@@ -134,6 +134,11 @@ impl Subprocesses {
         Ok(path.display().to_string())
     }
 
+    /// Where scratch files and the host's temporary files go.
+    pub fn scratch_dir(&self) -> &Path {
+        &self.scratch_dir
+    }
+
     /// Replace the policy (the kind's grants are known once it described itself).
     pub fn set_policy(&mut self, policy: ExecPolicy) {
         self.policy = policy;
@@ -188,13 +193,56 @@ impl Subprocesses {
                 "the step's time is up: no new subprocess may start".into(),
             ));
         }
+        self.launch(&allowed.path, &cwd, cmd, deadline, true)
+    }
 
+    /// Run a command of the host's own (e.g. a git snapshot) to completion
+    /// with the same hygiene as a worker's: scrubbed environment, process
+    /// group, no network, a timeout. Its output is returned, not logged.
+    pub async fn run_host(
+        &mut self,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<(ExitStatus, Vec<u8>, Vec<u8>), SpawnError> {
+        let cmd = Command {
+            program: program.display().to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            cwd: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            timeout_ms: None,
+            stdin: None,
+        };
+        let worktree = self.worktree.clone();
+        let mut process = self.launch(program, &worktree, cmd, Instant::now() + timeout, false)?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match process.next().await {
+                Output::Stdout(bytes) => stdout.extend_from_slice(&bytes),
+                Output::Stderr(bytes) => stderr.extend_from_slice(&bytes),
+                Output::Exited(status) => return Ok((status, stdout, stderr)),
+            }
+        }
+    }
+
+    fn launch(
+        &mut self,
+        program: &Path,
+        cwd: &Path,
+        cmd: Command,
+        deadline: Instant,
+        log_output: bool,
+    ) -> Result<ProcessHandle, SpawnError> {
         let mut env = self.base_env.clone();
         env.extend(cmd.env.iter().cloned());
-        let mut child = tokio::process::Command::new(&allowed.path);
+        let mut child = tokio::process::Command::new(program);
         child
             .args(&cmd.args)
-            .current_dir(&cwd)
+            .current_dir(cwd)
             .env_clear()
             .envs(&env)
             .stdin(if cmd.stdin.is_some() {
@@ -206,11 +254,12 @@ impl Subprocesses {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let network = if self.policy.network() {
+        let network = if self.policy.network() && log_output {
             "granted"
         } else {
-            // No network for kinds that were not granted it: the child gets
-            // a network namespace of its own with nothing but a down loopback.
+            // No network for kinds that were not granted it (nor for the
+            // host's own commands): the child gets a network namespace of its
+            // own with nothing but a down loopback.
             // SAFETY: runs in the forked child before exec and only makes a
             // raw system call.
             unsafe {
@@ -219,7 +268,7 @@ impl Subprocesses {
             "isolated"
         };
         let child = child.spawn().map_err(|e| {
-            let why = format!("{}: {e}", allowed.path.display());
+            let why = format!("{}: {e}", program.display());
             self.logs.event(
                 EventSource::Host,
                 EventLevel::Error,
@@ -234,19 +283,24 @@ impl Subprocesses {
         self.live.insert(pid as i32);
         self.logs.event(
             EventSource::Host,
-            EventLevel::Info,
+            if log_output {
+                EventLevel::Info
+            } else {
+                EventLevel::Debug
+            },
             "subprocess.started",
             format!(
                 "started `{}` (pid {pid})",
-                display_command(&allowed.path, &cmd.args)
+                display_command(program, &cmd.args)
             ),
             Some(json!({
                 "pid": pid,
-                "program": allowed.path.display().to_string(),
+                "program": program.display().to_string(),
                 "args": cmd.args,
                 "cwd": cwd.display().to_string(),
                 "envNames": env.keys().collect::<Vec<_>>(),
                 "network": network,
+                "forWorker": log_output,
             })),
         );
         Ok(process::start(
@@ -256,6 +310,7 @@ impl Subprocesses {
                 deadline,
                 step_deadline: self.deadline,
                 output_cap: self.output_cap,
+                log_output,
             },
             self.logs.clone(),
             self.live.clone(),

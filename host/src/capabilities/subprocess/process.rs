@@ -26,6 +26,9 @@ pub(super) struct Limits {
     /// The step's own deadline (to tell a process timeout from a step timeout).
     pub step_deadline: Instant,
     pub output_cap: u64,
+    /// Whether output goes into the run logs (worker processes) or only back
+    /// to the caller (the host's own commands).
+    pub log_output: bool,
 }
 
 /// The host side of a worker's `process` resource.
@@ -114,7 +117,9 @@ pub(super) fn start(
                     match read {
                         Ok(n) if n > 0 => {
                             total += n as u64;
-                            logs.output(Stream::Stdout, &out_buf[..n]);
+                            if limits.log_output {
+                                logs.output(Stream::Stdout, &out_buf[..n]);
+                            }
                             let _ = tx.send(Output::Stdout(out_buf[..n].to_vec()));
                         }
                         _ => stdout = None,
@@ -124,7 +129,9 @@ pub(super) fn start(
                     match read {
                         Ok(n) if n > 0 => {
                             total += n as u64;
-                            logs.output(Stream::Stderr, &err_buf[..n]);
+                            if limits.log_output {
+                                logs.output(Stream::Stderr, &err_buf[..n]);
+                            }
                             let _ = tx.send(Output::Stderr(err_buf[..n].to_vec()));
                         }
                         _ => stderr = None,

@@ -3,7 +3,7 @@
 //! `<op>: denied …`. Used by the host's tests to exercise the sandbox.
 //!
 //! Operations: `read PATH`, `write PATH TEXT`, `symlink TARGET LINK`,
-//! `spawn PROGRAM ARGS…`, `sh SCRIPT` (`sh -c SCRIPT`), `connect HOST:PORT`, `artifact NAME TEXT`, `checkpoint TYPE SUMMARY`,
+//! `spawn PROGRAM ARGS…`, `sh SCRIPT` (`sh -c SCRIPT`), `connect HOST:PORT`, `artifact NAME TEXT`, `checkpoint TYPE SUMMARY`, `resume` (print the resume checkpoint),
 //! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`.
 
 use baa_worker_sdk::*;
@@ -63,6 +63,19 @@ impl Worker for Probe {
                 "checkpoint" => capture_checkpoint(arg(1), &rest(2), Some(rest(2).as_bytes()))
                     .map(|seq| seq.to_string())
                     .map_err(|e| format!("{e:?}")),
+                "resume" => match &request.resume {
+                    Some(r) => Ok(format!(
+                        "seq={} type={} summary={} payload={}",
+                        r.seq,
+                        r.checkpoint_type,
+                        r.summary,
+                        r.payload
+                            .as_deref()
+                            .map(String::from_utf8_lossy)
+                            .unwrap_or_default()
+                    )),
+                    None => Err("no resume checkpoint".into()),
+                },
                 "followup" => {
                     outcome = outcome.with_followup(arg(1), arg(2), &rest(3));
                     Ok("suggested".into())

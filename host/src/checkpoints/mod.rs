@@ -1,8 +1,15 @@
-//! The checkpoint manager of one attempt: numbered records written to
-//! `checkpoints/<seq:06>.json`, each payload beside its record.
+//! Checkpoints of a step: numbered records written to
+//! `checkpoints/<seq:06>.json` in each attempt's run directory, each payload
+//! beside its record. Numbering runs across the attempts of a step (from 1,
+//! no gaps, no duplicates); a new attempt continues it and may resume from
+//! any earlier record.
 //!
-//! A record is written after its payload, atomically, so a visible record
-//! always points at a complete payload.
+//! A payload is written before its record and both atomically, so a visible
+//! record always points at a complete payload; records carry a checksum and
+//! are validated when read.
+
+pub mod history;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +17,9 @@ use crate::contracts::{
     CheckpointManagerState, CheckpointMode, CheckpointRecord, CheckpointType, GitDiffSnapshotPlan,
     StepCheckpointState,
 };
-use crate::fsutil::{display, now_rfc3339, sha256_hex, write_atomic, write_json_atomic};
+use crate::fsutil::{display, now_rfc3339, sha256_hex, write_atomic, write_record_atomic};
+
+pub use history::{Resume, StepHistory};
 
 /// Largest payload a checkpoint may carry.
 pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
@@ -41,32 +50,63 @@ pub struct CheckpointOwner {
     pub attempt: u32,
 }
 
+/// The file name of record `seq`.
+pub fn record_file_name(seq: u32) -> String {
+    format!("{seq:06}.json")
+}
+
 /// Captures and lists the checkpoints of one attempt.
 #[derive(Debug)]
 pub struct CheckpointManager {
     dir: PathBuf,
     mode: CheckpointMode,
     owner: CheckpointOwner,
+    /// Valid records of earlier attempts of the step.
+    earlier: Vec<CheckpointRecord>,
+    /// Records of this attempt.
     records: Vec<CheckpointRecord>,
     next_seq: u32,
     git_diff_plan: Option<GitDiffSnapshotPlan>,
+    resumed_from: Option<CheckpointRecord>,
 }
 
 impl CheckpointManager {
+    /// A manager for an attempt whose step already has `history`.
     pub fn new(
         dir: PathBuf,
         mode: CheckpointMode,
         owner: CheckpointOwner,
         git_diff_plan: Option<GitDiffSnapshotPlan>,
+        history: StepHistory,
+        resumed_from: Option<CheckpointRecord>,
     ) -> Self {
         CheckpointManager {
             dir,
             mode,
             owner,
+            next_seq: history.highest_seq + 1,
+            earlier: history.records,
             records: Vec::new(),
-            next_seq: 1,
             git_diff_plan,
+            resumed_from,
         }
+    }
+
+    /// A manager for calls outside any step: captures nothing.
+    pub fn disabled() -> Self {
+        CheckpointManager::new(
+            PathBuf::from("/nonexistent"),
+            CheckpointMode::Disabled,
+            CheckpointOwner {
+                task_id: String::new(),
+                step_id: String::new(),
+                run_id: String::new(),
+                attempt: 0,
+            },
+            None,
+            StepHistory::default(),
+            None,
+        )
     }
 
     pub fn dir(&self) -> &Path {
@@ -77,12 +117,27 @@ impl CheckpointManager {
         self.mode
     }
 
+    pub fn git_diff_plan(&self) -> Option<&GitDiffSnapshotPlan> {
+        self.git_diff_plan.as_ref()
+    }
+
     /// Capture a checkpoint of `checkpoint_type` with an optional payload.
     pub fn capture(
         &mut self,
         checkpoint_type: CheckpointType,
         summary: &str,
         payload: Option<&[u8]>,
+    ) -> Result<CheckpointRecord, CheckpointError> {
+        self.capture_with_details(checkpoint_type, summary, payload, None)
+    }
+
+    /// [`CheckpointManager::capture`] with `details` describing the payload.
+    pub fn capture_with_details(
+        &mut self,
+        checkpoint_type: CheckpointType,
+        summary: &str,
+        payload: Option<&[u8]>,
+        details: Option<serde_json::Value>,
     ) -> Result<CheckpointRecord, CheckpointError> {
         if self.mode == CheckpointMode::Disabled {
             return Err(CheckpointError::Disabled);
@@ -102,11 +157,12 @@ impl CheckpointManager {
             }
         }
         let seq = self.next_seq;
-        let record_path = self.dir.join(format!("{seq:06}.json"));
+        let record_path = self.dir.join(record_file_name(seq));
         let io = |path: &Path| {
             let path = display(path);
             move |source| CheckpointError::Io { path, source }
         };
+        crate::fault::point("checkpoint.before-payload");
         let (payload_path, payload_bytes, payload_sha256) = match payload {
             Some(bytes) => {
                 let path = self
@@ -121,6 +177,7 @@ impl CheckpointManager {
             }
             None => (None, None, None),
         };
+        crate::fault::point("checkpoint.before-record");
         let record = CheckpointRecord {
             seq,
             checkpoint_type,
@@ -134,30 +191,36 @@ impl CheckpointManager {
             payload_path,
             payload_bytes,
             payload_sha256,
+            details,
         };
-        write_json_atomic(&record_path, &record).map_err(io(&record_path))?;
+        write_record_atomic(&record_path, &record).map_err(io(&record_path))?;
+        crate::fault::point("checkpoint.after-record");
         self.next_seq += 1;
         self.records.push(record.clone());
         Ok(record)
     }
 
+    /// Checkpoints captured by this attempt.
     pub fn count(&self) -> u64 {
         self.records.len() as u64
     }
 
-    /// The state reported in the step result and the state snapshot.
+    /// The state reported in the step result: every valid record of the
+    /// step (earlier attempts first), numbering, plan and resume point.
     pub fn state(&self) -> StepCheckpointState {
+        let records: Vec<CheckpointRecord> =
+            self.earlier.iter().chain(&self.records).cloned().collect();
         StepCheckpointState {
             manager: CheckpointManagerState {
                 checkpoints_dir: display(&self.dir),
-                resumed_from_seq: None,
+                resumed_from_seq: self.resumed_from.as_ref().map(|r| r.seq),
             },
             mode: self.mode,
             last_checkpoint_seq: self.next_seq - 1,
             next_checkpoint_seq: self.next_seq,
-            latest: self.records.last().cloned(),
+            latest: records.last().cloned(),
             supported_types: CheckpointType::BUILTIN.to_vec(),
-            records: self.records.clone(),
+            records,
             git_diff_plan: self.git_diff_plan.clone(),
         }
     }

@@ -1,0 +1,331 @@
+//! Checkpoints: git-diff snapshots of real repositories, resuming across
+//! attempts, corrupt records, the writer lock, and crashes at every step of
+//! a checkpoint write.
+
+use std::path::Path;
+use std::process::Command;
+
+use baa_runner::checkpoints::StepHistory;
+use baa_runner::contracts::{CheckpointRecord, StepExecutionOutcome, StepExecutionRequest};
+use baa_runner::run::lock::RunLock;
+use baa_runner::{Error, Runner, RunnerConfig};
+use baa_runner_tests::{fixtures, git, read_json, read_lifecycle, Sandbox};
+
+use crate::run;
+
+fn probe_runner(sandbox: &Sandbox) -> Runner {
+    let dir = sandbox.dir.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures::PROBE_WASM, dir.join("probe.wasm")).unwrap();
+    let mut config = RunnerConfig::default();
+    config.plugin_dirs.push(dir);
+    Runner::new(config).unwrap()
+}
+
+fn attempt(
+    sandbox: &Sandbox,
+    n: u32,
+    script: &str,
+    resume_from: Option<u32>,
+) -> StepExecutionRequest {
+    let mut request = sandbox.request("probe", script);
+    request.attempt = n;
+    request.checkpoint.as_mut().unwrap().resume_from_seq = resume_from;
+    request
+}
+
+fn record_of<'a>(records: &'a [CheckpointRecord], kind: &str) -> &'a CheckpointRecord {
+    records
+        .iter()
+        .find(|r| r.checkpoint_type.as_str() == kind)
+        .unwrap_or_else(|| panic!("no {kind} record"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_diff_snapshot_covers_staged_unstaged_new_deleted_and_binary_files() {
+    let sandbox = Sandbox::new();
+    let repo = &sandbox.repo;
+    std::fs::write(repo.join("staged.txt"), "one\n").unwrap();
+    std::fs::write(repo.join("unstaged.txt"), "one\n").unwrap();
+    std::fs::write(repo.join("doomed.txt"), "bye\n").unwrap();
+    std::fs::write(repo.join("image.bin"), [0u8, 159, 146, 150, 0, 1, 2]).unwrap();
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", "base"]);
+    let base = git(repo, &["rev-parse", "HEAD"]).trim().to_string();
+
+    std::fs::write(repo.join("staged.txt"), "one\ntwo\n").unwrap();
+    git(repo, &["add", "staged.txt"]);
+    std::fs::write(repo.join("unstaged.txt"), "one\nthree\n").unwrap();
+    std::fs::remove_file(repo.join("doomed.txt")).unwrap();
+    std::fs::write(repo.join("new.txt"), "fresh\n").unwrap();
+    std::fs::write(repo.join("image.bin"), [0u8, 255, 254, 253, 0, 9]).unwrap();
+
+    let mut request = sandbox.request("shell", "true");
+    let checkpoint = request.checkpoint.as_mut().unwrap();
+    checkpoint.include_git_diff_stat = Some(true);
+    checkpoint.git_diff_base_ref = Some(base.clone());
+    let result = run(&crate::runner(), request).await;
+    assert!(result.ok, "{}", result.summary);
+
+    let plan = result.checkpoint.git_diff_plan.as_ref().expect("plan");
+    assert_eq!(plan.base_ref, base);
+    let record = record_of(&result.checkpoint.records, "git-diff");
+    let details = record.details.as_ref().unwrap();
+    let mut files: Vec<(String, String)> = details["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["status"].as_str().unwrap().to_string(),
+                f["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    files.sort_by(|a, b| a.1.cmp(&b.1));
+    let expected: Vec<(String, String)> = [
+        ("D", "doomed.txt"),
+        ("M", "image.bin"),
+        ("A", "new.txt"),
+        ("M", "staged.txt"),
+        ("M", "unstaged.txt"),
+    ]
+    .iter()
+    .map(|(s, p)| (s.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(files, expected);
+    assert!(
+        details["stat"]
+            .as_str()
+            .unwrap()
+            .contains("5 files changed"),
+        "{details}"
+    );
+
+    // The patch rebuilds the worktree from the base, binary file included.
+    let patch_path = record.payload_path.as_ref().unwrap();
+    let copy = sandbox.dir.path().join("copy");
+    git(
+        sandbox.dir.path(),
+        &[
+            "clone",
+            "-q",
+            repo.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+    );
+    git(&copy, &["checkout", "-q", &base]);
+    git(&copy, &["apply", "--binary", patch_path]);
+    for file in ["staged.txt", "unstaged.txt", "new.txt", "image.bin"] {
+        assert_eq!(
+            std::fs::read(copy.join(file)).unwrap(),
+            std::fs::read(repo.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert!(!copy.join("doomed.txt").exists());
+
+    // The repository's own index was not touched.
+    assert_eq!(
+        git(repo, &["diff", "--cached", "--name-only"]).trim(),
+        "staged.txt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_attempt_resumes_from_a_checkpoint_and_continues_the_numbering() {
+    let sandbox = Sandbox::new();
+    let runner = probe_runner(&sandbox);
+    let first = run(
+        &runner,
+        attempt(
+            &sandbox,
+            1,
+            "checkpoint probe.state halfway-there\nblock out of time",
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(first.outcome, StepExecutionOutcome::Blocked);
+    let probe_record = record_of(&first.checkpoint.records, "probe.state").clone();
+    assert_eq!(probe_record.seq, 1);
+    let first_last = first.checkpoint.last_checkpoint_seq;
+    assert_eq!(
+        first_last, 4,
+        "probe.state, then the host's git-diff, log-tail, summary"
+    );
+
+    let second = run(&runner, attempt(&sandbox, 2, "resume", Some(1))).await;
+    assert!(second.ok, "{}", second.summary);
+    let stdout = std::fs::read_to_string(&second.log_paths.stdout_log_path).unwrap();
+    assert!(
+        stdout.contains(
+            "resume: ok seq=1 type=probe.state summary=halfway-there payload=halfway-there"
+        ),
+        "{stdout}"
+    );
+
+    assert_eq!(
+        read_json(&second.log_paths.metadata_path)["resumedFromSeq"],
+        1
+    );
+    assert_eq!(second.checkpoint.manager.resumed_from_seq, Some(1));
+    let events = read_lifecycle(&second.log_paths.lifecycle_log_path);
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "checkpoint.resumed" && e["data"]["seq"] == 1));
+
+    // Numbering continues: no gaps, no duplicates across the attempts.
+    let seqs: Vec<u32> = second.checkpoint.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=first_last + 3).collect::<Vec<_>>());
+    assert!(second
+        .checkpoint
+        .records
+        .iter()
+        .filter(|r| r.seq > first_last)
+        .all(|r| r.attempt == 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resuming_from_a_missing_or_corrupt_checkpoint_is_a_clear_error() {
+    let sandbox = Sandbox::new();
+    let runner = probe_runner(&sandbox);
+    let first = run(
+        &runner,
+        attempt(&sandbox, 1, "checkpoint probe.state one", None),
+    )
+    .await;
+    let step_dir = Path::new(&first.log_paths.run_dir)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+
+    let err = runner
+        .prepare(attempt(&sandbox, 2, "resume", Some(42)), None)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::InvalidRequest { field, .. } if field == "checkpoint.resumeFromSeq"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("checkpoint 42") && err.to_string().contains("000042.json"),
+        "{err}"
+    );
+    assert!(
+        !step_dir.join("attempt-2").exists(),
+        "nothing written for a refused attempt"
+    );
+
+    // Corrupt the latest record: a resume from it names it; a fresh attempt
+    // says so, falls back to the previous valid one, and never reuses its seq.
+    let latest = Path::new(&first.checkpoint.records.last().unwrap().path).to_path_buf();
+    let latest_seq = first.checkpoint.last_checkpoint_seq;
+    let text = std::fs::read_to_string(&latest).unwrap();
+    std::fs::write(&latest, text.replace("\"summary\"", "\"summarY\"")).unwrap();
+    let err = runner
+        .prepare(attempt(&sandbox, 2, "resume", Some(latest_seq)), None)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains(&format!("checkpoint {latest_seq}")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("corrupt"), "{err}");
+
+    let history = StepHistory::load(&step_dir, 2);
+    assert_eq!(history.latest_valid().unwrap().seq, latest_seq - 1);
+    assert_eq!(history.corrupt.len(), 1);
+    let second = run(
+        &runner,
+        attempt(&sandbox, 2, "checkpoint probe.state two", None),
+    )
+    .await;
+    assert_eq!(
+        second
+            .checkpoint
+            .records
+            .iter()
+            .find(|r| r.attempt == 2)
+            .unwrap()
+            .seq,
+        latest_seq + 1
+    );
+    let events = read_lifecycle(&second.log_paths.lifecycle_log_path);
+    assert!(events.iter().any(|e| e["event"] == "checkpoint.corrupt"));
+}
+
+#[test]
+fn two_writers_cannot_both_hold_a_run() {
+    let sandbox = Sandbox::new();
+    let runner = crate::runner();
+    let prepared = runner
+        .prepare(sandbox.request("shell", "true"), None)
+        .unwrap();
+    let run_dir = &std::path::PathBuf::from(&prepared.log_paths.run_dir);
+    assert!(RunLock::is_held(run_dir));
+    let err = RunLock::acquire(run_dir).expect_err("the second writer is refused");
+    assert!(matches!(err, Error::RunLocked { .. }), "{err}");
+    drop(prepared);
+    assert!(!RunLock::is_held(run_dir));
+    RunLock::acquire(run_dir).expect("free once the first writer is gone");
+}
+
+/// Every point of a checkpoint write at which the crash test kills the writer.
+const CRASH_POINTS: &[&str] = &[
+    "checkpoint.before-payload",
+    "write.before-fsync",
+    "write.before-rename",
+    "write.before-dir-fsync",
+    "checkpoint.before-record",
+    "checkpoint.after-record",
+];
+
+#[test]
+fn a_writer_killed_at_any_point_of_a_checkpoint_write_leaves_the_old_or_the_new_record() {
+    let exe = std::env::current_exe().unwrap();
+    let writer = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("crash-checkpoint");
+    assert!(
+        writer.exists(),
+        "{} is missing: run the tests with scripts/test.sh",
+        writer.display()
+    );
+    for point in CRASH_POINTS {
+        let sandbox = tempfile::tempdir().unwrap();
+        let dir = sandbox.path().join("attempt-1/checkpoints");
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new(&writer)
+            .arg(&dir)
+            .env("BAA_FAULT_POINT", point)
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{point}: the writer was killed there"
+        );
+
+        let history = StepHistory::load(sandbox.path(), 99);
+        assert!(history.corrupt.is_empty(), "{point}: {:?}", history.corrupt);
+        let seqs: Vec<u32> = history.records.iter().map(|r| r.seq).collect();
+        assert!(
+            seqs == [1] || seqs == [1, 2],
+            "{point}: visible records {seqs:?}"
+        );
+        let latest = history.latest_valid().unwrap();
+        let resumed = history.resume_from(sandbox.path(), latest.seq).unwrap();
+        let expected: &[u8] = if latest.seq == 1 {
+            b"old payload"
+        } else {
+            b"new payload"
+        };
+        assert_eq!(resumed.payload.as_deref(), Some(expected), "{point}");
+    }
+}
