@@ -144,6 +144,9 @@ pub enum FailureReason {
     InvalidRequest,
     /// The host itself failed.
     HostError,
+    /// The host stopped (crashed, was killed) while the step ran; found and
+    /// closed by recovery.
+    Interrupted,
 }
 
 /// A failure, as recorded in state and metadata.
@@ -206,6 +209,8 @@ pub enum RunStatus {
     Completed,
     Failed,
     Blocked,
+    /// The host stopped while the step was running (see recovery).
+    Interrupted,
 }
 
 /// `state.json`: the run's latest state, rewritten at each transition.

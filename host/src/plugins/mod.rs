@@ -175,13 +175,12 @@ impl PluginRegistry {
     }
 }
 
-/// Read, compile and check an entry's component.
-pub fn load(
-    engine: &Engine,
+/// The bytes of an entry's component.
+fn read_bytes(
     entry: &PluginEntry,
     max_file_bytes: u64,
-) -> Result<LoadedPlugin, PluginError> {
-    let bytes: std::borrow::Cow<'static, [u8]> = match &entry.source {
+) -> Result<std::borrow::Cow<'static, [u8]>, PluginError> {
+    Ok(match &entry.source {
         PluginSource::Builtin => builtin::bytes(entry.kind.as_str())
             .map(std::borrow::Cow::Borrowed)
             .ok_or_else(|| PluginError::Invalid {
@@ -189,9 +188,18 @@ pub fn load(
                 message: format!("no built-in kind `{}`", entry.kind),
             })?,
         PluginSource::File(path) => std::borrow::Cow::Owned(read_limited(path, max_file_bytes)?),
-    };
+    })
+}
+
+/// Compile and check an entry's component from its bytes.
+fn compile(
+    engine: &Engine,
+    entry: &PluginEntry,
+    bytes: &[u8],
+    sha256: String,
+) -> Result<LoadedPlugin, PluginError> {
     let source_name = format!("`{}` ({})", entry.kind, entry.source.describe());
-    let component = Component::from_binary(engine, &bytes).map_err(|e| PluginError::Invalid {
+    let component = Component::from_binary(engine, bytes).map_err(|e| PluginError::Invalid {
         source_name: source_name.clone(),
         message: format!("{e:#}"),
     })?;
@@ -199,7 +207,7 @@ pub fn load(
     Ok(LoadedPlugin {
         kind: entry.kind.clone(),
         source: entry.source.clone(),
-        sha256: sha256_hex(&bytes),
+        sha256,
         component,
     })
 }
@@ -255,33 +263,35 @@ fn check_exports(
     })
 }
 
-/// Compiled kinds of a runner, by digest, so each is compiled once.
+/// Compiled kinds of a runner, keyed by kind and digest: a kind is compiled
+/// once per content, and a changed file is noticed (its digest differs).
 #[derive(Default)]
 pub struct PluginCache {
-    loaded: std::sync::Mutex<BTreeMap<String, Arc<LoadedPlugin>>>,
+    loaded: std::sync::Mutex<BTreeMap<(String, String), Arc<LoadedPlugin>>>,
 }
 
 impl PluginCache {
-    /// Load `entry`, reusing an earlier compilation of the same source.
+    /// Load `entry`, reusing an earlier compilation of the same bytes.
     pub fn get(
         &self,
         engine: &Engine,
         entry: &PluginEntry,
         max_file_bytes: u64,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let key = format!("{}:{}", entry.kind, entry.source.describe());
+        let bytes = read_bytes(entry, max_file_bytes)?;
+        let sha256 = sha256_hex(&bytes);
+        let key = (entry.kind.to_string(), sha256.clone());
         if let Some(hit) = self
             .loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
         {
-            if entry.source == PluginSource::Builtin {
+            if hit.source == entry.source {
                 return Ok(hit.clone());
             }
         }
-        // Files may change between runs: reload them (the digest is recorded).
-        let loaded = Arc::new(load(engine, entry, max_file_bytes)?);
+        let loaded = Arc::new(compile(engine, entry, &bytes, sha256)?);
         self.loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -5,6 +5,7 @@
 mod execute;
 pub mod lock;
 pub mod prepare;
+pub mod recover;
 pub mod validate;
 
 use std::path::Path;
@@ -78,6 +79,41 @@ impl Runner {
         observer: Option<Observer>,
     ) -> Result<PreparedStepRun, Error> {
         prepare::prepare(request, observer)
+    }
+
+    /// The directory holding every attempt of `request`'s step.
+    pub fn step_dir(&self, request: &StepExecutionRequest) -> Result<std::path::PathBuf, Error> {
+        let paths = validate::validate(request)?;
+        Ok(paths
+            .runs_root
+            .join(&request.task_id)
+            .join(&request.run_id)
+            .join(&request.step_id))
+    }
+
+    /// The attempt number after the highest one `request`'s step already has.
+    pub fn next_attempt(&self, request: &StepExecutionRequest) -> Result<u32, Error> {
+        let dir = self.step_dir(request)?;
+        let highest = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("attempt-")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(highest + 1)
+    }
+
+    /// Close every attempt at or below `dir` that a stopped host left
+    /// running (see [`recover`]).
+    pub fn recover(&self, dir: &Path) -> recover::RecoveryReport {
+        recover::recover(dir)
     }
 
     /// The result of a step that was only prepared (outcome `prepared`),

@@ -124,6 +124,9 @@ pub fn prepare(
     let paths = validate(&request)?;
     let (log_paths, run_dir) = run_paths(&paths.runs_root, &request);
     let parent = run_dir.parent().unwrap_or(&paths.runs_root);
+    // An earlier attempt that a crashed host left `running` is closed first
+    // (its processes killed, its state marked interrupted).
+    let recovered = super::recover::recover(parent);
     // Earlier attempts' checkpoints: the numbering continues after them, and
     // a resume point must exist and be valid before anything is written.
     let history = StepHistory::load(parent, request.attempt);
@@ -146,9 +149,12 @@ pub fn prepare(
         }
         Err(e) => return Err(Error::io(&run_dir)(e)),
     }
-    match populate(
-        request, paths, log_paths, &run_dir, observer, history, resume,
-    ) {
+    let earlier = Earlier {
+        history,
+        resume,
+        recovered,
+    };
+    match populate(request, paths, log_paths, &run_dir, observer, earlier) {
         Ok(prepared) => Ok(prepared),
         Err(e) => {
             // Leave no half-written attempt behind.
@@ -158,15 +164,27 @@ pub fn prepare(
     }
 }
 
+/// What earlier attempts of the step left: their checkpoints, the resume
+/// point, and the attempts recovery just closed.
+struct Earlier {
+    history: StepHistory,
+    resume: Option<Resume>,
+    recovered: super::recover::RecoveryReport,
+}
+
 fn populate(
     request: StepExecutionRequest,
     paths: ValidPaths,
     log_paths: LocalRunPaths,
     run_dir: &Path,
     observer: Option<Observer>,
-    history: StepHistory,
-    resume: Option<Resume>,
+    earlier: Earlier,
 ) -> Result<PreparedStepRun, Error> {
+    let Earlier {
+        history,
+        resume,
+        recovered,
+    } = earlier;
     let lock = RunLock::acquire(run_dir)?;
     for dir in [
         &log_paths.logs_dir,
@@ -259,6 +277,19 @@ fn populate(
         ),
         Some(serde_json::json!({ "runDir": display(run_dir), "checkpointMode": mode })),
     );
+    for run in &recovered.recovered {
+        logs.event(
+            crate::contracts::EventSource::Host,
+            crate::contracts::EventLevel::Warn,
+            "run.recovered",
+            format!(
+                "closed earlier attempt {} that a stopped host left running (killed {} process group(s))",
+                run.run_dir,
+                run.killed_processes.len()
+            ),
+            Some(serde_json::to_value(run).unwrap_or_default()),
+        );
+    }
     for why in &history.corrupt {
         logs.event(
             crate::contracts::EventSource::Host,

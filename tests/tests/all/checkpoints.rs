@@ -329,3 +329,114 @@ fn a_writer_killed_at_any_point_of_a_checkpoint_write_leaves_the_old_or_the_new_
         assert_eq!(resumed.payload.as_deref(), Some(expected), "{point}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_two_concurrent_runs_lose_and_duplicate_no_record() {
+    let sandbox = Sandbox::new();
+    let runner = probe_runner(&sandbox);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let mut request = sandbox.request(
+            "probe",
+            "checkpoint probe.state a\ncheckpoint probe.state b\ncheckpoint probe.state c",
+        );
+        request.step_id = format!("step-{i}");
+        let runner = runner.clone();
+        set.spawn(async move { runner.run(request, None).await });
+    }
+    let mut dirs = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let result = joined.unwrap().unwrap();
+        assert!(result.ok, "{}", result.summary);
+        dirs.push(result.log_paths.run_dir.clone());
+    }
+    assert_eq!(dirs.len(), 32);
+    for dir in dirs {
+        let step_dir = Path::new(&dir).parent().unwrap();
+        let history = StepHistory::load(step_dir, 0);
+        assert!(history.corrupt.is_empty(), "{:?}", history.corrupt);
+        let seqs: Vec<u32> = history.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{dir}");
+        let summaries: Vec<&str> = history
+            .records
+            .iter()
+            .take(3)
+            .map(|r| r.summary.as_str())
+            .collect();
+        assert_eq!(summaries, ["a", "b", "c"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_kills_a_crashed_hosts_processes_and_marks_the_run_interrupted() {
+    let sandbox = Sandbox::new();
+    let mut json = sandbox.request_json("shell", "echo started; sleep 30.913");
+    json["timeoutSec"] = 120.into();
+    let request_path = sandbox.dir.path().join("request.json");
+    std::fs::write(&request_path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let cli = exe.parent().unwrap().parent().unwrap().join("baa-runner");
+    let mut host = Command::new(&cli)
+        .args(["run", "--quiet"])
+        .arg(&request_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Wait until the step's subprocess runs, then kill the host outright.
+    let run_dir = sandbox.runs.join("task-1/run-1/step-1/attempt-1");
+    let lifecycle = run_dir.join("logs/lifecycle.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let stdout_log = run_dir.join("logs/stdout.log");
+    while !std::fs::read_to_string(&stdout_log)
+        .unwrap_or_default()
+        .contains("started")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started its subprocess"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    host.kill().unwrap();
+    host.wait().unwrap();
+    assert_eq!(read_json(run_dir.join("state.json"))["status"], "running");
+    assert!(
+        !crate::shell::processes_with("30.913").is_empty(),
+        "the orphan survived the host"
+    );
+
+    let report = crate::runner().recover(&sandbox.runs);
+    assert_eq!(report.recovered.len(), 1, "{report:?}");
+    assert_eq!(report.recovered[0].killed_processes.len(), 1);
+    let gone = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !crate::shell::processes_with("30.913").is_empty() {
+        assert!(
+            std::time::Instant::now() < gone,
+            "the orphan was not killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let state = read_json(run_dir.join("state.json"));
+    assert_eq!(state["status"], "interrupted");
+    assert_eq!(state["failure"]["reason"], "interrupted");
+    assert_eq!(
+        read_json(run_dir.join("metadata.json"))["failure"]["reason"],
+        "interrupted"
+    );
+    let events = read_lifecycle(&lifecycle);
+    assert_eq!(events.last().unwrap()["event"], "run.recovered");
+    let stdout = std::fs::read_to_string(run_dir.join("logs/stdout.log")).unwrap();
+    assert_eq!(
+        stdout, "started\n",
+        "what was logged before the crash is kept"
+    );
+
+    // Idempotent.
+    let again = crate::runner().recover(&sandbox.runs);
+    assert!(
+        again.recovered.is_empty() && again.errors.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(read_lifecycle(&lifecycle).len(), events.len());
+}

@@ -175,3 +175,69 @@ fn kinds_lists_builtin_and_third_party_kinds() {
         .unwrap()
         .contains("not a valid WebAssembly component"));
 }
+
+#[test]
+fn checkpoints_list_and_show_a_steps_records_and_diffs() {
+    let sandbox = Sandbox::new();
+    std::fs::write(sandbox.repo.join("feature.txt"), "a new feature\n").unwrap();
+    let path = write_request(
+        &sandbox,
+        &sandbox.request_json("shell", "echo checkpointing"),
+    );
+    let out = cli()
+        .args(["run", "--json", "--quiet"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run_dir = result["logPaths"]["runDir"].as_str().unwrap();
+
+    let out = cli()
+        .args(["checkpoints", "list", run_dir])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 4, "{listing}");
+    assert!(
+        lines[1].contains("git-diff") && lines[1].contains("1 file(s) changed"),
+        "{listing}"
+    );
+
+    let out = cli()
+        .args(["checkpoints", "show", run_dir, "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("A feature.txt") && shown.contains("+a new feature"),
+        "{shown}"
+    );
+
+    let out = cli()
+        .args(["checkpoints", "show", run_dir, "9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint 9"));
+
+    // `resume` starts attempt 2 from checkpoint 1.
+    let out = cli()
+        .args(["resume", "--from", "1", "--json", "--quiet"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(resumed["attempt"], 2);
+    assert_eq!(resumed["metadata"]["resumedFromSeq"], 1);
+    assert_eq!(resumed["checkpoint"]["records"][4]["seq"], 5);
+}

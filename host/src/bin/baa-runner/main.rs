@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use baa_runner::checkpoints::StepHistory;
 use baa_runner::contracts::{StepExecutionOutcome, StepExecutionRequest, StepExecutionResult};
 use baa_runner::{Error, Runner, RunnerConfig};
 use clap::{Parser, Subcommand};
@@ -62,6 +63,47 @@ enum Command {
     Kinds {
         #[arg(long)]
         json: bool,
+    },
+    /// Start the next attempt of a request's step, resuming from checkpoint SEQ.
+    Resume {
+        /// The checkpoint to resume from (see `checkpoints list`).
+        #[arg(long = "from", value_name = "SEQ")]
+        from: u32,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short)]
+        quiet: bool,
+        request: PathBuf,
+    },
+    /// List or show the checkpoints of a step.
+    Checkpoints {
+        #[command(subcommand)]
+        command: CheckpointsCommand,
+    },
+    /// Close attempts a stopped host left running: kill their processes and
+    /// mark them interrupted (DIR: a runs root or any directory below it).
+    Recover {
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointsCommand {
+    /// Every checkpoint of the step: seq, attempt, type, time, summary.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// A step directory, or one of its `attempt-<n>` directories.
+        dir: PathBuf,
+    },
+    /// One checkpoint with its payload (a git-diff shows the patch).
+    Show {
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+        seq: u32,
     },
 }
 
@@ -148,6 +190,38 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A step directory from a step directory or one of its attempts.
+fn step_dir_of(dir: &Path) -> PathBuf {
+    let is_attempt = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("attempt-"));
+    match dir.parent() {
+        Some(parent) if is_attempt => parent.to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+fn run_request(
+    runner: &Runner,
+    request: StepExecutionRequest,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<u8> {
+    let observer = (!quiet).then(|| render::live_observer(json));
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = tokio.block_on(runner.run(request, observer))?;
+    if json {
+        print_json(&result)?;
+    } else {
+        render::summary(&result);
+    }
+    Ok(exit_code(&result))
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<u8> {
     let runner = runner(&cli)?;
     match &cli.command {
@@ -157,18 +231,57 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             request,
         } => {
             let request = read_request(request)?;
-            let observer = (!quiet).then(|| render::live_observer(*json));
-            let tokio = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let result = tokio.block_on(runner.run(request, observer))?;
-            if *json {
-                print_json(&result)?;
-            } else {
-                render::summary(&result);
+            run_request(&runner, request, *json, *quiet)
+        }
+        Command::Resume {
+            from,
+            json,
+            quiet,
+            request,
+        } => {
+            let mut request = read_request(request)?;
+            request.attempt = runner.next_attempt(&request)?;
+            request
+                .checkpoint
+                .get_or_insert_with(Default::default)
+                .resume_from_seq = Some(*from);
+            run_request(&runner, request, *json, *quiet)
+        }
+        Command::Checkpoints { command } => {
+            match command {
+                CheckpointsCommand::List { json, dir } => {
+                    let history = StepHistory::load(&step_dir_of(dir), 0);
+                    if *json {
+                        print_json(&history.records)?;
+                    } else {
+                        render::checkpoints(&history);
+                    }
+                }
+                CheckpointsCommand::Show { json, dir, seq } => {
+                    let step_dir = step_dir_of(dir);
+                    let checkpoint =
+                        StepHistory::load(&step_dir, 0).resume_from(&step_dir, *seq)?;
+                    if *json {
+                        print_json(&checkpoint.record)?;
+                    } else {
+                        render::checkpoint(&checkpoint);
+                    }
+                }
             }
-            Ok(exit_code(&result))
+            Ok(0)
+        }
+        Command::Recover { json, dir } => {
+            let report = runner.recover(dir);
+            if *json {
+                print_json(&report)?;
+            } else {
+                render::recovery(&report);
+            }
+            Ok(if report.errors.is_empty() {
+                0
+            } else {
+                EXIT_HOST_ERROR
+            })
         }
         Command::Prepare { json, request } => {
             let request = read_request(request)?;

@@ -5,8 +5,10 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use baa_runner::checkpoints::{Resume, StepHistory};
 use baa_runner::contracts::{EventLevel, StepExecutionOutcome, StepExecutionResult};
 use baa_runner::logs::{LiveUpdate, Observer, Stream};
+use baa_runner::run::recover::RecoveryReport;
 use baa_runner::run::KindInfo;
 
 /// Replace terminal control characters (escape sequences, carriage returns,
@@ -145,5 +147,78 @@ pub fn kinds(kinds: &[KindInfo]) {
                 ""
             }
         );
+    }
+}
+
+/// The checkpoints of a step, one line each.
+pub fn checkpoints(history: &StepHistory) {
+    if history.records.is_empty() {
+        println!("no checkpoints");
+    }
+    for r in &history.records {
+        println!(
+            "{:>4}  attempt {:<3} {:<10} {}  {}",
+            r.seq,
+            r.attempt,
+            r.checkpoint_type.as_str(),
+            r.created_at,
+            sanitize(r.summary.lines().next().unwrap_or(""))
+        );
+    }
+    for why in &history.corrupt {
+        println!("! corrupt: {}", sanitize(why));
+    }
+}
+
+/// One checkpoint and its payload.
+pub fn checkpoint(checkpoint: &Resume) {
+    let r = &checkpoint.record;
+    println!(
+        "checkpoint {} · {} · attempt {} · {}",
+        r.seq, r.checkpoint_type, r.attempt, r.created_at
+    );
+    println!("{}", sanitize(&r.summary));
+    println!("record: {}", r.path);
+    if let Some(details) = &r.details {
+        if let Some(files) = details["files"].as_array() {
+            for file in files {
+                println!(
+                    "  {} {}",
+                    file["status"].as_str().unwrap_or("?"),
+                    sanitize(file["path"].as_str().unwrap_or(""))
+                );
+            }
+        }
+        if let Some(stat) = details["stat"].as_str() {
+            print!("{}", sanitize(stat));
+        }
+    }
+    if let Some(payload) = &checkpoint.payload {
+        println!("── payload ({} bytes) ──", payload.len());
+        print!("{}", sanitize(&String::from_utf8_lossy(payload)));
+        if !payload.ends_with(b"\n") {
+            println!();
+        }
+    }
+}
+
+/// What a recovery pass did.
+pub fn recovery(report: &RecoveryReport) {
+    for run in &report.recovered {
+        println!(
+            "recovered {} (killed {} process group(s); latest valid checkpoint {})",
+            run.run_dir,
+            run.killed_processes.len(),
+            run.last_checkpoint_seq
+        );
+    }
+    for dir in &report.live {
+        println!("still running (left alone): {dir}");
+    }
+    for error in &report.errors {
+        println!("! {}", sanitize(error));
+    }
+    if report.recovered.is_empty() && report.live.is_empty() && report.errors.is_empty() {
+        println!("nothing to recover");
     }
 }

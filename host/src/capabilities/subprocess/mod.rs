@@ -56,8 +56,17 @@ impl LiveGroups {
     }
 }
 
+/// When process `pid` started (clock ticks since boot, from
+/// `/proc/<pid>/stat`): with the pid it identifies a process across pid reuse.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow `)`.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
 /// Send SIGKILL to process group `pgid`.
-pub(crate) fn kill_group(pgid: i32) {
+pub fn kill_group(pgid: i32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
         // ESRCH (already gone) is fine.
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
@@ -279,6 +288,7 @@ impl Subprocesses {
             SpawnError::Io(why)
         })?;
         let pid = child.id().unwrap_or(0);
+        let start_time = process_start_time(pid);
         self.spawned += 1;
         self.live.insert(pid as i32);
         self.logs.event(
@@ -301,6 +311,7 @@ impl Subprocesses {
                 "envNames": env.keys().collect::<Vec<_>>(),
                 "network": network,
                 "forWorker": log_output,
+                "startTime": start_time,
             })),
         );
         Ok(process::start(

@@ -1,0 +1,214 @@
+//! Recovery after a host crash: attempts left `running` with no writer
+//! holding their lock are found, the processes they started are killed (a
+//! pid counts only if its start time still matches), and their state and
+//! metadata are marked `interrupted` with the last valid checkpoint seq.
+//! Running recovery again changes nothing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::lock::RunLock;
+use crate::capabilities::subprocess::{kill_group, process_start_time};
+use crate::checkpoints::StepHistory;
+use crate::contracts::{
+    EventLevel, EventSource, FailureReason, FailureRecord, RunMetadata, RunStateSnapshot,
+    RunStatus, StepExecutionOutcome, WorkerLifecycleLogEntry,
+};
+use crate::fsutil::{now_rfc3339, read_json_lines, read_record, write_record_atomic};
+
+/// One attempt that recovery closed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveredRun {
+    pub run_dir: String,
+    /// Pids of process groups that were still running and were killed.
+    pub killed_processes: Vec<u32>,
+    /// The latest valid checkpoint of the step, 0 when there is none.
+    pub last_checkpoint_seq: u32,
+}
+
+/// What a recovery pass found.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryReport {
+    pub recovered: Vec<RecoveredRun>,
+    /// Attempts marked running whose writer is alive: left alone.
+    pub live: Vec<String>,
+    /// Attempts that could not be examined or closed, with the reason.
+    pub errors: Vec<String>,
+}
+
+/// The attempt directories under `dir`: `dir` itself, or every one below it
+/// (runs root → task → run → step → `attempt-<n>`).
+fn attempt_dirs(dir: &Path) -> Vec<PathBuf> {
+    let is_attempt = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("attempt-"))
+    };
+    if is_attempt(dir) {
+        return vec![dir.to_path_buf()];
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((path, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let child = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if is_attempt(&child) {
+                out.push(child);
+            } else if depth < 4 {
+                stack.push((child, depth + 1));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Recover every crashed attempt at or below `dir` (a runs root, a task,
+/// run or step directory, or one attempt).
+pub fn recover(dir: &Path) -> RecoveryReport {
+    let mut report = RecoveryReport::default();
+    for run_dir in attempt_dirs(dir) {
+        let state_path = run_dir.join("state.json");
+        let state: RunStateSnapshot = match read_record(&state_path) {
+            Ok(state) => state,
+            Err(e) => {
+                if state_path.exists() {
+                    report.errors.push(e.to_string());
+                }
+                continue;
+            }
+        };
+        if state.status != RunStatus::Running {
+            continue;
+        }
+        let _lock = match RunLock::acquire(&run_dir) {
+            Ok(lock) => lock,
+            Err(_) => {
+                report.live.push(run_dir.display().to_string());
+                continue;
+            }
+        };
+        match recover_attempt(&run_dir, state) {
+            Ok(recovered) => report.recovered.push(recovered),
+            Err(why) => report.errors.push(format!("{}: {why}", run_dir.display())),
+        }
+    }
+    report
+}
+
+fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<RecoveredRun, String> {
+    let lifecycle = run_dir.join("logs/lifecycle.jsonl");
+    let (events, _) =
+        read_json_lines::<WorkerLifecycleLogEntry>(&lifecycle).map_err(|e| e.to_string())?;
+
+    // Kill what the crashed host had started and not seen exit.
+    let mut running: Vec<(u32, Option<u64>)> = Vec::new();
+    for event in &events {
+        let pid = event
+            .data
+            .as_ref()
+            .and_then(|d| d["pid"].as_u64())
+            .map(|p| p as u32);
+        match (event.event.as_str(), pid) {
+            ("subprocess.started", Some(pid)) => {
+                let start = event.data.as_ref().and_then(|d| d["startTime"].as_u64());
+                running.push((pid, start));
+            }
+            ("subprocess.exited", Some(pid)) => running.retain(|(p, _)| *p != pid),
+            _ => {}
+        }
+    }
+    let mut killed = Vec::new();
+    for (pid, start) in running {
+        if start.is_some() && process_start_time(pid) == start {
+            kill_group(pid as i32);
+            killed.push(pid);
+        }
+    }
+
+    let step_dir = run_dir.parent().unwrap_or(run_dir);
+    let last_seq = StepHistory::load(step_dir, 0)
+        .latest_valid()
+        .map(|r| r.seq)
+        .unwrap_or(0);
+    let now = now_rfc3339();
+    let failure = FailureRecord {
+        reason: FailureReason::Interrupted,
+        message: format!(
+            "the host stopped while this step was running; recovered at {now}; the latest valid checkpoint is {}",
+            if last_seq == 0 { "none".to_string() } else { last_seq.to_string() }
+        ),
+    };
+    append_event(
+        &lifecycle,
+        events.len() as u64 + 1,
+        &failure.message,
+        json!({ "killedProcesses": killed, "lastCheckpointSeq": last_seq }),
+    )
+    .map_err(|e| format!("{}: {e}", lifecycle.display()))?;
+
+    state.status = RunStatus::Interrupted;
+    state.updated_at = now.clone();
+    state.finished_at = Some(now.clone());
+    state.summary = Some(failure.message.clone());
+    state.failure = Some(failure.clone());
+    state.last_checkpoint_seq = last_seq;
+    state.lifecycle_event_count = events.len() as u64 + 1;
+    let state_path = run_dir.join("state.json");
+    write_record_atomic(&state_path, &state)
+        .map_err(|e| format!("{}: {e}", state_path.display()))?;
+
+    let metadata_path = run_dir.join("metadata.json");
+    if let Ok(mut metadata) = read_record::<RunMetadata>(&metadata_path) {
+        metadata.outcome = Some(StepExecutionOutcome::Failed);
+        metadata.failure = Some(failure);
+        metadata.finished_at = Some(now);
+        write_record_atomic(&metadata_path, &metadata)
+            .map_err(|e| format!("{}: {e}", metadata_path.display()))?;
+    }
+    Ok(RecoveredRun {
+        run_dir: run_dir.display().to_string(),
+        killed_processes: killed,
+        last_checkpoint_seq: last_seq,
+    })
+}
+
+/// Append a `run.recovered` event, first cutting a torn last line (a record
+/// the crash cut short) so that the log stays one JSON object per line.
+fn append_event(path: &Path, seq: u64, message: &str, data: Value) -> std::io::Result<()> {
+    let text = std::fs::read(path)?;
+    let keep = text
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    if keep < text.len() {
+        file.set_len(keep as u64)?;
+    }
+    let entry = WorkerLifecycleLogEntry {
+        seq,
+        timestamp: now_rfc3339(),
+        event: "run.recovered".into(),
+        level: EventLevel::Warn,
+        source: EventSource::Host,
+        message: message.to_string(),
+        data: Some(data),
+    };
+    let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    file.write_all(&line)?;
+    file.sync_all()
+}
