@@ -377,15 +377,32 @@ async fn thirty_two_concurrent_runs_lose_and_duplicate_no_record() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn recovery_kills_a_crashed_hosts_processes_and_marks_the_run_interrupted() {
+async fn a_step_killed_mid_run_is_recovered_and_resumed_from_its_last_checkpoint() {
     let sandbox = Sandbox::new();
-    let mut json = sandbox.request_json("shell", "echo started; sleep 30.913");
+    let plugins = sandbox.dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(fixtures::PROBE_WASM, plugins.join("probe.wasm")).unwrap();
+    let config = sandbox.dir.path().join("baa.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin-dirs = [{:?}]\n[kinds.probe]\nprograms = [\"sh\"]\nenv = [\"PROBE_VAR\"]\n",
+            plugins.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut json = sandbox.request_json(
+        "probe",
+        "checkpoint probe.state before-the-crash\nsh echo started; sleep 30.913",
+    );
     json["timeoutSec"] = 120.into();
     let request_path = sandbox.dir.path().join("request.json");
     std::fs::write(&request_path, serde_json::to_vec(&json).unwrap()).unwrap();
     let exe = std::env::current_exe().unwrap();
     let cli = exe.parent().unwrap().parent().unwrap().join("baa-runner");
     let mut host = Command::new(&cli)
+        .arg("--config")
+        .arg(&config)
         .args(["run", "--quiet"])
         .arg(&request_path)
         .stdout(std::process::Stdio::null())
@@ -418,6 +435,7 @@ async fn recovery_kills_a_crashed_hosts_processes_and_marks_the_run_interrupted(
     let report = crate::runner().recover(&sandbox.runs);
     assert_eq!(report.recovered.len(), 1, "{report:?}");
     assert_eq!(report.recovered[0].killed_processes.len(), 1);
+    assert_eq!(report.recovered[0].last_checkpoint_seq, 1);
     let gone = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !crate::shell::processes_with("30.913").is_empty() {
         assert!(
@@ -429,15 +447,16 @@ async fn recovery_kills_a_crashed_hosts_processes_and_marks_the_run_interrupted(
     let state = read_json(run_dir.join("state.json"));
     assert_eq!(state["status"], "interrupted");
     assert_eq!(state["failure"]["reason"], "interrupted");
+    assert_eq!(state["lastCheckpointSeq"], 1);
     assert_eq!(
         read_json(run_dir.join("metadata.json"))["failure"]["reason"],
         "interrupted"
     );
     let events = read_lifecycle(&lifecycle);
     assert_eq!(events.last().unwrap()["event"], "run.recovered");
-    let stdout = std::fs::read_to_string(run_dir.join("logs/stdout.log")).unwrap();
-    assert_eq!(
-        stdout, "started\n",
+    let stdout = std::fs::read_to_string(&stdout_log).unwrap();
+    assert!(
+        stdout.contains("started"),
         "what was logged before the crash is kept"
     );
 
@@ -448,4 +467,24 @@ async fn recovery_kills_a_crashed_hosts_processes_and_marks_the_run_interrupted(
         "{again:?}"
     );
     assert_eq!(read_lifecycle(&lifecycle).len(), events.len());
+
+    // The next attempt resumes from the checkpoint taken before the crash.
+    let runner = probe_runner(&sandbox);
+    let second = run(&runner, attempt(&sandbox, 2, "resume", Some(1))).await;
+    assert!(second.ok, "{}", second.summary);
+    let stdout = std::fs::read_to_string(&second.log_paths.stdout_log_path).unwrap();
+    assert!(
+        stdout.contains("resume: ok seq=1 type=probe.state summary=before-the-crash"),
+        "{stdout}"
+    );
+    assert_eq!(
+        second
+            .checkpoint
+            .records
+            .iter()
+            .find(|r| r.attempt == 2)
+            .unwrap()
+            .seq,
+        2
+    );
 }
