@@ -8,18 +8,13 @@ use std::process::Command;
 use baa_runner::checkpoints::StepHistory;
 use baa_runner::contracts::{CheckpointRecord, StepExecutionOutcome, StepExecutionRequest};
 use baa_runner::run::lock::RunLock;
-use baa_runner::{Error, Runner, RunnerConfig};
-use baa_runner_tests::{fixtures, git, read_json, read_lifecycle, Sandbox};
+use baa_runner::{Error, Runner};
+use baa_runner_tests::{git, read_json, read_lifecycle, Sandbox};
 
 use crate::run;
 
 fn probe_runner(sandbox: &Sandbox) -> Runner {
-    let dir = sandbox.dir.path().join("plugins");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixtures::PROBE_WASM, dir.join("probe.wasm")).unwrap();
-    let mut config = RunnerConfig::default();
-    config.plugin_dirs.push(dir);
-    Runner::new(config).unwrap()
+    crate::probe_runner(sandbox, crate::grant(&[])).0
 }
 
 fn attempt(
@@ -379,9 +374,7 @@ async fn thirty_two_concurrent_runs_lose_and_duplicate_no_record() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_killed_mid_run_is_recovered_and_resumed_from_its_last_checkpoint() {
     let sandbox = Sandbox::new();
-    let plugins = sandbox.dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(fixtures::PROBE_WASM, plugins.join("probe.wasm")).unwrap();
+    let plugins = crate::probe_plugins_dir(&sandbox);
     let config = sandbox.dir.path().join("baa.toml");
     std::fs::write(
         &config,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use baa_runner_tests::{fixtures, Sandbox};
+use baa_runner_tests::Sandbox;
 
 /// The CLI binary that `cargo test --workspace` builds beside the tests.
 fn cli() -> Command {
@@ -108,9 +108,7 @@ fn exit_codes_distinguish_failed_steps_bad_input_and_blocked() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
 
-    let plugins = sandbox.dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(fixtures::PROBE_WASM, plugins.join("probe.wasm")).unwrap();
+    let plugins = crate::probe_plugins_dir(&sandbox);
     let mut blocked = sandbox.request_json("probe", "block waiting for a reviewer");
     blocked["stepId"] = "blocked".into();
     let out = cli()
@@ -130,9 +128,7 @@ fn exit_codes_distinguish_failed_steps_bad_input_and_blocked() {
 #[test]
 fn kinds_lists_builtin_and_third_party_kinds() {
     let sandbox = Sandbox::new();
-    let plugins = sandbox.dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(fixtures::PROBE_WASM, plugins.join("probe.wasm")).unwrap();
+    let plugins = crate::probe_plugins_dir(&sandbox);
     std::fs::write(plugins.join("broken.wasm"), b"not wasm at all").unwrap();
     let out = cli()
         .args(["kinds", "--json", "--plugins-dir"])

@@ -10,8 +10,12 @@ mod requests;
 mod sandbox;
 mod shell;
 
+use std::path::PathBuf;
+
+use baa_runner::config::KindGrant;
 use baa_runner::contracts::{StepExecutionRequest, StepExecutionResult};
 use baa_runner::{Runner, RunnerConfig};
+use baa_runner_tests::{fixtures, Sandbox};
 
 /// A runner with the default config (built-in kinds only).
 pub fn runner() -> Runner {
@@ -24,4 +28,40 @@ pub async fn run(runner: &Runner, request: StepExecutionRequest) -> StepExecutio
         .run(request, None)
         .await
         .expect("the step runs to a result")
+}
+
+/// A plugin directory in `sandbox` holding the `probe` fixture as `probe.wasm`.
+pub fn probe_plugins_dir(sandbox: &Sandbox) -> PathBuf {
+    let dir = sandbox.dir.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures::PROBE_WASM, dir.join("probe.wasm")).unwrap();
+    dir
+}
+
+/// A runner whose plugin directory holds `probe.wasm`, granted `grant`.
+pub fn probe_runner(sandbox: &Sandbox, grant: KindGrant) -> (Runner, PathBuf) {
+    probe_runner_with(sandbox, grant, |_| {})
+}
+
+/// Like [`probe_runner`], with the config adjusted by `adjust`.
+pub fn probe_runner_with(
+    sandbox: &Sandbox,
+    grant: KindGrant,
+    adjust: impl FnOnce(&mut RunnerConfig),
+) -> (Runner, PathBuf) {
+    let dir = probe_plugins_dir(sandbox);
+    let wasm = dir.join("probe.wasm");
+    let mut config = RunnerConfig::default();
+    config.plugin_dirs.push(dir);
+    config.kinds.insert("probe".into(), grant);
+    adjust(&mut config);
+    (Runner::new(config).unwrap(), wasm)
+}
+
+pub fn grant(programs: &[&str]) -> KindGrant {
+    KindGrant {
+        programs: programs.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PROBE_VAR".into()],
+        network: false,
+    }
 }

@@ -1,45 +1,12 @@
 //! What a worker can and cannot do: the `probe` fixture kind, loaded from a
 //! plugin directory like any third-party `.wasm`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use baa_runner::config::KindGrant;
 use baa_runner::contracts::{FailureReason, StepExecutionOutcome};
-use baa_runner::{Runner, RunnerConfig};
-use baa_runner_tests::{fixtures, read_json, read_lifecycle, Sandbox};
+use baa_runner_tests::{read_json, read_lifecycle, Sandbox};
 
-use crate::run;
-
-/// A runner whose plugin directory holds `probe.wasm`, granted `grant`.
-fn probe_runner(sandbox: &Sandbox, grant: KindGrant) -> (Runner, PathBuf) {
-    probe_runner_with(sandbox, grant, |_| {})
-}
-
-/// Like [`probe_runner`], with the config adjusted by `adjust`.
-fn probe_runner_with(
-    sandbox: &Sandbox,
-    grant: KindGrant,
-    adjust: impl FnOnce(&mut RunnerConfig),
-) -> (Runner, PathBuf) {
-    let dir = sandbox.dir.path().join("plugins");
-    std::fs::create_dir_all(&dir).unwrap();
-    let wasm = dir.join("probe.wasm");
-    std::fs::copy(fixtures::PROBE_WASM, &wasm).unwrap();
-    let mut config = RunnerConfig::default();
-    config.plugin_dirs.push(dir);
-    config.kinds.insert("probe".into(), grant);
-    adjust(&mut config);
-    (Runner::new(config).unwrap(), wasm)
-}
-
-fn grant(programs: &[&str]) -> KindGrant {
-    KindGrant {
-        programs: programs.iter().map(|s| s.to_string()).collect(),
-        env: vec!["PROBE_VAR".into()],
-        network: false,
-    }
-}
+use crate::{grant, probe_runner, probe_runner_with, run};
 
 fn stdout_of(result: &baa_runner::contracts::StepExecutionResult) -> String {
     std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap()
