@@ -8,7 +8,12 @@ use std::fmt::Write;
 
 fn main() {
     let mut out = String::new();
-    for (package, path) in build_support::build_plugins(&["baa-testing-probe"]) {
+    for (package, path) in build_support::build_plugins(&[
+        "baa-testing-probe",
+        "baa-testing-wrong-version",
+        "baa-testing-missing-export",
+        "baa-testing-unknown-import",
+    ]) {
         let name = package
             .trim_start_matches("baa-testing-")
             .to_uppercase()

@@ -34,7 +34,8 @@ pub struct KindGrant {
     pub network: bool,
 }
 
-/// Resource limits of one step. Defaults are documented on each field.
+/// Resource limits of one step, armed before the worker is instantiated.
+/// This is the one place the defaults are defined; each field documents its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Limits {
@@ -47,6 +48,18 @@ pub struct Limits {
     /// Extra time after `timeoutSec` for the guest to return after its
     /// subprocesses were killed, before it is interrupted (default 2000 ms).
     pub timeout_grace_ms: u64,
+    /// WebAssembly stack of the worker, in KiB (default 1024); deeper
+    /// recursion traps with a stack overflow.
+    pub wasm_stack_kib: u64,
+    /// Bytes of stdout (and of stderr) a step's log keeps (default 64 MiB):
+    /// past it the log keeps its head and its last 64 KiB, marked truncated,
+    /// and a worker writing more to its own stdout is stopped.
+    pub log_stream_bytes: u64,
+    /// Subprocesses one step may have running at once (default 32).
+    pub max_processes: u32,
+    /// Entries of the worker's resource table: open files, streams,
+    /// processes (default 4096).
+    pub resource_table_entries: u32,
 }
 
 impl Default for Limits {
@@ -56,6 +69,10 @@ impl Default for Limits {
             subprocess_output_bytes: 64 * 1024 * 1024,
             plugin_file_bytes: 32 * 1024 * 1024,
             timeout_grace_ms: 2000,
+            wasm_stack_kib: 1024,
+            log_stream_bytes: 64 * 1024 * 1024,
+            max_processes: 32,
+            resource_table_entries: 4096,
         }
     }
 }

@@ -40,11 +40,34 @@ struct StreamLog {
     chunks: u64,
     bytes: u64,
     tail: Vec<u8>,
+    /// Bytes the file may hold before the log is truncated.
+    cap: u64,
+    /// Bytes not written to the file (kept only in the tail).
+    dropped: u64,
 }
 
 impl StreamLog {
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)?;
+    fn new(file: File, cap: u64) -> Self {
+        StreamLog {
+            file,
+            chunks: 0,
+            bytes: 0,
+            tail: Vec::new(),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    /// Append a chunk; past the cap only the in-memory tail keeps it.
+    /// Returns whether all of it went into the file.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
+        let written = self.bytes - self.dropped;
+        let room = self.cap.saturating_sub(written) as usize;
+        let keep = room.min(bytes.len());
+        if keep > 0 {
+            self.file.write_all(&bytes[..keep])?;
+        }
+        self.dropped += (bytes.len() - keep) as u64;
         self.chunks += 1;
         self.bytes += bytes.len() as u64;
         self.tail.extend_from_slice(bytes);
@@ -52,7 +75,23 @@ impl StreamLog {
             let cut = self.tail.len() - TAIL_BYTES;
             self.tail.drain(..cut);
         }
-        Ok(())
+        Ok(keep == bytes.len())
+    }
+
+    /// At close: after a truncation, a marker and the stream's last bytes.
+    fn finish(&mut self) -> std::io::Result<()> {
+        if self.dropped > 0 {
+            let tail = &self.tail[self.tail.len().saturating_sub(TAIL_BYTES)..];
+            let marker = format!(
+                "\n[baa-runner: log truncated at {} bytes; {} bytes dropped; the last {} bytes follow]\n",
+                self.cap,
+                self.dropped,
+                tail.len()
+            );
+            self.file.write_all(marker.as_bytes())?;
+            self.file.write_all(tail)?;
+        }
+        self.file.sync_all()
     }
 
     fn tail_lines(&self, n: usize) -> Vec<String> {
@@ -89,14 +128,10 @@ impl LogSession {
     pub fn create(
         session: LocalRunLogSession,
         observer: Option<Observer>,
+        max_stream_bytes: u64,
     ) -> std::io::Result<Self> {
         let stream = |path: &str| -> std::io::Result<StreamLog> {
-            Ok(StreamLog {
-                file: open_new(Path::new(path))?,
-                chunks: 0,
-                bytes: 0,
-                tail: Vec::new(),
-            })
+            Ok(StreamLog::new(open_new(Path::new(path))?, max_stream_bytes))
         };
         let inner = Inner {
             lifecycle: open_new(Path::new(&session.lifecycle_log_path))?,
@@ -116,14 +151,7 @@ impl LogSession {
     /// into a worker outside any step, such as `describe`).
     pub fn discard() -> std::io::Result<Self> {
         let null = || OpenOptions::new().append(true).open("/dev/null");
-        let stream = || -> std::io::Result<StreamLog> {
-            Ok(StreamLog {
-                file: null()?,
-                chunks: 0,
-                bytes: 0,
-                tail: Vec::new(),
-            })
-        };
+        let stream = || -> std::io::Result<StreamLog> { Ok(StreamLog::new(null()?, u64::MAX)) };
         let session = LocalRunLogSession {
             session_id: "discard".into(),
             run_dir: "/dev/null".into(),
@@ -204,10 +232,11 @@ impl LogSession {
         self.event(EventSource::Host, EventLevel::Info, event, message, data);
     }
 
-    /// Append a chunk of output.
-    pub fn output(&self, stream: Stream, bytes: &[u8]) {
+    /// Append a chunk of output. Returns `false` once the stream's log is
+    /// full (the chunk then lives on only in the tail).
+    pub fn output(&self, stream: Stream, bytes: &[u8]) -> bool {
         if bytes.is_empty() {
-            return;
+            return true;
         }
         let mut guard = self.lock();
         let inner = &mut *guard;
@@ -215,13 +244,24 @@ impl LogSession {
             Stream::Stdout => (&mut inner.stdout, &inner.session.stdout_log_path),
             Stream::Stderr => (&mut inner.stderr, &inner.session.stderr_log_path),
         };
-        if let Err(e) = log.append(bytes) {
-            inner.write_error.get_or_insert(format!("{path}: {e}"));
-        }
+        let complete = match log.append(bytes) {
+            Ok(complete) => complete,
+            Err(e) => {
+                inner.write_error.get_or_insert(format!("{path}: {e}"));
+                true
+            }
+        };
         drop(guard);
         if let Some(observer) = &self.observer {
             observer(LiveUpdate::Output(stream, bytes));
         }
+        complete
+    }
+
+    /// Whether stdout or stderr went past its limit.
+    pub fn truncated(&self) -> bool {
+        let inner = self.lock();
+        inner.stdout.dropped > 0 || inner.stderr.dropped > 0
     }
 
     /// The lifecycle events written so far.
@@ -250,6 +290,8 @@ impl LogSession {
             stderr_bytes: inner.stderr.bytes,
             stdout_tail: inner.stdout.tail_lines(SUMMARY_TAIL_LINES),
             stderr_tail: inner.stderr.tail_lines(SUMMARY_TAIL_LINES),
+            stdout_truncated: inner.stdout.dropped > 0,
+            stderr_truncated: inner.stderr.dropped > 0,
         }
     }
 
@@ -261,9 +303,13 @@ impl LogSession {
     /// Flush the files to disk and mark the session closed.
     pub fn close(&self) -> LocalRunLogSession {
         let mut inner = self.lock();
-        for file in [&inner.lifecycle, &inner.stdout.file, &inner.stderr.file] {
-            if let Err(e) = file.sync_all() {
-                tracing::warn!("cannot fsync a log file: {e}");
+        if let Err(e) = inner.lifecycle.sync_all() {
+            tracing::warn!("cannot fsync the lifecycle log: {e}");
+        }
+        let inner = &mut *inner;
+        for stream in [&mut inner.stdout, &mut inner.stderr] {
+            if let Err(e) = stream.finish() {
+                tracing::warn!("cannot finish an output log: {e}");
             }
         }
         inner.session.status = LogSessionStatus::Closed;

@@ -73,6 +73,12 @@ pub struct LocalRunLogSummary {
     pub stdout_tail: Vec<String>,
     /// The last lines of stderr (lossy UTF-8), oldest first.
     pub stderr_tail: Vec<String>,
+    /// Whether `stdout.log` went past its limit (it then ends with a marker
+    /// and the stream's last bytes).
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
 }
 
 /// Who wrote a lifecycle event.
@@ -134,6 +140,8 @@ pub enum FailureReason {
     Timeout,
     /// The guest exceeded its memory limit.
     MemoryLimit,
+    /// Output exceeded its limit (the worker's own, or a subprocess's).
+    OutputLimit,
     /// The guest trapped (a panic, `unreachable`, …).
     Trap,
     /// The policy refused something the worker needed.
@@ -155,6 +163,9 @@ pub enum FailureReason {
 pub struct FailureRecord {
     pub reason: FailureReason,
     pub message: String,
+    /// For `trap`: what trapped (`unreachable`, `stack overflow`, `exit(3)`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trap_code: Option<String>,
 }
 
 /// `metadata.json`: what the run is, written when it is prepared and

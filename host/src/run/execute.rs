@@ -172,10 +172,23 @@ impl Report {
             needs_human: false,
             exit_code: None,
             followups: Vec::new(),
-            failure: Some(FailureRecord { reason, message }),
+            failure: Some(FailureRecord {
+                reason,
+                message,
+                trap_code: None,
+            }),
             artifacts: Vec::new(),
             plugin: None,
         }
+    }
+
+    /// The worker trapped (or exited) with `code`.
+    fn trapped(code: String, message: impl Into<String>) -> Self {
+        let mut report = Report::failed(FailureReason::Trap, message);
+        if let Some(failure) = report.failure.as_mut() {
+            failure.trap_code = Some(code);
+        }
+        report
     }
 }
 
@@ -253,11 +266,14 @@ pub(crate) async fn run_worker(
         return engine_error("cannot open the worktree for the worker", e);
     }
 
-    let subprocesses = step_subprocesses(prepared, deadline, limits.subprocess_output_bytes);
+    let mut subprocesses = step_subprocesses(prepared, deadline, limits.subprocess_output_bytes);
+    subprocesses.set_max_processes(limits.max_processes as usize);
     let live_groups = subprocesses.live_groups();
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.resource_table_entries as usize);
     let state = StepState {
         wasi: wasi.build(),
-        table: ResourceTable::new(),
+        table,
         limits: StepLimits::new((limits.memory_mib * 1024 * 1024) as usize),
         host: StepHost {
             logs: logs.clone(),
@@ -299,47 +315,100 @@ pub(crate) async fn run_worker(
     let data = store.data();
     let denials = data.host.subprocesses.denials().to_vec();
     let memory_hit = data.limits.memory_hit;
+    let output_hit = data.host.subprocesses.output_limit_hits() > 0 || logs.truncated();
     report.artifacts = data.host.artifacts.clone();
     report.plugin = Some(plugin_record);
+    refine_failure(
+        &mut report,
+        request.timeout_sec,
+        limits,
+        timed_out,
+        memory_hit,
+        output_hit,
+        &denials,
+    );
+    report
+}
 
-    // Name the limit or policy behind a failure.
-    if report.outcome == StepExecutionOutcome::Failed {
-        let reason = report.failure.as_ref().map(|f| f.reason);
-        let refined = if timed_out && reason != Some(FailureReason::InvalidPlugin) {
-            Some((
-                FailureReason::Timeout,
-                format!("timed out after {}s", request.timeout_sec),
-            ))
-        } else if memory_hit && reason == Some(FailureReason::Trap) {
-            Some((
-                FailureReason::MemoryLimit,
-                format!("exceeded the memory limit of {} MiB", limits.memory_mib),
-            ))
-        } else if !denials.is_empty() && matches!(reason, None | Some(FailureReason::WorkerFailed))
-        {
-            Some((
-                FailureReason::PolicyDenied,
-                format!("denied by policy: {}", denials.join("; ")),
-            ))
-        } else {
-            None
-        };
-        if let Some((reason, message)) = refined {
-            if reason == FailureReason::Timeout || reason == FailureReason::MemoryLimit {
-                report.summary = format!("{message}: {}", report.summary);
+/// A trap's machine-readable code: `stack-overflow`,
+/// `unreachable-code-reached`, `memory-out-of-bounds`, …
+fn trap_code(trap: &Trap) -> String {
+    let mut code = String::new();
+    for (i, c) in format!("{trap:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                code.push('-');
             }
-            report.failure = Some(FailureRecord {
-                reason,
-                message: report.summary.clone(),
-            });
-        } else if report.failure.is_none() {
-            report.failure = Some(FailureRecord {
-                reason: FailureReason::WorkerFailed,
-                message: report.summary.clone(),
-            });
+            code.push(c.to_ascii_lowercase());
+        } else {
+            code.push(c);
         }
     }
-    report
+    code
+}
+
+/// Name the limit or policy behind a failure: timeout, memory, output, or a
+/// policy denial, in that order; otherwise the worker's own failure.
+fn refine_failure(
+    report: &mut Report,
+    timeout_sec: f64,
+    limits: &crate::config::Limits,
+    timed_out: bool,
+    memory_hit: bool,
+    output_hit: bool,
+    denials: &[String],
+) {
+    if report.outcome != StepExecutionOutcome::Failed {
+        return;
+    }
+    let reason = report.failure.as_ref().map(|f| f.reason);
+    let trapped_or_failed = matches!(
+        reason,
+        None | Some(FailureReason::WorkerFailed) | Some(FailureReason::Trap)
+    );
+    let refined = if timed_out && reason != Some(FailureReason::InvalidPlugin) {
+        Some((
+            FailureReason::Timeout,
+            format!("timed out after {timeout_sec}s"),
+        ))
+    } else if memory_hit && reason == Some(FailureReason::Trap) {
+        Some((
+            FailureReason::MemoryLimit,
+            format!("exceeded the memory limit of {} MiB", limits.memory_mib),
+        ))
+    } else if output_hit && trapped_or_failed {
+        Some((
+            FailureReason::OutputLimit,
+            "exceeded an output limit".to_string(),
+        ))
+    } else if !denials.is_empty() && matches!(reason, None | Some(FailureReason::WorkerFailed)) {
+        Some((
+            FailureReason::PolicyDenied,
+            format!("denied by policy: {}", denials.join("; ")),
+        ))
+    } else {
+        None
+    };
+    let trap_code = report.failure.as_ref().and_then(|f| f.trap_code.clone());
+    if let Some((reason, message)) = refined {
+        if matches!(
+            reason,
+            FailureReason::Timeout | FailureReason::MemoryLimit | FailureReason::OutputLimit
+        ) {
+            report.summary = format!("{message}: {}", report.summary);
+        }
+        report.failure = Some(FailureRecord {
+            reason,
+            message: report.summary.clone(),
+            trap_code,
+        });
+    } else if report.failure.is_none() {
+        report.failure = Some(FailureRecord {
+            reason: FailureReason::WorkerFailed,
+            message: report.summary.clone(),
+            trap_code: None,
+        });
+    }
 }
 
 async fn call_worker(
@@ -356,16 +425,27 @@ async fn call_worker(
     // plus a second.
     let backstop = guest_deadline + Duration::from_secs(1);
     let trap_report = |e: wasmtime::Error, during: &str| -> Report {
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            let mut report = Report::trapped(
+                format!("exit({})", exit.0),
+                format!(
+                    "the worker exited with code {} {during} instead of returning an outcome",
+                    exit.0
+                ),
+            );
+            report.exit_code = Some(exit.0);
+            return report;
+        }
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => {
                 Report::failed(FailureReason::Timeout, format!("interrupted {during}"))
             }
-            Some(trap) => Report::failed(
-                FailureReason::Trap,
+            Some(trap) => Report::trapped(
+                trap_code(trap),
                 format!("the worker trapped {during}: {trap}"),
             ),
-            None => Report::failed(
-                FailureReason::Trap,
+            None => Report::trapped(
+                "host call error".into(),
                 format!("the worker failed {during}: {e:#}"),
             ),
         }

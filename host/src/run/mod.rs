@@ -48,7 +48,7 @@ impl Runner {
     /// Build a runner: one engine, the linker, and the kinds in the config's
     /// plugin directories (plus the built-in kinds).
     pub fn new(config: RunnerConfig) -> Result<Self, Error> {
-        let engine = crate::sandbox::new_engine()?;
+        let engine = crate::sandbox::new_engine(&config.limits)?;
         let linker = crate::sandbox::new_linker(&engine)?;
         let plugins = PluginRegistry::discover(&config.plugin_dirs)?;
         Ok(Runner {
@@ -78,7 +78,7 @@ impl Runner {
         request: StepExecutionRequest,
         observer: Option<Observer>,
     ) -> Result<PreparedStepRun, Error> {
-        prepare::prepare(request, observer)
+        prepare::prepare(request, observer, &self.shared.config.limits)
     }
 
     /// The directory holding every attempt of `request`'s step.

@@ -120,6 +120,7 @@ fn git_diff_plan(request: &StepExecutionRequest, worktree: &Path) -> Option<GitD
 pub fn prepare(
     request: StepExecutionRequest,
     observer: Option<Observer>,
+    limits: &crate::config::Limits,
 ) -> Result<PreparedStepRun, Error> {
     let paths = validate(&request)?;
     let (log_paths, run_dir) = run_paths(&paths.runs_root, &request);
@@ -149,12 +150,13 @@ pub fn prepare(
         }
         Err(e) => return Err(Error::io(&run_dir)(e)),
     }
-    let earlier = Earlier {
+    let setup = Setup {
         history,
         resume,
         recovered,
+        max_stream_bytes: limits.log_stream_bytes,
     };
-    match populate(request, paths, log_paths, &run_dir, observer, earlier) {
+    match populate(request, paths, log_paths, &run_dir, observer, setup) {
         Ok(prepared) => Ok(prepared),
         Err(e) => {
             // Leave no half-written attempt behind.
@@ -164,12 +166,14 @@ pub fn prepare(
     }
 }
 
-/// What earlier attempts of the step left: their checkpoints, the resume
-/// point, and the attempts recovery just closed.
-struct Earlier {
+/// What populating a run directory needs besides the request: what earlier
+/// attempts of the step left (their checkpoints, the resume point, the
+/// attempts recovery just closed) and the log limit.
+struct Setup {
     history: StepHistory,
     resume: Option<Resume>,
     recovered: super::recover::RecoveryReport,
+    max_stream_bytes: u64,
 }
 
 fn populate(
@@ -178,13 +182,14 @@ fn populate(
     log_paths: LocalRunPaths,
     run_dir: &Path,
     observer: Option<Observer>,
-    earlier: Earlier,
+    setup: Setup,
 ) -> Result<PreparedStepRun, Error> {
-    let Earlier {
+    let Setup {
         history,
         resume,
         recovered,
-    } = earlier;
+        max_stream_bytes,
+    } = setup;
     let lock = RunLock::acquire(run_dir)?;
     for dir in [
         &log_paths.logs_dir,
@@ -245,7 +250,7 @@ fn populate(
         stderr_log_path: log_paths.stderr_log_path.clone(),
     };
     let logs = Arc::new(
-        LogSession::create(session.clone(), observer)
+        LogSession::create(session.clone(), observer, max_stream_bytes)
             .map_err(Error::io(Path::new(&log_paths.logs_dir)))?,
     );
 

@@ -149,6 +149,7 @@ fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<Recove
             "the host stopped while this step was running; recovered at {now}; the latest valid checkpoint is {}",
             if last_seq == 0 { "none".to_string() } else { last_seq.to_string() }
         ),
+        trap_code: None,
     };
     append_event(
         &lifecycle,

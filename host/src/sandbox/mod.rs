@@ -21,12 +21,16 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The engine configured for workers: component model, epoch interruption,
 /// no component-model concurrency (it triples call cost and is unused).
-pub fn new_engine() -> Result<Engine, Error> {
+pub fn new_engine(limits: &crate::config::Limits) -> Result<Engine, Error> {
+    let stack = (limits.wasm_stack_kib.clamp(64, 64 * 1024) * 1024) as usize;
     let mut config = Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
-        .concurrency_support(false);
+        .concurrency_support(false)
+        .max_wasm_stack(stack)
+        // The fiber the guest runs on must hold the wasm stack plus host frames.
+        .async_stack_size(stack + 2 * 1024 * 1024);
     let engine = Engine::new(&config).map_err(|e| Error::Engine(e.to_string()))?;
     start_epoch_ticker(&engine);
     Ok(engine)

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::logs::{LogSession, Stream};
 
@@ -44,8 +44,18 @@ impl StdoutStream for LogOutput {
 #[async_trait::async_trait]
 impl OutputStream for LogOutput {
     fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
-        self.logs.output(self.stream, &bytes);
-        Ok(())
+        if self.logs.output(self.stream, &bytes) {
+            Ok(())
+        } else {
+            // The log is full: a worker that keeps writing is stopped.
+            Err(StreamError::Trap(wasmtime::format_err!(
+                "output limit: the step's {} log is full",
+                match self.stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                }
+            )))
+        }
     }
 
     fn flush(&mut self) -> StreamResult<()> {

@@ -199,13 +199,19 @@ pub fn describe_exit(status: &ExitStatus) -> String {
     }
 }
 
+/// Start a command; read its output with [`Process::next`]. Dropping the
+/// process kills it.
+pub fn spawn(cmd: &Command) -> Result<Process, SpawnError> {
+    bindings::baa::worker::subprocess::spawn(cmd)
+}
+
 /// Run a command to completion, calling `on_output` with every chunk as it
 /// arrives (the host already writes every chunk into the run's logs).
 pub fn run_streaming(
     cmd: &Command,
     mut on_output: impl FnMut(&Output),
 ) -> Result<ExitStatus, SpawnError> {
-    let process = bindings::baa::worker::subprocess::spawn(cmd)?;
+    let process = spawn(cmd)?;
     loop {
         let output = process.next();
         on_output(&output);

@@ -6,6 +6,7 @@ mod checkpoints;
 mod cli;
 mod codex;
 mod git;
+mod hostile;
 mod requests;
 mod sandbox;
 mod shell;

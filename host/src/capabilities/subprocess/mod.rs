@@ -41,6 +41,16 @@ impl LiveGroups {
             .remove(&pgid);
     }
 
+    /// How many groups are registered.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no group is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// SIGKILL every group still registered; returns how many.
     pub fn kill_all(&self) -> usize {
         let groups: Vec<i32> = self
@@ -85,6 +95,9 @@ pub struct Subprocesses {
     denials: Vec<String>,
     spawned: u64,
     scratch_dir: PathBuf,
+    max_processes: usize,
+    /// Processes killed for exceeding the output cap.
+    output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Largest scratch file a worker may write.
@@ -115,7 +128,20 @@ impl Subprocesses {
             denials: Vec::new(),
             spawned: 0,
             scratch_dir,
+            max_processes: 32,
+            output_limit_hits: Arc::default(),
         }
+    }
+
+    /// Allow at most `max` subprocesses running at once.
+    pub fn set_max_processes(&mut self, max: usize) {
+        self.max_processes = max;
+    }
+
+    /// How many subprocesses were killed for exceeding the output cap.
+    pub fn output_limit_hits(&self) -> u64 {
+        self.output_limit_hits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Write a scratch file for a subprocess argument; returns its path.
@@ -201,6 +227,14 @@ impl Subprocesses {
             return Err(SpawnError::Denied(
                 "the step's time is up: no new subprocess may start".into(),
             ));
+        }
+        if self.live.len() >= self.max_processes {
+            let why = format!(
+                "{} subprocesses are already running; the limit is {} (limits.max-processes)",
+                self.live.len(),
+                self.max_processes
+            );
+            return Err(SpawnError::Denied(self.refuse(&cmd, why)));
         }
         self.launch(&allowed.path, &cwd, cmd, deadline, true)
     }
@@ -322,6 +356,7 @@ impl Subprocesses {
                 step_deadline: self.deadline,
                 output_cap: self.output_cap,
                 log_output,
+                output_limit_hits: self.output_limit_hits.clone(),
             },
             self.logs.clone(),
             self.live.clone(),

@@ -29,6 +29,8 @@ pub(super) struct Limits {
     /// Whether output goes into the run logs (worker processes) or only back
     /// to the caller (the host's own commands).
     pub log_output: bool,
+    /// Counts processes killed for exceeding `output_cap`.
+    pub output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The host side of a worker's `process` resource.
@@ -154,6 +156,9 @@ pub(super) fn start(
             }
             if total > limits.output_cap && !over_cap {
                 over_cap = true;
+                limits
+                    .output_limit_hits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 kill_group(pgid);
             }
         }

@@ -4,7 +4,12 @@
 //!
 //! Operations: `read PATH`, `write PATH TEXT`, `symlink TARGET LINK`,
 //! `spawn PROGRAM ARGS…`, `sh SCRIPT` (`sh -c SCRIPT`), `connect HOST:PORT`, `artifact NAME TEXT`, `checkpoint TYPE SUMMARY`, `resume` (print the resume checkpoint),
-//! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`.
+//! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`,
+//! and the hostile ones: `recurse`, `unreachable`, `exit CODE`, `flood MIB`,
+//! `line MIB` (one line), `bytes` (invalid UTF-8 and terminal escapes),
+//! `bigemit MIB`, `spawnmany N`, `openmany N`, `readlong N`.
+
+use std::io::Write;
 
 use baa_worker_sdk::*;
 
@@ -99,6 +104,72 @@ impl Worker for Probe {
                     Ok(format!("allocated {} MiB", blocks.len()))
                 }
                 "panic" => panic!("probe was asked to panic"),
+                "recurse" => Ok(recurse(0).to_string()),
+                "unreachable" => core::arch::wasm32::unreachable(),
+                "exit" => std::process::exit(arg(1).parse().unwrap_or(1)),
+                "flood" => write_repeated(
+                    b"flood flood flood flood flood flood flood flood flood flood\n",
+                    arg(1).parse::<usize>().unwrap_or(1) * 1024 * 1024,
+                ),
+                "line" => write_repeated(
+                    &[b'x'; 4096],
+                    arg(1).parse::<usize>().unwrap_or(1) * 1024 * 1024,
+                ),
+                "bytes" => std::io::stdout()
+                    .write_all(b"\xff\xfe invalid utf-8 \x1b[31mred\x1b[0m \x1b]0;title\x07 bell\n")
+                    .map(|_| "raw bytes written".into())
+                    .map_err(|e| e.to_string()),
+                "bigemit" => {
+                    let mib: usize = arg(1).parse().unwrap_or(1);
+                    emit(
+                        Level::Info,
+                        "probe.big",
+                        &"m".repeat(mib * 1024 * 1024),
+                        None,
+                    );
+                    Ok("emitted".into())
+                }
+                "spawnmany" => {
+                    let n: usize = arg(1).parse().unwrap_or(1);
+                    let mut held = Vec::new();
+                    let mut refused = None;
+                    for i in 0..n {
+                        match spawn(&Command::new("sh", ["-c", "sleep 30"])) {
+                            Ok(process) => held.push(process),
+                            Err(e) => {
+                                refused =
+                                    Some(format!("process {i}: {}", describe_spawn_error(&e)));
+                                break;
+                            }
+                        }
+                    }
+                    match refused {
+                        Some(why) => Err(why),
+                        None => Ok(format!("{} running", held.len())),
+                    }
+                }
+                "openmany" => {
+                    let n: usize = arg(1).parse().unwrap_or(1);
+                    let mut held = Vec::new();
+                    let mut failed = None;
+                    for i in 0..n {
+                        match std::fs::File::open("README.md") {
+                            Ok(file) => held.push(file),
+                            Err(e) => {
+                                failed = Some(format!("open {i}: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    match failed {
+                        Some(why) => Err(why),
+                        None => Ok(format!("{} open", held.len())),
+                    }
+                }
+                "readlong" => {
+                    let n: usize = arg(1).parse().unwrap_or(1);
+                    std::fs::read_to_string("a/".repeat(n) + "x").map_err(|e| e.to_string())
+                }
                 other => Err(format!("unknown operation `{other}`")),
             };
             match result {
@@ -114,6 +185,27 @@ impl Worker for Probe {
         }
         Ok(outcome)
     }
+}
+
+/// Recurse until the stack runs out.
+fn recurse(depth: u64) -> u64 {
+    if std::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    let deeper = recurse(depth + 1);
+    std::hint::black_box(deeper) + 1
+}
+
+/// Write `unit` to stdout until `total` bytes are written.
+fn write_repeated(unit: &[u8], total: usize) -> Result<String, String> {
+    let mut out = std::io::stdout().lock();
+    let mut written = 0;
+    while written < total {
+        out.write_all(unit).map_err(|e| e.to_string())?;
+        written += unit.len();
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(format!("wrote {written} bytes"))
 }
 
 export_worker!(Probe);

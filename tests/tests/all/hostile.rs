@@ -1,0 +1,234 @@
+//! Hostile worker kinds: each attack runs through the real host and must end
+//! with the expected reason, no escape (a canary tree beside the worktree is
+//! unchanged), a complete run record, and a host that runs the next step.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use baa_runner::contracts::{FailureReason, StepExecutionOutcome, StepExecutionResult};
+use baa_runner::Runner;
+use baa_runner_tests::{fixtures, read_json, read_lifecycle, Sandbox};
+
+use crate::{grant, probe_runner_with, run};
+
+/// Every file below `dir` with its content (the canary's fingerprint).
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        for entry in std::fs::read_dir(&path).unwrap().flatten() {
+            let p = entry.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.display().to_string(),
+                    std::fs::read(&p).unwrap_or_default(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A canary tree beside the worktree, plus symlinks in the worktree that
+/// point at it (pre-existing escapes a worker might try to use).
+fn plant_canary(sandbox: &Sandbox) -> std::path::PathBuf {
+    let canary = sandbox.dir.path().join("canary");
+    std::fs::create_dir_all(canary.join("nested")).unwrap();
+    std::fs::write(canary.join("secret.txt"), "CANARY-SECRET").unwrap();
+    std::fs::write(canary.join("nested/data.bin"), [1u8, 2, 3]).unwrap();
+    std::os::unix::fs::symlink("../canary/secret.txt", sandbox.repo.join("rel-out")).unwrap();
+    std::os::unix::fs::symlink(&canary, sandbox.repo.join("abs-out")).unwrap();
+    canary
+}
+
+/// The run record is complete and readable on its own.
+fn assert_complete_record(result: &StepExecutionResult) {
+    let paths = &result.log_paths;
+    for file in [&paths.metadata_path, &paths.state_path, &paths.result_path] {
+        read_json(file);
+    }
+    let events = read_lifecycle(&paths.lifecycle_log_path);
+    assert_eq!(events.last().unwrap()["event"], "step.finished");
+    baa_runner::checkpoints::StepHistory::load(Path::new(&paths.run_dir).parent().unwrap(), 0)
+        .corrupt
+        .is_empty()
+        .then_some(())
+        .expect("no corrupt checkpoint");
+}
+
+async fn next_step_succeeds(runner: &Runner, sandbox: &Sandbox, n: usize) {
+    let mut request = sandbox.request("probe", "write after.txt the host is fine");
+    request.step_id = format!("after-{n}");
+    let result = run(runner, request).await;
+    assert!(result.ok, "the next step failed: {}", result.summary);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_workers_end_with_the_expected_reason_and_no_escape() {
+    let sandbox = Sandbox::new();
+    let canary = plant_canary(&sandbox);
+    let before = snapshot(&canary);
+    let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |config| {
+        config.limits.log_stream_bytes = 1024 * 1024;
+        config.limits.max_processes = 4;
+        config.limits.resource_table_entries = 256;
+    });
+    let cases: &[(&str, &str, Option<FailureReason>, f64)] = &[
+        ("escape", "read rel-out\nread abs-out/secret.txt\nwrite rel-out x\nwrite abs-out/planted x\nsymlink abs-out/nested sneaky\nread sneaky/data.bin\nsymlink loop-a loop-b\nsymlink loop-b loop-a\nread loop-a\nreadlong 3000\nread ../canary/secret.txt", Some(FailureReason::WorkerFailed), 30.0),
+        ("cpu", "loop", Some(FailureReason::Timeout), 1.0),
+        ("memory", "alloc 2048", Some(FailureReason::MemoryLimit), 30.0),
+        ("stack", "recurse", Some(FailureReason::Trap), 30.0),
+        ("unreachable", "unreachable", Some(FailureReason::Trap), 30.0),
+        ("panic", "panic", Some(FailureReason::Trap), 30.0),
+        ("exit", "exit 7", Some(FailureReason::Trap), 30.0),
+        ("flood", "flood 8", Some(FailureReason::OutputLimit), 30.0),
+        ("line", "line 4", Some(FailureReason::OutputLimit), 30.0),
+        ("big-host-call", "bigemit 32", None, 30.0),
+        ("processes", "spawnmany 10", Some(FailureReason::PolicyDenied), 30.0),
+        ("resources", "openmany 1000", None, 30.0),
+        ("bytes", "bytes", None, 30.0),
+    ];
+    for (n, (name, script, reason, timeout)) in cases.iter().enumerate() {
+        let mut request = sandbox.request("probe", script);
+        request.step_id = format!("hostile-{name}");
+        request.timeout_sec = *timeout;
+        let result = run(&runner, request).await;
+        if let Some(reason) = reason {
+            assert_eq!(
+                result.outcome,
+                StepExecutionOutcome::Failed,
+                "{name}: {}",
+                result.summary
+            );
+            let failure = result.state.failure.as_ref().unwrap();
+            assert_eq!(failure.reason, *reason, "{name}: {}", failure.message);
+        }
+        assert_complete_record(&result);
+        assert_eq!(snapshot(&canary), before, "{name}: the canary changed");
+        next_step_succeeds(&runner, &sandbox, n).await;
+
+        let failure = result.state.failure.clone();
+        let stdout = std::fs::read(&result.log_paths.stdout_log_path).unwrap();
+        match *name {
+            "escape" => {
+                let text = String::from_utf8_lossy(&stdout);
+                assert!(!text.contains("CANARY-SECRET"), "{text}");
+                // Creating a link inside the worktree is fine; reading or
+                // writing through any link or path that leaves it is not.
+                for line in text
+                    .lines()
+                    .filter(|l| l.starts_with("read ") || l.starts_with("write "))
+                {
+                    assert!(line.contains(": denied"), "not refused: {line}");
+                }
+            }
+            "stack" => {
+                let code = failure.unwrap().trap_code.unwrap();
+                assert_eq!(code, "stack-overflow");
+            }
+            "unreachable" => {
+                let code = failure.unwrap().trap_code.unwrap();
+                assert_eq!(code, "unreachable-code-reached");
+            }
+            "exit" => {
+                // WASI 0.2's exit carries only success or failure: 7 arrives as 1.
+                assert_eq!(failure.unwrap().trap_code.as_deref(), Some("exit(1)"));
+                assert_eq!(result.state.exit_code, Some(1));
+            }
+            "flood" | "line" => {
+                assert!(result.log_summary.stdout_truncated);
+                assert!(
+                    stdout.len() < 1024 * 1024 + 128 * 1024,
+                    "{} bytes kept",
+                    stdout.len()
+                );
+                let end = String::from_utf8_lossy(&stdout[stdout.len() - 70 * 1024..]).into_owned();
+                assert!(
+                    end.contains("[baa-runner: log truncated at 1048576 bytes"),
+                    "the tail is kept after a marker"
+                );
+            }
+            "big-host-call" => {
+                let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
+                let big = events.iter().find(|e| e["event"] == "probe.big").unwrap();
+                assert!(
+                    big["message"].as_str().unwrap().len() < 64 * 1024,
+                    "host-call data is cut"
+                );
+            }
+            "bytes" => {
+                assert!(result.ok, "{}", result.summary);
+                let expected: &[u8] =
+                    b"\xff\xfe invalid utf-8 \x1b[31mred\x1b[0m \x1b]0;title\x07 bell\n";
+                assert!(
+                    stdout.windows(expected.len()).any(|w| w == expected),
+                    "stored exactly"
+                );
+            }
+            "resources" => assert_ne!(
+                result.outcome,
+                StepExecutionOutcome::Completed,
+                "the table limit held"
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_plugins_are_refused_with_a_precise_reason() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.dir.path().join("malformed");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("empty.wasm"), b"").unwrap();
+    std::fs::write(
+        dir.join("random.wasm"),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    std::fs::copy(fixtures::WRONG_VERSION_WASM, dir.join("future.wasm")).unwrap();
+    std::fs::copy(fixtures::MISSING_EXPORT_WASM, dir.join("hollow.wasm")).unwrap();
+    std::fs::copy(fixtures::UNKNOWN_IMPORT_WASM, dir.join("greedy.wasm")).unwrap();
+    let mut config = baa_runner::RunnerConfig::default();
+    config.plugin_dirs.push(dir);
+    let runner = Runner::new(config).unwrap();
+    for (kind, expected) in [
+        ("empty", "not a valid WebAssembly component"),
+        ("random", "not a valid WebAssembly component"),
+        ("core", "not a valid WebAssembly component"),
+        (
+            "future",
+            "built for baa:worker@0.2.0, but this host implements baa:worker@0.1.0",
+        ),
+        (
+            "hollow",
+            "does not export `baa:worker/worker-executor@0.1.0`",
+        ),
+        ("greedy", "needs imports this host does not provide"),
+    ] {
+        let mut request = sandbox.request(kind, "x");
+        request.step_id = format!("malformed-{kind}");
+        let result = run(&runner, request).await;
+        assert_eq!(result.outcome, StepExecutionOutcome::Failed, "{kind}");
+        let failure = result.state.failure.as_ref().unwrap();
+        assert_eq!(
+            failure.reason,
+            FailureReason::InvalidPlugin,
+            "{kind}: {}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains(expected),
+            "{kind}: {}",
+            failure.message
+        );
+        assert_complete_record(&result);
+    }
+    next_step_succeeds(&crate::probe_runner(&sandbox, grant(&[])).0, &sandbox, 99).await;
+}
