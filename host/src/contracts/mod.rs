@@ -15,6 +15,38 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use checkpointing::*;
 pub use logging::*;
 
+/// Largest request body accepted; a larger one is refused before parsing.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Parse a step request from JSON. A body over [`MAX_REQUEST_BYTES`] is
+/// refused unread; a malformed one is an error naming the field at fault
+/// (`runtime.worktreePath`, `checkpoint.mode`, …).
+pub fn parse_request(bytes: &[u8]) -> Result<StepExecutionRequest, crate::Error> {
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(crate::Error::invalid(
+            "(request)",
+            format!(
+                "the request is {} bytes; the limit is {MAX_REQUEST_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let request: StepExecutionRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "(request)".to_string()
+        } else {
+            path
+        };
+        crate::Error::invalid(&field, e.inner().to_string())
+    })?;
+    de.end().map_err(|e| {
+        crate::Error::invalid("(request)", format!("trailing data after the request: {e}"))
+    })?;
+    Ok(request)
+}
+
 /// The worker kind a step runs on: one of the built-in kinds (`codex`,
 /// `shell`, `git`) or the name of a third-party kind found in a plugins
 /// directory. Names are lowercase ASCII letters, digits and `-`, starting with

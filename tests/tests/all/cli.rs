@@ -237,3 +237,48 @@ fn checkpoints_list_and_show_a_steps_records_and_diffs() {
     assert_eq!(resumed["metadata"]["resumedFromSeq"], 1);
     assert_eq!(resumed["checkpoint"]["records"][4]["seq"], 5);
 }
+
+#[test]
+fn worker_output_is_stored_exactly_and_shown_safely() {
+    let sandbox = Sandbox::new();
+    let plugins = crate::probe_plugins_dir(&sandbox);
+    let path = write_request(&sandbox, &sandbox.request_json("probe", "bytes"));
+    let out = cli()
+        .arg("--plugins-dir")
+        .arg(&plugins)
+        .args(["run"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
+        "escapes reach the terminal"
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("\\u{1b}[31mred"), "{shown}");
+}
+
+#[test]
+fn an_oversized_or_broken_request_file_is_bad_input() {
+    let sandbox = Sandbox::new();
+    let huge = sandbox.dir.path().join("huge.json");
+    std::fs::write(&huge, vec![b' '; 5 * 1024 * 1024]).unwrap();
+    let out = cli().args(["run"]).arg(&huge).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limit"));
+    let broken = sandbox.dir.path().join("broken.json");
+    std::fs::write(&broken, br#"{"taskId": "t", "runtime": {"repoRoot": 7}}"#).unwrap();
+    let out = cli().args(["run"]).arg(&broken).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("runtime.repoRoot") && stderr.contains("broken.json"),
+        "{stderr}"
+    );
+}

@@ -10,6 +10,7 @@ mod hostile;
 mod requests;
 mod sandbox;
 mod shell;
+mod supply_chain;
 
 use std::path::PathBuf;
 

@@ -145,3 +145,65 @@ fn prepare_alone_yields_outcome_prepared() {
     assert!(std::path::Path::new(&result.log_paths.lifecycle_log_path).exists());
     assert!(std::path::Path::new(&result.log_paths.result_path).exists());
 }
+
+#[test]
+fn bad_bodies_are_refused_with_the_field_named() {
+    use baa_runner::contracts::{parse_request, MAX_REQUEST_BYTES};
+    let sandbox = Sandbox::new();
+    let valid = serde_json::to_vec(&sandbox.request_json("shell", "true")).unwrap();
+    assert!(parse_request(&valid).is_ok());
+
+    let field_of = |bytes: &[u8]| match parse_request(bytes) {
+        Err(Error::InvalidRequest { field, message }) => (field, message),
+        other => panic!("expected an invalid request, got {other:?}"),
+    };
+    assert_eq!(field_of(b"hello").0, "(request)");
+    // A truncated body names where it ends.
+    let (_, message) = field_of(&valid[..valid.len() / 2]);
+    assert!(message.contains("EOF"), "{message}");
+    let (_, message) = field_of(&[valid.as_slice(), b" {}"].concat());
+    assert!(message.contains("trailing"), "{message}");
+
+    let mut unknown = sandbox.request_json("shell", "true");
+    unknown["runtime"]["bogus"] = 1.into();
+    let (field, message) = field_of(&serde_json::to_vec(&unknown).unwrap());
+    assert!(field.starts_with("runtime"), "{field}");
+    assert!(message.contains("bogus"), "{message}");
+
+    let mut wrong = sandbox.request_json("shell", "true");
+    wrong["runtime"]["worktreePath"] = 5.into();
+    assert_eq!(
+        field_of(&serde_json::to_vec(&wrong).unwrap()).0,
+        "runtime.worktreePath"
+    );
+
+    let mut wrong = sandbox.request_json("shell", "true");
+    wrong["attempt"] = (-1).into();
+    assert_eq!(field_of(&serde_json::to_vec(&wrong).unwrap()).0, "attempt");
+
+    let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
+    let (_, message) = field_of(&huge);
+    assert!(message.contains("limit"), "{message}");
+}
+
+#[test]
+fn absurd_timeouts_ids_and_paths_are_refused() {
+    let sandbox = Sandbox::new();
+    for timeout in [0.0, -1.0, 1e300, f64::MIN_POSITIVE * 0.0] {
+        let mut request = sandbox.request("shell", "true");
+        request.timeout_sec = timeout;
+        expect_invalid(&sandbox, request, "timeoutSec");
+    }
+    for id in ["a\0b", "a/b", "..", "x".repeat(300).as_str()] {
+        let mut json = sandbox.request_json("shell", "true");
+        json["stepId"] = id.into();
+        let request: StepExecutionRequest = serde_json::from_value(json).unwrap();
+        expect_invalid(&sandbox, request, "stepId");
+    }
+    let mut request = sandbox.request("shell", "true");
+    request.runtime.runs_root_dir = Some(request.runtime.worktree_path.clone());
+    expect_invalid(&sandbox, request, "runtime.runsRootDir");
+    let mut request = sandbox.request("shell", "true");
+    request.runtime.repo_root = "/nonexistent/repo".into();
+    expect_invalid(&sandbox, request, "runtime.repoRoot");
+}

@@ -149,21 +149,26 @@ fn main() -> ExitCode {
 struct InvalidInput(String);
 
 fn read_request(path: &Path) -> anyhow::Result<StepExecutionRequest> {
-    let text = if path == Path::new("-") {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| InvalidInput(format!("cannot read the request from stdin: {e}")))?
+    use std::io::Read;
+    let limit = baa_runner::contracts::MAX_REQUEST_BYTES as u64;
+    let mut bytes = Vec::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().take(limit + 1).read_to_end(&mut bytes)
     } else {
-        std::fs::read_to_string(path).map_err(|e| {
-            InvalidInput(format!("cannot read request file {}: {e}", path.display()))
-        })?
+        std::fs::File::open(path).and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
     };
-    let request = serde_json::from_str(&text).map_err(|e| {
+    let name = if path == Path::new("-") {
+        "stdin".to_string()
+    } else {
+        path.display().to_string()
+    };
+    read.map_err(|e| InvalidInput(format!("cannot read request file {name}: {e}")))?;
+    baa_runner::contracts::parse_request(&bytes).map_err(|e| {
         InvalidInput(format!(
-            "request file {} is not a valid StepExecutionRequest: {e}",
-            path.display()
+            "request file {name} is not a valid StepExecutionRequest: {e}"
         ))
-    })?;
-    Ok(request)
+        .into()
+    })
 }
 
 fn runner(cli: &Cli) -> anyhow::Result<Runner> {

@@ -7,7 +7,9 @@
 //! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`,
 //! and the hostile ones: `recurse`, `unreachable`, `exit CODE`, `flood MIB`,
 //! `line MIB` (one line), `bytes` (invalid UTF-8 and terminal escapes),
-//! `bigemit MIB`, `spawnmany N`, `openmany N`, `readlong N`.
+//! `bigemit MIB`, `spawnmany N`, `openmany N`, `readlong N`; `ambient`
+//! prints what the sandbox hands the worker (environment, arguments, stdin,
+//! directories).
 
 use std::io::Write;
 
@@ -165,6 +167,25 @@ impl Worker for Probe {
                         Some(why) => Err(why),
                         None => Ok(format!("{} open", held.len())),
                     }
+                }
+                "ambient" => {
+                    use std::io::Read;
+                    let mut stdin = Vec::new();
+                    let stdin = std::io::stdin()
+                        .read_to_end(&mut stdin)
+                        .map(|_| stdin.len());
+                    let root = std::fs::read_dir("/").map(|d| d.count());
+                    let here = std::fs::read_dir(".").map(|d| d.count());
+                    Ok(format!(
+                        "env={} args={} stdin={:?} root={} here={}",
+                        std::env::vars().count(),
+                        std::env::args().count(),
+                        stdin.map_err(|e| e.kind().to_string()),
+                        root.map(|n| n.to_string())
+                            .unwrap_or_else(|e| e.to_string()),
+                        here.map(|n| n.to_string())
+                            .unwrap_or_else(|e| e.to_string()),
+                    ))
                 }
                 "readlong" => {
                     let n: usize = arg(1).parse().unwrap_or(1);
