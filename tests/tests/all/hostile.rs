@@ -71,13 +71,14 @@ async fn hostile_workers_end_with_the_expected_reason_and_no_escape() {
     let sandbox = Sandbox::new();
     let canary = plant_canary(&sandbox);
     let before = snapshot(&canary);
+    let rss_before = rss_kib();
     let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |config| {
         config.limits.log_stream_bytes = 1024 * 1024;
         config.limits.max_processes = 4;
         config.limits.resource_table_entries = 256;
     });
     let cases: &[(&str, &str, Option<FailureReason>, f64)] = &[
-        ("escape", "read rel-out\nread abs-out/secret.txt\nwrite rel-out x\nwrite abs-out/planted x\nsymlink abs-out/nested sneaky\nread sneaky/data.bin\nsymlink loop-a loop-b\nsymlink loop-b loop-a\nread loop-a\nreadlong 3000\nread ../canary/secret.txt", Some(FailureReason::WorkerFailed), 30.0),
+        ("escape", "read rel-out\nread rel-out/\nread abs-out/\nread abs-out/secret.txt\nwrite rel-out x\nwrite abs-out/planted x\nsymlink abs-out/nested sneaky\nread sneaky/data.bin\nsymlink loop-a loop-b\nsymlink loop-b loop-a\nread loop-a\nreadlong 3000\nread ../canary/secret.txt", Some(FailureReason::WorkerFailed), 30.0),
         ("cpu", "loop", Some(FailureReason::Timeout), 1.0),
         ("memory", "alloc 2048", Some(FailureReason::MemoryLimit), 30.0),
         ("stack", "recurse", Some(FailureReason::Trap), 30.0),
@@ -176,6 +177,16 @@ async fn hostile_workers_end_with_the_expected_reason_and_no_escape() {
             _ => {}
         }
     }
+    // The host stays bounded: the guests' memory went with their stores.
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(grown < 1024 * 1024, "the host grew by {grown} KiB");
+}
+
+/// The test process's resident memory, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
