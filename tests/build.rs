@@ -13,6 +13,8 @@ fn main() {
         "baa-testing-wrong-version",
         "baa-testing-missing-export",
         "baa-testing-unknown-import",
+        "baa-testing-start-loop",
+        "baa-testing-big-memory",
     ]) {
         let name = package
             .trim_start_matches("baa-testing-")

@@ -243,3 +243,50 @@ async fn malformed_plugins_are_refused_with_a_precise_reason() {
     }
     next_step_succeeds(&crate::probe_runner(&sandbox, grant(&[])).0, &sandbox, 99).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_spins_while_starting_or_asks_for_too_much_memory_is_stopped() {
+    let sandbox = Sandbox::new();
+    let canary = plant_canary(&sandbox);
+    let before = snapshot(&canary);
+    let dir = crate::probe_plugins_dir(&sandbox);
+    std::fs::copy(fixtures::START_LOOP_WASM, dir.join("start-loop.wasm")).unwrap();
+    std::fs::copy(fixtures::BIG_MEMORY_WASM, dir.join("big-memory.wasm")).unwrap();
+    let mut config = baa_runner::RunnerConfig::default();
+    config.plugin_dirs.push(dir);
+    let runner = Runner::new(config).unwrap();
+
+    let mut request = sandbox.request("start-loop", "x");
+    request.timeout_sec = 1.0;
+    let started = std::time::Instant::now();
+    let result = run(&runner, request).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let failure = result.state.failure.as_ref().unwrap();
+    assert_eq!(
+        failure.reason,
+        FailureReason::Timeout,
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.contains("while starting"),
+        "{}",
+        failure.message
+    );
+    assert_complete_record(&result);
+
+    let mut request = sandbox.request("big-memory", "x");
+    request.step_id = "big-memory".into();
+    let result = run(&runner, request).await;
+    let failure = result.state.failure.as_ref().unwrap();
+    assert_eq!(
+        failure.reason,
+        FailureReason::MemoryLimit,
+        "{}",
+        failure.message
+    );
+    assert_complete_record(&result);
+
+    assert_eq!(snapshot(&canary), before);
+    next_step_succeeds(&runner, &sandbox, 7).await;
+}
