@@ -78,7 +78,7 @@ async fn hostile_workers_end_with_the_expected_reason_and_no_escape() {
         config.limits.resource_table_entries = 256;
     });
     let cases: &[(&str, &str, Option<FailureReason>, f64)] = &[
-        ("escape", "read rel-out\nread rel-out/\nread abs-out/\nread abs-out/secret.txt\nwrite rel-out x\nwrite abs-out/planted x\nsymlink abs-out/nested sneaky\nread sneaky/data.bin\nsymlink loop-a loop-b\nsymlink loop-b loop-a\nread loop-a\nreadlong 3000\nread ../canary/secret.txt", Some(FailureReason::WorkerFailed), 30.0),
+        ("escape", "read rel-out\nread rel-out/\nread abs-out/\nread abs-out/secret.txt\nwrite rel-out x\nwrite abs-out/planted x\nsymlink abs-out/nested sneaky\nread sneaky/data.bin\nsymlink loop-a loop-b\nsymlink loop-b loop-a\nread loop-a\nreadlong 3000\nread ../canary/secret.txt\nrawopen README.md\nrawopen README.md\\0../canary/secret.txt\nrawopen ../canary/secret.txt", Some(FailureReason::WorkerFailed), 30.0),
         ("cpu", "loop", Some(FailureReason::Timeout), 1.0),
         ("memory", "alloc 2048", Some(FailureReason::MemoryLimit), 30.0),
         ("stack", "recurse", Some(FailureReason::Trap), 30.0),
@@ -122,6 +122,14 @@ async fn hostile_workers_end_with_the_expected_reason_and_no_escape() {
                 for line in text
                     .lines()
                     .filter(|l| l.starts_with("read ") || l.starts_with("write "))
+                {
+                    assert!(line.contains(": denied"), "not refused: {line}");
+                }
+                // Raw WASI opens: the plain one works, a NUL byte or `..` does not.
+                assert!(text.contains("rawopen README.md: ok opened"), "{text}");
+                for line in text
+                    .lines()
+                    .filter(|l| l.starts_with("rawopen ") && !l.starts_with("rawopen README.md:"))
                 {
                     assert!(line.contains(": denied"), "not refused: {line}");
                 }

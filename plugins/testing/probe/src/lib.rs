@@ -7,7 +7,8 @@
 //! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`,
 //! and the hostile ones: `recurse`, `unreachable`, `exit CODE`, `flood MIB`,
 //! `line MIB` (one line), `bytes` (invalid UTF-8 and terminal escapes),
-//! `bigemit MIB`, `spawnmany N`, `openmany N`, `readlong N`; `ambient`
+//! `bigemit MIB`, `spawnmany N`, `openmany N`, `readlong N`, `rawopen PATH`
+//! (a raw WASI open; `\0` in PATH is a NUL byte); `ambient`
 //! prints what the sandbox hands the worker (environment, arguments, stdin,
 //! directories).
 
@@ -186,6 +187,24 @@ impl Worker for Probe {
                         here.map(|n| n.to_string())
                             .unwrap_or_else(|e| e.to_string()),
                     ))
+                }
+                "rawopen" => {
+                    // `\0` in the script stands for a NUL byte.
+                    use wasi::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+                    let path = rest(1).replace("\\0", "\0");
+                    let dirs = wasi::filesystem::preopens::get_directories();
+                    match dirs.first() {
+                        Some((dir, _)) => dir
+                            .open_at(
+                                PathFlags::empty(),
+                                &path,
+                                OpenFlags::empty(),
+                                DescriptorFlags::READ,
+                            )
+                            .map(|_| "opened".to_string())
+                            .map_err(|e| format!("{e:?}")),
+                        None => Err("no preopened directory".into()),
+                    }
                 }
                 "readlong" => {
                     let n: usize = arg(1).parse().unwrap_or(1);
