@@ -288,18 +288,7 @@ const CRASH_POINTS: &[&str] = &[
 
 #[test]
 fn a_writer_killed_at_any_point_of_a_checkpoint_write_leaves_the_old_or_the_new_record() {
-    let exe = std::env::current_exe().unwrap();
-    let writer = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("crash-checkpoint");
-    assert!(
-        writer.exists(),
-        "{} is missing: run the tests with scripts/test.sh",
-        writer.display()
-    );
+    let writer = crate::built_binary("crash-checkpoint");
     for point in CRASH_POINTS {
         let sandbox = tempfile::tempdir().unwrap();
         let dir = sandbox.path().join("attempt-1/checkpoints");
@@ -391,8 +380,7 @@ async fn a_step_killed_mid_run_is_recovered_and_resumed_from_its_last_checkpoint
     json["timeoutSec"] = 120.into();
     let request_path = sandbox.dir.path().join("request.json");
     std::fs::write(&request_path, serde_json::to_vec(&json).unwrap()).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let cli = exe.parent().unwrap().parent().unwrap().join("baa-runner");
+    let cli = crate::built_binary("baa-runner");
     let mut host = Command::new(&cli)
         .arg("--config")
         .arg(&config)

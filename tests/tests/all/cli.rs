@@ -2,20 +2,23 @@
 //! codes tell a failed step from bad input; `kinds` lists the kinds.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use baa_runner_tests::Sandbox;
 
-/// The CLI binary that `cargo test --workspace` builds beside the tests.
+/// The CLI binary.
 fn cli() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let bin: PathBuf = exe.parent().unwrap().parent().unwrap().join("baa-runner");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with scripts/test.sh (it builds the CLI first)",
-        bin.display()
+    Command::new(crate::built_binary("baa-runner"))
+}
+
+/// Assert the CLI exited with `code`, showing its stderr otherwise.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    Command::new(bin)
 }
 
 fn write_request(sandbox: &Sandbox, json: &serde_json::Value) -> PathBuf {
@@ -32,12 +35,7 @@ fn run_json_prints_exactly_the_result() {
     let sandbox = Sandbox::new();
     let path = write_request(&sandbox, &sandbox.request_json("shell", "echo via cli"));
     let out = cli().args(["run", "--json"]).arg(&path).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let result: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout is exactly one JSON document");
     for field in [
@@ -84,7 +82,7 @@ fn exit_codes_distinguish_failed_steps_bad_input_and_blocked() {
         .arg(write_request(&sandbox, &failing))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_exit(&out, 1);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("FAILED") && stdout.contains("exit code: 3"),
@@ -99,14 +97,14 @@ fn exit_codes_distinguish_failed_steps_bad_input_and_blocked() {
         .arg(write_request(&sandbox, &bad))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_exit(&out, 3);
     assert!(String::from_utf8_lossy(&out.stderr).contains("taskId"));
 
     let out = cli()
         .args(["run", "/nonexistent/request.json"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_exit(&out, 3);
 
     let plugins = crate::probe_plugins_dir(&sandbox);
     let mut blocked = sandbox.request_json("probe", "block waiting for a reviewer");
@@ -117,12 +115,7 @@ fn exit_codes_distinguish_failed_steps_bad_input_and_blocked() {
         .arg(write_request(&sandbox, &blocked))
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 2);
 }
 
 #[test]
@@ -135,12 +128,7 @@ fn kinds_lists_builtin_and_third_party_kinds() {
         .arg(&plugins)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let kinds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let by_name = |name: &str| {
         kinds
@@ -185,7 +173,7 @@ fn checkpoints_list_and_show_a_steps_records_and_diffs() {
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_exit(&out, 0);
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let run_dir = result["logPaths"]["runDir"].as_str().unwrap();
 
@@ -193,7 +181,7 @@ fn checkpoints_list_and_show_a_steps_records_and_diffs() {
         .args(["checkpoints", "list", run_dir])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_exit(&out, 0);
     let listing = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = listing.lines().collect();
     assert_eq!(lines.len(), 4, "{listing}");
@@ -206,7 +194,7 @@ fn checkpoints_list_and_show_a_steps_records_and_diffs() {
         .args(["checkpoints", "show", run_dir, "2"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_exit(&out, 0);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
         shown.contains("A feature.txt") && shown.contains("+a new feature"),
@@ -217,7 +205,7 @@ fn checkpoints_list_and_show_a_steps_records_and_diffs() {
         .args(["checkpoints", "show", run_dir, "9"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_exit(&out, 3);
     assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint 9"));
 
     // `resume` starts attempt 2 from checkpoint 1.
@@ -226,12 +214,7 @@ fn checkpoints_list_and_show_a_steps_records_and_diffs() {
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(resumed["attempt"], 2);
     assert_eq!(resumed["metadata"]["resumedFromSeq"], 1);
@@ -250,12 +233,7 @@ fn worker_output_is_stored_exactly_and_shown_safely() {
         .arg(&path)
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert!(
         !out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07),
         "escapes reach the terminal"
@@ -270,12 +248,12 @@ fn an_oversized_or_broken_request_file_is_bad_input() {
     let huge = sandbox.dir.path().join("huge.json");
     std::fs::write(&huge, vec![b' '; 5 * 1024 * 1024]).unwrap();
     let out = cli().args(["run"]).arg(&huge).output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_exit(&out, 3);
     assert!(String::from_utf8_lossy(&out.stderr).contains("limit"));
     let broken = sandbox.dir.path().join("broken.json");
     std::fs::write(&broken, br#"{"taskId": "t", "runtime": {"repoRoot": 7}}"#).unwrap();
     let out = cli().args(["run"]).arg(&broken).output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    assert_exit(&out, 3);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("runtime.repoRoot") && stderr.contains("broken.json"),

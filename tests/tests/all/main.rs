@@ -20,6 +20,19 @@ use baa_runner::contracts::{StepExecutionRequest, StepExecutionResult};
 use baa_runner::{Runner, RunnerConfig};
 use baa_runner_tests::{fixtures, Sandbox};
 
+/// A binary of this workspace that `scripts/test.sh` builds before the tests
+/// (the CLI, the crash writer).
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with scripts/test.sh (it builds the binaries first)",
+        bin.display()
+    );
+    bin
+}
+
 /// A runner with the default config (built-in kinds only).
 pub fn runner() -> Runner {
     Runner::new(RunnerConfig::default()).expect("runner builds")
