@@ -1,8 +1,13 @@
-//! Builds the built-in worker kinds (`plugins/shell`, `git`, `codex`) so that
-//! the host embeds them: `baa-runner` runs them with no plugin directory.
+//! Builds what the host embeds: the built-in worker kinds (`plugins/shell`,
+//! `git`, `codex`), so `baa-runner` runs them with no plugin directory, and
+//! the `baa-launch` confinement launcher (`host/launcher`), which the host
+//! executes from memory for every subprocess.
 
 #[path = "../plugins/build_support.rs"]
 mod build_support;
+
+use std::path::PathBuf;
+use std::process::Command;
 
 fn main() {
     for (package, path) in
@@ -11,4 +16,50 @@ fn main() {
         let kind = package.trim_start_matches("baa-worker-").to_uppercase();
         println!("cargo:rustc-env=BAA_BUILTIN_{kind}_WASM={}", path.display());
     }
+    let launcher = build_launcher();
+    println!("cargo:rustc-env=BAA_LAUNCHER_BIN={}", launcher.display());
+}
+
+/// Build `host/launcher` in release mode with its own target directory (the
+/// outer build holds the lock of ours) and return the binary's path.
+fn build_launcher() -> PathBuf {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let launcher_dir = manifest_dir.join("launcher");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .map(|t| t.join("launcher"))
+        .unwrap_or_else(|| out_dir.join("launcher"));
+    for entry in ["Cargo.toml", "src"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            launcher_dir.join(entry).display()
+        );
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--profile=launcher")
+        .arg("-p")
+        .arg("baa-launch")
+        .arg("--bin")
+        .arg("baa-launch")
+        .arg("--manifest-path")
+        .arg(manifest_dir.join("../Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_BUILD_TARGET");
+    if std::env::var_os("CI").is_some() || std::env::var_os("BAA_LOCKED").is_some() {
+        cmd.arg("--locked");
+    }
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the baa-launch launcher");
+    assert!(status.success(), "building baa-launch failed ({status})");
+    let path = target_dir.join("launcher/baa-launch");
+    assert!(path.exists(), "{} was not built", path.display());
+    path
 }

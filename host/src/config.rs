@@ -29,9 +29,109 @@ pub struct KindGrant {
     /// Environment variable names the kind may pass to its subprocesses.
     #[serde(default)]
     pub env: Vec<String>,
-    /// Whether the kind's subprocesses may use the network.
+    /// Whether the kind's subprocesses may use the network: IPv4/IPv6
+    /// sockets, TCP connections only to `tcp-connect` ports (Landlock) unless
+    /// `unrestricted-tcp` says otherwise. UDP cannot be narrowed by port.
     #[serde(default)]
     pub network: bool,
+    /// TCP ports a kind granted the network may connect to.
+    #[serde(default)]
+    pub tcp_connect: Vec<u16>,
+    /// Let a kind granted the network connect to any TCP port.
+    #[serde(default)]
+    pub unrestricted_tcp: bool,
+    /// Trees the kind's subprocesses may read (besides the system paths).
+    #[serde(default)]
+    pub read_paths: Vec<PathBuf>,
+    /// Trees the kind's subprocesses may write besides the worktree. With a
+    /// dedicated sandbox user they are lent to that user for the step.
+    #[serde(default)]
+    pub write_paths: Vec<PathBuf>,
+    /// Let the kind's subprocesses create user namespaces to sandbox their
+    /// own children (the Codex CLI does); Landlock and seccomp stay in force.
+    #[serde(default)]
+    pub nested_sandbox: bool,
+}
+
+/// Whether subprocesses may start when the kernel cannot confine them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LandlockMode {
+    /// Refuse to start subprocesses without Landlock (the default).
+    #[default]
+    Required,
+    /// Start them unconfined by Landlock when the kernel lacks it (recorded
+    /// in every run's metadata).
+    Optional,
+}
+
+/// Which user subprocesses run as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxUser {
+    /// A dedicated unprivileged user per concurrent step when the host runs
+    /// as root; the host's own user otherwise (the default).
+    #[default]
+    Auto,
+    /// Always a dedicated user (the host must run as root).
+    Dedicated,
+    /// The host's own user, even when it is root.
+    Current,
+}
+
+/// How worker subprocesses are confined (`[sandbox]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    pub landlock: LandlockMode,
+    pub user: SandboxUser,
+    /// First uid (and gid) of the dedicated users (default 61000).
+    pub uid_base: u32,
+    /// How many dedicated users, i.e. concurrent steps with subprocesses
+    /// (default 1000).
+    pub uid_count: u32,
+    /// Where dedicated users' homes and leases live (default `/run/baa-runner`).
+    pub state_dir: PathBuf,
+    /// Trees every subprocess may read and execute.
+    pub read_paths: Vec<PathBuf>,
+    /// Between SIGTERM and SIGKILL for what a program leaves running, and
+    /// for a tree being stopped (default 500 ms).
+    pub kill_grace_ms: u64,
+    /// CPU seconds per subprocess (default: the step's timeout).
+    pub cpu_seconds: Option<u64>,
+    /// Address space per process, in MiB (default: unlimited; JIT runtimes
+    /// reserve far more than they use).
+    pub address_space_mib: Option<u64>,
+    /// Largest file a subprocess may write, in MiB (default 1024).
+    pub file_size_mib: u64,
+    /// Open descriptors per process (default 1024).
+    pub open_files: u64,
+    /// Processes of one step's dedicated user (default 256).
+    pub processes: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            landlock: LandlockMode::Required,
+            user: SandboxUser::Auto,
+            uid_base: 61000,
+            uid_count: 1000,
+            state_dir: PathBuf::from("/run/baa-runner"),
+            read_paths: [
+                "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc",
+            ]
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+            kill_grace_ms: 500,
+            cpu_seconds: None,
+            address_space_mib: None,
+            file_size_mib: 1024,
+            open_files: 1024,
+            processes: 256,
+        }
+    }
 }
 
 /// Resource limits of one step, armed before the worker is instantiated.
@@ -90,6 +190,9 @@ pub struct RunnerConfig {
     /// [`RunnerConfig::default`]); an entry here replaces a kind's default.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindGrant>,
+    /// Confinement of every subprocess.
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
 }
 
 /// Why a configuration file could not be used.
@@ -115,6 +218,7 @@ impl Default for RunnerConfig {
             programs: programs.iter().map(|s| s.to_string()).collect(),
             env: env.iter().map(|s| s.to_string()).collect(),
             network,
+            ..Default::default()
         };
         let mut kinds = BTreeMap::new();
         kinds.insert("shell".into(), grant(&["sh"], &[], false));
@@ -138,9 +242,7 @@ impl Default for RunnerConfig {
             .ok()
             .filter(|p| std::path::Path::new(p).is_absolute())
             .unwrap_or_else(|| "codex".into());
-        kinds.insert(
-            "codex".into(),
-            grant(
+        let mut codex_grant = grant(
                 &[codex.as_str()],
                 &[
                     "CODEX_HOME",
@@ -149,12 +251,17 @@ impl Default for RunnerConfig {
                     "BAA_CODEX_API_KEY",
                 ],
                 true,
-            ),
-        );
+            );
+        // Its model provider over HTTPS, and its own sandbox for the
+        // commands it runs.
+        codex_grant.tcp_connect = vec![443];
+        codex_grant.nested_sandbox = true;
+        kinds.insert("codex".into(), codex_grant);
         RunnerConfig {
             plugin_dirs: Vec::new(),
             limits: Limits::default(),
             kinds,
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -176,6 +283,7 @@ impl RunnerConfig {
             plugin_dirs: file.plugin_dirs,
             limits: file.limits,
             kinds,
+            sandbox: file.sandbox,
         })
     }
 

@@ -42,7 +42,10 @@ impl Host for StepState {
                         "no git-diff snapshot is planned for this step (checkpoints disabled, or the worktree is not a git repository)".into(),
                     )));
                 };
-                let scratch = self.host.subprocesses.scratch_dir().to_path_buf();
+                let scratch = match self.host.subprocesses.scratch_dir() {
+                    Ok(dir) => dir,
+                    Err(e) => return Ok(Err(CheckpointError::Io(format!("{e:?}")))),
+                };
                 match snapshot::git_diff(&mut self.host.subprocesses, &plan, &scratch).await {
                     Ok(diff) => {
                         details = Some(diff.details);

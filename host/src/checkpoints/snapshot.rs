@@ -78,7 +78,15 @@ pub async fn git_diff(
     .to_string();
     let real_index = Path::new(&plan.worktree_path).join(&index_path);
     let temp_index = scratch.join(format!("baa-snapshot-index-{}", std::process::id()));
-    if real_index.exists() {
+    // Starting from a copy of the real index only saves git re-reading
+    // files; copy it only when it really lies inside the worktree (a worker
+    // may have pointed `.git` anywhere).
+    let worktree = Path::new(&plan.worktree_path).canonicalize().ok();
+    let inside = match (real_index.canonicalize(), worktree) {
+        (Ok(index), Some(worktree)) => index.starts_with(&worktree) && index.is_file(),
+        _ => false,
+    };
+    if inside {
         std::fs::copy(&real_index, &temp_index)
             .map_err(|e| format!("cannot copy the git index: {e}"))?;
     }

@@ -200,6 +200,10 @@ pub struct RunMetadata {
     /// Set once the worker kind's component was loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginRecord>,
+    /// How the step's subprocesses were confined: Landlock ABI, seccomp,
+    /// user, network, paths, rlimits (set once the step ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<serde_json::Value>,
     /// Set when the attempt resumed from an earlier checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_seq: Option<u32>,

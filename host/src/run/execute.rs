@@ -14,7 +14,10 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use super::prepare::PreparedStepRun;
 use super::RunnerShared;
 use crate::capabilities::subprocess::policy::CHILD_PATH;
-use crate::capabilities::subprocess::{ExecPolicy, Subprocesses};
+use crate::capabilities::subprocess::launcher;
+use crate::capabilities::subprocess::user::dedicated as dedicated_user;
+use crate::capabilities::subprocess::policy::Network;
+use crate::capabilities::subprocess::{Confinement, Denial, ExecPolicy, Setup, Subprocesses};
 use crate::config::KindGrant;
 use crate::contracts::{
     CheckpointMode, EventLevel, EventSource, FailureReason, FailureRecord, PluginRecord,
@@ -35,29 +38,41 @@ use crate::sandbox::stdio::LogOutput;
 /// scrubbed base environment, deadline and output cap; deny-all until the
 /// kind's grants are known.
 pub(crate) fn step_subprocesses(
+    shared: &RunnerShared,
     prepared: &PreparedStepRun,
     deadline: Instant,
-    output_cap: u64,
-) -> Subprocesses {
-    let home = &prepared.log_paths.home_dir;
+    policy: ExecPolicy,
+) -> Result<Subprocesses, String> {
+    let config = &shared.config;
     let mut base_env = std::collections::BTreeMap::new();
     base_env.insert("PATH".to_string(), CHILD_PATH.to_string());
-    base_env.insert("HOME".to_string(), home.clone());
-    base_env.insert("TMPDIR".to_string(), format!("{home}/tmp"));
     base_env.insert("LANG".to_string(), "C.UTF-8".to_string());
     base_env.insert("GIT_CONFIG_NOSYSTEM".to_string(), "1".to_string());
     if let Some(env) = &prepared.request.runtime.env {
         base_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    Subprocesses::new(
-        ExecPolicy::default(),
-        prepared.worktree().to_path_buf(),
-        std::path::Path::new(home).join("tmp"),
-        base_env,
-        deadline,
-        output_cap,
-        prepared.logs.clone(),
-    )
+    let user = dedicated_user(&config.sandbox)?.then(|| prepared.sandbox_user.clone());
+    let mut lend = vec![prepared.worktree().to_path_buf()];
+    lend.extend(policy.write_paths().iter().cloned());
+    let confinement = Confinement {
+        sandbox: config.sandbox.clone(),
+        home: prepared.log_paths.home_dir.clone().into(),
+        user,
+        lend,
+        probe: launcher::probe()?,
+    };
+    Ok(Subprocesses::new(
+        policy,
+        Setup {
+            worktree: prepared.worktree().to_path_buf(),
+            base_env,
+            deadline,
+            output_cap: config.limits.subprocess_output_bytes,
+            max_processes: config.limits.max_processes as usize,
+            logs: prepared.logs.clone(),
+            confinement,
+        },
+    ))
 }
 
 /// The checkpoints the host captures when a step ends in `capture` mode,
@@ -75,16 +90,18 @@ pub(crate) async fn final_checkpoints(
     }
     let logs = &prepared.logs;
     let config = prepared.request.checkpoint.clone().unwrap_or_default();
-    let mut subprocesses = step_subprocesses(
-        prepared,
-        Instant::now() + snapshot::GIT_TIMEOUT * 4,
-        shared.config.limits.subprocess_output_bytes,
-    );
     let plan = prepared.checkpoint.git_diff_plan.clone();
-    let scratch = std::path::Path::new(&prepared.log_paths.home_dir).join("tmp");
     let mut captures: Vec<(CheckpointType, String, Vec<u8>, serde_json::Value)> = Vec::new();
     if let Some(plan) = plan {
-        match snapshot::git_diff(&mut subprocesses, &plan, &scratch).await {
+        let deadline = Instant::now() + snapshot::GIT_TIMEOUT * 4;
+        let diff = match step_subprocesses(shared, prepared, deadline, ExecPolicy::default()) {
+            Ok(mut subprocesses) => match subprocesses.scratch_dir() {
+                Ok(scratch) => snapshot::git_diff(&mut subprocesses, &plan, &scratch).await,
+                Err(e) => Err(format!("{e:?}")),
+            },
+            Err(e) => Err(e),
+        };
+        match diff {
             Ok(diff) => captures.push((
                 CheckpointType::GitDiff,
                 diff.summary,
@@ -161,6 +178,8 @@ pub(crate) struct Report {
     pub failure: Option<FailureRecord>,
     pub artifacts: Vec<StepArtifact>,
     pub plugin: Option<PluginRecord>,
+    /// How the step's subprocesses were confined (for the metadata).
+    pub sandbox: Option<serde_json::Value>,
 }
 
 impl Report {
@@ -179,6 +198,7 @@ impl Report {
             }),
             artifacts: Vec::new(),
             plugin: None,
+            sandbox: None,
         }
     }
 
@@ -266,8 +286,10 @@ pub(crate) async fn run_worker(
         return engine_error("cannot open the worktree for the worker", e);
     }
 
-    let mut subprocesses = step_subprocesses(prepared, deadline, limits.subprocess_output_bytes);
-    subprocesses.set_max_processes(limits.max_processes as usize);
+    let subprocesses = match step_subprocesses(shared, prepared, deadline, ExecPolicy::default()) {
+        Ok(subprocesses) => subprocesses,
+        Err(e) => return engine_error("cannot confine subprocesses on this machine", e),
+    };
     let live_groups = subprocesses.live_groups();
     let mut table = ResourceTable::new();
     table.set_max_capacity(limits.resource_table_entries as usize);
@@ -303,11 +325,12 @@ pub(crate) async fn run_worker(
     .await;
 
     // The step is over: nothing it started may outlive it.
-    let killed = live_groups.kill_all();
+    let grace = Duration::from_millis(shared.config.sandbox.kill_grace_ms);
+    let killed = live_groups.stop_all(grace).await;
     if killed > 0 {
         logs.host_info(
             "subprocess.cleanup",
-            format!("killed {killed} process group(s) left running"),
+            format!("stopped {killed} process tree(s) left running"),
             None,
         );
     }
@@ -318,6 +341,7 @@ pub(crate) async fn run_worker(
     let output_hit = data.host.subprocesses.output_limit_hits() > 0 || logs.truncated();
     report.artifacts = data.host.artifacts.clone();
     report.plugin = Some(plugin_record);
+    report.sandbox = Some(data.host.subprocesses.confinement_record());
     refine_failure(
         &mut report,
         request.timeout_sec,
@@ -356,7 +380,7 @@ fn refine_failure(
     timed_out: bool,
     memory_hit: bool,
     output_hit: bool,
-    denials: &[String],
+    denials: &[Denial],
 ) {
     if report.outcome != StepExecutionOutcome::Failed {
         return;
@@ -382,9 +406,25 @@ fn refine_failure(
             "exceeded an output limit".to_string(),
         ))
     } else if !denials.is_empty() && matches!(reason, None | Some(FailureReason::WorkerFailed)) {
+        let messages: Vec<&str> = denials.iter().map(|d| d.message.as_str()).collect();
+        let grants: Vec<&str> = denials.iter().filter_map(|d| d.grant.as_deref()).collect();
+        if grants.len() == denials.len() {
+            // Every denial is one the operator could lift: a human decides.
+            report.outcome = StepExecutionOutcome::Blocked;
+            report.needs_human = true;
+            report.summary = format!("blocked by policy: {}", messages.join("; "));
+            report.followups.push(SuggestedFollowup {
+                step_name: format!("grant: {}", grants.join("; ")),
+                step_kind: StepKind::Review,
+                reason: format!(
+                    "the worker was denied what the operator may allow: {}",
+                    messages.join("; ")
+                ),
+            });
+        }
         Some((
             FailureReason::PolicyDenied,
-            format!("denied by policy: {}", denials.join("; ")),
+            format!("denied by policy: {}", messages.join("; ")),
         ))
     } else {
         None
@@ -476,6 +516,7 @@ async fn call_worker(
         programs: info.capabilities.programs.clone(),
         env: info.capabilities.env.clone(),
         network: info.capabilities.network,
+        ..Default::default()
     };
     let granted = shared.config.grant(request.worker_kind.as_str());
     let policy = ExecPolicy::intersect(&requested, &granted);
@@ -511,7 +552,7 @@ async fn call_worker(
             "source": plugin_record.source,
             "sha256": plugin_record.sha256,
             "requested": { "programs": requested.programs, "env": requested.env, "network": requested.network },
-            "granted": { "programs": policy.programs(), "env": policy.env_names(), "network": policy.network() },
+            "granted": { "programs": policy.programs(), "env": policy.env_names(), "network": !matches!(policy.network(), Network::None) },
         })),
     );
     store.data_mut().host.subprocesses.set_policy(policy);
@@ -578,6 +619,7 @@ fn from_worker_outcome(outcome: WorkerOutcome) -> Report {
         followups,
         artifacts: Vec::new(),
         plugin: None,
+        sandbox: None,
     }
 }
 
@@ -665,14 +707,24 @@ pub(crate) async fn describe(
         limits: StepLimits::new((shared.config.limits.memory_mib * 1024 * 1024) as usize),
         host: StepHost {
             logs: logs.clone(),
+            // Describing runs no subprocess: the policy denies everything.
             subprocesses: Subprocesses::new(
                 ExecPolicy::default(),
-                std::path::PathBuf::from("/nonexistent"),
-                std::path::PathBuf::from("/nonexistent"),
-                Default::default(),
-                deadline,
-                0,
-                logs,
+                Setup {
+                    worktree: std::path::PathBuf::from("/nonexistent"),
+                    base_env: Default::default(),
+                    deadline,
+                    output_cap: 0,
+                    max_processes: 0,
+                    logs,
+                    confinement: Confinement {
+                        sandbox: shared.config.sandbox.clone(),
+                        home: std::path::PathBuf::from("/nonexistent"),
+                        user: None,
+                        lend: Vec::new(),
+                        probe: Default::default(),
+                    },
+                },
             ),
             checkpoints: Arc::new(std::sync::Mutex::new(
                 crate::checkpoints::CheckpointManager::disabled(),

@@ -113,7 +113,14 @@ impl Runner {
     /// Close every attempt at or below `dir` that a stopped host left
     /// running (see [`recover`]).
     pub fn recover(&self, dir: &Path) -> recover::RecoveryReport {
-        recover::recover(dir)
+        let mut report = recover::recover(dir);
+        if crate::capabilities::subprocess::user::dedicated(&self.shared.config.sandbox)
+            .unwrap_or(false)
+        {
+            report.handed_back =
+                crate::capabilities::subprocess::user::recover_abandoned(&self.shared.config.sandbox);
+        }
+        report
     }
 
     /// The result of a step that was only prepared (outcome `prepared`),
@@ -128,6 +135,7 @@ impl Runner {
             failure: None,
             artifacts: Vec::new(),
             plugin: None,
+            sandbox: None,
         };
         finish(prepared, report, now_rfc3339(), std::time::Instant::now())
     }
@@ -239,6 +247,15 @@ fn finish(
         last_checkpoint_seq: checkpoint.last_checkpoint_seq,
         lifecycle_event_count: log_summary.lifecycle_event_count,
     };
+    // The dedicated user's processes are killed and its trees handed back
+    // before the record says the step is over.
+    let mut sandbox = report.sandbox.clone();
+    if let (Some(record), Some(uid)) = (sandbox.as_mut(), prepared.sandbox_user.uid()) {
+        record["user"]["uid"] = uid.into();
+        record["user"]["gid"] = uid.into();
+    }
+    prepared.sandbox_user.release();
+    prepared.metadata.sandbox = sandbox;
     prepared.metadata.plugin = report.plugin.clone();
     prepared.metadata.outcome = Some(report.outcome);
     prepared.metadata.failure = report.failure.clone();
@@ -349,6 +366,7 @@ impl Runner {
                         programs: described.capabilities.programs,
                         env: described.capabilities.env,
                         network: described.capabilities.network,
+                        ..Default::default()
                     };
                 }
                 Err(e) => info.error = Some(e),

@@ -41,6 +41,9 @@ pub struct PreparedStepRun {
     /// The checkpoint this attempt resumes from, validated.
     #[serde(skip)]
     pub(crate) resume: Option<Resume>,
+    /// The dedicated sandbox user of this attempt, once leased.
+    #[serde(skip)]
+    pub(crate) sandbox_user: Arc<crate::capabilities::subprocess::user::StepUser>,
     /// Held until the run is finished.
     #[serde(skip)]
     pub(crate) _lock: RunLock,
@@ -228,6 +231,7 @@ fn populate(
         prompt_summary: request.prompt_summary.clone(),
         command: request.command.clone(),
         plugin: None,
+        sandbox: None,
         resumed_from_seq: resume.as_ref().map(|r| r.record.seq),
         outcome: None,
         failure: None,
@@ -340,6 +344,7 @@ fn populate(
         logs,
         paths,
         resume,
+        sandbox_user: Arc::default(),
         _lock: lock,
     })
 }

@@ -39,6 +39,9 @@ pub struct RecoveryReport {
     pub live: Vec<String>,
     /// Attempts that could not be examined or closed, with the reason.
     pub errors: Vec<String>,
+    /// Trees a stopped host had lent to a dedicated sandbox user, handed
+    /// back to their owners.
+    pub handed_back: Vec<std::path::PathBuf>,
 }
 
 /// The attempt directories under `dir`: `dir` itself, or every one below it

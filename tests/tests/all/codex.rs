@@ -9,11 +9,14 @@ use serde_json::json;
 
 use crate::run;
 
-/// A runner granting the codex kind the real CLI.
-fn codex_runner() -> Runner {
+/// A runner granting the codex kind the real CLI, its home (where the
+/// mock's provider is configured) and TCP to the mock model only.
+fn codex_runner(sandbox: &Sandbox, model: &MockModel) -> Runner {
     let mut config = RunnerConfig::default();
     let mut grant: KindGrant = config.grant("codex");
     grant.programs = vec![codex_binary().display().to_string()];
+    grant.write_paths = vec![sandbox.dir.path().join("codex-home")];
+    grant.tcp_connect = vec![model.port];
     config.kinds.insert("codex".into(), grant);
     Runner::new(config).unwrap()
 }
@@ -45,7 +48,7 @@ async fn codex_changes_files_and_completes() {
         ),
     ]);
     let result = run(
-        &codex_runner(),
+        &codex_runner(&sandbox, &model),
         codex_request(&sandbox, &model, "Create greeting.txt saying hello"),
     )
     .await;
@@ -111,7 +114,7 @@ async fn codex_fails_when_the_model_fails() {
     let sandbox = Sandbox::new();
     let model = MockModel::start(vec![Reply::Status(500, "the model is down".into())]);
     let result = run(
-        &codex_runner(),
+        &codex_runner(&sandbox, &model),
         codex_request(&sandbox, &model, "Do anything"),
     )
     .await;
@@ -141,7 +144,7 @@ async fn codex_ends_blocked_when_it_needs_a_person() {
         json!([]),
     )]);
     let result = run(
-        &codex_runner(),
+        &codex_runner(&sandbox, &model),
         codex_request(&sandbox, &model, "Deploy to staging"),
     )
     .await;

@@ -78,6 +78,6 @@ pub fn grant(programs: &[&str]) -> KindGrant {
     KindGrant {
         programs: programs.iter().map(|s| s.to_string()).collect(),
         env: vec!["PROBE_VAR".into()],
-        network: false,
+        ..Default::default()
     }
 }

@@ -1,20 +1,30 @@
 //! The one place that launches subprocesses for workers: policy check, cwd
-//! inside the worktree, scrubbed environment, timeout, output cap, output
-//! streamed into the run logs and back to the worker, and the whole process
-//! group killed when the process or the step ends.
+//! inside the worktree, scrubbed environment, OS confinement through the
+//! embedded launcher, timeout, output cap, output streamed into the run logs
+//! and back to the worker, and the whole tree stopped when the process or
+//! the step ends.
+//!
+//! - `policy.rs`: which programs, arguments, variables and network a kind gets;
+//! - `confinement.rs`: Landlock, seccomp, rlimits and user of each process;
+//! - `launcher.rs`: the embedded `baa-launch` and its report;
+//! - `user.rs`: dedicated uids and the trees lent to them;
+//! - `process.rs`: a running process's output, deadline and exit.
 
+pub mod confinement;
+pub mod launcher;
 pub mod policy;
 mod process;
+pub mod user;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::time::Instant;
 
+pub use confinement::Confinement;
 pub use policy::ExecPolicy;
 pub use process::ProcessHandle;
 
@@ -22,16 +32,17 @@ use crate::contracts::{EventLevel, EventSource};
 use crate::logs::LogSession;
 use crate::sandbox::bindings::baa::worker::subprocess::{Command, ExitStatus, Output, SpawnError};
 
-/// Process groups of a step that may still have members.
+/// The processes of a step that may still be running: their supervisors'
+/// process groups and lifelines.
 #[derive(Debug, Default, Clone)]
-pub struct LiveGroups(Arc<Mutex<HashSet<i32>>>);
+pub struct LiveGroups(Arc<Mutex<std::collections::HashMap<i32, process::Lifeline>>>);
 
 impl LiveGroups {
-    fn insert(&self, pgid: i32) {
+    fn insert(&self, pgid: i32, lifeline: process::Lifeline) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(pgid);
+            .insert(pgid, lifeline);
     }
 
     fn remove(&self, pgid: i32) {
@@ -41,28 +52,46 @@ impl LiveGroups {
             .remove(&pgid);
     }
 
-    /// How many groups are registered.
+    /// How many processes are registered.
     pub fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Whether no group is registered.
+    /// Whether no process is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// SIGKILL every group still registered; returns how many.
-    pub fn kill_all(&self) -> usize {
-        let groups: Vec<i32> = self
+    /// Stop every process still registered: cut their lifelines (each
+    /// supervisor sends SIGTERM, waits `grace`, sends SIGKILL and reaps),
+    /// wait for them, then SIGKILL the groups of any that did not finish.
+    /// Returns how many were running.
+    pub async fn stop_all(&self, grace: Duration) -> usize {
+        let running: Vec<i32> = {
+            let live = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            for lifeline in live.values() {
+                lifeline.cut();
+            }
+            live.keys().copied().collect()
+        };
+        if running.is_empty() {
+            return 0;
+        }
+        let until = Instant::now() + grace + Duration::from_millis(1000);
+        while !self.is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left: Vec<i32> = self
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
+            .map(|(pgid, _)| pgid)
             .collect();
-        for pgid in &groups {
-            kill_group(*pgid);
+        for pgid in left {
+            kill_group(pgid);
         }
-        groups.len()
+        running.len()
     }
 }
 
@@ -83,19 +112,35 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
+/// What a step's subprocess capability starts from.
+pub struct Setup {
+    /// The canonical worktree.
+    pub worktree: PathBuf,
+    /// The complete environment every child starts from (nothing of the
+    /// host's own is added).
+    pub base_env: BTreeMap<String, String>,
+    pub deadline: Instant,
+    pub output_cap: u64,
+    pub max_processes: usize,
+    pub logs: Arc<LogSession>,
+    pub confinement: Confinement,
+}
+
+/// A refused spawn, and what the operator could grant to allow it (`None`
+/// when no grant can: the host never allows it).
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub message: String,
+    pub grant: Option<String>,
+}
+
 /// The subprocess capability of one step.
 pub struct Subprocesses {
     policy: ExecPolicy,
-    worktree: PathBuf,
-    base_env: BTreeMap<String, String>,
-    deadline: Instant,
-    output_cap: u64,
-    logs: Arc<LogSession>,
+    setup: Setup,
     live: LiveGroups,
-    denials: Vec<String>,
+    denials: Vec<Denial>,
     spawned: u64,
-    scratch_dir: PathBuf,
-    max_processes: usize,
     /// Processes killed for exceeding the output cap.
     output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -104,38 +149,15 @@ pub struct Subprocesses {
 pub const MAX_SCRATCH_BYTES: usize = 4 * 1024 * 1024;
 
 impl Subprocesses {
-    /// `worktree` must be canonical. `base_env` is the complete environment
-    /// every child starts from (nothing of the host's own is added).
-    /// `scratch_dir` receives [`Subprocesses::scratch_file`]s.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        policy: ExecPolicy,
-        worktree: PathBuf,
-        scratch_dir: PathBuf,
-        base_env: BTreeMap<String, String>,
-        deadline: Instant,
-        output_cap: u64,
-        logs: Arc<LogSession>,
-    ) -> Self {
+    pub fn new(policy: ExecPolicy, setup: Setup) -> Self {
         Subprocesses {
             policy,
-            worktree,
-            base_env,
-            deadline,
-            output_cap,
-            logs,
+            setup,
             live: LiveGroups::default(),
             denials: Vec::new(),
             spawned: 0,
-            scratch_dir,
-            max_processes: 32,
             output_limit_hits: Arc::default(),
         }
-    }
-
-    /// Allow at most `max` subprocesses running at once.
-    pub fn set_max_processes(&mut self, max: usize) {
-        self.max_processes = max;
     }
 
     /// How many subprocesses were killed for exceeding the output cap.
@@ -163,15 +185,21 @@ impl Subprocesses {
                 contents.len()
             )));
         }
-        let path = self.scratch_dir.join(name);
+        let path = self.scratch_dir()?.join(name);
         crate::fsutil::write_atomic(&path, contents)
             .map_err(|e| SpawnError::Io(format!("{}: {e}", path.display())))?;
         Ok(path.display().to_string())
     }
 
-    /// Where scratch files and the host's temporary files go.
-    pub fn scratch_dir(&self) -> &Path {
-        &self.scratch_dir
+    /// Where scratch files and the host's temporary files for subprocesses
+    /// go: `tmp` in the subprocesses' home.
+    pub fn scratch_dir(&self) -> Result<PathBuf, SpawnError> {
+        let lease = self
+            .setup
+            .confinement
+            .lease()
+            .map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
+        Ok(self.setup.confinement.home(lease.as_deref()).join("tmp"))
     }
 
     /// Replace the policy (the kind's grants are known once it described itself).
@@ -179,13 +207,18 @@ impl Subprocesses {
         self.policy = policy;
     }
 
-    /// The groups to kill when the step ends.
+    /// How this step's subprocesses are confined, for the run's metadata.
+    pub fn confinement_record(&self) -> serde_json::Value {
+        self.setup.confinement.record(&self.policy)
+    }
+
+    /// The processes to stop when the step ends.
     pub fn live_groups(&self) -> LiveGroups {
         self.live.clone()
     }
 
     /// Every denial of this step, in order.
-    pub fn denials(&self) -> &[String] {
+    pub fn denials(&self) -> &[Denial] {
         &self.denials
     }
 
@@ -194,54 +227,74 @@ impl Subprocesses {
     }
 
     /// Record a refused spawn as an event and a denial.
-    fn refuse(&mut self, cmd: &Command, why: String) -> String {
-        self.logs.event(
+    fn refuse(&mut self, cmd: &Command, why: String, grant: Option<String>) -> String {
+        self.setup.logs.event(
             EventSource::Host,
             EventLevel::Warn,
             "subprocess.denied",
             format!("denied `{}`: {why}", cmd.program),
-            Some(
-                json!({ "program": cmd.program, "args": cmd.args, "cwd": cmd.cwd, "reason": why }),
-            ),
+            Some(json!({
+                "program": cmd.program,
+                "args": cmd.args,
+                "cwd": cmd.cwd,
+                "reason": why,
+                "operatorCanGrant": grant,
+            })),
         );
-        self.denials.push(why.clone());
+        self.denials.push(Denial {
+            message: why.clone(),
+            grant,
+        });
         why
     }
 
-    /// Check `cmd` against the policy and start it.
-    pub fn spawn(&mut self, cmd: Command) -> Result<ProcessHandle, SpawnError> {
+    /// Check `cmd` against the policy and start it, confined.
+    pub async fn spawn(&mut self, cmd: Command) -> Result<ProcessHandle, SpawnError> {
         let allowed = match self.policy.check(&cmd.program, &cmd.args, &cmd.env) {
             Ok(allowed) => allowed,
-            Err(why) => return Err(SpawnError::Denied(self.refuse(&cmd, why))),
+            Err(denied) => {
+                return Err(SpawnError::Denied(self.refuse(
+                    &cmd,
+                    denied.message,
+                    denied.grant,
+                )))
+            }
         };
-        let cwd = match resolve_cwd(&self.worktree, cmd.cwd.as_deref()) {
+        let cwd = match resolve_cwd(&self.setup.worktree, cmd.cwd.as_deref()) {
             Ok(cwd) => cwd,
-            Err(why) => return Err(SpawnError::InvalidCwd(self.refuse(&cmd, why))),
+            Err(why) => return Err(SpawnError::InvalidCwd(self.refuse(&cmd, why, None))),
         };
         let now = Instant::now();
         let deadline = match cmd.timeout_ms {
-            Some(ms) => self.deadline.min(now + Duration::from_millis(ms)),
-            None => self.deadline,
+            Some(ms) => self.setup.deadline.min(now + Duration::from_millis(ms)),
+            None => self.setup.deadline,
         };
         if deadline <= now {
             return Err(SpawnError::Denied(
                 "the step's time is up: no new subprocess may start".into(),
             ));
         }
-        if self.live.len() >= self.max_processes {
+        if self.live.len() >= self.setup.max_processes {
             let why = format!(
                 "{} subprocesses are already running; the limit is {} (limits.max-processes)",
                 self.live.len(),
-                self.max_processes
+                self.setup.max_processes
             );
-            return Err(SpawnError::Denied(self.refuse(&cmd, why)));
+            return Err(SpawnError::Denied(self.refuse(&cmd, why, None)));
         }
-        self.launch(&allowed.path, &cwd, cmd, deadline, true)
+        self.setup.logs.event(
+            EventSource::Host,
+            EventLevel::Debug,
+            "subprocess.allowed",
+            format!("allowed `{}`", display_command(&allowed.path, &cmd.args)),
+            Some(json!({ "program": allowed.path, "args": cmd.args, "cwd": cmd.cwd })),
+        );
+        self.launch(&allowed.path, &cwd, cmd, deadline, true).await
     }
 
     /// Run a command of the host's own (e.g. a git snapshot) to completion
-    /// with the same hygiene as a worker's: scrubbed environment, process
-    /// group, no network, a timeout. Its output is returned, not logged.
+    /// with the same confinement as a worker's, without the network. Its
+    /// output is returned, not logged.
     pub async fn run_host(
         &mut self,
         program: &Path,
@@ -260,8 +313,10 @@ impl Subprocesses {
             timeout_ms: None,
             stdin: None,
         };
-        let worktree = self.worktree.clone();
-        let mut process = self.launch(program, &worktree, cmd, Instant::now() + timeout, false)?;
+        let worktree = self.setup.worktree.clone();
+        let mut process = self
+            .launch(program, &worktree, cmd, Instant::now() + timeout, false)
+            .await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
             match process.next().await {
@@ -272,62 +327,77 @@ impl Subprocesses {
         }
     }
 
-    fn launch(
+    async fn launch(
         &mut self,
         program: &Path,
         cwd: &Path,
         cmd: Command,
         deadline: Instant,
-        log_output: bool,
+        for_worker: bool,
     ) -> Result<ProcessHandle, SpawnError> {
-        let mut env = self.base_env.clone();
+        let confinement = &self.setup.confinement;
+        let lease = confinement.lease().map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
+        if let Some(lease) = &lease {
+            // Files the worker created through WASI belong to the host.
+            lease.sync().map_err(SpawnError::Io)?;
+        }
+        let mut env = self.setup.base_env.clone();
+        let home = confinement.home(lease.as_deref()).display().to_string();
+        env.insert("TMPDIR".into(), format!("{home}/tmp"));
+        env.insert("HOME".into(), home);
         env.extend(cmd.env.iter().cloned());
-        let mut child = tokio::process::Command::new(program);
-        child
-            .args(&cmd.args)
-            .current_dir(cwd)
-            .env_clear()
-            .envs(&env)
-            .stdin(if cmd.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let network = if self.policy.network() && log_output {
-            "granted"
-        } else {
-            // No network for kinds that were not granted it (nor for the
-            // host's own commands): the child gets a network namespace of its
-            // own with nothing but a down loopback.
-            // SAFETY: runs in the forked child before exec and only makes a
-            // raw system call.
-            unsafe {
-                child.pre_exec(isolate_network);
+        let rel_cwd = cwd
+            .strip_prefix(&self.setup.worktree)
+            .unwrap_or(Path::new(""));
+        let spec = confinement.spec(&confinement::Launch {
+            program,
+            args: &cmd.args,
+            worktree: &self.setup.worktree,
+            cwd: rel_cwd,
+            policy: &self.policy,
+            for_worker,
+            seconds_left: deadline.saturating_duration_since(Instant::now()).as_secs() + 1,
+        }, lease.as_deref());
+        let launched = match launcher::launch(&spec, &env, cmd.stdin.is_some()).await {
+            Ok(launched) => launched,
+            Err(refusal) => {
+                let why = format!("{} ({})", refusal.message, refusal.stage);
+                return Err(match refusal.stage.as_str() {
+                    "cwd" => SpawnError::InvalidCwd(self.refuse(&cmd, why, None)),
+                    "landlock" => {
+                        let grant = Some(
+                            "[sandbox] landlock = \"optional\" (run subprocesses without Landlock on this kernel)"
+                                .to_string(),
+                        );
+                        SpawnError::Denied(self.refuse(&cmd, why, grant))
+                    }
+                    _ => {
+                        self.setup.logs.event(
+                            EventSource::Host,
+                            EventLevel::Error,
+                            "subprocess.failed",
+                            format!("could not start `{}`: {why}", cmd.program),
+                            Some(json!({ "stage": refusal.stage, "message": refusal.message })),
+                        );
+                        SpawnError::Io(why)
+                    }
+                });
             }
-            "isolated"
         };
-        let child = child.spawn().map_err(|e| {
-            let why = format!("{}: {e}", program.display());
-            self.logs.event(
-                EventSource::Host,
-                EventLevel::Error,
-                "subprocess.failed",
-                format!("could not start `{}`: {e}", cmd.program),
-                None,
-            );
-            SpawnError::Io(why)
-        })?;
-        let pid = child.id().unwrap_or(0);
+        let pid = launched.pid.max(0) as u32;
+        let supervisor = launched.supervisor;
         let start_time = process_start_time(pid);
         self.spawned += 1;
-        self.live.insert(pid as i32);
-        self.logs.event(
+        let lifeline = process::Lifeline::new(launched.lifeline);
+        self.live.insert(supervisor as i32, lifeline.clone());
+        let network = match (for_worker, self.policy.network()) {
+            (true, policy::Network::TcpPorts(ports)) => json!({ "tcpConnect": ports }),
+            (true, policy::Network::Unrestricted) => json!("unrestricted"),
+            _ => json!("none"),
+        };
+        self.setup.logs.event(
             EventSource::Host,
-            if log_output {
+            if for_worker {
                 EventLevel::Info
             } else {
                 EventLevel::Debug
@@ -339,46 +409,36 @@ impl Subprocesses {
             ),
             Some(json!({
                 "pid": pid,
+                "supervisorPid": supervisor,
                 "program": program.display().to_string(),
                 "args": cmd.args,
                 "cwd": cwd.display().to_string(),
                 "envNames": env.keys().collect::<Vec<_>>(),
                 "network": network,
-                "forWorker": log_output,
+                "confinement": launched.applied,
+                "forWorker": for_worker,
                 "startTime": start_time,
             })),
         );
         Ok(process::start(
-            child,
+            process::Started {
+                child: launched.child,
+                pid,
+                supervisor,
+                lifeline,
+            },
             cmd.stdin,
             process::Limits {
                 deadline,
-                step_deadline: self.deadline,
-                output_cap: self.output_cap,
-                log_output,
+                step_deadline: self.setup.deadline,
+                output_cap: self.setup.output_cap,
+                log_output: for_worker,
                 output_limit_hits: self.output_limit_hits.clone(),
+                kill_grace: Duration::from_millis(confinement.sandbox.kill_grace_ms),
             },
-            self.logs.clone(),
+            self.setup.logs.clone(),
             self.live.clone(),
         ))
-    }
-}
-
-/// Move the calling (child) process into a new, empty network namespace;
-/// without the privilege for that, into a new user namespace with one.
-fn isolate_network() -> std::io::Result<()> {
-    use rustix::thread::{unshare_unsafe, UnshareFlags};
-    // SAFETY: called only in a freshly forked, single-threaded child before
-    // exec, where changing namespaces cannot confuse other threads.
-    unsafe {
-        match unshare_unsafe(UnshareFlags::NEWNET) {
-            Ok(()) => Ok(()),
-            Err(rustix::io::Errno::PERM) => {
-                unshare_unsafe(UnshareFlags::NEWUSER | UnshareFlags::NEWNET)
-                    .map_err(std::io::Error::from)
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 }
 
@@ -442,7 +502,7 @@ mod host {
             &mut self,
             cmd: Command,
         ) -> wasmtime::Result<Result<Resource<ProcessHandle>, SpawnError>> {
-            match self.host.subprocesses.spawn(cmd) {
+            match self.host.subprocesses.spawn(cmd).await {
                 Ok(handle) => Ok(Ok(self.table.push(handle)?)),
                 Err(e) => Ok(Err(e)),
             }

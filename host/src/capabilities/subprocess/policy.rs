@@ -44,23 +44,66 @@ const NEVER_PASSED: &[&str] = &[
 ];
 
 /// Arguments refused for a program (by its file name), because they make it
-/// run other programs or read configuration from elsewhere. Matched exactly
-/// or as `<option>=<value>`.
-const REFUSED_ARGS: &[(&str, &[&str])] = &[(
-    "git",
-    &[
-        "-c",
-        "--config-env",
-        "--exec-path",
-        "--upload-pack",
-        "--receive-pack",
-        "-C",
-        "--git-dir",
-        "--work-tree",
-        "--namespace",
-        "--ext-diff",
-    ],
-)];
+/// run other programs or read configuration from elsewhere. Matched exactly,
+/// as `<option>=<value>`, and for one-letter options also with the value
+/// attached (`-Ixz`).
+const REFUSED_ARGS: &[(&str, &[&str])] = &[
+    (
+        "git",
+        &[
+            "-c",
+            "--config-env",
+            "--exec-path",
+            "--upload-pack",
+            "--receive-pack",
+            "-u",
+            "-C",
+            "--git-dir",
+            "--work-tree",
+            "--namespace",
+            "--ext-diff",
+            "--textconv",
+            "--open-files-in-pager",
+            "-O",
+            "--extcmd",
+            "-x",
+            "--exec",
+        ],
+    ),
+    (
+        "tar",
+        &[
+            "--to-command",
+            "--use-compress-program",
+            "-I",
+            "--rsh-command",
+            "--info-script",
+            "--new-volume-script",
+            "-F",
+            "--checkpoint-action",
+        ],
+    ),
+    ("find", &["-exec", "-execdir", "-ok", "-okdir"]),
+    ("rsync", &["-e", "--rsh", "--rsync-path"]),
+    ("zip", &["-TT", "--unzip-command"]),
+];
+
+/// A refused command: why, and what the operator could grant to allow it
+/// (`None`: nothing can; the host never allows it).
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub message: String,
+    pub grant: Option<String>,
+}
+
+impl Denied {
+    fn never(message: String) -> Self {
+        Denied {
+            message,
+            grant: None,
+        }
+    }
+}
 
 /// Whether `name` is a variable a subprocess may never receive.
 pub fn is_never_passed(name: &str) -> bool {
@@ -84,7 +127,22 @@ pub struct ExecPolicy {
     /// Programs granted but not found on this machine, with the reason.
     missing: BTreeMap<String, String>,
     env: Vec<String>,
-    network: bool,
+    network: Network,
+    read_paths: Vec<PathBuf>,
+    write_paths: Vec<PathBuf>,
+    nested_sandbox: bool,
+}
+
+/// The network a kind's subprocesses get.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Network {
+    /// No IPv4/IPv6 sockets at all (the default).
+    #[default]
+    None,
+    /// IPv4/IPv6 sockets; TCP connections only to these ports.
+    TcpPorts(Vec<u16>),
+    /// IPv4/IPv6 sockets, any TCP port (`unrestricted-tcp = true`).
+    Unrestricted,
 }
 
 /// A command the policy allowed, with its program resolved.
@@ -97,8 +155,18 @@ impl ExecPolicy {
     /// The policy for a kind that requested `requested` and was granted
     /// `granted`: only what both name.
     pub fn intersect(requested: &KindGrant, granted: &KindGrant) -> Self {
+        let network = if !(requested.network && granted.network) {
+            Network::None
+        } else if granted.unrestricted_tcp {
+            Network::Unrestricted
+        } else {
+            Network::TcpPorts(granted.tcp_connect.clone())
+        };
         let mut policy = ExecPolicy {
-            network: requested.network && granted.network,
+            network,
+            read_paths: granted.read_paths.clone(),
+            write_paths: granted.write_paths.clone(),
+            nested_sandbox: granted.nested_sandbox,
             ..Default::default()
         };
         for program in &requested.programs {
@@ -138,8 +206,22 @@ impl ExecPolicy {
         &self.env
     }
 
-    pub fn network(&self) -> bool {
-        self.network
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// Trees the operator lets this kind read besides the system paths.
+    pub fn read_paths(&self) -> &[PathBuf] {
+        &self.read_paths
+    }
+
+    /// Trees the operator lets this kind write besides the worktree.
+    pub fn write_paths(&self) -> &[PathBuf] {
+        &self.write_paths
+    }
+
+    pub fn nested_sandbox(&self) -> bool {
+        self.nested_sandbox
     }
 
     /// Check a program, its arguments and its extra environment.
@@ -148,30 +230,39 @@ impl ExecPolicy {
         program: &str,
         args: &[String],
         env: &[(String, String)],
-    ) -> Result<Allowed, String> {
+    ) -> Result<Allowed, Denied> {
+        let grant_program = |name: &str| Some(format!("programs = [\"{name}\"] under [kinds.<kind>] in the config file (the kind must also request it)"));
         let path = if program.contains('/') {
             let candidate = Path::new(program);
             self.programs
                 .values()
                 .find(|p| p.as_path() == candidate)
                 .cloned()
-                .ok_or_else(|| {
-                    format!(
+                .ok_or_else(|| Denied {
+                    message: format!(
                         "program `{program}` is not allowed for this worker kind (allowed: {})",
                         self.allowed_list()
-                    )
+                    ),
+                    grant: candidate
+                        .is_absolute()
+                        .then(|| grant_program(program))
+                        .flatten(),
                 })?
         } else if let Some(path) = self.programs.get(program) {
             path.clone()
         } else if let Some(why) = self.missing.get(program) {
-            return Err(format!(
-                "program `{program}` is granted but cannot be used: {why}"
-            ));
+            return Err(Denied {
+                message: format!("program `{program}` is granted but cannot be used: {why}"),
+                grant: Some(format!("install `{program}` or grant it by absolute path")),
+            });
         } else {
-            return Err(format!(
-                "program `{program}` is not allowed for this worker kind (allowed: {}); the operator can grant it under [kinds.<kind>] programs in the config file",
-                self.allowed_list()
-            ));
+            return Err(Denied {
+                message: format!(
+                    "program `{program}` is not allowed for this worker kind (allowed: {}); the operator can grant it under [kinds.<kind>] programs in the config file",
+                    self.allowed_list()
+                ),
+                grant: grant_program(program),
+            });
         };
         let file_name = path
             .file_name()
@@ -183,27 +274,35 @@ impl ExecPolicy {
             }
             for arg in args {
                 let option = arg.split('=').next().unwrap_or(arg);
-                if refused.contains(&option) {
-                    return Err(format!(
+                let attached = refused.iter().find(|r| {
+                    r.len() == 2 && !r.starts_with("--") && arg.len() > 2 && arg.starts_with(*r)
+                });
+                if let Some(option) = refused.iter().find(|r| **r == option).or(attached) {
+                    return Err(Denied::never(format!(
                         "argument `{option}` of `{name}` is refused: it can make `{name}` run other programs or read other configuration"
-                    ));
+                    )));
                 }
             }
         }
         for (name, _) in env {
             if !is_env_name(name) {
-                return Err(format!("environment variable name `{name}` is malformed"));
+                return Err(Denied::never(format!(
+                    "environment variable name `{name}` is malformed"
+                )));
             }
             if is_never_passed(name) {
-                return Err(format!(
+                return Err(Denied::never(format!(
                     "environment variable `{name}` is never passed to subprocesses"
-                ));
+                )));
             }
             if !self.env.iter().any(|allowed| allowed == name) {
-                return Err(format!(
-                    "environment variable `{name}` is not allowed for this worker kind (allowed: {})",
-                    if self.env.is_empty() { "none".to_string() } else { self.env.join(", ") }
-                ));
+                return Err(Denied {
+                    message: format!(
+                        "environment variable `{name}` is not allowed for this worker kind (allowed: {})",
+                        if self.env.is_empty() { "none".to_string() } else { self.env.join(", ") }
+                    ),
+                    grant: Some(format!("env = [\"{name}\"] under [kinds.<kind>] in the config file")),
+                });
             }
         }
         Ok(Allowed { path })

@@ -1,8 +1,10 @@
 //! A running child: one task pumps its stdout/stderr into the run logs and a
-//! channel the worker reads, enforces its deadline and output cap, and kills
-//! its process group once the child exits or is killed.
+//! channel the worker reads, enforces its deadline and output cap, and stops
+//! its tree (through the launcher's lifeline, then SIGKILL to the group)
+//! when it is killed.
 
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,6 +21,9 @@ use crate::sandbox::bindings::baa::worker::subprocess::{ExitStatus, Output};
 /// was killed (descendants that left the group may hold the pipes).
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 const READ_CHUNK: usize = 64 * 1024;
+/// How long past its grace a supervisor may take before its group is
+/// SIGKILLed by the host.
+const HARD_KILL_MARGIN: Duration = Duration::from_millis(500);
 
 pub(super) struct Limits {
     /// When this process is killed.
@@ -31,11 +36,41 @@ pub(super) struct Limits {
     pub log_output: bool,
     /// Counts processes killed for exceeding `output_cap`.
     pub output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
+    /// The supervisor's grace between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+/// The host's end of a supervisor's lifeline: cutting it (or dropping the
+/// last copy) makes the supervisor stop the whole tree.
+#[derive(Debug, Clone)]
+pub struct Lifeline(Arc<Mutex<Option<OwnedFd>>>);
+
+impl Lifeline {
+    pub(super) fn new(fd: OwnedFd) -> Self {
+        Lifeline(Arc::new(Mutex::new(Some(fd))))
+    }
+
+    /// Ask the supervisor to stop the tree (SIGTERM, grace, SIGKILL).
+    pub fn cut(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// A program the launcher started.
+pub(super) struct Started {
+    /// The supervisor, which the host waits for.
+    pub child: tokio::process::Child,
+    /// The program's own pid.
+    pub pid: u32,
+    /// The supervisor's pid: its session and process group.
+    pub supervisor: u32,
+    pub lifeline: Lifeline,
 }
 
 /// The host side of a worker's `process` resource.
 pub struct ProcessHandle {
     pid: u32,
+    lifeline: Lifeline,
     rx: mpsc::UnboundedReceiver<Output>,
     exited: Option<ExitStatus>,
 }
@@ -62,10 +97,10 @@ impl ProcessHandle {
         output
     }
 
-    /// Kill the process group (no-op once it has exited).
+    /// Stop the process and everything it started (no-op once it exited).
     pub fn kill(&self) {
-        if self.exited.is_none() && self.pid != 0 {
-            kill_group(self.pid as i32);
+        if self.exited.is_none() {
+            self.lifeline.cut();
         }
     }
 }
@@ -77,13 +112,19 @@ impl Drop for ProcessHandle {
 }
 
 pub(super) fn start(
-    mut child: tokio::process::Child,
+    started: Started,
     stdin: Option<Vec<u8>>,
     limits: Limits,
     logs: Arc<LogSession>,
     live: LiveGroups,
 ) -> ProcessHandle {
-    let pid = child.id().unwrap_or(0);
+    let Started {
+        mut child,
+        pid,
+        supervisor,
+        lifeline,
+    } = started;
+    let handle_lifeline = lifeline.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -94,7 +135,9 @@ pub(super) fn start(
     }
     tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let pgid = pid as i32;
+        let pgid = supervisor as i32;
+        // Set when the tree was asked to stop: past it, SIGKILL the group.
+        let mut hard_kill: Option<Instant> = None;
         let mut out_buf = vec![0u8; READ_CHUNK];
         let mut err_buf = vec![0u8; READ_CHUNK];
         let mut total: u64 = 0;
@@ -110,6 +153,12 @@ pub(super) fn start(
             }
             let grace = async {
                 match drain_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hard = async {
+                match hard_kill {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -140,13 +189,19 @@ pub(super) fn start(
                     }
                 }
                 exit = child.wait(), if status.is_none() => {
+                    // The supervisor exits after the tree is gone; anything
+                    // left in its group goes too.
                     status = Some(exit);
-                    // Whatever the child left running goes with it.
                     kill_group(pgid);
                     drain_until = Some(Instant::now() + DRAIN_GRACE);
                 }
                 _ = &mut deadline, if !timed_out && status.is_none() => {
                     timed_out = true;
+                    lifeline.cut();
+                    hard_kill = Some(Instant::now() + limits.kill_grace + HARD_KILL_MARGIN);
+                }
+                _ = hard, if status.is_none() => {
+                    hard_kill = None;
                     kill_group(pgid);
                 }
                 _ = grace => {
@@ -159,7 +214,8 @@ pub(super) fn start(
                 limits
                     .output_limit_hits
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                kill_group(pgid);
+                lifeline.cut();
+                hard_kill = Some(Instant::now() + limits.kill_grace + HARD_KILL_MARGIN);
             }
         }
         live.remove(pgid);
@@ -225,6 +281,7 @@ pub(super) fn start(
     });
     ProcessHandle {
         pid,
+        lifeline: handle_lifeline,
         rx,
         exited: None,
     }

@@ -1,0 +1,502 @@
+//! The confinement a child applies to itself between fork and exec: resource
+//! limits, a dedicated user, a working directory resolved beneath the
+//! worktree, no inherited descriptors, no new privileges, Landlock, seccomp.
+//! Everything that allocates or opens paths happens in [`prepare`], before
+//! the fork; [`exec`] only makes system calls.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use baa_launch::{Applied, LaunchSpec, Probe};
+use landlock::{
+    Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// The Landlock ABI the rules are written for (tested on this ABI); the
+/// crate degrades them on older kernels and the result is reported.
+const ABI_TARGET: ABI = ABI::V6;
+
+/// A failure before exec: which stage, and why.
+pub type Failure = (&'static str, String);
+
+/// Everything the child needs, opened and compiled before the fork.
+pub struct Prepared {
+    program: OwnedFd,
+    program_path: CString,
+    cwd: OwnedFd,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    user: Option<baa_launch::User>,
+    ruleset: Option<RulesetCreated>,
+    filters: Vec<BpfProgram>,
+    pub applied: Applied,
+}
+
+fn cstring(bytes: &[u8], what: &str) -> Result<CString, Failure> {
+    CString::new(bytes).map_err(|_| ("spec", format!("{what} contains a NUL byte")))
+}
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+/// Open `path` (absolute) with `flags | O_CLOEXEC`.
+fn open(path: &Path, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid C string; the result is checked.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: `fd` was just opened and is owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat2(dir, rel, O_PATH | O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`.
+fn open_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c = CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain data; zeroed is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: arguments are a valid descriptor, a C string and a properly
+    // sized open_how; the result is checked.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: `fd` was just opened and is owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Open, resolve and compile everything the child needs.
+pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
+    if !spec.program.is_absolute() || !spec.worktree.is_absolute() {
+        return Err(("spec", "program and worktree must be absolute paths".into()));
+    }
+    let program = open(&spec.program, libc::O_PATH)
+        .map_err(|e| ("program", format!("{}: {e}", spec.program.display())))?;
+    let root = open(&spec.worktree, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| ("cwd", format!("worktree {}: {e}", spec.worktree.display())))?;
+    let cwd = open_beneath(&root, &spec.cwd).map_err(|e| {
+        (
+            "cwd",
+            format!(
+                "`{}` does not resolve to a directory beneath the worktree: {e}",
+                spec.cwd.display()
+            ),
+        )
+    })?;
+
+    let program_path = cstring(spec.program.as_os_str().as_bytes(), "program")?;
+    let mut argv = vec![program_path.clone()];
+    for arg in &spec.args {
+        argv.push(cstring(arg.as_bytes(), "an argument")?);
+    }
+    let mut envp = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let mut entry = name.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        envp.push(cstring(&entry, "an environment variable")?);
+    }
+
+    let r = &spec.rlimits;
+    let mut rlimits = vec![(libc::RLIMIT_CORE, 0)];
+    for (resource, value) in [
+        (libc::RLIMIT_CPU, r.cpu_seconds),
+        (libc::RLIMIT_AS, r.address_space_bytes),
+        (libc::RLIMIT_FSIZE, r.file_size_bytes),
+        (libc::RLIMIT_NOFILE, r.open_files),
+        (libc::RLIMIT_NPROC, r.processes),
+    ] {
+        if let Some(value) = value {
+            rlimits.push((resource, value));
+        }
+    }
+
+    let kernel_abi = landlock_abi();
+    let (ruleset, landlock_abi) = if kernel_abi == 0 {
+        if spec.landlock.required {
+            return Err((
+                "landlock",
+                "this kernel cannot enforce Landlock, so the subprocess would not be confined; \
+                 the operator may allow unconfined subprocesses with `[sandbox] landlock = \"optional\"`"
+                    .into(),
+            ));
+        }
+        (None, 0)
+    } else {
+        (
+            Some(ruleset(spec).map_err(|e| ("landlock", e))?),
+            kernel_abi.min(ABI_TARGET as u32),
+        )
+    };
+    let filters = filters(&spec.seccomp).map_err(|e| ("seccomp", e))?;
+    let user = spec.user;
+    Ok(Prepared {
+        program,
+        program_path,
+        cwd,
+        argv,
+        envp,
+        rlimits,
+        user,
+        ruleset,
+        filters,
+        applied: Applied {
+            landlock_abi,
+            landlock: String::new(),
+            seccomp: true,
+            no_new_privs: true,
+            uid: user.map(|u| u.uid).unwrap_or_else(|| unsafe { libc::geteuid() }),
+            gid: user.map(|u| u.gid).unwrap_or_else(|| unsafe { libc::getegid() }),
+        },
+    })
+}
+
+fn ruleset(spec: &LaunchSpec) -> Result<RulesetCreated, String> {
+    let abi = ABI_TARGET;
+    let err = |e: landlock::RulesetError| e.to_string();
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?;
+    if spec.landlock.tcp_connect.is_some() {
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(err)?;
+    }
+    let mut created = ruleset
+        .scope(Scope::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?;
+    let groups = [
+        (&spec.landlock.read, AccessFs::from_read(abi)),
+        (&spec.landlock.write, AccessFs::from_all(abi)),
+        (&spec.landlock.devices, AccessFs::from_file(abi)),
+    ];
+    for (paths, access) in groups {
+        for path in paths {
+            let fd = match PathFd::new(path) {
+                Ok(fd) => fd,
+                // Absent system directories (e.g. /lib32) are skipped.
+                Err(_) if !path.exists() => continue,
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+            let access = if path.is_dir() {
+                access
+            } else {
+                access & AccessFs::from_file(abi)
+            };
+            created = created
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(err)?;
+        }
+    }
+    for port in spec.landlock.tcp_connect.iter().flatten() {
+        created = created
+            .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
+            .map_err(err)?;
+    }
+    Ok(created)
+}
+
+/// The kernel's Landlock ABI version (0: none).
+pub fn landlock_abi() -> u32 {
+    // SAFETY: querying the version takes no pointer and no ruleset.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32, // LANDLOCK_CREATE_RULESET_VERSION
+        )
+    };
+    if v < 0 {
+        0
+    } else {
+        v as u32
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+const ARCH: TargetArch = TargetArch::x86_64;
+#[cfg(target_arch = "aarch64")]
+const ARCH: TargetArch = TargetArch::aarch64;
+#[cfg(target_arch = "riscv64")]
+const ARCH: TargetArch = TargetArch::riscv64;
+
+/// System calls no worker subprocess may make: tracing and reading other
+/// processes, kernel keyrings, BPF, io_uring (it bypasses seccomp), device
+/// nodes, modules, swap, reboot.
+const DENIED: &[libc::c_long] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_kcmp,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_bpf,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_mknodat,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_mknod,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_iopl,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_ioperm,
+];
+
+/// Namespace and mount calls: denied unless the kind sandboxes its own
+/// children (then only inside a new user namespace do they mean anything).
+const NAMESPACES: &[libc::c_long] = &[
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_fsopen,
+    libc::SYS_fsmount,
+    libc::SYS_fsconfig,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+];
+
+const NAMESPACE_FLAGS: &[i32] = &[
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWCGROUP,
+];
+
+fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
+    let e = |e: seccompiler::BackendError| e.to_string();
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in DENIED {
+        deny.insert(*nr, Vec::new());
+    }
+    // Sockets: UNIX only, plus IPv4/IPv6 for kinds granted the network.
+    let mut families = vec![libc::AF_UNIX];
+    if spec.inet {
+        families.extend([libc::AF_INET, libc::AF_INET6]);
+    }
+    let conditions = families
+        .iter()
+        .map(|f| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *f as u64))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(e)?;
+    deny.insert(
+        libc::SYS_socket,
+        vec![SeccompRule::new(conditions).map_err(e)?],
+    );
+    if !spec.nested_sandbox {
+        for nr in NAMESPACES {
+            deny.insert(*nr, Vec::new());
+        }
+        let rules = NAMESPACE_FLAGS
+            .iter()
+            .map(|flag| {
+                let flag = *flag as u64;
+                SeccompCondition::new(
+                    0,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(flag),
+                    flag,
+                )
+                .and_then(|c| SeccompRule::new(vec![c]))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(e)?;
+        deny.insert(libc::SYS_clone, rules);
+    }
+    let main = SeccompFilter::new(
+        deny,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        ARCH,
+    )
+    .map_err(e)?;
+    // clone3 takes its flags in memory a filter cannot read: answer ENOSYS so
+    // that the C library falls back to clone, whose flags are checked above.
+    let clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        ARCH,
+    )
+    .map_err(e)?;
+    Ok(vec![
+        main.try_into().map_err(e)?,
+        clone3.try_into().map_err(e)?,
+    ])
+}
+
+/// In the forked child: confine, then exec. Returns only on failure.
+pub fn exec(mut p: Prepared) -> Failure {
+    // SAFETY (whole function): the child is single-threaded (the launcher
+    // never starts threads); every call is a plain system call on values
+    // prepared before the fork.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+        for (resource, value) in &p.rlimits {
+            let (soft, hard) = if *resource == libc::RLIMIT_CPU {
+                // SIGXCPU at the soft limit, SIGKILL a second later.
+                (*value, value.saturating_add(1))
+            } else {
+                (*value, *value)
+            };
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(*resource, &limit) != 0 {
+                return ("rlimits", format!("setrlimit({resource}): {}", errno()));
+            }
+        }
+        if let Some(user) = p.user {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(user.gid, user.gid, user.gid) != 0
+                || libc::setresuid(user.uid, user.uid, user.uid) != 0
+            {
+                return (
+                    "user",
+                    format!("cannot become uid {} gid {}: {}", user.uid, user.gid, errno()),
+                );
+            }
+        }
+        if libc::fchdir(p.cwd.as_raw_fd()) != 0 {
+            return ("cwd", format!("fchdir: {}", errno()));
+        }
+        // Every descriptor but stdio closes at exec (ours included).
+        if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
+            return ("descriptors", format!("close_range: {}", errno()));
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return ("no-new-privs", errno().to_string());
+        }
+        if let Some(ruleset) = p.ruleset.take() {
+            match ruleset.restrict_self() {
+                Ok(status) => {
+                    p.applied.landlock = match status.ruleset {
+                        RulesetStatus::FullyEnforced => "full",
+                        RulesetStatus::PartiallyEnforced => "partial",
+                        RulesetStatus::NotEnforced => "none",
+                    }
+                    .into()
+                }
+                Err(e) => return ("landlock", e.to_string()),
+            }
+        }
+        for filter in &p.filters {
+            if let Err(e) = seccompiler::apply_filter(filter) {
+                return ("seccomp", e.to_string());
+            }
+        }
+        let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        libc::execveat(
+            p.program.as_raw_fd(),
+            c"".as_ptr(),
+            argv.as_ptr().cast(),
+            envp.as_ptr().cast(),
+            libc::AT_EMPTY_PATH,
+        );
+        let first = errno();
+        // A script cannot be run from a descriptor that closes at exec: run
+        // it by its path instead.
+        if first.raw_os_error() == Some(libc::ENOENT) {
+            libc::execve(p.program_path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        ("exec", first.to_string())
+    }
+}
+
+/// What this machine can enforce.
+pub fn probe() -> Probe {
+    let landlock_abi = landlock_abi();
+    // SAFETY: the child only installs a filter and exits.
+    let seccomp = unsafe {
+        match libc::fork() {
+            0 => {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                let ok = filters(&Default::default())
+                    .ok()
+                    .and_then(|f| f.first().map(|f| seccompiler::apply_filter(f).is_ok()))
+                    .unwrap_or(false);
+                libc::_exit(if ok { 0 } else { 1 })
+            }
+            pid if pid > 0 => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+            }
+            _ => false,
+        }
+    };
+    let openat2 = match open(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY) {
+        Ok(root) => open_beneath(&root, Path::new(".")).is_ok(),
+        Err(_) => false,
+    };
+    Probe {
+        landlock_abi,
+        landlock_tcp: landlock_abi >= 4,
+        landlock_scopes: landlock_abi >= 6,
+        seccomp,
+        openat2,
+        // SAFETY: geteuid cannot fail.
+        euid: unsafe { libc::geteuid() },
+    }
+}

@@ -1,0 +1,137 @@
+//! What the host asks of `baa-launch`, the small program that runs between
+//! fork and exec of every worker subprocess: the [`LaunchSpec`] it reads from
+//! its first argument and the [`Report`] it writes back on descriptor 3.
+//!
+//! The launcher itself (`src/main.rs`) confines the child and supervises its
+//! process tree; this library holds only the types both sides share.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Descriptor on which the launcher writes one [`Report`] line, then closes it.
+pub const REPORT_FD: i32 = 3;
+/// Descriptor the launcher watches: when every writer of this pipe is gone
+/// (the host dropped the process or died), the whole tree is killed.
+pub const LIFELINE_FD: i32 = 4;
+/// Exit status of the launcher when it could not start the program.
+pub const SETUP_FAILED: i32 = 125;
+
+/// How one subprocess is launched and confined. Built by the host after its
+/// policy check; the launcher applies all of it or refuses to run the program.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LaunchSpec {
+    /// Absolute path of the program (resolved by the host's policy).
+    pub program: PathBuf,
+    /// `argv[1..]`.
+    pub args: Vec<String>,
+    /// The worktree: the only tree the child may write (besides `writable`).
+    pub worktree: PathBuf,
+    /// Working directory relative to the worktree, resolved beneath it with
+    /// `openat2(RESOLVE_BENEATH)`; empty for the worktree itself.
+    pub cwd: PathBuf,
+    /// Run as this unprivileged user (the host runs as root).
+    pub user: Option<User>,
+    pub rlimits: Rlimits,
+    pub landlock: LandlockSpec,
+    pub seccomp: SeccompSpec,
+    /// After the program exits, or the host asks the tree to stop: how long
+    /// the remaining processes get between SIGTERM and SIGKILL.
+    pub kill_grace_ms: u64,
+}
+
+/// A dedicated user and group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resource limits of the child (`setrlimit`); `None` leaves one unchanged.
+/// Core dumps are always disabled.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rlimits {
+    pub cpu_seconds: Option<u64>,
+    pub address_space_bytes: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub open_files: Option<u64>,
+    /// Processes of the child's user; only meaningful with a dedicated user.
+    pub processes: Option<u64>,
+}
+
+/// The Landlock domain of the child.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LandlockSpec {
+    /// Refuse to run the program when the kernel cannot enforce Landlock
+    /// file-system rules (the operator did not opt out).
+    pub required: bool,
+    /// Trees the child may read and execute.
+    pub read: Vec<PathBuf>,
+    /// Trees the child may read, write, create in and remove from.
+    pub write: Vec<PathBuf>,
+    /// Device files the child may read and write (`/dev/null`, …).
+    pub devices: Vec<PathBuf>,
+    /// TCP ports the child may connect to; `None` leaves TCP unrestricted
+    /// (an operator's explicit `network = "unrestricted"`). Binding is
+    /// always refused.
+    pub tcp_connect: Option<Vec<u16>>,
+}
+
+/// The seccomp filter of the child.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompSpec {
+    /// Allow `AF_INET`/`AF_INET6` sockets (kinds granted the network);
+    /// otherwise only `AF_UNIX` sockets can be created.
+    pub inet: bool,
+    /// Allow creating user namespaces (and the mount/pid/network namespaces
+    /// inside one): needed by programs that sandbox their own children,
+    /// such as the Codex CLI. Without privileges in the parent namespace
+    /// these cannot widen access; Landlock and seccomp stay in force.
+    pub nested_sandbox: bool,
+}
+
+/// What the launcher writes on [`REPORT_FD`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "status")]
+pub enum Report {
+    /// The program is running as `pid`, confined as described.
+    Started { pid: i32, applied: Applied },
+    /// The program was not started.
+    Refused { stage: String, message: String },
+}
+
+/// The confinement that took effect.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    /// Landlock ABI the ruleset was built for (0: not enforced).
+    pub landlock_abi: u32,
+    /// Landlock rules enforced: `full`, `partial` or `none`.
+    pub landlock: String,
+    pub seccomp: bool,
+    pub no_new_privs: bool,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What this machine can enforce (`baa-launch --probe`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// Landlock ABI of the kernel (0: unavailable).
+    pub landlock_abi: u32,
+    /// Landlock can restrict TCP connect/bind (ABI ≥ 4).
+    pub landlock_tcp: bool,
+    /// Landlock scopes signals and abstract sockets (ABI ≥ 6).
+    pub landlock_scopes: bool,
+    /// Seccomp filters can be installed.
+    pub seccomp: bool,
+    /// `openat2` with `RESOLVE_BENEATH` exists (Linux ≥ 5.6).
+    pub openat2: bool,
+    pub euid: u32,
+}

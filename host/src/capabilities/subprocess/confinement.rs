@@ -1,0 +1,173 @@
+//! How one step's subprocesses are confined: the operator's `[sandbox]`
+//! settings and the kind's grants turned into a [`LaunchSpec`] per process
+//! (Landlock paths and ports, seccomp, rlimits, user), and the record of it
+//! that goes into every run's metadata.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use baa_launch::{LandlockSpec, LaunchSpec, Probe, Rlimits, SeccompSpec};
+use serde_json::json;
+
+use super::policy::{ExecPolicy, Network};
+use super::user::{StepUser, UserLease};
+use crate::config::{LandlockMode, SandboxConfig};
+
+/// Device files every subprocess may read and write.
+const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+const MIB: u64 = 1024 * 1024;
+
+/// The confinement of one step's subprocesses.
+#[derive(Clone)]
+pub struct Confinement {
+    pub sandbox: SandboxConfig,
+    /// The subprocesses' `HOME` (and `TMPDIR` beneath it) without a
+    /// dedicated user: writable.
+    pub home: PathBuf,
+    /// The step's dedicated user, when the host runs as root.
+    pub user: Option<Arc<StepUser>>,
+    /// Trees lent to the dedicated user: the worktree and write paths.
+    pub lend: Vec<PathBuf>,
+    pub probe: Probe,
+}
+
+/// One launch: what to run, where, with which network.
+pub struct Launch<'a> {
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub worktree: &'a Path,
+    /// Working directory relative to the worktree.
+    pub cwd: &'a Path,
+    pub policy: &'a ExecPolicy,
+    /// The host's own commands never get the network or nested sandboxes.
+    pub for_worker: bool,
+    /// Seconds left in the step (the CPU limit when none is configured).
+    pub seconds_left: u64,
+}
+
+impl Confinement {
+    /// The step's dedicated user (leased now if this is its first use).
+    pub fn lease(&self) -> Result<Option<Arc<UserLease>>, String> {
+        match &self.user {
+            Some(user) => user.lease(&self.sandbox, &self.lend).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Where subprocesses' `HOME` is under `lease`.
+    pub fn home<'a>(&'a self, lease: Option<&'a UserLease>) -> &'a Path {
+        lease.map(|l| l.home()).unwrap_or(&self.home)
+    }
+
+    /// The launcher's instructions for one process.
+    pub fn spec(&self, launch: &Launch, lease: Option<&UserLease>) -> LaunchSpec {
+        let s = &self.sandbox;
+        let network = if launch.for_worker {
+            launch.policy.network().clone()
+        } else {
+            Network::None
+        };
+        let mut read = s.read_paths.clone();
+        read.extend(launch.policy.read_paths().iter().cloned());
+        // The programs themselves (e.g. a CLI installed under a home).
+        for program in launch.policy.programs().values() {
+            if let Some(dir) = program.parent() {
+                if !read.iter().any(|r| dir.starts_with(r)) {
+                    read.push(dir.to_path_buf());
+                }
+            }
+        }
+        if let Some(dir) = launch.program.parent() {
+            if !read.iter().any(|r| dir.starts_with(r)) {
+                read.push(dir.to_path_buf());
+            }
+        }
+        let mut write = vec![
+            launch.worktree.to_path_buf(),
+            self.home(lease).to_path_buf(),
+        ];
+        write.extend(launch.policy.write_paths().iter().cloned());
+        LaunchSpec {
+            program: launch.program.to_path_buf(),
+            args: launch.args.to_vec(),
+            worktree: launch.worktree.to_path_buf(),
+            cwd: launch.cwd.to_path_buf(),
+            user: lease.map(|u| u.user()),
+            rlimits: Rlimits {
+                cpu_seconds: Some(s.cpu_seconds.unwrap_or(launch.seconds_left.max(1))),
+                address_space_bytes: s.address_space_mib.map(|m| m * MIB),
+                file_size_bytes: Some(s.file_size_mib * MIB),
+                open_files: Some(s.open_files),
+                // RLIMIT_NPROC counts every process of the user: meaningful
+                // only for a user that belongs to this step alone.
+                processes: lease.map(|_| s.processes),
+            },
+            landlock: LandlockSpec {
+                required: s.landlock == LandlockMode::Required,
+                read,
+                write,
+                devices: DEVICES.iter().map(PathBuf::from).collect(),
+                tcp_connect: match &network {
+                    Network::None => Some(Vec::new()),
+                    Network::TcpPorts(ports) => Some(ports.clone()),
+                    Network::Unrestricted => None,
+                },
+            },
+            seccomp: SeccompSpec {
+                inet: network != Network::None,
+                nested_sandbox: launch.for_worker && launch.policy.nested_sandbox(),
+            },
+            kill_grace_ms: s.kill_grace_ms,
+        }
+    }
+
+    /// What applies to this step, for its metadata and events.
+    pub fn record(&self, policy: &ExecPolicy) -> serde_json::Value {
+        let p = &self.probe;
+        let landlock = if p.landlock_abi == 0 {
+            match self.sandbox.landlock {
+                LandlockMode::Required => "required-unavailable",
+                LandlockMode::Optional => "unavailable-opted-out",
+            }
+        } else {
+            "enforced"
+        };
+        json!({
+            "mode": if p.landlock_abi > 0 && p.seccomp { "confined" } else { "degraded" },
+            "landlock": landlock,
+            "landlockAbi": p.landlock_abi,
+            "landlockTcp": p.landlock_tcp,
+            "landlockScopes": p.landlock_scopes,
+            "seccomp": p.seccomp,
+            "noNewPrivs": true,
+            "user": match &self.user {
+                Some(_) => json!({ "mode": "dedicated", "uidBase": self.sandbox.uid_base }),
+                None => json!({ "mode": "current", "uid": rustix::process::geteuid().as_raw() }),
+            },
+            "network": match policy.network() {
+                Network::None => json!("none"),
+                Network::TcpPorts(ports) => json!({ "tcpConnect": ports, "udp": "unrestricted" }),
+                Network::Unrestricted => json!("unrestricted"),
+            },
+            "nestedSandbox": policy.nested_sandbox(),
+            "readPaths": self.sandbox.read_paths.iter().chain(policy.read_paths()).collect::<Vec<_>>(),
+            "writePaths": policy.write_paths(),
+            "rlimits": {
+                "cpuSeconds": self.sandbox.cpu_seconds,
+                "addressSpaceMib": self.sandbox.address_space_mib,
+                "fileSizeMib": self.sandbox.file_size_mib,
+                "openFiles": self.sandbox.open_files,
+                "processes": self.user.as_ref().map(|_| self.sandbox.processes),
+                "core": 0,
+            },
+            "killGraceMs": self.sandbox.kill_grace_ms,
+        })
+    }
+}

@@ -1,0 +1,180 @@
+//! Starting a subprocess through the embedded `baa-launch` launcher
+//! (`host/launcher`): the host forks, the launcher confines and supervises,
+//! and reports on a pipe whether the program started and how it is confined.
+//! The binary is carried inside the host and executed from a sealed memfd.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use baa_launch::{Applied, LaunchSpec, Probe, Report, LIFELINE_FD, REPORT_FD};
+use tokio::io::AsyncReadExt;
+
+static EMBEDDED: &[u8] = include_bytes!(env!("BAA_LAUNCHER_BIN"));
+
+/// The sealed in-memory copy of the launcher and the path that executes it.
+struct Binary {
+    _fd: OwnedFd,
+    path: PathBuf,
+}
+
+static BINARY: OnceLock<Result<Binary, String>> = OnceLock::new();
+
+fn binary() -> Result<&'static Path, String> {
+    BINARY
+        .get_or_init(|| {
+            use rustix::fs::{MemfdFlags, SealFlags};
+            let fd = rustix::fs::memfd_create(
+                "baa-launch",
+                MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+            )
+            .map_err(|e| format!("memfd_create: {e}"))?;
+            let mut written = 0;
+            while written < EMBEDDED.len() {
+                written += rustix::io::write(&fd, &EMBEDDED[written..])
+                    .map_err(|e| format!("writing the launcher: {e}"))?;
+            }
+            rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o555))
+                .map_err(|e| format!("fchmod: {e}"))?;
+            rustix::fs::fcntl_add_seals(
+                &fd,
+                SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
+            )
+            .map_err(|e| format!("sealing the launcher: {e}"))?;
+            let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            Ok(Binary { _fd: fd, path })
+        })
+        .as_ref()
+        .map(|b| b.path.as_path())
+        .map_err(Clone::clone)
+}
+
+/// What this machine enforces, asked once per process.
+pub fn probe() -> Result<Probe, String> {
+    static PROBE: OnceLock<Result<Probe, String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let out = std::process::Command::new(binary()?)
+                .arg("--probe")
+                .env_clear()
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("running the launcher: {e}"))?;
+            serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("the launcher's probe is not valid: {e}"))
+        })
+        .clone()
+}
+
+/// Kill every process of the dedicated user `uid`.
+pub fn sweep(uid: u32) -> Result<(), String> {
+    let status = std::process::Command::new(binary()?)
+        .arg("--sweep")
+        .arg(uid.to_string())
+        .env_clear()
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("running the launcher: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("sweeping uid {uid} failed ({status})"))
+    }
+}
+
+/// Why a program was not started.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Where it failed: `spec`, `program`, `cwd`, `landlock`, `seccomp`,
+    /// `user`, `rlimits`, `exec`, `launcher`, …
+    pub stage: String,
+    pub message: String,
+}
+
+/// A started program: the launcher (its supervisor, which the host waits
+/// for) and the lifeline whose closing stops the whole tree.
+pub struct Launched {
+    pub child: tokio::process::Child,
+    /// Pid of the supervisor, which leads the tree's session and group.
+    pub supervisor: u32,
+    /// Pid of the program itself.
+    pub pid: i32,
+    pub applied: Applied,
+    pub lifeline: OwnedFd,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Refusal> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Refusal {
+        stage: "launcher".into(),
+        message: format!("pipe: {e}"),
+    })
+}
+
+/// Start `spec` with exactly `env` and the given stdin.
+pub async fn launch(
+    spec: &LaunchSpec,
+    env: &std::collections::BTreeMap<String, String>,
+    stdin: bool,
+) -> Result<Launched, Refusal> {
+    let refusal = |stage: &str, message: String| Refusal {
+        stage: stage.into(),
+        message,
+    };
+    let path = binary().map_err(|e| refusal("launcher", e))?;
+    let json = serde_json::to_string(spec).map_err(|e| refusal("spec", e.to_string()))?;
+    let (report_read, report_write) = pipe()?;
+    let (lifeline_read, lifeline_write) = pipe()?;
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.arg(json)
+        .env_clear()
+        .envs(env)
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let (report_fd, lifeline_fd) = (report_write.as_raw_fd(), lifeline_read.as_raw_fd());
+    // SAFETY: runs in the forked child before exec and only calls dup2,
+    // which is async-signal-safe; the copies on 3 and 4 lose O_CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(report_fd, REPORT_FD) < 0 || libc::dup2(lifeline_fd, LIFELINE_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| refusal("launcher", format!("cannot start the launcher: {e}")))?;
+    drop(report_write);
+    drop(lifeline_read);
+    let supervisor = child.id().unwrap_or(0);
+    let mut report = Vec::new();
+    let mut reader = tokio::fs::File::from_std(std::fs::File::from(report_read));
+    let read = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut report)).await;
+    if read.is_err() {
+        return Err(refusal(
+            "launcher",
+            "the launcher did not report within 30 s".into(),
+        ));
+    }
+    match serde_json::from_slice::<Report>(report.trim_ascii_end()) {
+        Ok(Report::Started { pid, applied }) => Ok(Launched {
+            child,
+            supervisor,
+            pid,
+            applied,
+            lifeline: lifeline_write,
+        }),
+        Ok(Report::Refused { stage, message }) => Err(Refusal { stage, message }),
+        Err(_) => Err(refusal(
+            "launcher",
+            format!(
+                "the launcher ended without a report: {}",
+                String::from_utf8_lossy(&report)
+            ),
+        )),
+    }
+}

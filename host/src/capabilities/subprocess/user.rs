@@ -1,0 +1,441 @@
+//! Dedicated unprivileged users, one per concurrent step, for a host running
+//! as root: root children would ignore the process limit and could chmod or
+//! chown outside the worktree despite Landlock. A step leases a uid (an
+//! `flock`ed file under the state directory), lends it the worktree and its
+//! write paths (ownership handed over, then back), and at the end every
+//! process of that uid is killed.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use baa_launch::User;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use super::launcher;
+use crate::config::SandboxConfig;
+
+/// A tree lent to the step's user, and who owned it before.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Lent {
+    path: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+/// A uid leased for one step. Released (processes killed, trees handed
+/// back, home removed) by [`UserLease::release`] or on drop.
+#[derive(Debug)]
+pub struct UserLease {
+    user: User,
+    state_dir: PathBuf,
+    home: PathBuf,
+    lent: Mutex<Vec<Lent>>,
+    released: Mutex<bool>,
+    _lock: File,
+}
+
+fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+impl UserLease {
+    /// Lease the first free uid of the configured range.
+    pub fn acquire(config: &SandboxConfig) -> Result<UserLease, String> {
+        let dir = &config.state_dir;
+        std::fs::create_dir_all(dir).map_err(io(dir.display()))?;
+        let meta = std::fs::symlink_metadata(dir).map_err(io(dir.display()))?;
+        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "the sandbox state directory {} must be a directory owned by root and writable only by it",
+                dir.display()
+            ));
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(io(dir.display()))?;
+        for uid in config.uid_base..config.uid_base.saturating_add(config.uid_count) {
+            let lock_path = dir.join(format!("uid-{uid}.lock"));
+            let lock = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(io(lock_path.display()))?;
+            if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_err()
+            {
+                continue;
+            }
+            let lease = UserLease {
+                user: User { uid, gid: uid },
+                state_dir: dir.clone(),
+                home: dir.join(format!("uid-{uid}")),
+                lent: Mutex::new(Vec::new()),
+                released: Mutex::new(false),
+                _lock: lock,
+            };
+            lease.recover()?;
+            lease.make_home()?;
+            return Ok(lease);
+        }
+        Err(format!(
+            "all {} sandbox users ({}..) are in use; raise [sandbox] uid-count",
+            config.uid_count, config.uid_base
+        ))
+    }
+
+    pub fn user(&self) -> User {
+        self.user
+    }
+
+    /// The user's private home (`HOME`; `TMPDIR` is `tmp` beneath it).
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.state_dir.join(format!("uid-{}.lent.json", self.user.uid))
+    }
+
+    /// A previous holder died: kill what it left and hand its trees back.
+    fn recover(&self) -> Result<(), String> {
+        launcher::sweep(self.user.uid)?;
+        let path = self.record_path();
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Ok(lent) = serde_json::from_slice::<Vec<Lent>>(&bytes) {
+                for l in lent {
+                    tracing::warn!(uid = self.user.uid, path = %l.path.display(), "handing back a tree a stopped host had lent");
+                    let _ = chown_tree(&l.path, Some(self.user.uid), l.uid, l.gid, false);
+                }
+            }
+            std::fs::remove_file(&path).map_err(io(path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn make_home(&self) -> Result<(), String> {
+        let home = &self.home;
+        if home.exists() {
+            std::fs::remove_dir_all(home).map_err(io(home.display()))?;
+        }
+        std::fs::create_dir_all(home.join("tmp")).map_err(io(home.display()))?;
+        for dir in [home.clone(), home.join("tmp")] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(dir.display()))?;
+            rustix::fs::chown(
+                &dir,
+                Some(rustix::fs::Uid::from_raw(self.user.uid)),
+                Some(rustix::fs::Gid::from_raw(self.user.gid)),
+            )
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Hand `path` (a directory) to this user for the step; its owner gets
+    /// it back at [`UserLease::release`]. The user must be able to reach it.
+    pub fn lend(&self, path: &Path) -> Result<(), String> {
+        let mut lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
+        if lent.iter().any(|l| l.path == path) {
+            return Ok(());
+        }
+        check_reachable(path, self.user)?;
+        let meta = std::fs::symlink_metadata(path).map_err(io(path.display()))?;
+        lent.push(Lent {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
+        // Recorded before the first chown, so a crash leaves a way back.
+        let record = serde_json::to_vec(&*lent).map_err(|e| e.to_string())?;
+        crate::fsutil::write_atomic(&self.record_path(), &record)
+            .map_err(io(self.record_path().display()))?;
+        chown_tree(path, None, self.user.uid, self.user.gid, true)
+            .map_err(|e| format!("lending {} to uid {}: {e}", path.display(), self.user.uid))
+    }
+
+    /// Give the user what appeared in its trees since (files the worker
+    /// wrote through WASI belong to the host).
+    pub fn sync(&self) -> Result<(), String> {
+        let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for l in lent {
+            chown_tree(&l.path, None, self.user.uid, self.user.gid, true)
+                .map_err(|e| format!("{}: {e}", l.path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Kill every process of the user, hand every lent tree back, empty the
+    /// home. Idempotent.
+    pub fn release(&self) {
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        if *released {
+            return;
+        }
+        *released = true;
+        if let Err(e) = launcher::sweep(self.user.uid) {
+            tracing::warn!("{e}");
+        }
+        let lent = std::mem::take(&mut *self.lent.lock().unwrap_or_else(|p| p.into_inner()));
+        for l in &lent {
+            if let Err(e) = chown_tree(&l.path, Some(self.user.uid), l.uid, l.gid, false) {
+                tracing::warn!(path = %l.path.display(), "handing back: {e}");
+            }
+        }
+        let _ = std::fs::remove_file(self.record_path());
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+impl Drop for UserLease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Every directory from `/` down to `path` must let `user` search it.
+fn check_reachable(path: &Path, user: User) -> Result<(), String> {
+    for dir in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        let meta = std::fs::metadata(dir).map_err(io(dir.display()))?;
+        let mode = meta.mode();
+        let searchable = if meta.uid() == user.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable && dir != path {
+            return Err(format!(
+                "the sandbox user (uid {}) cannot reach {}: {} has mode {:o}; make it searchable (chmod o+x {}) or set [sandbox] user = \"current\"",
+                user.uid,
+                path.display(),
+                dir.display(),
+                mode & 0o7777,
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Change the owner of `root` and everything beneath it (without following
+/// symlinks or crossing file systems) to `uid:gid`: entries owned by `from`
+/// only when given, else every entry not owned by `uid` yet. Files with
+/// several hard links are left alone when `skip_linked` (one may be a link
+/// to a file outside the tree).
+fn chown_tree(
+    root: &Path,
+    from: Option<u32>,
+    uid: u32,
+    gid: u32,
+    skip_linked: bool,
+) -> std::io::Result<()> {
+    let dir = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let dev = rustix::fs::fstat(&dir)?.st_dev;
+    let owner = (
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    );
+    let wanted = |st: &rustix::fs::Stat| match from {
+        Some(f) => st.st_uid == f,
+        None => st.st_uid != uid,
+    };
+    let root_stat = rustix::fs::fstat(&dir)?;
+    if wanted(&root_stat) {
+        rustix::fs::fchown(&dir, owner.0, owner.1)?;
+    }
+    walk(&dir, dev, 0, &mut |dir, name, st| {
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        let plain = kind == rustix::fs::FileType::Directory
+            || kind == rustix::fs::FileType::Symlink
+            || (kind == rustix::fs::FileType::RegularFile && !(skip_linked && st.st_nlink > 1));
+        if plain && wanted(st) {
+            rustix::fs::chownat(dir, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Deepest directory nesting [`walk`] descends into.
+const MAX_DEPTH: usize = 512;
+
+/// Call `visit` for every entry beneath `dir` on device `dev`, depth first,
+/// holding one descriptor per level.
+fn walk(
+    dir: &OwnedFd,
+    dev: u64,
+    depth: usize,
+    visit: &mut dyn FnMut(&OwnedFd, &std::ffi::CStr, &rustix::fs::Stat) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut subdirs = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir.as_fd())? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if st.st_dev != dev {
+            continue;
+        }
+        visit(dir, name, &st)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+            subdirs.push(name.to_owned());
+        }
+    }
+    if depth >= MAX_DEPTH {
+        return Ok(());
+    }
+    for name in subdirs {
+        if let Ok(sub) = rustix::fs::openat(
+            dir,
+            name.as_c_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            walk(&sub, dev, depth + 1, visit)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hand back what hosts that stopped mid-step had lent to dedicated users
+/// whose lease is free now, and kill those users' processes. Returns the
+/// trees handed back.
+pub fn recover_abandoned(config: &SandboxConfig) -> Vec<PathBuf> {
+    let mut handed_back = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&config.state_dir) else {
+        return handed_back;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(uid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("uid-"))
+            .and_then(|n| n.strip_suffix(".lent.json"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let lock_path = config.state_dir.join(format!("uid-{uid}.lock"));
+        let Ok(lock) = File::options().write(true).open(&lock_path) else {
+            continue;
+        };
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // in use by a running step
+        }
+        let lent: Vec<Lent> = std::fs::read(entry.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let _ = launcher::sweep(uid);
+        for l in lent {
+            if chown_tree(&l.path, Some(uid), l.uid, l.gid, false).is_ok() {
+                handed_back.push(l.path);
+            }
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+    handed_back
+}
+
+/// Whether a step's subprocesses run as a dedicated user under `config`.
+pub fn dedicated(config: &SandboxConfig) -> Result<bool, String> {
+    let root = rustix::process::geteuid().is_root();
+    match config.user {
+        crate::config::SandboxUser::Auto => Ok(root),
+        crate::config::SandboxUser::Current => Ok(false),
+        crate::config::SandboxUser::Dedicated if root => Ok(true),
+        crate::config::SandboxUser::Dedicated => Err(
+            "[sandbox] user = \"dedicated\" needs the host to run as root; use \"auto\" or \"current\""
+                .into(),
+        ),
+    }
+}
+
+/// Leases by worktree: concurrent steps of this process on one worktree
+/// share its user (two users cannot both own the tree).
+static BY_WORKTREE: Mutex<Vec<(PathBuf, std::sync::Weak<UserLease>)>> = Mutex::new(Vec::new());
+
+/// The dedicated user of one step: leased at its first subprocess (or
+/// scratch file), shared by the worker's and the host's commands (and by
+/// other steps on the same worktree), released when the last step using it
+/// wrote its record.
+#[derive(Debug, Default)]
+pub struct StepUser {
+    lease: Mutex<Option<std::sync::Arc<UserLease>>>,
+}
+
+impl StepUser {
+    /// The step's lease; on first use, lease a uid (or join the one of
+    /// another step on the same worktree, the first of `trees`) and lend it
+    /// `trees`.
+    pub fn lease(
+        &self,
+        config: &SandboxConfig,
+        trees: &[PathBuf],
+    ) -> Result<std::sync::Arc<UserLease>, String> {
+        let mut slot = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        let lease = match &*slot {
+            Some(lease) => lease.clone(),
+            None => {
+                let key = trees.first().cloned().unwrap_or_default();
+                let mut shared = BY_WORKTREE.lock().unwrap_or_else(|p| p.into_inner());
+                shared.retain(|(_, weak)| weak.strong_count() > 0);
+                let existing = shared
+                    .iter()
+                    .find(|(tree, _)| *tree == key)
+                    .and_then(|(_, weak)| weak.upgrade());
+                let lease = match existing {
+                    Some(lease) => lease,
+                    None => {
+                        let lease = std::sync::Arc::new(UserLease::acquire(config)?);
+                        shared.push((key, std::sync::Arc::downgrade(&lease)));
+                        lease
+                    }
+                };
+                *slot = Some(lease.clone());
+                lease
+            }
+        };
+        for tree in trees {
+            lease.lend(tree)?;
+        }
+        Ok(lease)
+    }
+
+    /// The leased uid, if any.
+    pub fn uid(&self) -> Option<u32> {
+        self.lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|l| l.user().uid)
+    }
+
+    /// This step is done with the user. When no other step shares it, its
+    /// processes are killed, its trees handed back and the uid freed.
+    pub fn release(&self) {
+        let lease = self
+            .lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // Dropping the last reference releases it (see `Drop`). The
+        // registry is locked meanwhile so no step joins a lease being
+        // released.
+        let _registry = BY_WORKTREE.lock().unwrap_or_else(|p| p.into_inner());
+        drop(lease);
+    }
+}
