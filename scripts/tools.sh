@@ -2,11 +2,18 @@
 # idempotently, outside the repository's tracked files.
 #   - the wasm32-wasip2 Rust target (worker kinds are WASI 0.2 components);
 #   - the Codex CLI (npm `@openai/codex`, pinned) into a cache outside the
-#     repository ($BAA_TOOLS_DIR, default ~/.cache/baa-runner), shared by clones.
+#     repository, shared by clones: $BAA_TOOLS_DIR, else /var/cache/baa-runner
+#     as root (the sandbox's dedicated users must reach the binary, and root's
+#     home is closed to them), else ~/.cache/baa-runner.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CODEX_VERSION="0.169.0"
-TOOLS_DIR="${BAA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/baa-runner}"
+if [ "$(id -u)" = 0 ]; then
+    DEFAULT_TOOLS_DIR=/var/cache/baa-runner
+else
+    DEFAULT_TOOLS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/baa-runner"
+fi
+TOOLS_DIR="${BAA_TOOLS_DIR:-$DEFAULT_TOOLS_DIR}"
 CODEX_PREFIX="$TOOLS_DIR/codex-$CODEX_VERSION"
 
 ensure_wasm_target() {

@@ -243,15 +243,15 @@ impl Default for RunnerConfig {
             .filter(|p| std::path::Path::new(p).is_absolute())
             .unwrap_or_else(|| "codex".into());
         let mut codex_grant = grant(
-                &[codex.as_str()],
-                &[
-                    "CODEX_HOME",
-                    "OPENAI_API_KEY",
-                    "OPENAI_BASE_URL",
-                    "BAA_CODEX_API_KEY",
-                ],
-                true,
-            );
+            &[codex.as_str()],
+            &[
+                "CODEX_HOME",
+                "OPENAI_API_KEY",
+                "OPENAI_BASE_URL",
+                "BAA_CODEX_API_KEY",
+            ],
+            true,
+        );
         // Its model provider over HTTPS, and its own sandbox for the
         // commands it runs.
         codex_grant.tcp_connect = vec![443];

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use baa_launch::{Applied, LaunchSpec, Probe};
 use landlock::{
@@ -36,6 +36,15 @@ pub struct Prepared {
     envp: Vec<CString>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     user: Option<baa_launch::User>,
+    /// Private directories to mount: (source, mount point).
+    private: Vec<(CString, CString)>,
+    /// Trees under those mount points the child must still see: (path, is
+    /// a directory).
+    expose: Vec<(CString, bool)>,
+    /// The worktree and the cwd beneath it, resolved again inside a new
+    /// mount namespace (a directory opened outside it is unreachable).
+    worktree: PathBuf,
+    rel_cwd: PathBuf,
     ruleset: Option<RulesetCreated>,
     filters: Vec<BpfProgram>,
     pub applied: Applied,
@@ -158,6 +167,43 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     };
     let filters = filters(&spec.seccomp).map_err(|e| ("seccomp", e))?;
     let user = spec.user;
+    let mut private = Vec::new();
+    let mut targets: Vec<&Path> = Vec::new();
+    if let Some(dir) = &spec.private_dirs {
+        for (target, sub) in baa_launch::PRIVATE_DIRS {
+            let source = dir.join(sub);
+            if Path::new(target).is_dir() && source.is_dir() {
+                targets.push(Path::new(target));
+                private.push((
+                    cstring(source.as_os_str().as_bytes(), "privateDirs")?,
+                    cstring(target.as_bytes(), "privateDirs")?,
+                ));
+            }
+        }
+    }
+    let mut expose = Vec::new();
+    if !targets.is_empty() {
+        let l = &spec.landlock;
+        let mut seen: Vec<&Path> = Vec::new();
+        for path in l
+            .read
+            .iter()
+            .chain(&l.write)
+            .chain([&spec.worktree, &spec.program])
+        {
+            if !targets.iter().any(|t| path.starts_with(t) && path != t) {
+                continue;
+            }
+            if seen.iter().any(|s| path.starts_with(s)) {
+                continue;
+            }
+            seen.push(path);
+            if path.exists() {
+                let c = cstring(path.as_os_str().as_bytes(), "a path")?;
+                expose.push((c, path.is_dir()));
+            }
+        }
+    }
     Ok(Prepared {
         program,
         program_path,
@@ -166,6 +212,10 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         envp,
         rlimits,
         user,
+        private,
+        expose,
+        worktree: spec.worktree.clone(),
+        rel_cwd: spec.cwd.clone(),
         ruleset,
         filters,
         applied: Applied {
@@ -173,8 +223,12 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
             landlock: String::new(),
             seccomp: true,
             no_new_privs: true,
-            uid: user.map(|u| u.uid).unwrap_or_else(|| unsafe { libc::geteuid() }),
-            gid: user.map(|u| u.gid).unwrap_or_else(|| unsafe { libc::getegid() }),
+            uid: user
+                .map(|u| u.uid)
+                .unwrap_or_else(|| unsafe { libc::geteuid() }),
+            gid: user
+                .map(|u| u.gid)
+                .unwrap_or_else(|| unsafe { libc::getegid() }),
         },
     })
 }
@@ -182,9 +236,12 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
 fn ruleset(spec: &LaunchSpec) -> Result<RulesetCreated, String> {
     let abi = ABI_TARGET;
     let err = |e: landlock::RulesetError| e.to_string();
-    let mut ruleset = Ruleset::default()
-        .handle_access(AccessFs::from_all(abi))
-        .map_err(err)?;
+    let mut ruleset = Ruleset::default();
+    if spec.landlock.filesystem {
+        ruleset = ruleset
+            .handle_access(AccessFs::from_all(abi))
+            .map_err(err)?;
+    }
     if spec.landlock.tcp_connect.is_some() {
         ruleset = ruleset
             .handle_access(AccessNet::from_all(abi))
@@ -201,6 +258,9 @@ fn ruleset(spec: &LaunchSpec) -> Result<RulesetCreated, String> {
         (&spec.landlock.devices, AccessFs::from_file(abi)),
     ];
     for (paths, access) in groups {
+        if !spec.landlock.filesystem {
+            break;
+        }
         for path in paths {
             let fd = match PathFd::new(path) {
                 Ok(fd) => fd,
@@ -327,6 +387,11 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
     if spec.inet {
         families.extend([libc::AF_INET, libc::AF_INET6]);
     }
+    if spec.nested_sandbox {
+        // bubblewrap brings up the loopback of the network namespace it
+        // creates over netlink.
+        families.push(libc::AF_NETLINK);
+    }
     let conditions = families
         .iter()
         .map(|f| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *f as u64))
@@ -404,6 +469,69 @@ pub fn exec(mut p: Prepared) -> Failure {
                 return ("rlimits", format!("setrlimit({resource}): {}", errno()));
             }
         }
+        if !p.private.is_empty() {
+            // A mount namespace whose changes do not propagate back, with
+            // the step's own directories as /tmp and the like.
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return ("private-dirs", format!("a mount namespace: {}", errno()));
+            }
+            // Held open (in this namespace) across hiding the real /tmp.
+            let mut sources = Vec::new();
+            for (path, is_dir) in &p.expose {
+                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return ("private-dirs", format!("{path:?}: {}", errno()));
+                }
+                sources.push((OwnedFd::from_raw_fd(fd), path, *is_dir));
+            }
+            for (source, target) in &p.private {
+                if libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return (
+                        "private-dirs",
+                        format!("mounting a private {target:?}: {}", errno()),
+                    );
+                }
+            }
+            // What the child needs from the real /tmp (its worktree, say),
+            // bound back at the same paths.
+            for (fd, path, is_dir) in &sources {
+                if let Err(e) = make_mount_point(path, *is_dir) {
+                    return ("private-dirs", format!("{path:?}: {e}"));
+                }
+                let source = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
+                if libc::mount(
+                    source.as_ptr().cast(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return ("private-dirs", format!("binding {path:?}: {}", errno()));
+                }
+            }
+            let cwd = open(&p.worktree, libc::O_PATH | libc::O_DIRECTORY)
+                .and_then(|root| open_beneath(&root, &p.rel_cwd));
+            match cwd {
+                Ok(cwd) => p.cwd = cwd,
+                Err(e) => return ("cwd", format!("in the private /tmp namespace: {e}")),
+            }
+        }
         if let Some(user) = p.user {
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setresgid(user.gid, user.gid, user.gid) != 0
@@ -411,7 +539,12 @@ pub fn exec(mut p: Prepared) -> Failure {
             {
                 return (
                     "user",
-                    format!("cannot become uid {} gid {}: {}", user.uid, user.gid, errno()),
+                    format!(
+                        "cannot become uid {} gid {}: {}",
+                        user.uid,
+                        user.gid,
+                        errno()
+                    ),
                 );
             }
         }
@@ -462,6 +595,45 @@ pub fn exec(mut p: Prepared) -> Failure {
         }
         ("exec", first.to_string())
     }
+}
+
+/// Create `path` (and its parents) as a directory or an empty file to mount on.
+fn make_mount_point(path: &CString, is_dir: bool) -> std::io::Result<()> {
+    let bytes = path.as_bytes();
+    let mut prefix = Vec::new();
+    let parts: Vec<&[u8]> = bytes
+        .split(|b| *b == b'/')
+        .filter(|p| !p.is_empty())
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        prefix.push(b'/');
+        prefix.extend_from_slice(part);
+        let c = CString::new(prefix.clone())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let last = i + 1 == parts.len();
+        // SAFETY: `c` is a valid C string; results are checked.
+        let rc = unsafe {
+            if last && !is_dir {
+                let fd = libc::open(
+                    c.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o600,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                    0
+                } else {
+                    -1
+                }
+            } else {
+                libc::mkdir(c.as_ptr(), 0o755)
+            }
+        };
+        if rc != 0 && errno().raw_os_error() != Some(libc::EEXIST) {
+            return Err(errno());
+        }
+    }
+    Ok(())
 }
 
 /// What this machine can enforce.

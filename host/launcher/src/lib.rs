@@ -17,6 +17,15 @@ pub const LIFELINE_FD: i32 = 4;
 /// Exit status of the launcher when it could not start the program.
 pub const SETUP_FAILED: i32 = 125;
 
+/// The directories every user may write, replaced by private ones when
+/// [`LaunchSpec::private_dirs`] is set: (mount point, subdirectory).
+pub const PRIVATE_DIRS: &[(&str, &str)] = &[
+    ("/tmp", "tmp"),
+    ("/var/tmp", "var-tmp"),
+    ("/dev/shm", "shm"),
+    ("/run/lock", "run-lock"),
+];
+
 /// How one subprocess is launched and confined. Built by the host after its
 /// policy check; the launcher applies all of it or refuses to run the program.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +42,12 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     /// Run as this unprivileged user (the host runs as root).
     pub user: Option<User>,
+    /// Give the child private shared-writable directories, in a mount
+    /// namespace of its own: `<dir>/tmp`, `var-tmp`, `shm` and `run-lock`
+    /// are bind-mounted over `/tmp`, `/var/tmp`, `/dev/shm` and `/run/lock`
+    /// (needs root; used with `user`).
+    #[serde(default)]
+    pub private_dirs: Option<PathBuf>,
     pub rlimits: Rlimits,
     pub landlock: LandlockSpec,
     pub seccomp: SeccompSpec,
@@ -69,6 +84,10 @@ pub struct LandlockSpec {
     /// Refuse to run the program when the kernel cannot enforce Landlock
     /// file-system rules (the operator did not opt out).
     pub required: bool,
+    /// Enforce the file-system rules. Off for programs that sandbox their
+    /// own children with mount namespaces (bubblewrap), which a Landlock
+    /// file-system domain forbids; the network rules and scopes still apply.
+    pub filesystem: bool,
     /// Trees the child may read and execute.
     pub read: Vec<PathBuf>,
     /// Trees the child may read, write, create in and remove from.

@@ -84,11 +84,7 @@ pub fn run(spec: LaunchSpec) -> ! {
         let line = format!("{stage}\n{message}");
         // SAFETY: writing a local buffer to our own pipe, then exiting.
         unsafe {
-            libc::write(
-                err_write.as_raw_fd(),
-                line.as_ptr().cast(),
-                line.len(),
-            );
+            libc::write(err_write.as_raw_fd(), line.as_ptr().cast(), line.len());
             libc::_exit(SETUP_FAILED);
         }
     }

@@ -26,7 +26,7 @@ pub struct GitDiff {
 
 /// Options that keep git from running programs or hooks configured in the
 /// (worker-writable) repository while the host snapshots it.
-const SAFE_GIT: &[&str] = &[
+pub const SAFE_GIT: &[&str] = &[
     "-c",
     "core.fsmonitor=false",
     "-c",
@@ -77,7 +77,10 @@ pub async fn git_diff(
     .trim()
     .to_string();
     let real_index = Path::new(&plan.worktree_path).join(&index_path);
-    let temp_index = scratch.join(format!("baa-snapshot-index-{}", std::process::id()));
+    // Steps on one worktree may share a scratch directory: one name each.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp_index = scratch.join(format!("baa-snapshot-index-{}-{n}", std::process::id()));
     // Starting from a copy of the real index only saves git re-reading
     // files; copy it only when it really lies inside the worktree (a worker
     // may have pointed `.git` anywhere).

@@ -13,10 +13,10 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::prepare::PreparedStepRun;
 use super::RunnerShared;
-use crate::capabilities::subprocess::policy::CHILD_PATH;
 use crate::capabilities::subprocess::launcher;
-use crate::capabilities::subprocess::user::dedicated as dedicated_user;
 use crate::capabilities::subprocess::policy::Network;
+use crate::capabilities::subprocess::policy::CHILD_PATH;
+use crate::capabilities::subprocess::user::dedicated as dedicated_user;
 use crate::capabilities::subprocess::{Confinement, Denial, ExecPolicy, Setup, Subprocesses};
 use crate::config::KindGrant;
 use crate::contracts::{
@@ -52,8 +52,7 @@ pub(crate) fn step_subprocesses(
         base_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     let user = dedicated_user(&config.sandbox)?.then(|| prepared.sandbox_user.clone());
-    let mut lend = vec![prepared.worktree().to_path_buf()];
-    lend.extend(policy.write_paths().iter().cloned());
+    let lend = vec![prepared.worktree().to_path_buf()];
     let confinement = Confinement {
         sandbox: config.sandbox.clone(),
         home: prepared.log_paths.home_dir.clone().into(),

@@ -117,8 +117,9 @@ impl Runner {
         if crate::capabilities::subprocess::user::dedicated(&self.shared.config.sandbox)
             .unwrap_or(false)
         {
-            report.handed_back =
-                crate::capabilities::subprocess::user::recover_abandoned(&self.shared.config.sandbox);
+            report.handed_back = crate::capabilities::subprocess::user::recover_abandoned(
+                &self.shared.config.sandbox,
+            );
         }
         report
     }

@@ -98,7 +98,12 @@ fn git_diff_plan(request: &StepExecutionRequest, worktree: &Path) -> Option<GitD
         Some(base) => base.clone(),
         None => {
             let git = crate::capabilities::subprocess::policy::resolve_program("git").ok()?;
+            // The tree may be lent to another step's sandbox user right now:
+            // its owner is not ours, and that is expected.
             let out = std::process::Command::new(git)
+                .args(crate::checkpoints::snapshot::SAFE_GIT)
+                .arg("-c")
+                .arg(format!("safe.directory={}", worktree.display()))
                 .args(["rev-parse", "--verify", "-q", "HEAD"])
                 .current_dir(worktree)
                 .env_clear()

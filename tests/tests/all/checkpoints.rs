@@ -349,7 +349,17 @@ async fn thirty_two_concurrent_runs_lose_and_duplicate_no_record() {
         let history = StepHistory::load(step_dir, 0);
         assert!(history.corrupt.is_empty(), "{:?}", history.corrupt);
         let seqs: Vec<u32> = history.records.iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{dir}");
+        assert_eq!(
+            seqs,
+            (1..=6).collect::<Vec<_>>(),
+            "{dir}: {:?}",
+            baa_runner_tests::read_lifecycle(Path::new(&dir).join("logs/lifecycle.jsonl"))
+                .iter()
+                .filter(|e| e["event"].as_str().unwrap().starts_with("checkpoint")
+                    || e["event"].as_str().unwrap().starts_with("subprocess"))
+                .map(|e| e["message"].to_string())
+                .collect::<Vec<_>>()
+        );
         let summaries: Vec<&str> = history
             .records
             .iter()
@@ -421,7 +431,10 @@ async fn a_step_killed_mid_run_is_recovered_and_resumed_from_its_last_checkpoint
 
     let report = crate::runner().recover(&sandbox.runs);
     assert_eq!(report.recovered.len(), 1, "{report:?}");
-    assert!(report.recovered[0].killed_processes.is_empty(), "{report:?}");
+    assert!(
+        report.recovered[0].killed_processes.is_empty(),
+        "{report:?}"
+    );
     assert_eq!(report.recovered[0].last_checkpoint_seq, 1);
     let state = read_json(run_dir.join("state.json"));
     assert_eq!(state["status"], "interrupted");

@@ -16,6 +16,13 @@ fn codex_runner(sandbox: &Sandbox, model: &MockModel) -> Runner {
     let mut grant: KindGrant = config.grant("codex");
     grant.programs = vec![codex_binary().display().to_string()];
     grant.write_paths = vec![sandbox.dir.path().join("codex-home")];
+    // The npm package's native binary reads files beside its directory.
+    grant.read_paths = codex_binary()
+        .ancestors()
+        .nth(3)
+        .map(|p| p.to_path_buf())
+        .into_iter()
+        .collect();
     grant.tcp_connect = vec![model.port];
     config.kinds.insert("codex".into(), grant);
     Runner::new(config).unwrap()

@@ -33,7 +33,7 @@ pub struct Confinement {
     pub home: PathBuf,
     /// The step's dedicated user, when the host runs as root.
     pub user: Option<Arc<StepUser>>,
-    /// Trees lent to the dedicated user: the worktree and write paths.
+    /// Trees lent to the dedicated user: the worktree first.
     pub lend: Vec<PathBuf>,
     pub probe: Probe,
 }
@@ -53,10 +53,15 @@ pub struct Launch<'a> {
 }
 
 impl Confinement {
-    /// The step's dedicated user (leased now if this is its first use).
-    pub fn lease(&self) -> Result<Option<Arc<UserLease>>, String> {
+    /// The step's dedicated user (leased now if this is its first use),
+    /// lent the worktree and `also` (the kind's write paths).
+    pub fn lease(&self, also: &[PathBuf]) -> Result<Option<Arc<UserLease>>, String> {
         match &self.user {
-            Some(user) => user.lease(&self.sandbox, &self.lend).map(Some),
+            Some(user) => {
+                let mut trees = self.lend.clone();
+                trees.extend(also.iter().cloned());
+                user.lease(&self.sandbox, &trees).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -93,6 +98,14 @@ impl Confinement {
             launch.worktree.to_path_buf(),
             self.home(lease).to_path_buf(),
         ];
+        // A bind mount's root is where Landlock's walk up the tree leaves
+        // it: each private directory needs a rule of its own.
+        if let Some(lease) = lease {
+            for (_, sub) in baa_launch::PRIVATE_DIRS {
+                write.push(lease.home().join(sub));
+            }
+        }
+        let nested = launch.for_worker && launch.policy.nested_sandbox();
         write.extend(launch.policy.write_paths().iter().cloned());
         LaunchSpec {
             program: launch.program.to_path_buf(),
@@ -100,6 +113,11 @@ impl Confinement {
             worktree: launch.worktree.to_path_buf(),
             cwd: launch.cwd.to_path_buf(),
             user: lease.map(|u| u.user()),
+            // What every user may write (/tmp, /var/tmp, /dev/shm,
+            // /run/lock) becomes the step's own: programs that ignore TMPDIR
+            // stay inside, and nothing is left behind (a mount namespace
+            // needs the root a lease implies).
+            private_dirs: lease.map(|l| l.home().to_path_buf()),
             rlimits: Rlimits {
                 cpu_seconds: Some(s.cpu_seconds.unwrap_or(launch.seconds_left.max(1))),
                 address_space_bytes: s.address_space_mib.map(|m| m * MIB),
@@ -111,6 +129,11 @@ impl Confinement {
             },
             landlock: LandlockSpec {
                 required: s.landlock == LandlockMode::Required,
+                // A kind whose program sandboxes its own children with mount
+                // namespaces cannot live in a Landlock file-system domain
+                // (it forbids mounts): its files are confined by the
+                // dedicated user and the private directories instead.
+                filesystem: !nested,
                 read,
                 write,
                 devices: DEVICES.iter().map(PathBuf::from).collect(),
@@ -122,7 +145,7 @@ impl Confinement {
             },
             seccomp: SeccompSpec {
                 inet: network != Network::None,
-                nested_sandbox: launch.for_worker && launch.policy.nested_sandbox(),
+                nested_sandbox: nested,
             },
             kill_grace_ms: s.kill_grace_ms,
         }

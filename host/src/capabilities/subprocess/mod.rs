@@ -197,7 +197,7 @@ impl Subprocesses {
         let lease = self
             .setup
             .confinement
-            .lease()
+            .lease(self.policy.write_paths())
             .map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
         Ok(self.setup.confinement.home(lease.as_deref()).join("tmp"))
     }
@@ -336,8 +336,19 @@ impl Subprocesses {
         for_worker: bool,
     ) -> Result<ProcessHandle, SpawnError> {
         let confinement = &self.setup.confinement;
-        let lease = confinement.lease().map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
+        let lease = confinement
+            .lease(self.policy.write_paths())
+            .map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
         if let Some(lease) = &lease {
+            // A program the user cannot reach would start (the launcher opens
+            // it as root) but fail as soon as it looks at its own path.
+            if let Err(why) = user::check_reachable(program, lease.user()) {
+                let grant = Some(format!(
+                    "install `{}` where every user can reach it",
+                    program.display()
+                ));
+                return Err(SpawnError::Denied(self.refuse(&cmd, why, grant)));
+            }
             // Files the worker created through WASI belong to the host.
             lease.sync().map_err(SpawnError::Io)?;
         }
@@ -349,15 +360,18 @@ impl Subprocesses {
         let rel_cwd = cwd
             .strip_prefix(&self.setup.worktree)
             .unwrap_or(Path::new(""));
-        let spec = confinement.spec(&confinement::Launch {
-            program,
-            args: &cmd.args,
-            worktree: &self.setup.worktree,
-            cwd: rel_cwd,
-            policy: &self.policy,
-            for_worker,
-            seconds_left: deadline.saturating_duration_since(Instant::now()).as_secs() + 1,
-        }, lease.as_deref());
+        let spec = confinement.spec(
+            &confinement::Launch {
+                program,
+                args: &cmd.args,
+                worktree: &self.setup.worktree,
+                cwd: rel_cwd,
+                policy: &self.policy,
+                for_worker,
+                seconds_left: deadline.saturating_duration_since(Instant::now()).as_secs() + 1,
+            },
+            lease.as_deref(),
+        );
         let launched = match launcher::launch(&spec, &env, cmd.stdin.is_some()).await {
             Ok(launched) => launched,
             Err(refusal) => {

@@ -231,7 +231,9 @@ impl ExecPolicy {
         args: &[String],
         env: &[(String, String)],
     ) -> Result<Allowed, Denied> {
-        let grant_program = |name: &str| Some(format!("programs = [\"{name}\"] under [kinds.<kind>] in the config file (the kind must also request it)"));
+        let grant_program = |name: &str| {
+            Some(format!("programs = [\"{name}\"] under [kinds.<kind>] in the config file (the kind must also request it)"))
+        };
         let path = if program.contains('/') {
             let candidate = Path::new(program);
             self.programs

@@ -97,7 +97,8 @@ impl UserLease {
     }
 
     fn record_path(&self) -> PathBuf {
-        self.state_dir.join(format!("uid-{}.lent.json", self.user.uid))
+        self.state_dir
+            .join(format!("uid-{}.lent.json", self.user.uid))
     }
 
     /// A previous holder died: kill what it left and hand its trees back.
@@ -121,8 +122,14 @@ impl UserLease {
         if home.exists() {
             std::fs::remove_dir_all(home).map_err(io(home.display()))?;
         }
-        std::fs::create_dir_all(home.join("tmp")).map_err(io(home.display()))?;
-        for dir in [home.clone(), home.join("tmp")] {
+        let mut dirs = vec![home.clone()];
+        dirs.extend(
+            baa_launch::PRIVATE_DIRS
+                .iter()
+                .map(|(_, sub)| home.join(sub)),
+        );
+        for dir in dirs {
+            std::fs::create_dir_all(&dir).map_err(io(dir.display()))?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io(dir.display()))?;
             rustix::fs::chown(
@@ -197,7 +204,7 @@ impl Drop for UserLease {
 }
 
 /// Every directory from `/` down to `path` must let `user` search it.
-fn check_reachable(path: &Path, user: User) -> Result<(), String> {
+pub fn check_reachable(path: &Path, user: User) -> Result<(), String> {
     for dir in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
         let meta = std::fs::metadata(dir).map_err(io(dir.display()))?;
         let mode = meta.mode();
@@ -208,7 +215,7 @@ fn check_reachable(path: &Path, user: User) -> Result<(), String> {
         } else {
             mode & 0o001 != 0
         };
-        if !searchable && dir != path {
+        if !searchable && dir != path && meta.is_dir() {
             return Err(format!(
                 "the sandbox user (uid {}) cannot reach {}: {} has mode {:o}; make it searchable (chmod o+x {}) or set [sandbox] user = \"current\"",
                 user.uid,
@@ -427,11 +434,7 @@ impl StepUser {
     /// This step is done with the user. When no other step shares it, its
     /// processes are killed, its trees handed back and the uid freed.
     pub fn release(&self) {
-        let lease = self
-            .lease
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
         // Dropping the last reference releases it (see `Drop`). The
         // registry is locked meanwhile so no step joins a lease being
         // released.
