@@ -5,6 +5,7 @@
 mod checkpoints;
 mod cli;
 mod codex;
+mod confinement;
 mod fuzz;
 mod git;
 mod hostile;

@@ -28,6 +28,7 @@ impl Worker for Probe {
         .program("true")
         .program("touch")
         .program("sh")
+        .program("python3")
         .env("PROBE_VAR")
     }
 
