@@ -445,6 +445,38 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
 
 /// In the forked child: confine, then exec. Returns only on failure.
 pub fn exec(mut p: Prepared) -> Failure {
+    if let Err(failure) = apply(&mut p) {
+        return failure;
+    }
+    // SAFETY: plain system calls on values prepared before the fork.
+    unsafe {
+        let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        libc::execveat(
+            p.program.as_raw_fd(),
+            c"".as_ptr(),
+            argv.as_ptr().cast(),
+            envp.as_ptr().cast(),
+            libc::AT_EMPTY_PATH,
+        );
+        let first = errno();
+        // A script cannot be run from a descriptor that closes at exec: run
+        // it by its path instead.
+        if first.raw_os_error() == Some(libc::ENOENT) {
+            libc::execve(
+                p.program_path.as_ptr(),
+                argv.as_ptr().cast(),
+                envp.as_ptr().cast(),
+            );
+        }
+        ("exec", first.to_string())
+    }
+}
+
+/// In the forked child: apply every confinement of `p` to this process.
+pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
     // SAFETY (whole function): the child is single-threaded (the launcher
     // never starts threads); every call is a plain system call on values
     // prepared before the fork.
@@ -466,7 +498,7 @@ pub fn exec(mut p: Prepared) -> Failure {
                 rlim_max: hard,
             };
             if libc::setrlimit(*resource, &limit) != 0 {
-                return ("rlimits", format!("setrlimit({resource}): {}", errno()));
+                return Err(("rlimits", format!("setrlimit({resource}): {}", errno())));
             }
         }
         if !p.private.is_empty() {
@@ -481,14 +513,14 @@ pub fn exec(mut p: Prepared) -> Failure {
                     std::ptr::null(),
                 ) != 0
             {
-                return ("private-dirs", format!("a mount namespace: {}", errno()));
+                return Err(("private-dirs", format!("a mount namespace: {}", errno())));
             }
             // Held open (in this namespace) across hiding the real /tmp.
             let mut sources = Vec::new();
             for (path, is_dir) in &p.expose {
                 let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
                 if fd < 0 {
-                    return ("private-dirs", format!("{path:?}: {}", errno()));
+                    return Err(("private-dirs", format!("{path:?}: {}", errno())));
                 }
                 sources.push((OwnedFd::from_raw_fd(fd), path, *is_dir));
             }
@@ -501,17 +533,17 @@ pub fn exec(mut p: Prepared) -> Failure {
                     std::ptr::null(),
                 ) != 0
                 {
-                    return (
+                    return Err((
                         "private-dirs",
                         format!("mounting a private {target:?}: {}", errno()),
-                    );
+                    ));
                 }
             }
             // What the child needs from the real /tmp (its worktree, say),
             // bound back at the same paths.
             for (fd, path, is_dir) in &sources {
                 if let Err(e) = make_mount_point(path, *is_dir) {
-                    return ("private-dirs", format!("{path:?}: {e}"));
+                    return Err(("private-dirs", format!("{path:?}: {e}")));
                 }
                 let source = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
                 if libc::mount(
@@ -522,14 +554,14 @@ pub fn exec(mut p: Prepared) -> Failure {
                     std::ptr::null(),
                 ) != 0
                 {
-                    return ("private-dirs", format!("binding {path:?}: {}", errno()));
+                    return Err(("private-dirs", format!("binding {path:?}: {}", errno())));
                 }
             }
             let cwd = open(&p.worktree, libc::O_PATH | libc::O_DIRECTORY)
                 .and_then(|root| open_beneath(&root, &p.rel_cwd));
             match cwd {
                 Ok(cwd) => p.cwd = cwd,
-                Err(e) => return ("cwd", format!("in the private /tmp namespace: {e}")),
+                Err(e) => return Err(("cwd", format!("in the private /tmp namespace: {e}"))),
             }
         }
         if let Some(user) = p.user {
@@ -537,7 +569,7 @@ pub fn exec(mut p: Prepared) -> Failure {
                 || libc::setresgid(user.gid, user.gid, user.gid) != 0
                 || libc::setresuid(user.uid, user.uid, user.uid) != 0
             {
-                return (
+                return Err((
                     "user",
                     format!(
                         "cannot become uid {} gid {}: {}",
@@ -545,18 +577,18 @@ pub fn exec(mut p: Prepared) -> Failure {
                         user.gid,
                         errno()
                     ),
-                );
+                ));
             }
         }
         if libc::fchdir(p.cwd.as_raw_fd()) != 0 {
-            return ("cwd", format!("fchdir: {}", errno()));
+            return Err(("cwd", format!("fchdir: {}", errno())));
         }
         // Every descriptor but stdio closes at exec (ours included).
         if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
-            return ("descriptors", format!("close_range: {}", errno()));
+            return Err(("descriptors", format!("close_range: {}", errno())));
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return ("no-new-privs", errno().to_string());
+            return Err(("no-new-privs", errno().to_string()));
         }
         if let Some(ruleset) = p.ruleset.take() {
             match ruleset.restrict_self() {
@@ -568,33 +600,16 @@ pub fn exec(mut p: Prepared) -> Failure {
                     }
                     .into()
                 }
-                Err(e) => return ("landlock", e.to_string()),
+                Err(e) => return Err(("landlock", e.to_string())),
             }
         }
         for filter in &p.filters {
             if let Err(e) = seccompiler::apply_filter(filter) {
-                return ("seccomp", e.to_string());
+                return Err(("seccomp", e.to_string()));
             }
         }
-        let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
-        let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
-        envp.push(std::ptr::null());
-        libc::execveat(
-            p.program.as_raw_fd(),
-            c"".as_ptr(),
-            argv.as_ptr().cast(),
-            envp.as_ptr().cast(),
-            libc::AT_EMPTY_PATH,
-        );
-        let first = errno();
-        // A script cannot be run from a descriptor that closes at exec: run
-        // it by its path instead.
-        if first.raw_os_error() == Some(libc::ENOENT) {
-            libc::execve(p.program_path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        }
-        ("exec", first.to_string())
     }
+    Ok(())
 }
 
 /// Create `path` (and its parents) as a directory or an empty file to mount on.
@@ -671,4 +686,92 @@ pub fn probe() -> Probe {
         // SAFETY: geteuid cannot fail.
         euid: unsafe { libc::geteuid() },
     }
+}
+
+/// `baa-launch --self-test SPEC`: confine this process as `spec` says, then
+/// try what a confined program must not do (and what it must be able to),
+/// and report each attempt.
+pub fn self_test(spec: &LaunchSpec) -> Result<Vec<baa_launch::Check>, Failure> {
+    let mut p = prepare(spec)?;
+    apply(&mut p)?;
+    let network =
+        !matches!(&spec.landlock.tcp_connect, Some(ports) if ports.is_empty()) || spec.seccomp.inet;
+    let mut checks = Vec::new();
+    let mut check = |name: &str, expect_allowed: bool, rc: i64| {
+        let error = (rc < 0).then(|| errno().to_string());
+        checks.push(baa_launch::Check {
+            name: name.to_string(),
+            expected: if expect_allowed { "allowed" } else { "denied" }.into(),
+            outcome: match &error {
+                None => "allowed".into(),
+                Some(e) => format!("denied ({e})"),
+            },
+            ok: error.is_none() == expect_allowed,
+        });
+    };
+    // SAFETY: plain system calls on local values; descriptors are closed.
+    unsafe {
+        let open_rc = |path: &std::ffi::CStr, flags: i32| {
+            let fd = libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o600);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            fd as i64
+        };
+        check(
+            "read system files (/usr)",
+            true,
+            open_rc(c"/usr", libc::O_RDONLY | libc::O_DIRECTORY),
+        );
+        let rc = open_rc(c"./.baa-self-test", libc::O_CREAT | libc::O_WRONLY);
+        libc::unlink(c"./.baa-self-test".as_ptr());
+        check("write the worktree", true, rc);
+        let rc = open_rc(
+            c"/etc/.baa-self-test",
+            libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL,
+        );
+        if rc >= 0 {
+            libc::unlink(c"/etc/.baa-self-test".as_ptr());
+        }
+        check("write outside the worktree (/etc)", false, rc);
+        check(
+            "chmod a system file (/etc/hostname)",
+            false,
+            libc::chmod(c"/etc/hostname".as_ptr(), 0o777) as i64,
+        );
+        for (name, kind) in [
+            ("open a TCP socket", libc::SOCK_STREAM),
+            ("open a UDP socket", libc::SOCK_DGRAM),
+        ] {
+            let fd = libc::socket(libc::AF_INET, kind, 0);
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            check(name, network, fd as i64);
+        }
+        check(
+            "ptrace init",
+            false,
+            libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0),
+        );
+        check("signal init", false, libc::kill(1, 0) as i64);
+        check(
+            "create a user namespace",
+            spec.seccomp.nested_sandbox,
+            libc::unshare(libc::CLONE_NEWUSER) as i64,
+        );
+        let mut params = [0u8; 120];
+        let fd = libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr());
+        if fd >= 0 {
+            libc::close(fd as i32);
+        }
+        check("set up io_uring", false, fd);
+        let mut core = libc::rlimit {
+            rlim_cur: 1,
+            rlim_max: 1,
+        };
+        libc::getrlimit(libc::RLIMIT_CORE, &mut core);
+        check("dump core", false, if core.rlim_max == 0 { -1 } else { 0 });
+    }
+    Ok(checks)
 }

@@ -154,3 +154,15 @@ pub struct Probe {
     pub openat2: bool,
     pub euid: u32,
 }
+
+/// One attempt of `baa-launch --self-test`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    pub name: String,
+    /// `allowed` or `denied`.
+    pub expected: String,
+    /// `allowed` or `denied (<error>)`.
+    pub outcome: String,
+    pub ok: bool,
+}

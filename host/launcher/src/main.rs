@@ -5,8 +5,10 @@
 //! tree (`supervise.rs`).
 //!
 //! Usage: `baa-launch SPEC-JSON` (run by the host, with the report pipe on
-//! descriptor 3 and the lifeline on 4), `baa-launch --probe`, or
-//! `baa-launch --sweep UID` (kill every process of a dedicated user).
+//! descriptor 3 and the lifeline on 4), `baa-launch --probe`,
+//! `baa-launch --self-test SPEC-JSON` (confine itself, try what must be
+//! refused, print the verdicts) or `baa-launch --sweep UID` (kill every
+//! process of a dedicated user).
 
 mod confine;
 mod supervise;
@@ -22,6 +24,26 @@ fn main() {
         Some("--probe") => {
             let probe = confine::probe();
             println!("{}", serde_json::to_string(&probe).unwrap_or_default());
+        }
+        Some("--self-test") => {
+            let spec: LaunchSpec = match args.get(2).map(|s| serde_json::from_str(s)) {
+                Some(Ok(spec)) => spec,
+                _ => {
+                    eprintln!("baa-launch: --self-test needs a launch spec");
+                    std::process::exit(2)
+                }
+            };
+            match confine::self_test(&spec) {
+                Ok(checks) => {
+                    println!("{}", serde_json::to_string(&checks).unwrap_or_default());
+                }
+                Err((stage, message)) => {
+                    eprintln!(
+                        "baa-launch: self-test could not confine itself ({stage}): {message}"
+                    );
+                    std::process::exit(SETUP_FAILED)
+                }
+            }
         }
         Some("--sweep") => {
             let uid = args.get(2).and_then(|u| u.parse::<u32>().ok());

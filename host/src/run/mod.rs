@@ -110,6 +110,15 @@ impl Runner {
         Ok(highest + 1)
     }
 
+    /// Confine a process as `kind`'s subprocesses are and let it try what
+    /// it must not do (`baa-runner sandbox`).
+    pub fn sandbox_self_test(
+        &self,
+        kind: &str,
+    ) -> Result<crate::capabilities::subprocess::confinement::SelfTest, String> {
+        crate::capabilities::subprocess::confinement::self_test(&self.shared.config, kind)
+    }
+
     /// Close every attempt at or below `dir` that a stopped host left
     /// running (see [`recover`]).
     pub fn recover(&self, dir: &Path) -> recover::RecoveryReport {

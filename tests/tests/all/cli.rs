@@ -260,3 +260,32 @@ fn an_oversized_or_broken_request_file_is_bad_input() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sandbox_self_test_proves_the_confinement_on_this_machine() {
+    let probe = baa_runner::capabilities::subprocess::launcher::probe().unwrap();
+    if probe.landlock_abi == 0 || !probe.seccomp {
+        eprintln!("SKIPPED sandbox self-test: this kernel lacks Landlock or seccomp ({probe:?})");
+        return;
+    }
+    let out = cli().args(["sandbox", "--json"]).output().unwrap();
+    assert_exit(&out, 0);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["confined"], true, "{report:#}");
+    assert_eq!(report["probe"]["landlockAbi"], probe.landlock_abi);
+    let checks = report["checks"].as_array().unwrap();
+    let verdict = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["outcome"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(verdict("write outside the worktree (/etc)").starts_with("denied"));
+    assert!(verdict("open a UDP socket").starts_with("denied"));
+    assert!(verdict("write the worktree").starts_with("allowed"));
+    // The human form ends with the verdict.
+    let out = cli().args(["sandbox"]).output().unwrap();
+    assert_exit(&out, 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verdict: confined"));
+}

@@ -80,6 +80,16 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointsCommand,
     },
+    /// Show what this machine enforces on subprocesses and prove it: a
+    /// process confined as KIND's are tries what it must not do. Exit 0 when
+    /// every attempt came out as expected.
+    Sandbox {
+        #[arg(long)]
+        json: bool,
+        /// The worker kind whose grants the confined process gets.
+        #[arg(long, default_value = "shell")]
+        kind: String,
+    },
     /// Close attempts a stopped host left running: kill their processes and
     /// mark them interrupted (DIR: a runs root or any directory below it).
     Recover {
@@ -298,6 +308,17 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 println!("prepared {}", result.log_paths.run_dir);
             }
             Ok(0)
+        }
+        Command::Sandbox { json, kind } => {
+            let report = runner
+                .sandbox_self_test(kind)
+                .map_err(|e| anyhow::anyhow!("the sandbox self-test could not run: {e}"))?;
+            if *json {
+                print_json(&report)?;
+            } else {
+                render::self_test(&report);
+            }
+            Ok(if report.confined { 0 } else { EXIT_FAILED })
         }
         Command::Kinds { json } => {
             let tokio = tokio::runtime::Builder::new_current_thread()

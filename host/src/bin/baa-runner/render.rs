@@ -222,3 +222,40 @@ pub fn recovery(report: &RecoveryReport) {
         println!("nothing to recover");
     }
 }
+
+/// `baa-runner sandbox`: what the kernel offers, then each attempt.
+pub fn self_test(report: &baa_runner::capabilities::subprocess::confinement::SelfTest) {
+    let p = &report.probe;
+    let yes = |b: bool| if b { "yes" } else { "NO" };
+    println!(
+        "kernel: Landlock ABI {} (TCP rules: {}, signal scoping: {}), seccomp: {}, openat2: {}",
+        p.landlock_abi,
+        yes(p.landlock_tcp),
+        yes(p.landlock_scopes),
+        yes(p.seccomp),
+        yes(p.openat2)
+    );
+    let c = &report.confinement;
+    println!(
+        "subprocesses: user {} {}, network {}, landlock {}",
+        c["user"]["mode"].as_str().unwrap_or("?"),
+        c["user"]["uid"],
+        c["network"],
+        c["landlock"].as_str().unwrap_or("?"),
+    );
+    for check in &report.checks {
+        println!(
+            "  {} {:<40} expected {:<8} got {}",
+            if check.ok { "ok  " } else { "FAIL" },
+            check.name,
+            check.expected,
+            check.outcome
+        );
+    }
+    if report.confined {
+        println!("verdict: confined");
+    } else {
+        let failed = report.checks.iter().filter(|c| !c.ok).count();
+        println!("verdict: NOT CONFINED ({failed} attempt(s) not as expected)");
+    }
+}

@@ -194,3 +194,69 @@ impl Confinement {
         })
     }
 }
+
+/// What `baa-runner sandbox` reports: what the kernel offers, and the
+/// verdict of a confined process trying what it must not do.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfTest {
+    pub probe: Probe,
+    /// The confinement record of the kind tested (as in run metadata).
+    pub confinement: serde_json::Value,
+    pub checks: Vec<baa_launch::Check>,
+    /// Every check came out as expected.
+    pub confined: bool,
+}
+
+/// Confine a process the way `kind`'s subprocesses are confined under
+/// `config` (in a scratch worktree) and let it try what it must not do.
+pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, String> {
+    let probe = super::launcher::probe()?;
+    let grant = config.grant(kind);
+    let policy = ExecPolicy::intersect(&grant, &grant);
+    let worktree = std::env::temp_dir().join(format!("baa-self-test-{}", std::process::id()));
+    std::fs::create_dir_all(worktree.join("home"))
+        .map_err(|e| format!("{}: {e}", worktree.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&worktree, std::fs::Permissions::from_mode(0o755));
+    let result = (|| {
+        let user = super::user::dedicated(&config.sandbox)?.then(|| Arc::new(StepUser::default()));
+        let confinement = Confinement {
+            sandbox: config.sandbox.clone(),
+            home: worktree.join("home"),
+            user,
+            lend: vec![worktree.clone()],
+            probe: probe.clone(),
+        };
+        let lease = confinement.lease(policy.write_paths())?;
+        let program = PathBuf::from("/bin/true");
+        let spec = confinement.spec(
+            &Launch {
+                program: &program,
+                args: &[],
+                worktree: &worktree,
+                cwd: Path::new(""),
+                policy: &policy,
+                for_worker: true,
+                seconds_left: 10,
+            },
+            lease.as_deref(),
+        );
+        let checks = super::launcher::self_test(&spec)?;
+        let mut record = confinement.record(&policy);
+        if let Some(lease) = &lease {
+            record["user"]["uid"] = lease.user().uid.into();
+        }
+        if let Some(user) = &confinement.user {
+            user.release();
+        }
+        Ok(SelfTest {
+            probe: probe.clone(),
+            confinement: record,
+            confined: checks.iter().all(|c| c.ok),
+            checks,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&worktree);
+    result
+}

@@ -68,6 +68,24 @@ pub fn probe() -> Result<Probe, String> {
         .clone()
 }
 
+/// Run the launcher's self-test under `spec`: it confines itself and tries
+/// what a confined program must not do.
+pub fn self_test(spec: &LaunchSpec) -> Result<Vec<baa_launch::Check>, String> {
+    let json = serde_json::to_string(spec).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(binary()?)
+        .arg("--self-test")
+        .arg(json)
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running the launcher: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("the self-test's report is not valid: {e}"))
+}
+
 /// Kill every process of the dedicated user `uid`.
 pub fn sweep(uid: u32) -> Result<(), String> {
     let status = std::process::Command::new(binary()?)
