@@ -13,6 +13,8 @@ bin="$ROOT/target/debug/baa-runner"
 [ -x "$bin" ] || (cd "$ROOT" && cargo build --workspace --locked)
 
 demo="$(mktemp -d "${TMPDIR:-/tmp}/baa-demo.XXXXXX")"
+# As root, the step's subprocesses run as a dedicated user that must reach it.
+chmod 755 "$demo"
 repo="$demo/repo"
 mkdir -p "$repo"
 git -C "$repo" init -q -b main
@@ -33,11 +35,26 @@ if [ "$kind" = codex ]; then
     model=$!
     trap 'kill $model 2>/dev/null || true' EXIT
     for _ in $(seq 100); do [ -f "$demo/codex-home/config.toml" ] && break; sleep 0.05; done
+    port="$(sed -n 's|.*127.0.0.1:\([0-9]*\)/.*|\1|p' "$demo/codex-home/config.toml")"
+    # The operator's grant: the CLI, its home, its package, TCP to the model only.
+    cat > "$demo/baa.toml" <<TOML
+[kinds.codex]
+programs = ["$BAA_CODEX_BIN"]
+env = ["CODEX_HOME", "BAA_CODEX_API_KEY"]
+network = true
+tcp-connect = [$port]
+nested-sandbox = true
+write-paths = ["$demo/codex-home"]
+read-paths = ["$(dirname "$(dirname "$(dirname "$BAA_CODEX_BIN")")")"]
+TOML
+    config=(--config "$demo/baa.toml")
+else
+    config=()
 fi
 
 echo "==> baa-runner run $demo/request.json"
 status=0
-"$bin" run "$demo/request.json" || status=$?
+"$bin" "${config[@]}" run "$demo/request.json" || status=$?
 echo "==> the run directory:"
 find "$demo/runs" -type f | sort | sed "s|$demo/runs/||"
 exit "$status"

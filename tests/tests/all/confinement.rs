@@ -483,3 +483,18 @@ async fn the_metadata_states_the_confinement_that_applied() {
     assert_eq!(started["data"]["confinement"]["seccomp"], true);
     assert!(events.iter().any(|e| e["event"] == "subprocess.allowed"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_program_inside_the_worktree_never_runs_even_when_granted() {
+    let sandbox = Sandbox::new();
+    let planted = sandbox.repo.join("touch");
+    std::fs::copy("/usr/bin/touch", &planted).unwrap();
+    let (runner, _) = probe_runner_with(&sandbox, grant(&[planted.to_str().unwrap()]), |_| {});
+    let script = format!("spawn {} pwned-by-planted", planted.display());
+    let result = run(&runner, sandbox.request("probe", &script)).await;
+    assert!(!sandbox.repo.join("pwned-by-planted").exists());
+    let stdout = stdout_of(&result);
+    assert!(stdout.contains("inside the worktree"), "{stdout}");
+    // Not something the operator can grant: the step fails, not blocked.
+    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
+}

@@ -260,6 +260,16 @@ impl Subprocesses {
                 )))
             }
         };
+        // A program inside the worktree is the worker's to rewrite: never run
+        // one, whatever the grant says.
+        let canonical = allowed.path.canonicalize().unwrap_or(allowed.path.clone());
+        if canonical.starts_with(&self.setup.worktree) {
+            let why = format!(
+                "program `{}` lies inside the worktree; only programs installed outside it may run",
+                allowed.path.display()
+            );
+            return Err(SpawnError::Denied(self.refuse(&cmd, why, None)));
+        }
         let cwd = match resolve_cwd(&self.setup.worktree, cmd.cwd.as_deref()) {
             Ok(cwd) => cwd,
             Err(why) => return Err(SpawnError::InvalidCwd(self.refuse(&cmd, why, None))),
