@@ -7,7 +7,6 @@
 mod build_support;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 fn main() {
     for (package, path) in
@@ -37,27 +36,17 @@ fn build_launcher() -> PathBuf {
             launcher_dir.join(entry).display()
         );
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--profile=launcher")
-        .arg("-p")
-        .arg("baa-launch")
-        .arg("--bin")
-        .arg("baa-launch")
-        .arg("--manifest-path")
-        .arg(manifest_dir.join("../Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_BUILD_TARGET");
-    if std::env::var_os("CI").is_some() || std::env::var_os("BAA_LOCKED").is_some() {
-        cmd.arg("--locked");
-    }
-    let status = cmd
-        .status()
-        .expect("cannot run cargo to build the baa-launch launcher");
+    let status =
+        build_support::nested_cargo_build(&manifest_dir.join("../Cargo.toml"), &target_dir)
+            .args([
+                "--profile=launcher",
+                "-p",
+                "baa-launch",
+                "--bin",
+                "baa-launch",
+            ])
+            .status()
+            .expect("cannot run cargo to build the baa-launch launcher");
     assert!(status.success(), "building baa-launch failed ({status})");
     let path = target_dir.join("launcher/baa-launch");
     assert!(path.exists(), "{} was not built", path.display());

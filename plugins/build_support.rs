@@ -35,23 +35,8 @@ pub fn build_plugins(packages: &[&str]) -> Vec<(String, PathBuf)> {
         );
     }
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.arg("build")
-        .arg("--release")
-        .arg("--target=wasm32-wasip2")
-        .arg("--manifest-path")
-        .arg(plugins_dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target_dir)
-        // Settings of the outer build that must not leak into the guest build.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_PROFILE_RELEASE_DEBUG");
-    if std::env::var_os("CI").is_some() || std::env::var_os("BAA_LOCKED").is_some() {
-        cmd.arg("--locked");
-    }
+    let mut cmd = nested_cargo_build(&plugins_dir.join("Cargo.toml"), &target_dir);
+    cmd.arg("--release").arg("--target=wasm32-wasip2");
     for package in packages {
         cmd.arg("-p").arg(package);
     }
@@ -76,4 +61,25 @@ pub fn build_plugins(packages: &[&str]) -> Vec<(String, PathBuf)> {
             (package.to_string(), path)
         })
         .collect()
+}
+
+/// `cargo build` of another manifest from a build script, into its own
+/// target directory (the outer build holds the lock of ours), without the
+/// outer build's flags; `--locked` in CI.
+pub fn nested_cargo_build(manifest: &Path, target_dir: &Path) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_PROFILE_RELEASE_DEBUG");
+    if std::env::var_os("CI").is_some() || std::env::var_os("BAA_LOCKED").is_some() {
+        cmd.arg("--locked");
+    }
+    cmd
 }
