@@ -193,6 +193,18 @@ pub struct RunnerConfig {
     /// Confinement of every subprocess.
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Keep compiled worker kinds on disk so later runs load instead of
+    /// compiling (default true).
+    #[serde(default = "yes")]
+    pub compiled_cache: bool,
+    /// Where (default `/var/cache/baa-runner/compiled` as root, else
+    /// `~/.cache/baa-runner/compiled`); it must be writable only by this user.
+    #[serde(default)]
+    pub compiled_cache_dir: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Why a configuration file could not be used.
@@ -206,6 +218,8 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     Parse { path: String, message: String },
+    #[error("config setting `{setting}` cannot be used: {message}")]
+    Setting { setting: String, message: String },
 }
 
 impl Default for RunnerConfig {
@@ -262,6 +276,8 @@ impl Default for RunnerConfig {
             limits: Limits::default(),
             kinds,
             sandbox: SandboxConfig::default(),
+            compiled_cache: true,
+            compiled_cache_dir: None,
         }
     }
 }
@@ -284,6 +300,8 @@ impl RunnerConfig {
             limits: file.limits,
             kinds,
             sandbox: file.sandbox,
+            compiled_cache: file.compiled_cache,
+            compiled_cache_dir: file.compiled_cache_dir,
         })
     }
 

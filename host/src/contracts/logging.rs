@@ -128,6 +128,10 @@ pub struct PluginRecord {
     pub source: String,
     /// SHA-256 of the component bytes, hex.
     pub sha256: String,
+    /// How its machine code was obtained: compiled, or loaded from the
+    /// compiled cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled: Option<String>,
 }
 
 /// Why a step did not complete, machine-readable.

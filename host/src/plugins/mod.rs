@@ -3,6 +3,7 @@
 //! compiled once per runner and checked against the `baa:worker` version.
 
 mod builtin;
+pub mod cache;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,8 @@ pub struct LoadedPlugin {
     pub source: PluginSource,
     pub sha256: String,
     pub component: Component,
+    /// Compiled now, or loaded from the disk cache.
+    pub origin: cache::Origin,
 }
 
 /// The worker kinds a runner knows: built-ins first, then plugin directories
@@ -191,24 +194,59 @@ fn read_bytes(
     })
 }
 
-/// Compile and check an entry's component from its bytes.
+/// Compile and check an entry's component from its bytes, or load its
+/// compilation from the disk cache.
 fn compile(
     engine: &Engine,
+    disk: Option<&cache::DiskCache>,
     entry: &PluginEntry,
     bytes: &[u8],
     sha256: String,
 ) -> Result<LoadedPlugin, PluginError> {
+    use cache::Origin;
     let source_name = format!("`{}` ({})", entry.kind, entry.source.describe());
-    let component = Component::from_binary(engine, bytes).map_err(|e| PluginError::Invalid {
-        source_name: source_name.clone(),
-        message: format!("{e:#}"),
-    })?;
-    check_exports(engine, &component, &source_name)?;
+    let cached = match disk.map(|d| d.load(engine, &sha256)) {
+        Some(Ok(Some(component))) => Ok(component),
+        Some(Ok(None)) | None => Err(None),
+        Some(Err(why)) => {
+            tracing::warn!("{source_name}: the compiled cache entry {why}; compiling again");
+            Err(Some(why))
+        }
+    };
+    let (component, origin) = match cached {
+        Ok(component) => {
+            check_exports(engine, &component, &source_name)?;
+            (component, Origin::Cached)
+        }
+        Err(stale) => {
+            let component =
+                Component::from_binary(engine, bytes).map_err(|e| PluginError::Invalid {
+                    source_name: source_name.clone(),
+                    message: format!("{e:#}"),
+                })?;
+            check_exports(engine, &component, &source_name)?;
+            let stored = match disk.map(|d| d.store(&sha256, &component)) {
+                Some(Ok(())) => true,
+                Some(Err(e)) => {
+                    tracing::warn!("{source_name}: cannot store the compiled code: {e}");
+                    false
+                }
+                None => false,
+            };
+            let origin = match (stale, stored) {
+                (Some(why), _) => Origin::Rebuilt(why),
+                (None, true) => Origin::CompiledAndStored,
+                (None, false) => Origin::Compiled,
+            };
+            (component, origin)
+        }
+    };
     Ok(LoadedPlugin {
         kind: entry.kind.clone(),
         source: entry.source.clone(),
         sha256,
         component,
+        origin,
     })
 }
 
@@ -263,14 +301,92 @@ fn check_exports(
     })
 }
 
+/// What identifies a plugin file's contents without reading it: if none of
+/// these changed, neither did the file (ctime cannot be set by its owner).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileId {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        })
+    }
+}
+
 /// Compiled kinds of a runner, keyed by kind and digest: a kind is compiled
-/// once per content, and a changed file is noticed (its digest differs).
+/// once per content (or loaded from the disk cache), and a changed file is
+/// noticed (its identity, then its digest, differs). An unchanged file is
+/// not read again.
 #[derive(Default)]
 pub struct PluginCache {
     loaded: std::sync::Mutex<BTreeMap<(String, String), Arc<LoadedPlugin>>>,
+    digests: std::sync::Mutex<std::collections::HashMap<FileId, String>>,
+    builtin_digests: std::sync::Mutex<BTreeMap<String, String>>,
+    disk: Option<cache::DiskCache>,
 }
 
 impl PluginCache {
+    /// A cache that also keeps compiled code in `disk`.
+    pub fn new(disk: Option<cache::DiskCache>) -> Self {
+        PluginCache {
+            disk,
+            ..Default::default()
+        }
+    }
+
+    /// The digest of `entry` if it is known without reading it.
+    fn known_digest(&self, entry: &PluginEntry) -> Option<String> {
+        match &entry.source {
+            PluginSource::Builtin => self
+                .builtin_digests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(entry.kind.as_str())
+                .cloned(),
+            PluginSource::File(path) => {
+                let id = FileId::of(path)?;
+                self.digests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id)
+                    .cloned()
+            }
+        }
+    }
+
+    fn remember_digest(&self, entry: &PluginEntry, id: Option<FileId>, sha256: &str) {
+        match (&entry.source, id) {
+            (PluginSource::Builtin, _) => {
+                self.builtin_digests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(entry.kind.to_string(), sha256.to_string());
+            }
+            (PluginSource::File(_), Some(id)) => {
+                self.digests
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, sha256.to_string());
+            }
+            _ => {}
+        }
+    }
+
     /// Load `entry`, reusing an earlier compilation of the same bytes.
     pub fn get(
         &self,
@@ -278,8 +394,32 @@ impl PluginCache {
         entry: &PluginEntry,
         max_file_bytes: u64,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        if let Some(sha256) = self.known_digest(entry) {
+            let key = (entry.kind.to_string(), sha256);
+            if let Some(hit) = self
+                .loaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+            {
+                if hit.source == entry.source {
+                    return Ok(hit.clone());
+                }
+            }
+        }
+        let id = match &entry.source {
+            PluginSource::File(path) => FileId::of(path),
+            PluginSource::Builtin => None,
+        };
         let bytes = read_bytes(entry, max_file_bytes)?;
         let sha256 = sha256_hex(&bytes);
+        // The file may have changed between the stat and the read: only an
+        // identity taken before a read that still holds after it is kept.
+        let id = match &entry.source {
+            PluginSource::File(path) if FileId::of(path) == id => id,
+            _ => None,
+        };
+        self.remember_digest(entry, id, &sha256);
         let key = (entry.kind.to_string(), sha256.clone());
         if let Some(hit) = self
             .loaded
@@ -291,7 +431,7 @@ impl PluginCache {
                 return Ok(hit.clone());
             }
         }
-        let loaded = Arc::new(compile(engine, entry, &bytes, sha256)?);
+        let loaded = Arc::new(compile(engine, self.disk.as_ref(), entry, &bytes, sha256)?);
         self.loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())

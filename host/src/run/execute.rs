@@ -247,6 +247,7 @@ pub(crate) async fn run_worker(
         version: String::new(),
         source: plugin.source.describe(),
         sha256: plugin.sha256.clone(),
+        compiled: Some(plugin.origin.describe()),
     };
     let with_plugin = |mut report: Report, record: &PluginRecord| {
         report.plugin = Some(record.clone());
@@ -550,6 +551,7 @@ async fn call_worker(
             "version": info.version,
             "source": plugin_record.source,
             "sha256": plugin_record.sha256,
+            "compiled": plugin_record.compiled,
             "requested": { "programs": requested.programs, "env": requested.env, "network": requested.network },
             "granted": { "programs": policy.programs(), "env": policy.env_names(), "network": !matches!(policy.network(), Network::None) },
         })),

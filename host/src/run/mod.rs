@@ -51,12 +51,31 @@ impl Runner {
         let engine = crate::sandbox::new_engine(&config.limits)?;
         let linker = crate::sandbox::new_linker(&engine)?;
         let plugins = PluginRegistry::discover(&config.plugin_dirs)?;
+        let disk = if !config.compiled_cache {
+            None
+        } else if let Some(dir) = &config.compiled_cache_dir {
+            // Configured explicitly: a directory that cannot be used is an error.
+            Some(
+                crate::plugins::cache::DiskCache::open(dir, &engine).map_err(|message| {
+                    Error::Config(crate::config::ConfigError::Setting {
+                        setting: "compiled-cache-dir".into(),
+                        message,
+                    })
+                })?,
+            )
+        } else {
+            crate::plugins::cache::default_dir().and_then(|dir| {
+                crate::plugins::cache::DiskCache::open(&dir, &engine)
+                    .map_err(|e| tracing::warn!("no compiled cache: {e}"))
+                    .ok()
+            })
+        };
         Ok(Runner {
             shared: Arc::new(RunnerShared {
                 engine,
                 linker,
                 plugins,
-                cache: PluginCache::default(),
+                cache: PluginCache::new(disk),
                 config,
             }),
         })

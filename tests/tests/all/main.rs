@@ -5,6 +5,7 @@
 mod checkpoints;
 mod cli;
 mod codex;
+mod compiled_cache;
 mod confinement;
 mod fuzz;
 mod git;

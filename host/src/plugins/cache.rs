@@ -1,0 +1,125 @@
+//! Where compiled worker kinds are kept between runs: one file per plugin
+//! digest, engine configuration and host version, with the digest of its
+//! own bytes beside it. An entry that is missing, foreign or damaged is
+//! ignored and rebuilt; nothing is deserialized that this check did not pass.
+
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use crate::fsutil::sha256_hex;
+
+/// How a kind's compiled code was obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled now; the disk cache is off or could not be written.
+    Compiled,
+    /// Compiled now and stored in the disk cache.
+    CompiledAndStored,
+    /// Loaded from the disk cache.
+    Cached,
+    /// A cache entry was there but did not verify; compiled again.
+    Rebuilt(String),
+}
+
+impl Origin {
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Compiled => "compiled".into(),
+            Origin::CompiledAndStored => "compiled, stored in the cache".into(),
+            Origin::Cached => "loaded from the compiled cache".into(),
+            Origin::Rebuilt(why) => format!("recompiled: the cached copy {why}"),
+        }
+    }
+}
+
+/// The compiled-code cache directory of one engine.
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    dir: PathBuf,
+    /// Engine compatibility and host version, as a file-name part.
+    identity: String,
+}
+
+/// The default cache directory: `/var/cache/baa-runner/compiled` as root,
+/// else `$XDG_CACHE_HOME/baa-runner/compiled` or `~/.cache/baa-runner/compiled`.
+pub fn default_dir() -> Option<PathBuf> {
+    if rustix::process::geteuid().is_root() {
+        return Some(PathBuf::from("/var/cache/baa-runner/compiled"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("baa-runner/compiled"))
+}
+
+impl DiskCache {
+    /// Use `dir` (created if missing). It must belong to this user and be
+    /// writable by no one else: its files become machine code.
+    pub fn open(dir: &Path, engine: &Engine) -> Result<DiskCache, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        if meta.uid() != rustix::process::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} must belong to this user and be writable by no one else (it holds machine code)",
+                dir.display()
+            ));
+        }
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        Ok(DiskCache {
+            dir: dir.to_path_buf(),
+            identity: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    /// The entry of the plugin with digest `sha256`.
+    pub fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}-{}.cwasm", self.identity))
+    }
+
+    fn digest_path(&self, sha256: &str) -> PathBuf {
+        self.dir
+            .join(format!("{sha256}-{}.cwasm.sha256", self.identity))
+    }
+
+    /// The cached compilation of `sha256`: `Ok(None)` when there is none,
+    /// `Err(why)` when there is one that must not be used.
+    pub fn load(&self, engine: &Engine, sha256: &str) -> Result<Option<Component>, String> {
+        let path = self.path(sha256);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("could not be read: {e}")),
+        };
+        let expected = std::fs::read_to_string(self.digest_path(sha256))
+            .map_err(|e| format!("has no digest: {e}"))?;
+        if sha256_hex(&bytes) != expected.trim() {
+            return Err("does not match its digest".into());
+        }
+        // SAFETY: the bytes are what this host serialized for this engine
+        // configuration (file name) and verified against the digest written
+        // with them, in a directory only this user can write.
+        unsafe { Component::deserialize(engine, &bytes) }
+            .map(Some)
+            .map_err(|e| format!("was refused by the engine: {e:#}"))
+    }
+
+    /// Store the compilation of `sha256` (atomically: a reader sees the
+    /// whole entry or none).
+    pub fn store(&self, sha256: &str, component: &Component) -> Result<(), String> {
+        let bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
+        crate::fsutil::write_atomic(&self.path(sha256), &bytes).map_err(|e| e.to_string())?;
+        crate::fsutil::write_atomic(&self.digest_path(sha256), sha256_hex(&bytes).as_bytes())
+            .map_err(|e| e.to_string())
+    }
+}
