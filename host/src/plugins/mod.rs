@@ -4,6 +4,7 @@
 
 mod builtin;
 pub mod cache;
+pub mod manifest;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,11 @@ pub enum PluginError {
     },
 }
 
+/// Whether `name` is a built-in kind (a plugin file of that name is shadowed).
+pub fn is_builtin(name: &str) -> bool {
+    builtin::NAMES.contains(&name)
+}
+
 /// Where a kind's component comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
@@ -89,6 +95,8 @@ pub struct LoadedPlugin {
     pub component: Component,
     /// Compiled now, or loaded from the disk cache.
     pub origin: cache::Origin,
+    /// What its `baa:worker-manifest` section says, if it carries one.
+    pub manifest: Option<manifest::Manifest>,
 }
 
 /// The worker kinds a runner knows: built-ins first, then plugin directories
@@ -205,6 +213,20 @@ fn compile(
 ) -> Result<LoadedPlugin, PluginError> {
     use cache::Origin;
     let source_name = format!("`{}` ({})", entry.kind, entry.source.describe());
+    // The manifest is read before anything is compiled: an incompatible
+    // world is refused with both versions named.
+    let manifest = manifest::read(bytes).map_err(|message| PluginError::Invalid {
+        source_name: source_name.clone(),
+        message,
+    })?;
+    if let Some(m) = &manifest {
+        if !manifest::compatible(&m.world) {
+            return Err(PluginError::IncompatibleVersion {
+                source_name,
+                found: m.world.clone(),
+            });
+        }
+    }
     let cached = match disk.map(|d| d.load(engine, &sha256)) {
         Some(Ok(Some(component))) => Ok(component),
         Some(Ok(None)) | None => Err(None),
@@ -247,6 +269,7 @@ fn compile(
         sha256,
         component,
         origin,
+        manifest,
     })
 }
 

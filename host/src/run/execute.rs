@@ -319,6 +319,7 @@ pub(crate) async fn run_worker(
         &pre,
         prepared,
         &mut plugin_record,
+        plugin.manifest.as_ref(),
         shared,
         guest_deadline,
     )
@@ -456,6 +457,7 @@ async fn call_worker(
     pre: &WorkerPre<StepState>,
     prepared: &PreparedStepRun,
     plugin_record: &mut PluginRecord,
+    manifest: Option<&crate::plugins::manifest::Manifest>,
     shared: &RunnerShared,
     guest_deadline: Instant,
 ) -> Report {
@@ -511,6 +513,26 @@ async fn call_worker(
                 plugin_record.source, info.name, request.worker_kind
             ),
         );
+    }
+    // A manifest must say what `describe` says.
+    if let Some(manifest) = manifest {
+        let described = crate::plugins::manifest::Capabilities {
+            programs: info.capabilities.programs.clone(),
+            env: info.capabilities.env.clone(),
+            network: info.capabilities.network,
+        };
+        if manifest.name != info.name
+            || manifest.version != info.version
+            || manifest.capabilities != described
+        {
+            return Report::failed(
+                FailureReason::InvalidPlugin,
+                format!(
+                    "the plugin's manifest ({} {}, requests {:?}) differs from what its describe answers ({} {}, requests {:?}); stamp it again (`baa-runner stamp`)",
+                    manifest.name, manifest.version, manifest.capabilities, info.name, info.version, described
+                ),
+            );
+        }
     }
     let requested = KindGrant {
         programs: info.capabilities.programs.clone(),

@@ -2,6 +2,7 @@
 //! logs) → execute (the kind's component) → finish (result, final state).
 //! [`Runner`] is what the conductor embeds.
 
+pub mod author;
 mod execute;
 pub mod lock;
 pub mod prepare;

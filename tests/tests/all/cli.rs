@@ -2,24 +2,10 @@
 //! codes tell a failed step from bad input; `kinds` lists the kinds.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use baa_runner_tests::Sandbox;
 
-/// The CLI binary.
-fn cli() -> Command {
-    Command::new(crate::built_binary("baa-runner"))
-}
-
-/// Assert the CLI exited with `code`, showing its stderr otherwise.
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::{assert_exit, cli};
 
 fn write_request(sandbox: &Sandbox, json: &serde_json::Value) -> PathBuf {
     let path = sandbox

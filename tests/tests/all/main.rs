@@ -2,6 +2,7 @@
 //! wasmtime, real temporary git repositories, real child processes. Each
 //! test asserts on the files in the run directory, not only on the result.
 
+mod author;
 mod checkpoints;
 mod cli;
 mod codex;
@@ -57,6 +58,21 @@ pub fn probe_plugins_dir(sandbox: &Sandbox) -> PathBuf {
 }
 
 /// A runner whose plugin directory holds `probe.wasm`, granted `grant`.
+/// The CLI binary.
+pub fn cli() -> std::process::Command {
+    std::process::Command::new(built_binary("baa-runner"))
+}
+
+/// Assert the CLI exited with `code`, showing its stderr otherwise.
+pub fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn probe_runner(sandbox: &Sandbox, grant: KindGrant) -> (Runner, PathBuf) {
     probe_runner_with(sandbox, grant, |_| {})
 }

@@ -80,6 +80,23 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointsCommand,
     },
+    /// Show a plugin file's manifest, digest and interface (its code does
+    /// not run).
+    Inspect {
+        #[arg(long)]
+        json: bool,
+        file: PathBuf,
+    },
+    /// Write a plugin's manifest section from its own `describe` (run once,
+    /// in the sandbox, without capabilities).
+    Stamp { file: PathBuf },
+    /// Check a plugin as the host will use it, then run a trivial step of it
+    /// in a scratch repository; exit 0 when nothing failed.
+    Check {
+        #[arg(long)]
+        json: bool,
+        file: PathBuf,
+    },
     /// Show what this machine enforces on subprocesses and prove it: a
     /// process confined as KIND's are tries what it must not do. Exit 0 when
     /// every attempt came out as expected.
@@ -118,6 +135,12 @@ enum CheckpointsCommand {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and the like ends quietly, as for any CLI.
+    // SAFETY: restoring the default action of SIGPIPE at start-up, before
+    // any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -308,6 +331,49 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 println!("prepared {}", result.log_paths.run_dir);
             }
             Ok(0)
+        }
+        Command::Inspect { json, file } => {
+            let inspection = runner.inspect(file);
+            if *json {
+                print_json(&inspection)?;
+            } else {
+                render::inspection(&inspection);
+            }
+            Ok(if inspection.error.is_some() {
+                EXIT_INVALID_INPUT
+            } else {
+                0
+            })
+        }
+        Command::Stamp { file } => {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let manifest = tokio
+                .block_on(runner.stamp(file))
+                .map_err(|e| InvalidInput(format!("cannot stamp {}: {e}", file.display())))?;
+            println!(
+                "stamped {}: {} {} for {}",
+                file.display(),
+                manifest.name,
+                manifest.version,
+                manifest.world
+            );
+            Ok(0)
+        }
+        Command::Check { json, file } => {
+            let tokio = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let report = tokio.block_on(runner.check(file));
+            if *json {
+                print_json(&report)?;
+            } else {
+                render::check(&report);
+            }
+            Ok(if report.passed { 0 } else { EXIT_FAILED })
         }
         Command::Sandbox { json, kind } => {
             let report = runner

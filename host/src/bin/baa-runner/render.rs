@@ -259,3 +259,49 @@ pub fn self_test(report: &baa_runner::capabilities::subprocess::confinement::Sel
         println!("verdict: NOT CONFINED ({failed} attempt(s) not as expected)");
     }
 }
+
+/// `baa-runner inspect`.
+pub fn inspection(i: &baa_runner::run::author::Inspection) {
+    println!("{} ({} bytes)", i.file, i.size);
+    println!("  sha256    {}", i.sha256);
+    match &i.manifest {
+        Some(m) => {
+            println!("  manifest  {} {} for {}", m.name, m.version, m.world);
+            if !m.description.is_empty() {
+                println!("            {}", m.description);
+            }
+            println!(
+                "  requests  programs {:?}, env {:?}, network {}",
+                m.capabilities.programs, m.capabilities.env, m.capabilities.network
+            );
+        }
+        None => println!("  manifest  none (add one with `baa-runner stamp`)"),
+    }
+    if let Some(world) = &i.world {
+        println!("  exports   {world}");
+    }
+    if !i.imports.is_empty() {
+        println!("  imports   {}", i.imports.join(", "));
+    }
+    if let Some(compiled) = &i.compiled {
+        println!("  code      {compiled}");
+    }
+    if let Some(error) = &i.error {
+        println!("  error     {error}");
+    }
+}
+
+/// `baa-runner check`.
+pub fn check(report: &baa_runner::run::author::CheckReport) {
+    println!("{}", report.file);
+    for item in &report.items {
+        println!("  {:<4} {}: {}", item.level, item.name, item.detail);
+    }
+    if let Some(r) = &report.requests {
+        println!(
+            "  requests programs {:?}, env {:?}, network {}",
+            r.programs, r.env, r.network
+        );
+    }
+    println!("verdict: {}", if report.passed { "PASS" } else { "FAIL" });
+}

@@ -2,7 +2,7 @@
 //! of operations, one per line, each reported on stdout as `<op>: ok …` or
 //! `<op>: denied …`. Used by the host's tests to exercise the sandbox.
 //!
-//! Operations: `read PATH`, `write PATH TEXT`, `symlink TARGET LINK`,
+//! Operations: `true` (nothing), `read PATH`, `write PATH TEXT`, `symlink TARGET LINK`,
 //! `spawn PROGRAM ARGS…`, `sh SCRIPT` (`sh -c SCRIPT`), `connect HOST:PORT`, `artifact NAME TEXT`, `checkpoint TYPE SUMMARY`, `resume` (print the resume checkpoint),
 //! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`,
 //! and the hostile ones: `recurse`, `unreachable`, `exit CODE`, `flood MIB`,
@@ -43,6 +43,7 @@ impl Worker for Probe {
             let rest = |n: usize| words.get(n..).map(|w| w.join(" ")).unwrap_or_default();
             let arg = |n: usize| words.get(n).copied().unwrap_or("");
             let result: Result<String, String> = match words[0] {
+                "true" => Ok("nothing to do".into()),
                 "read" => std::fs::read_to_string(arg(1)).map_err(|e| e.to_string()),
                 "write" => std::fs::write(arg(1), rest(2))
                     .map(|_| "written".into())

@@ -1,0 +1,396 @@
+//! What plugin authors run against a `.wasm` file: `stamp` (write its
+//! manifest section from its own `describe`), `inspect` (manifest, digest
+//! and interface, without running guest code) and `check` (component, world
+//! and version, linking, manifest, `describe`, and a conformance step in a
+//! scratch repository that must stay inside its worktree).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{execute, Runner};
+use crate::contracts::{StepExecutionOutcome, WorkerKind};
+use crate::plugins::manifest::{self, Capabilities, Manifest};
+use crate::plugins::{PluginEntry, PluginSource};
+
+/// `baa-runner inspect`: what a plugin file is, read without running it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inspection {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Its manifest section, if it carries one.
+    pub manifest: Option<Manifest>,
+    /// The `baa:worker` interface it exports (`…@version`), if any.
+    pub world: Option<String>,
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    /// Compiled now or loaded from the compiled cache.
+    pub compiled: Option<String>,
+    /// Why it cannot be loaded, if it cannot.
+    pub error: Option<String>,
+}
+
+/// One item of `baa-runner check`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckItem {
+    pub name: String,
+    /// `pass`, `warn` or `fail`.
+    pub level: &'static str,
+    pub detail: String,
+}
+
+/// `baa-runner check`: every item, what the kind requests, the verdict.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub file: String,
+    pub items: Vec<CheckItem>,
+    pub requests: Option<Capabilities>,
+    /// No item failed.
+    pub passed: bool,
+}
+
+/// The plugin at `path`, named by its file name as discovery names it.
+fn entry_for(path: &Path) -> Result<PluginEntry, String> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let kind = WorkerKind::new(stem).map_err(|why| {
+        format!(
+            "{}: the file name must be `<kind>.wasm` with a valid kind name: {why}",
+            path.display()
+        )
+    })?;
+    Ok(PluginEntry {
+        kind,
+        source: PluginSource::File(path.to_path_buf()),
+    })
+}
+
+impl Runner {
+    /// Read `path`'s manifest, digest and interface (compiling it, or
+    /// loading it from the compiled cache, but running none of its code).
+    pub fn inspect(&self, path: &Path) -> Inspection {
+        let shared = &self.shared;
+        let mut out = Inspection {
+            file: path.display().to_string(),
+            size: 0,
+            sha256: String::new(),
+            manifest: None,
+            world: None,
+            exports: Vec::new(),
+            imports: Vec::new(),
+            compiled: None,
+            error: None,
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                out.error = Some(format!("cannot read {}: {e}", path.display()));
+                return out;
+            }
+        };
+        out.size = bytes.len() as u64;
+        out.sha256 = crate::fsutil::sha256_hex(&bytes);
+        match manifest::read(&bytes) {
+            Ok(m) => out.manifest = m,
+            Err(e) => out.error = Some(e),
+        }
+        let entry = match entry_for(path) {
+            Ok(entry) => entry,
+            Err(e) => {
+                out.error = Some(e);
+                return out;
+            }
+        };
+        match shared.cache.get(
+            &shared.engine,
+            &entry,
+            shared.config.limits.plugin_file_bytes,
+        ) {
+            Ok(plugin) => {
+                let ty = plugin.component.component_type();
+                out.exports = ty
+                    .exports(&shared.engine)
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                out.imports = ty
+                    .imports(&shared.engine)
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                out.world = out
+                    .exports
+                    .iter()
+                    .find(|e| e.starts_with("baa:worker/worker-executor"))
+                    .cloned();
+                out.compiled = Some(plugin.origin.describe());
+            }
+            Err(e) => out.error = Some(e.to_string()),
+        }
+        out
+    }
+
+    /// Ask `path`'s `describe` (in a store without capabilities) and write
+    /// the answer into the file as its manifest section.
+    pub async fn stamp(&self, path: &Path) -> Result<Manifest, String> {
+        let (info, _) = execute::describe(&self.shared, &entry_for(path)?).await?;
+        let manifest = Manifest {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            world: manifest::host_world(),
+            capabilities: Capabilities {
+                programs: info.capabilities.programs,
+                env: info.capabilities.env,
+                network: info.capabilities.network,
+            },
+        };
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let stamped = manifest::write(&bytes, &manifest)?;
+        crate::fsutil::write_atomic(path, &stamped)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(manifest)
+    }
+
+    /// Check `path` the way the host will use it, then run one trivial step
+    /// of it in a scratch repository, granted what it requests.
+    pub async fn check(&self, path: &Path) -> CheckReport {
+        let mut items = Vec::new();
+        let mut item = |name: &str, level: &'static str, detail: String| {
+            items.push(CheckItem {
+                name: name.into(),
+                level,
+                detail,
+            })
+        };
+        let inspection = self.inspect(path);
+        let file = inspection.file.clone();
+        let finish = |items: Vec<CheckItem>, requests| CheckReport {
+            file: file.clone(),
+            passed: items.iter().all(|i| i.level != "fail"),
+            items,
+            requests,
+        };
+        if let Some(error) = &inspection.error {
+            item("loads as a baa:worker component", "fail", error.clone());
+            return finish(items, None);
+        }
+        item(
+            "loads as a baa:worker component",
+            "pass",
+            format!(
+                "{} bytes, sha256 {}, exports {}",
+                inspection.size,
+                inspection.sha256,
+                inspection.world.clone().unwrap_or_default()
+            ),
+        );
+        let described =
+            match async { execute::describe(&self.shared, &entry_for(path)?).await }.await {
+                Ok((info, _)) => {
+                    item(
+                        "describe answers",
+                        "pass",
+                        format!("{} {}: {}", info.name, info.version, info.description),
+                    );
+                    info
+                }
+                Err(e) => {
+                    item("describe answers", "fail", e);
+                    return finish(items, None);
+                }
+            };
+        let requests = Capabilities {
+            programs: described.capabilities.programs.clone(),
+            env: described.capabilities.env.clone(),
+            network: described.capabilities.network,
+        };
+        match &inspection.manifest {
+            None => item(
+                "carries a manifest",
+                "warn",
+                "no `baa:worker-manifest` section: the host must run it to learn what it is; add one with `baa-runner stamp`".into(),
+            ),
+            Some(m)
+                if m.name == described.name
+                    && m.version == described.version
+                    && m.capabilities == requests =>
+            {
+                item("carries a manifest", "pass", format!("built for {}", m.world))
+            }
+            Some(m) => item(
+                "carries a manifest",
+                "fail",
+                format!(
+                    "the manifest ({} {}, {:?}) differs from describe; stamp it again",
+                    m.name, m.version, m.capabilities
+                ),
+            ),
+        }
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        if let Some(taken) = [described.name.as_str(), stem]
+            .into_iter()
+            .find(|n| crate::plugins::is_builtin(n))
+        {
+            item(
+                "has a name of its own",
+                "fail",
+                format!(
+                    "`{taken}` is a built-in kind, which takes precedence over any plugin file of that name; rename it"
+                ),
+            );
+            return finish(items, Some(requests));
+        }
+        let (name, level, detail) = self
+            .conformance_step(path, &described.name, &requests)
+            .await;
+        item(&name, level, detail);
+        finish(items, Some(requests))
+    }
+
+    /// One trivial step of the kind in a scratch repository.
+    async fn conformance_step(
+        &self,
+        path: &Path,
+        name: &str,
+        requests: &Capabilities,
+    ) -> (String, &'static str, String) {
+        let title = "a trivial step runs and stays in its worktree".to_string();
+        let scratch = std::env::temp_dir().join(format!(
+            "baa-check-{}-{}",
+            std::process::id(),
+            crate::fsutil::sha256_hex(path.display().to_string().as_bytes())
+                .get(..8)
+                .unwrap_or("0")
+        ));
+        let result = async {
+            let plugins = scratch.join("plugins");
+            let repo = scratch.join("repo");
+            let outside = scratch.join("outside");
+            for dir in [&plugins, &repo, &outside] {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755));
+            std::fs::copy(path, plugins.join(format!("{name}.wasm")))
+                .map_err(|e| format!("copying the plugin: {e}"))?;
+            std::fs::write(outside.join("canary.txt"), "canary\n").map_err(|e| e.to_string())?;
+            std::fs::write(repo.join("README.md"), "# check\n").map_err(|e| e.to_string())?;
+            init_repo(&repo)?;
+            let mut config = self.shared.config.clone();
+            config.plugin_dirs = vec![plugins.clone()];
+            config.kinds.insert(
+                name.to_string(),
+                crate::config::KindGrant {
+                    programs: requests.programs.clone(),
+                    env: requests.env.clone(),
+                    ..Default::default()
+                },
+            );
+            let runner = Runner::new(config).map_err(|e| e.to_string())?;
+            let request = json!({
+                "taskId": "check", "stepId": "conformance", "runId": "check", "attempt": 1,
+                "stepName": "conformance check: change nothing", "stepKind": name,
+                "workerKind": name, "timeoutSec": 30,
+                "promptSummary": "Conformance check by baa-runner: do nothing and report success.",
+                "command": "true",
+                "runtime": { "repoRoot": repo, "worktreePath": repo, "runsRootDir": scratch.join("runs") },
+                "checkpoint": { "mode": "capture" }
+            });
+            let request = crate::contracts::parse_request(request.to_string().as_bytes())
+                .map_err(|e| e.to_string())?;
+            let result = runner.run(request, None).await.map_err(|e| e.to_string())?;
+            let canary = std::fs::read_to_string(outside.join("canary.txt")).unwrap_or_default();
+            let mut around: Vec<String> = std::fs::read_dir(&scratch)
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect();
+            around.sort();
+            Ok::<_, String>((result, canary, around))
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        match result {
+            Err(e) => (title, "fail", format!("could not run: {e}")),
+            Ok((_, canary, around))
+                if canary != "canary\n" || around != ["outside", "plugins", "repo", "runs"] =>
+            {
+                (
+                    title,
+                    "fail",
+                    format!("it changed what lies outside its worktree: {around:?}"),
+                )
+            }
+            Ok((result, _, _)) => {
+                let reason = result.state.failure.as_ref().map(|f| f.reason);
+                use crate::contracts::FailureReason as R;
+                match (result.outcome, reason) {
+                    (StepExecutionOutcome::Completed, _) => {
+                        (title, "pass", format!("completed: {}", result.summary))
+                    }
+                    (
+                        _,
+                        Some(
+                            R::Trap | R::Timeout | R::InvalidPlugin | R::HostError | R::MemoryLimit,
+                        ),
+                    ) => (
+                        title,
+                        "fail",
+                        format!("{}: {}", result.outcome.as_str(), result.summary),
+                    ),
+                    (outcome, _) => (
+                        title,
+                        "warn",
+                        format!(
+                            "{} (it answered, but did not complete a trivial step): {}",
+                            outcome.as_str(),
+                            result.summary
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// `git init` + one commit, with the host's git and no user configuration.
+fn init_repo(repo: &PathBuf) -> Result<(), String> {
+    let git = crate::capabilities::subprocess::policy::resolve_program("git")?;
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=baa-runner check",
+            "-c",
+            "user.email=check@baa-runner.invalid",
+            "commit",
+            "-q",
+            "-m",
+            "check",
+        ],
+    ] {
+        let status = std::process::Command::new(&git)
+            .args(args)
+            .current_dir(repo)
+            .env_clear()
+            .env("PATH", crate::capabilities::subprocess::policy::CHILD_PATH)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", repo)
+            .status()
+            .map_err(|e| format!("git: {e}"))?;
+        if !status.success() {
+            return Err(format!("git {} failed", args.join(" ")));
+        }
+    }
+    Ok(())
+}

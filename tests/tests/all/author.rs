@@ -1,0 +1,183 @@
+//! Plugin authors' tools through the CLI: `stamp` writes the manifest from
+//! the kind's own describe, `inspect` reads it without running the kind,
+//! `check` validates and runs a conformance step; incompatible or lying
+//! manifests are refused with both sides named.
+
+use std::path::{Path, PathBuf};
+
+use baa_runner::contracts::FailureReason;
+use baa_runner::plugins::manifest::{self, Capabilities, Manifest};
+use baa_runner_tests::{fixtures, Sandbox};
+
+use crate::{assert_exit, cli, grant, probe_runner_with, run};
+
+fn probe_copy(dir: &Path) -> PathBuf {
+    let path = dir.join("probe.wasm");
+    std::fs::copy(fixtures::PROBE_WASM, &path).unwrap();
+    path
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_third_party_kind_is_stamped_inspected_and_checked() {
+    let sandbox = Sandbox::new();
+    let file = probe_copy(sandbox.dir.path());
+
+    let out = cli()
+        .arg("inspect")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let before = json_of(&out);
+    assert!(before["manifest"].is_null());
+    assert_eq!(before["world"], "baa:worker/worker-executor@0.1.0");
+
+    let out = cli().arg("stamp").arg(&file).output().unwrap();
+    assert_exit(&out, 0);
+    let out = cli()
+        .arg("inspect")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let after = json_of(&out);
+    assert_eq!(after["manifest"]["name"], "probe");
+    assert_eq!(after["manifest"]["world"], "baa:worker/worker@0.1.0");
+    assert_eq!(
+        after["manifest"]["capabilities"]["programs"],
+        serde_json::json!(["true", "touch", "sh", "python3"])
+    );
+    assert_ne!(after["sha256"], before["sha256"], "the file changed");
+    // The section is read straight from the bytes, too.
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(manifest::read(&bytes).unwrap().unwrap().name, "probe");
+
+    let out = cli()
+        .arg("check")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let report = json_of(&out);
+    assert_eq!(report["passed"], true, "{report:#}");
+    let levels: Vec<(&str, &str)> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap(), i["level"].as_str().unwrap()))
+        .collect();
+    assert!(
+        levels.iter().all(|(_, level)| *level == "pass"),
+        "{levels:?}"
+    );
+    assert!(levels
+        .iter()
+        .any(|(name, _)| name.contains("stays in its worktree")));
+    // The human form ends with the verdict.
+    let out = cli().arg("check").arg(&file).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verdict: PASS"));
+}
+
+#[test]
+fn check_fails_a_component_that_is_not_a_worker_kind() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.dir.path().join("junk.wasm");
+    std::fs::write(&file, b"\0asm\x01\0\0\0").unwrap();
+    let out = cli()
+        .arg("check")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let report = json_of(&out);
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["items"][0]["level"], "fail");
+}
+
+fn restamp(file: &Path, change: impl FnOnce(&mut Manifest)) {
+    let mut m = Manifest {
+        name: "probe".into(),
+        version: "0.1.0".into(),
+        description: String::new(),
+        world: manifest::host_world(),
+        capabilities: Capabilities {
+            programs: vec!["true".into(), "touch".into(), "sh".into(), "python3".into()],
+            env: vec!["PROBE_VAR".into()],
+            network: false,
+        },
+    };
+    change(&mut m);
+    let bytes = std::fs::read(file).unwrap();
+    std::fs::write(file, manifest::write(&bytes, &m).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_for_another_world_version_is_refused_naming_both() {
+    let sandbox = Sandbox::new();
+    let (runner, plugin) = probe_runner_with(&sandbox, grant(&[]), |_| {});
+    restamp(&plugin, |m| m.world = "baa:worker/worker@0.2.0".into());
+    let inspection = runner.inspect(&plugin);
+    let error = inspection.error.unwrap();
+    assert!(
+        error.contains("baa:worker/worker@0.2.0") && error.contains("baa:worker@0.1.0"),
+        "{error}"
+    );
+    let result = run(&runner, sandbox.request("probe", "true")).await;
+    let failure = result.state.failure.unwrap();
+    assert_eq!(failure.reason, FailureReason::InvalidPlugin);
+    assert!(
+        failure.message.contains("baa:worker/worker@0.2.0"),
+        "{}",
+        failure.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_that_hides_what_the_kind_requests_is_refused() {
+    let sandbox = Sandbox::new();
+    let (runner, plugin) = probe_runner_with(&sandbox, grant(&["sh"]), |_| {});
+    // It claims to need nothing, but its describe asks for programs.
+    restamp(&plugin, |m| m.capabilities.programs.clear());
+    let result = run(&runner, sandbox.request("probe", "sh echo hi")).await;
+    let failure = result.state.failure.unwrap();
+    assert_eq!(failure.reason, FailureReason::InvalidPlugin);
+    assert!(
+        failure.message.contains("stamp it again"),
+        "{}",
+        failure.message
+    );
+    assert!(!std::fs::read_to_string(&result.log_paths.stdout_log_path)
+        .unwrap()
+        .contains("hi"));
+}
+
+#[test]
+fn a_plugin_named_like_a_built_in_kind_fails_the_check() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.dir.path().join("shell.wasm");
+    std::fs::copy(fixtures::PROBE_WASM, &file).unwrap();
+    let out = cli()
+        .arg("check")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let report = json_of(&out);
+    let text = report.to_string();
+    assert!(text.contains("built-in kind"), "{text}");
+}
