@@ -70,3 +70,30 @@ async fn the_worker_gets_nothing_ambient() {
     assert!(stdout.contains("read /README.md: ok # demo"), "{stdout}");
     assert!(stdout.contains("read /../canary: denied"), "{stdout}");
 }
+
+#[test]
+fn the_released_wit_of_the_current_version_is_frozen() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let current = std::fs::read_to_string(root.join("wit/worker.wit")).unwrap();
+    let version = current
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package baa:worker@"))
+        .and_then(|v| v.strip_suffix(';'))
+        .expect("wit/worker.wit declares `package baa:worker@<version>;`");
+    // The host implements exactly this version.
+    assert_eq!(
+        baa_runner::plugins::manifest::host_world(),
+        format!("baa:worker/worker@{version}")
+    );
+    let released = root.join(format!("wit/released/{version}/worker.wit"));
+    let frozen = std::fs::read_to_string(&released).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: copy wit/worker.wit there when releasing {version}",
+            released.display()
+        )
+    });
+    assert_eq!(
+        frozen, current,
+        "wit/worker.wit changed but still says {version}, which is released: bump its version"
+    );
+}
