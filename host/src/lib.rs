@@ -26,6 +26,7 @@ pub mod logs;
 pub mod plugins;
 pub mod run;
 pub mod sandbox;
+pub mod scaffold;
 
 pub use config::RunnerConfig;
 pub use error::Error;

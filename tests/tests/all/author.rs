@@ -181,3 +181,59 @@ fn a_plugin_named_like_a_built_in_kind_fails_the_check() {
     let text = report.to_string();
     assert!(text.contains("built-in kind"), "{text}");
 }
+
+#[test]
+fn a_scaffolded_rust_kind_builds_stamps_and_passes_check_unchanged() {
+    let sandbox = Sandbox::new();
+    let out = cli()
+        .args(["new", "hello-kind", "--dir"])
+        .arg(sandbox.dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let project = sandbox.dir.path().join("hello-kind");
+    // Built as its README says, sharing the plugins' target directory so
+    // the dependencies are not compiled again.
+    let target = Path::new(fixtures::PROBE_WASM).ancestors().nth(3).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = std::process::Command::new(cargo)
+        .args(["build", "--release"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let file = sandbox.dir.path().join("hello-kind.wasm");
+    std::fs::copy(target.join("wasm32-wasip2/release/hello_kind.wasm"), &file).unwrap();
+    assert_exit(&cli().arg("stamp").arg(&file).output().unwrap(), 0);
+    let out = cli()
+        .arg("check")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let report = json_of(&out);
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert!(report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["level"] == "pass"));
+
+    // A second project of that name, or one named like a built-in kind, is refused.
+    for name in ["hello-kind", "shell"] {
+        let out = cli()
+            .args(["new", name, "--dir"])
+            .arg(sandbox.dir.path())
+            .output()
+            .unwrap();
+        assert_exit(&out, 3);
+    }
+}

@@ -80,6 +80,17 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointsCommand,
     },
+    /// Scaffold a worker kind project that builds and passes `check` as is.
+    New {
+        /// The kind's name (also the `.wasm` file's name).
+        name: String,
+        /// The language of the project.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where to create it (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Show a plugin file's manifest, digest and interface (its code does
     /// not run).
     Inspect {
@@ -330,6 +341,15 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 println!("prepared {}", result.log_paths.run_dir);
             }
+            Ok(0)
+        }
+        Command::New { name, lang, dir } => {
+            let project = baa_runner::scaffold::new_project(name, lang, dir)
+                .map_err(|e| InvalidInput(format!("cannot create the project: {e}")))?;
+            println!(
+                "created {}; see its README.md to build, stamp and check it",
+                project.display()
+            );
             Ok(0)
         }
         Command::Inspect { json, file } => {

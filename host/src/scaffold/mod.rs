@@ -1,0 +1,79 @@
+//! `baa-runner new`: the starting point of a third-party worker kind, a
+//! project that builds into a component of this host's world and passes
+//! `baa-runner check` unchanged. Rust for now: the guest SDK and the WIT are
+//! vendored into the project, so it builds with nothing but crates.io.
+
+use std::path::{Path, PathBuf};
+
+/// Languages `new` can scaffold.
+pub const LANGUAGES: &[&str] = &["rust"];
+
+const WIT: &str = include_str!("../../../wit/worker.wit");
+const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
+const CARGO_TOML: &str = include_str!("templates/rust/Cargo.toml.tmpl");
+const CARGO_CONFIG: &str = include_str!("templates/rust/config.toml.tmpl");
+const SDK_CARGO_TOML: &str = include_str!("templates/rust/sdk.Cargo.toml.tmpl");
+const LIB_RS: &str = include_str!("templates/rust/lib.rs.tmpl");
+const README: &str = include_str!("templates/rust/README.md.tmpl");
+/// The versions the built-in kinds are built and tested with: a new
+/// project starts from them (cargo trims and extends the lock file).
+const CARGO_LOCK: &str = include_str!("../../../plugins/Cargo.lock");
+
+/// The wit-bindgen the built-in kinds are built with.
+const WIT_BINDGEN: &str = "0.63";
+
+/// Create the project of kind `name` in `parent/name`; returns its path.
+pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf, String> {
+    crate::contracts::WorkerKind::new(name)
+        .map_err(|why| format!("`{name}` cannot name a worker kind: {why}"))?;
+    if crate::plugins::is_builtin(name) {
+        return Err(format!(
+            "`{name}` is a built-in kind, which would shadow a plugin of that name; choose another"
+        ));
+    }
+    if language != "rust" {
+        return Err(format!(
+            "cannot scaffold `{language}` yet (languages: {})",
+            LANGUAGES.join(", ")
+        ));
+    }
+    let dir = parent.join(name);
+    if dir.exists() {
+        return Err(format!(
+            "{} already exists; choose another name or directory",
+            dir.display()
+        ));
+    }
+    let world_version = crate::sandbox::bindings::WIT_PACKAGE
+        .split('@')
+        .nth(1)
+        .unwrap_or_default();
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{crate}}", &name.replace('-', "_"))
+            .replace("{{world_version}}", world_version)
+            .replace("{{sdk_version}}", env!("CARGO_PKG_VERSION"))
+            .replace("{{wit_bindgen}}", WIT_BINDGEN)
+    };
+    // The SDK finds the WIT beside it in the project, not in this repository.
+    let sdk_lib = SDK_LIB.replace("path: \"../../wit\"", "path: \"../wit\"");
+    let files: [(&str, String); 8] = [
+        ("Cargo.lock", CARGO_LOCK.to_string()),
+        ("Cargo.toml", fill(CARGO_TOML)),
+        (".cargo/config.toml", fill(CARGO_CONFIG)),
+        ("src/lib.rs", fill(LIB_RS)),
+        ("sdk/Cargo.toml", fill(SDK_CARGO_TOML)),
+        ("sdk/src/lib.rs", sdk_lib),
+        ("wit/worker.wit", WIT.to_string()),
+        ("README.md", fill(README)),
+    ];
+    for (rel, contents) in files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, contents).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(dir)
+}
