@@ -104,11 +104,43 @@ impl StreamLog {
     }
 }
 
+/// Events kept in memory for the result: the first and the last
+/// [`KEPT_EVENTS`] of them (a worker emitting events in a loop must not grow
+/// the host's memory); `lifecycle.jsonl` has every one, and the gap in `seq`
+/// shows where some were left out.
+#[derive(Default)]
+struct KeptEvents {
+    head: Vec<WorkerLifecycleLogEntry>,
+    tail: std::collections::VecDeque<WorkerLifecycleLogEntry>,
+    count: u64,
+}
+
+/// How many events the result keeps from the start, and from the end.
+pub const KEPT_EVENTS: usize = 500;
+
+impl KeptEvents {
+    fn keep(&mut self, entry: WorkerLifecycleLogEntry) {
+        self.count += 1;
+        if self.head.len() < KEPT_EVENTS {
+            self.head.push(entry);
+            return;
+        }
+        if self.tail.len() == KEPT_EVENTS {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(entry);
+    }
+
+    fn all(&self) -> Vec<WorkerLifecycleLogEntry> {
+        self.head.iter().chain(self.tail.iter()).cloned().collect()
+    }
+}
+
 struct Inner {
     lifecycle: File,
     stdout: StreamLog,
     stderr: StreamLog,
-    events: Vec<WorkerLifecycleLogEntry>,
+    events: KeptEvents,
     session: LocalRunLogSession,
     write_error: Option<String>,
 }
@@ -137,7 +169,7 @@ impl LogSession {
             lifecycle: open_new(Path::new(&session.lifecycle_log_path))?,
             stdout: stream(&session.stdout_log_path)?,
             stderr: stream(&session.stderr_log_path)?,
-            events: Vec::new(),
+            events: KeptEvents::default(),
             session,
             write_error: None,
         };
@@ -167,7 +199,7 @@ impl LogSession {
                 lifecycle: null()?,
                 stdout: stream()?,
                 stderr: stream()?,
-                events: Vec::new(),
+                events: KeptEvents::default(),
                 session,
                 write_error: None,
             }),
@@ -193,7 +225,7 @@ impl LogSession {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let entry = WorkerLifecycleLogEntry {
-            seq: inner.events.len() as u64 + 1,
+            seq: inner.events.count + 1,
             timestamp: now_rfc3339(),
             event: event.to_string(),
             level,
@@ -214,7 +246,7 @@ impl LogSession {
             }
             Err(e) => tracing::error!("cannot serialize lifecycle event: {e}"),
         }
-        inner.events.push(entry.clone());
+        inner.events.keep(entry.clone());
         drop(guard);
         if let Some(observer) = &self.observer {
             observer(LiveUpdate::Event(&entry));
@@ -264,13 +296,14 @@ impl LogSession {
         inner.stdout.dropped > 0 || inner.stderr.dropped > 0
     }
 
-    /// The lifecycle events written so far.
+    /// The lifecycle events written so far: all of them, or the first and
+    /// last [`KEPT_EVENTS`] when there were more (`lifecycle.jsonl` has all).
     pub fn events(&self) -> Vec<WorkerLifecycleLogEntry> {
-        self.lock().events.clone()
+        self.lock().events.all()
     }
 
     pub fn event_count(&self) -> u64 {
-        self.lock().events.len() as u64
+        self.lock().events.count
     }
 
     /// The last `n` lines of both streams, stdout first.
@@ -283,7 +316,7 @@ impl LogSession {
     pub fn summary(&self) -> LocalRunLogSummary {
         let inner = self.lock();
         LocalRunLogSummary {
-            lifecycle_event_count: inner.events.len() as u64,
+            lifecycle_event_count: inner.events.count,
             stdout_chunk_count: inner.stdout.chunks,
             stderr_chunk_count: inner.stderr.chunks,
             stdout_bytes: inner.stdout.bytes,

@@ -298,3 +298,24 @@ async fn a_worker_that_spins_while_starting_or_asks_for_too_much_memory_is_stopp
     assert_eq!(snapshot(&canary), before);
     next_step_succeeds(&runner, &sandbox, 7).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_flood_keeps_every_event_on_disk_and_a_bounded_list_in_the_result() {
+    let sandbox = Sandbox::new();
+    let (runner, _) = crate::probe_runner(&sandbox, grant(&[]));
+    let result = run(&runner, sandbox.request("probe", "emitmany 5000")).await;
+    assert!(result.ok, "{}", result.summary);
+    let on_disk = read_lifecycle(&result.log_paths.lifecycle_log_path);
+    assert!(on_disk.len() > 5000, "{}", on_disk.len());
+    assert_eq!(result.metrics.lifecycle_event_count, on_disk.len() as u64);
+    let kept = &result.lifecycle_events;
+    assert_eq!(kept.len(), 2 * baa_runner::logs::KEPT_EVENTS);
+    // The start and the end of the step are both there; seq shows the gap.
+    assert_eq!(kept.first().unwrap().event, "run.prepared");
+    assert!(kept.iter().any(|e| e.event == "step.finished"));
+    let gap = kept
+        .windows(2)
+        .find(|w| w[1].seq != w[0].seq + 1)
+        .expect("a gap in seq");
+    assert!(gap[1].seq - gap[0].seq > 4000);
+}

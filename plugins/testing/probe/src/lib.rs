@@ -7,7 +7,7 @@
 //! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`,
 //! and the hostile ones: `recurse`, `unreachable`, `exit CODE`, `flood MIB`,
 //! `line MIB` (one line), `bytes` (invalid UTF-8 and terminal escapes),
-//! `bigemit MIB`, `spawnmany N`, `openmany N`, `readlong N`, `rawopen PATH`
+//! `bigemit MIB`, `emitmany N`, `spawnmany N`, `openmany N`, `readlong N`, `rawopen PATH`
 //! (a raw WASI open; `\0` in PATH is a NUL byte); `ambient`
 //! prints what the sandbox hands the worker (environment, arguments, stdin,
 //! directories).
@@ -133,6 +133,13 @@ impl Worker for Probe {
                         None,
                     );
                     Ok("emitted".into())
+                }
+                "emitmany" => {
+                    let n: usize = arg(1).parse().unwrap_or(1);
+                    for i in 0..n {
+                        emit(Level::Debug, "probe.many", &format!("event {i}"), None);
+                    }
+                    Ok(format!("emitted {n} events"))
                 }
                 "spawnmany" => {
                     let n: usize = arg(1).parse().unwrap_or(1);
