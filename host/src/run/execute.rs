@@ -578,6 +578,73 @@ async fn call_worker(
             "granted": { "programs": policy.programs(), "env": policy.env_names(), "network": !matches!(policy.network(), Network::None) },
         })),
     );
+    // A kind that requests more than the operator granted (a new version
+    // asking for more, say) does not run until the grant is widened.
+    let extra_programs: Vec<&str> = requested
+        .programs
+        .iter()
+        .filter(|p| !policy.grants_program(p))
+        .map(String::as_str)
+        .collect();
+    let never: Vec<&str> = requested
+        .env
+        .iter()
+        .filter(|e| crate::capabilities::subprocess::policy::is_never_passed(e))
+        .map(String::as_str)
+        .collect();
+    if !never.is_empty() {
+        return Report::failed(
+            FailureReason::InvalidPlugin,
+            format!(
+                "{} {} requests environment variables no subprocess ever gets: {}",
+                info.name,
+                info.version,
+                never.join(", ")
+            ),
+        );
+    }
+    let extra_env: Vec<&str> = requested
+        .env
+        .iter()
+        .filter(|e| !policy.env_names().contains(e))
+        .map(String::as_str)
+        .collect();
+    let extra_network = requested.network && matches!(policy.network(), Network::None);
+    if !extra_programs.is_empty() || !extra_env.is_empty() || extra_network {
+        let mut wanted = Vec::new();
+        let quoted = |items: &[&str]| {
+            items
+                .iter()
+                .map(|i| format!("\"{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !extra_programs.is_empty() {
+            wanted.push(format!("programs = [{}]", quoted(&extra_programs)));
+        }
+        if !extra_env.is_empty() {
+            wanted.push(format!("env = [{}]", quoted(&extra_env)));
+        }
+        if extra_network {
+            wanted.push("network = true".to_string());
+        }
+        let kind = request.worker_kind.as_str();
+        let message = format!(
+            "{} {} requests more than the operator granted: {}; widen [kinds.{kind}] in the config to run it",
+            info.name,
+            info.version,
+            wanted.join(", ")
+        );
+        let mut report = Report::failed(FailureReason::PolicyDenied, message.clone());
+        report.outcome = StepExecutionOutcome::Blocked;
+        report.needs_human = true;
+        report.followups.push(SuggestedFollowup {
+            step_name: format!("grant [kinds.{kind}] {}", wanted.join(", ")),
+            step_kind: StepKind::Review,
+            reason: message,
+        });
+        return report;
+    }
     store.data_mut().host.subprocesses.set_policy(policy);
 
     let step_request = StepRequest {

@@ -9,7 +9,7 @@ use baa_runner::contracts::FailureReason;
 use baa_runner::plugins::manifest::{self, Capabilities, Manifest};
 use baa_runner_tests::{fixtures, Sandbox};
 
-use crate::{assert_exit, cli, grant, probe_runner_with, run};
+use crate::{assert_exit, cli, grant_all, probe_runner_with, run};
 
 fn probe_copy(dir: &Path) -> PathBuf {
     let path = dir.join("probe.wasm");
@@ -128,7 +128,7 @@ fn restamp(file: &Path, change: impl FnOnce(&mut Manifest)) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_manifest_for_another_world_version_is_refused_naming_both() {
     let sandbox = Sandbox::new();
-    let (runner, plugin) = probe_runner_with(&sandbox, grant(&[]), |_| {});
+    let (runner, plugin) = probe_runner_with(&sandbox, grant_all(), |_| {});
     restamp(&plugin, |m| m.world = "baa:worker/worker@0.2.0".into());
     let inspection = runner.inspect(&plugin);
     let error = inspection.error.unwrap();
@@ -149,7 +149,7 @@ async fn a_manifest_for_another_world_version_is_refused_naming_both() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_manifest_that_hides_what_the_kind_requests_is_refused() {
     let sandbox = Sandbox::new();
-    let (runner, plugin) = probe_runner_with(&sandbox, grant(&["sh"]), |_| {});
+    let (runner, plugin) = probe_runner_with(&sandbox, grant_all(), |_| {});
     // It claims to need nothing, but its describe asks for programs.
     restamp(&plugin, |m| m.capabilities.programs.clear());
     let result = run(&runner, sandbox.request("probe", "sh echo hi")).await;

@@ -14,7 +14,7 @@ use baa_runner_tests::{git, read_json, read_lifecycle, Sandbox};
 use crate::run;
 
 fn probe_runner(sandbox: &Sandbox) -> Runner {
-    crate::probe_runner(sandbox, crate::grant(&[])).0
+    crate::probe_runner(sandbox, crate::grant_all()).0
 }
 
 fn attempt(
@@ -373,16 +373,7 @@ async fn thirty_two_concurrent_runs_lose_and_duplicate_no_record() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_step_killed_mid_run_is_recovered_and_resumed_from_its_last_checkpoint() {
     let sandbox = Sandbox::new();
-    let plugins = crate::probe_plugins_dir(&sandbox);
-    let config = sandbox.dir.path().join("baa.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "plugin-dirs = [{:?}]\n[kinds.probe]\nprograms = [\"sh\"]\nenv = [\"PROBE_VAR\"]\n",
-            plugins.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = crate::probe_config_file(&sandbox);
     let mut json = sandbox.request_json(
         "probe",
         "checkpoint probe.state before-the-crash\nsh echo started; sleep 30.913",

@@ -92,12 +92,13 @@ fn exit_codes_distinguish_failed_steps_bad_input_and_blocked() {
         .unwrap();
     assert_exit(&out, 3);
 
-    let plugins = crate::probe_plugins_dir(&sandbox);
+    let config = crate::probe_config_file(&sandbox);
     let mut blocked = sandbox.request_json("probe", "block waiting for a reviewer");
     blocked["stepId"] = "blocked".into();
     let out = cli()
-        .args(["run", "--quiet", "--plugins-dir"])
-        .arg(&plugins)
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--quiet"])
         .arg(write_request(&sandbox, &blocked))
         .output()
         .unwrap();
@@ -210,11 +211,11 @@ fn checkpoints_list_and_show_a_steps_records_and_diffs() {
 #[test]
 fn worker_output_is_stored_exactly_and_shown_safely() {
     let sandbox = Sandbox::new();
-    let plugins = crate::probe_plugins_dir(&sandbox);
+    let config = crate::probe_config_file(&sandbox);
     let path = write_request(&sandbox, &sandbox.request_json("probe", "bytes"));
     let out = cli()
-        .arg("--plugins-dir")
-        .arg(&plugins)
+        .arg("--config")
+        .arg(&config)
         .args(["run"])
         .arg(&path)
         .output()

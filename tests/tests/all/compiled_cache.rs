@@ -6,11 +6,11 @@ use std::path::Path;
 
 use baa_runner_tests::{read_json, Sandbox};
 
-use crate::{grant, probe_runner_with, run};
+use crate::{grant_all, probe_runner_with, run};
 
 fn compiled_how(sandbox: &Sandbox, cache: &Path, step: &str) -> String {
     let cache = cache.to_path_buf();
-    let (runner, _) = probe_runner_with(sandbox, grant(&[]), move |config| {
+    let (runner, _) = probe_runner_with(sandbox, grant_all(), move |config| {
         config.compiled_cache_dir = Some(cache);
     });
     let mut request = sandbox.request("probe", "write note.txt hello");

@@ -12,7 +12,7 @@ use baa_runner::contracts::{StepExecutionOutcome, StepExecutionResult};
 use baa_runner::RunnerConfig;
 use baa_runner_tests::{read_json, Sandbox};
 
-use crate::{grant, probe_runner_with, run};
+use crate::{grant_all, probe_runner_with, run};
 
 /// Attacks in Python, one per name, each printing `<name>: ok …` or
 /// `<name>: denied …` per attempt.
@@ -213,7 +213,7 @@ async fn attack(
     args: &[&str],
 ) -> StepExecutionResult {
     std::fs::write(sandbox.repo.join("attack.py"), ATTACKS).unwrap();
-    let (runner, _) = probe_runner_with(sandbox, grant(&["sh", "python3"]), adjust);
+    let (runner, _) = probe_runner_with(sandbox, grant_all(), adjust);
     let script = format!("sh python3 attack.py {op} {}", args.join(" "));
     run(&runner, sandbox.request("probe", &script)).await
 }
@@ -352,7 +352,7 @@ async fn no_descriptor_of_the_host_is_inherited() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shell_metacharacters_reach_the_program_literally() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["touch"]), |_| {});
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |_| {});
     let script = "spawn touch a;touch_pwned $(id) `id` |pwned >redirected";
     let result = run(&runner, sandbox.request("probe", script)).await;
     assert!(result.ok, "{}", result.summary);
@@ -370,7 +370,7 @@ async fn shell_metacharacters_reach_the_program_literally() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ld_preload_never_reaches_a_subprocess() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |_| {});
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |_| {});
     let mut json = sandbox.request_json("probe", "sh env");
     json["runtime"]["env"] = serde_json::json!({ "LD_PRELOAD": "/tmp/evil.so" });
     let request = serde_json::from_value(json).unwrap();
@@ -391,7 +391,7 @@ async fn a_fork_bomb_is_contained_and_cleaned_up() {
         return;
     }
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |config| {
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |config| {
         config.sandbox.processes = 40;
     });
     let mut json = sandbox.request_json("probe", "sh bomb() { bomb | bomb & }; bomb; sleep 2.4711");
@@ -406,7 +406,7 @@ async fn a_fork_bomb_is_contained_and_cleaned_up() {
     );
     assert_no_process_left(&["bomb()", "2.4711"]);
     // The host still runs steps.
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["true"]), |_| {});
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |_| {});
     let mut next = sandbox.request("probe", "spawn true");
     next.step_id = "after-the-bomb".into();
     let next = run(&runner, next).await;
@@ -416,7 +416,7 @@ async fn a_fork_bomb_is_contained_and_cleaned_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn background_processes_die_with_their_command_with_or_without_setsid() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |_| {});
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |_| {});
     let script = "sh sleep 300.111 & setsid sleep 300.222 & (setsid sh -c 'sleep 300.333 & sleep 300.444' &); sleep 0.3; echo started";
     let mut json = sandbox.request_json("probe", script);
     json["timeoutSec"] = 60.into();
@@ -436,7 +436,7 @@ async fn background_processes_die_with_their_command_with_or_without_setsid() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_larger_than_the_limit_is_cut_off() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |config| {
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |config| {
         config.sandbox.file_size_mib = 1;
     });
     let script = "sh head -c 3000000 /dev/zero > big.bin; echo exit=$?";
@@ -456,7 +456,7 @@ async fn a_file_larger_than_the_limit_is_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_metadata_states_the_confinement_that_applied() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["true"]), |_| {});
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |_| {});
     let result = run(&runner, sandbox.request("probe", "spawn true")).await;
     assert!(result.ok, "{}", result.summary);
     let metadata = read_json(&result.log_paths.metadata_path);
@@ -489,7 +489,15 @@ async fn a_program_inside_the_worktree_never_runs_even_when_granted() {
     let sandbox = Sandbox::new();
     let planted = sandbox.repo.join("touch");
     std::fs::copy("/usr/bin/touch", &planted).unwrap();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&[planted.to_str().unwrap()]), |_| {});
+    // The operator's grant names `touch` by a path inside the worktree.
+    let mut granted = grant_all();
+    granted.programs = vec![
+        "true".into(),
+        planted.display().to_string(),
+        "sh".into(),
+        "python3".into(),
+    ];
+    let (runner, _) = probe_runner_with(&sandbox, granted, |_| {});
     let script = format!("spawn {} pwned-by-planted", planted.display());
     let result = run(&runner, sandbox.request("probe", &script)).await;
     assert!(!sandbox.repo.join("pwned-by-planted").exists());

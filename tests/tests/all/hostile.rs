@@ -9,7 +9,7 @@ use baa_runner::contracts::{FailureReason, StepExecutionOutcome, StepExecutionRe
 use baa_runner::Runner;
 use baa_runner_tests::{fixtures, read_json, read_lifecycle, Sandbox};
 
-use crate::{grant, probe_runner_with, run};
+use crate::{grant_all, probe_runner_with, run};
 
 /// Every file below `dir` with its content (the canary's fingerprint).
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -72,7 +72,7 @@ async fn hostile_workers_end_with_the_expected_reason_and_no_escape() {
     let canary = plant_canary(&sandbox);
     let before = snapshot(&canary);
     let rss_before = rss_kib();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |config| {
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |config| {
         config.limits.log_stream_bytes = 1024 * 1024;
         config.limits.max_processes = 4;
         config.limits.resource_table_entries = 256;
@@ -249,7 +249,7 @@ async fn malformed_plugins_are_refused_with_a_precise_reason() {
         );
         assert_complete_record(&result);
     }
-    next_step_succeeds(&crate::probe_runner(&sandbox, grant(&[])).0, &sandbox, 99).await;
+    next_step_succeeds(&crate::probe_runner(&sandbox, grant_all()).0, &sandbox, 99).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -262,6 +262,7 @@ async fn a_worker_that_spins_while_starting_or_asks_for_too_much_memory_is_stopp
     std::fs::copy(fixtures::BIG_MEMORY_WASM, dir.join("big-memory.wasm")).unwrap();
     let mut config = baa_runner::RunnerConfig::default();
     config.plugin_dirs.push(dir);
+    config.kinds.insert("probe".into(), grant_all());
     let runner = Runner::new(config).unwrap();
 
     let mut request = sandbox.request("start-loop", "x");
@@ -302,7 +303,7 @@ async fn a_worker_that_spins_while_starting_or_asks_for_too_much_memory_is_stopp
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_flood_keeps_every_event_on_disk_and_a_bounded_list_in_the_result() {
     let sandbox = Sandbox::new();
-    let (runner, _) = crate::probe_runner(&sandbox, grant(&[]));
+    let (runner, _) = crate::probe_runner(&sandbox, grant_all());
     let result = run(&runner, sandbox.request("probe", "emitmany 5000")).await;
     assert!(result.ok, "{}", result.summary);
     let on_disk = read_lifecycle(&result.log_paths.lifecycle_log_path);

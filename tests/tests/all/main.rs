@@ -92,6 +92,33 @@ pub fn probe_runner_with(
     (Runner::new(config).unwrap(), wasm)
 }
 
+/// A config file for the CLI: the probe's plugin directory, and the grant
+/// of everything the probe requests.
+pub fn probe_config_file(sandbox: &Sandbox) -> PathBuf {
+    let plugins = probe_plugins_dir(sandbox);
+    let programs: Vec<String> = PROBE_PROGRAMS.iter().map(|p| format!("{p:?}")).collect();
+    let config = sandbox.dir.path().join("baa.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin-dirs = [{:?}]\n[kinds.probe]\nprograms = [{}]\nenv = [\"PROBE_VAR\"]\n",
+            plugins.display().to_string(),
+            programs.join(", ")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Everything the probe fixture requests (it runs only when granted all).
+pub const PROBE_PROGRAMS: &[&str] = &["true", "touch", "sh", "python3"];
+
+/// The operator grants the probe everything it requests.
+pub fn grant_all() -> KindGrant {
+    grant(PROBE_PROGRAMS)
+}
+
+/// The operator grants the probe these programs (and `PROBE_VAR`).
 pub fn grant(programs: &[&str]) -> KindGrant {
     KindGrant {
         programs: programs.iter().map(|s| s.to_string()).collect(),

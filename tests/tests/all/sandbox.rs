@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use baa_runner::contracts::{FailureReason, StepExecutionOutcome};
 use baa_runner_tests::{read_json, read_lifecycle, Sandbox};
 
-use crate::{grant, probe_runner, probe_runner_with, run};
+use crate::{grant_all, probe_runner, probe_runner_with, run};
 
 fn stdout_of(result: &baa_runner::contracts::StepExecutionResult) -> String {
     std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap()
@@ -15,7 +15,7 @@ fn stdout_of(result: &baa_runner::contracts::StepExecutionResult) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_third_party_kind_from_a_plugin_directory_runs() {
     let sandbox = Sandbox::new();
-    let (runner, wasm) = probe_runner(&sandbox, grant(&["true"]));
+    let (runner, wasm) = probe_runner(&sandbox, grant_all());
     let script = "write notes.txt written by the probe\nread notes.txt\nartifact report.txt all good\ncheckpoint probe.state halfway\nfollowup review-it review please review\nspawn true";
     let result = run(&runner, sandbox.request("probe", script)).await;
 
@@ -60,7 +60,7 @@ async fn a_worker_cannot_read_or_write_outside_its_worktree() {
     let sandbox = Sandbox::new();
     let secret = sandbox.dir.path().join("secret.txt");
     std::fs::write(&secret, "TOP-SECRET-CONTENT").unwrap();
-    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let (runner, _) = probe_runner(&sandbox, grant_all());
     let script = format!(
         "read README.md\nread ../secret.txt\nread {secret}\nread /etc/passwd\nwrite ../planted.txt x\nsymlink ../secret.txt link-out\nread link-out\nsymlink {secret} abs-link\nread abs-link",
         secret = secret.display()
@@ -96,54 +96,83 @@ async fn a_worker_cannot_read_or_write_outside_its_worktree() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_program_the_policy_does_not_allow_is_denied_and_never_spawned() {
     let sandbox = Sandbox::new();
-    // The probe requests `true`, `touch` and `sh`; the operator grants only `true`.
-    let (runner, _) = probe_runner(&sandbox, grant(&["true"]));
-    let script = "spawn true\nspawn touch pwned-by-touch\nspawn rm -rf README.md\nspawn /usr/bin/touch pwned-by-path";
+    // The operator grants the probe what it requests; it did not request `rm`
+    // or `cp`, so no grant can allow them.
+    let (runner, _) = probe_runner(&sandbox, grant_all());
+    let script =
+        "spawn true\nspawn rm -rf README.md\nspawn /bin/cp README.md copied\nspawn /usr/bin/true";
     let result = run(&runner, sandbox.request("probe", script)).await;
 
-    // Each denial is one the operator could lift: the step is blocked on a
-    // person, with a follow-up naming the grant.
-    assert_eq!(result.outcome, StepExecutionOutcome::Blocked);
-    assert!(result.needs_human);
+    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
+    assert!(!result.needs_human);
     assert_eq!(
         result.state.failure.as_ref().unwrap().reason,
         FailureReason::PolicyDenied
     );
-    assert_eq!(result.suggested_followup.len(), 1);
-    assert!(
-        result.suggested_followup[0]
-            .step_name
-            .contains("programs = [\"touch\"]"),
-        "{:?}",
-        result.suggested_followup
-    );
-    assert!(!sandbox.repo.join("pwned-by-touch").exists());
-    assert!(!sandbox.repo.join("pwned-by-path").exists());
     assert!(sandbox.repo.join("README.md").exists());
+    assert!(!sandbox.repo.join("copied").exists());
 
     let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
     let started: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "subprocess.started" && e["data"]["forWorker"] == true)
         .collect();
-    assert_eq!(started.len(), 1, "only `true` may start: {started:?}");
-    assert!(started[0]["data"]["program"]
-        .as_str()
-        .unwrap()
-        .ends_with("/true"));
+    // `true` by name and by its resolved path.
+    assert_eq!(started.len(), 2, "only `true` may start: {started:?}");
+    assert!(started
+        .iter()
+        .all(|e| e["data"]["program"].as_str().unwrap().ends_with("/true")));
     let denied: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "subprocess.denied")
         .collect();
-    assert_eq!(denied.len(), 3, "{denied:?}");
-    assert!(denied[0]["message"].as_str().unwrap().contains("touch"));
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(denied[0]["message"].as_str().unwrap().contains("rm"));
+    assert!(denied
+        .iter()
+        .all(|d| d["data"]["operatorCanGrant"].is_null()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kind_requesting_more_than_granted_is_blocked_before_it_runs() {
+    let sandbox = Sandbox::new();
+    // The probe requests `true`, `touch`, `sh` and `python3`; the operator
+    // granted only `true` (as for an older version that asked for less).
+    let (runner, _) = probe_runner(&sandbox, crate::grant(&["true"]));
+    let result = run(
+        &runner,
+        sandbox.request("probe", "spawn true\nwrite ran.txt yes"),
+    )
+    .await;
+
+    assert_eq!(result.outcome, StepExecutionOutcome::Blocked);
+    assert!(result.needs_human);
+    let failure = result.state.failure.as_ref().unwrap();
+    assert_eq!(failure.reason, FailureReason::PolicyDenied);
+    assert!(
+        failure
+            .message
+            .contains(r#"programs = ["touch", "sh", "python3"]"#),
+        "the error says what is missing: {}",
+        failure.message
+    );
+    assert_eq!(result.suggested_followup.len(), 1);
+    assert!(result.suggested_followup[0]
+        .step_name
+        .contains("[kinds.probe]"));
+    // It did not run at all.
+    assert!(!sandbox.repo.join("ran.txt").exists());
+    let events = read_lifecycle(&result.log_paths.lifecycle_log_path);
+    assert!(!events
+        .iter()
+        .any(|e| e["event"] == "subprocess.started" && e["data"]["forWorker"] == true));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_subprocess_environment_is_scrubbed() {
     let sandbox = Sandbox::new();
     std::env::set_var("BAA_TEST_HOST_SECRET", "host-secret-value");
-    let (runner, _) = probe_runner(&sandbox, grant(&["sh"]));
+    let (runner, _) = probe_runner(&sandbox, grant_all());
     let result = run(&runner, sandbox.request("probe", "spawn sh -c env")).await;
     assert!(result.ok, "{}", result.summary);
     let stdout = stdout_of(&result);
@@ -163,7 +192,7 @@ async fn the_subprocess_environment_is_scrubbed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_in_an_endless_loop_is_interrupted_at_its_deadline() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let (runner, _) = probe_runner(&sandbox, grant_all());
     let mut request = sandbox.request("probe", "loop");
     request.timeout_sec = 0.5;
     let started = Instant::now();
@@ -179,7 +208,7 @@ async fn a_guest_in_an_endless_loop_is_interrupted_at_its_deadline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_beyond_the_limit_fails_with_memory_limit() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let (runner, _) = probe_runner(&sandbox, grant_all());
     let result = run(&runner, sandbox.request("probe", "alloc 1024")).await;
     assert_eq!(result.outcome, StepExecutionOutcome::Failed);
     let failure = result.state.failure.as_ref().unwrap();
@@ -196,7 +225,7 @@ async fn memory_beyond_the_limit_fails_with_memory_limit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_worker_is_a_trap_with_a_complete_record() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let (runner, _) = probe_runner(&sandbox, grant_all());
     let result = run(
         &runner,
         sandbox.request("probe", "write before.txt x\npanic"),
@@ -218,7 +247,7 @@ async fn a_panicking_worker_is_a_trap_with_a_complete_record() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_blocked_worker_needs_a_human() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let (runner, _) = probe_runner(&sandbox, grant_all());
     let result = run(
         &runner,
         sandbox.request("probe", "block the credentials are missing"),
@@ -253,7 +282,7 @@ async fn neither_the_worker_nor_its_subprocesses_get_the_network_unless_granted(
     let sandbox = Sandbox::new();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let (runner, _) = probe_runner(&sandbox, grant(&["sh"]));
+    let (runner, _) = probe_runner(&sandbox, grant_all());
     let script = format!("connect {addr}\nspawn true");
     let result = run(&runner, sandbox.request("probe", &script)).await;
 
@@ -277,7 +306,7 @@ async fn neither_the_worker_nor_its_subprocesses_get_the_network_unless_granted(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subprocess_flooding_output_is_killed_at_the_cap() {
     let sandbox = Sandbox::new();
-    let (runner, _) = probe_runner_with(&sandbox, grant(&["sh"]), |config| {
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |config| {
         config.limits.subprocess_output_bytes = 1024 * 1024;
     });
     let result = run(

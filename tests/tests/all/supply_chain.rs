@@ -3,7 +3,7 @@
 
 use baa_runner_tests::Sandbox;
 
-use crate::{grant, probe_runner, run};
+use crate::{grant_all, probe_runner, run};
 
 /// Crates and the lowest version that carries the fixes we rely on.
 const FLOORS: &[(&str, (u64, u64, u64))] = &[
@@ -58,7 +58,7 @@ fn the_lockfile_resolves_at_or_above_the_security_floors() {
 async fn the_worker_gets_nothing_ambient() {
     let sandbox = Sandbox::new();
     std::env::set_var("BAA_AMBIENT_CANARY", "should-not-leak");
-    let (runner, _) = probe_runner(&sandbox, grant(&[]));
+    let (runner, _) = probe_runner(&sandbox, grant_all());
     let script = "ambient\nread /README.md\nread /../canary";
     let result = run(&runner, sandbox.request("probe", script)).await;
     let stdout = std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap();

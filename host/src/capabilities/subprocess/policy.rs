@@ -197,6 +197,12 @@ impl ExecPolicy {
         policy
     }
 
+    /// Whether the operator granted program `name` (even if it is missing
+    /// on this machine).
+    pub fn grants_program(&self, name: &str) -> bool {
+        self.programs.contains_key(name) || self.missing.contains_key(name)
+    }
+
     /// Program names this policy allows, with their resolved paths.
     pub fn programs(&self) -> &BTreeMap<String, PathBuf> {
         &self.programs
@@ -231,24 +237,17 @@ impl ExecPolicy {
         args: &[String],
         env: &[(String, String)],
     ) -> Result<Allowed, Denied> {
-        let grant_program = |name: &str| {
-            Some(format!("programs = [\"{name}\"] under [kinds.<kind>] in the config file (the kind must also request it)"))
-        };
         let path = if program.contains('/') {
             let candidate = Path::new(program);
             self.programs
                 .values()
                 .find(|p| p.as_path() == candidate)
                 .cloned()
-                .ok_or_else(|| Denied {
-                    message: format!(
+                .ok_or_else(|| {
+                    Denied::never(format!(
                         "program `{program}` is not allowed for this worker kind (allowed: {})",
                         self.allowed_list()
-                    ),
-                    grant: candidate
-                        .is_absolute()
-                        .then(|| grant_program(program))
-                        .flatten(),
+                    ))
                 })?
         } else if let Some(path) = self.programs.get(program) {
             path.clone()
@@ -258,13 +257,12 @@ impl ExecPolicy {
                 grant: Some(format!("install `{program}` or grant it by absolute path")),
             });
         } else {
-            return Err(Denied {
-                message: format!(
-                    "program `{program}` is not allowed for this worker kind (allowed: {}); the operator can grant it under [kinds.<kind>] programs in the config file",
-                    self.allowed_list()
-                ),
-                grant: grant_program(program),
-            });
+            // The kind runs only once everything it requested is granted:
+            // this is a program it did not request.
+            return Err(Denied::never(format!(
+                "program `{program}` is not allowed for this worker kind (allowed: {}); a kind must request a program in its describe, and the operator grant it",
+                self.allowed_list()
+            )));
         };
         let file_name = path
             .file_name()
@@ -298,13 +296,10 @@ impl ExecPolicy {
                 )));
             }
             if !self.env.iter().any(|allowed| allowed == name) {
-                return Err(Denied {
-                    message: format!(
-                        "environment variable `{name}` is not allowed for this worker kind (allowed: {})",
-                        if self.env.is_empty() { "none".to_string() } else { self.env.join(", ") }
-                    ),
-                    grant: Some(format!("env = [\"{name}\"] under [kinds.<kind>] in the config file")),
-                });
+                return Err(Denied::never(format!(
+                    "environment variable `{name}` is not allowed for this worker kind (allowed: {}); a kind must request it in its describe, and the operator grant it",
+                    if self.env.is_empty() { "none".to_string() } else { self.env.join(", ") }
+                )));
             }
         }
         Ok(Allowed { path })
