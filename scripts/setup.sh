@@ -6,6 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
 cd "$ROOT"
 ensure_wasm_target
 ensure_codex
+ensure_componentize_py
 echo "==> cargo build --workspace (host, CLI and the built-in worker kinds)"
 cargo build --workspace --locked
 echo "==> running examples/shell.json on a demo repository"

@@ -6,6 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
 cd "$ROOT"
 ensure_wasm_target
 ensure_codex
+ensure_componentize_py
 export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
 # The CLI tests run the real binary.
 cargo build --workspace --locked --bins

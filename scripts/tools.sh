@@ -1,6 +1,8 @@
 # Sourced by setup.sh and test.sh: installs what the build and the tests need,
 # idempotently, outside the repository's tracked files.
 #   - the wasm32-wasip2 Rust target (worker kinds are WASI 0.2 components);
+#   - componentize-py (PyPI, pinned) in a virtualenv beside it, for Python
+#     worker kinds;
 #   - the Codex CLI (npm `@openai/codex`, pinned) into a cache outside the
 #     repository, shared by clones: $BAA_TOOLS_DIR, else /var/cache/baa-runner
 #     as root (the sandbox's dedicated users must reach the binary, and root's
@@ -15,6 +17,8 @@ else
 fi
 TOOLS_DIR="${BAA_TOOLS_DIR:-$DEFAULT_TOOLS_DIR}"
 CODEX_PREFIX="$TOOLS_DIR/codex-$CODEX_VERSION"
+COMPONENTIZE_PY_VERSION="0.25.1"
+COMPONENTIZE_PY_VENV="$TOOLS_DIR/componentize-py-$COMPONENTIZE_PY_VERSION"
 
 ensure_wasm_target() {
     if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -40,4 +44,14 @@ ensure_codex() {
 # The native codex binary inside the npm package (the .bin entry is a Node wrapper).
 codex_native_binary() {
     find "$CODEX_PREFIX/node_modules" -type f -name codex -path '*vendor*' -perm -u+x 2>/dev/null | head -n 1
+}
+
+ensure_componentize_py() {
+    local bin="$COMPONENTIZE_PY_VENV/bin/componentize-py"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+        return 0
+    fi
+    echo "==> pip install componentize-py==$COMPONENTIZE_PY_VERSION into $COMPONENTIZE_PY_VENV (once)"
+    python3 -m venv "$COMPONENTIZE_PY_VENV"
+    "$COMPONENTIZE_PY_VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
 }

@@ -108,3 +108,31 @@ pub fn event_names(events: &[Value]) -> Vec<String> {
         .map(|e| e["event"].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+/// Where `scripts/tools.sh` installs tools: `$BAA_TOOLS_DIR`, else
+/// `/var/cache/baa-runner` as root, else `~/.cache/baa-runner`.
+pub fn tools_dir() -> PathBuf {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    std::env::var_os("BAA_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| root.then(|| PathBuf::from("/var/cache/baa-runner")))
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("baa-runner")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baa-runner")))
+        .unwrap_or_default()
+}
+
+/// componentize-py as `scripts/tools.sh` installed it.
+pub fn componentize_py() -> PathBuf {
+    let bin = tools_dir().join(format!(
+        "componentize-py-{}/bin/componentize-py",
+        baa_runner::scaffold::COMPONENTIZE_PY
+    ));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/test.sh (it installs componentize-py from PyPI)",
+        bin.display()
+    );
+    bin
+}

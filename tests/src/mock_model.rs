@@ -222,16 +222,7 @@ pub fn codex_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os("BAA_CODEX_BIN").filter(|b| !b.is_empty()) {
         return PathBuf::from(bin);
     }
-    // The same place as scripts/tools.sh: $BAA_TOOLS_DIR, /var/cache as root.
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    let tools = std::env::var_os("BAA_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| root.then(|| PathBuf::from("/var/cache/baa-runner")))
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("baa-runner")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/baa-runner")))
-        .unwrap_or_default();
+    let tools = crate::tools_dir();
     let scope = tools.join(format!("codex-{CODEX_VERSION}/node_modules/@openai"));
     let found = std::fs::read_dir(&scope).ok().and_then(|entries| {
         entries.flatten().find_map(|pkg| {

@@ -410,6 +410,17 @@ impl PluginCache {
         }
     }
 
+    /// Keep `component` in the disk cache as the compilation of `sha256`
+    /// too: bytes that differ from its source only in custom sections (a
+    /// manifest written by `stamp`) compile to the same code.
+    pub fn store_equivalent(&self, sha256: &str, component: &Component) {
+        if let Some(disk) = &self.disk {
+            if let Err(e) = disk.store(sha256, component) {
+                tracing::warn!("cannot store the compiled code: {e}");
+            }
+        }
+    }
+
     /// Load `entry`, reusing an earlier compilation of the same bytes.
     pub fn get(
         &self,

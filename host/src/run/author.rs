@@ -138,7 +138,17 @@ impl Runner {
     /// Ask `path`'s `describe` (in a store without capabilities) and write
     /// the answer into the file as its manifest section.
     pub async fn stamp(&self, path: &Path) -> Result<Manifest, String> {
-        let (info, _) = execute::describe(&self.shared, &entry_for(path)?).await?;
+        let entry = entry_for(path)?;
+        let (info, _) = execute::describe(&self.shared, &entry).await?;
+        let shared = &self.shared;
+        let compiled = shared
+            .cache
+            .get(
+                &shared.engine,
+                &entry,
+                shared.config.limits.plugin_file_bytes,
+            )
+            .map_err(|e| e.to_string())?;
         let manifest = Manifest {
             name: info.name,
             version: info.version,
@@ -154,6 +164,11 @@ impl Runner {
         let stamped = manifest::write(&bytes, &manifest)?;
         crate::fsutil::write_atomic(path, &stamped)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Only a custom section changed: the code compiled for the old bytes
+        // is the code of the new ones.
+        shared
+            .cache
+            .store_equivalent(&crate::fsutil::sha256_hex(&stamped), &compiled.component);
         Ok(manifest)
     }
 

@@ -3,6 +3,12 @@
 
 use wasmtime::ResourceLimiter;
 
+/// Core instances (and tables) one worker component may create.
+pub const MAX_INSTANCES: usize = 100;
+/// Linear memories one worker component may create (their total size is
+/// bounded by `limits.memory-mib` each).
+pub const MAX_MEMORIES: usize = 20;
+
 /// Memory and table limits that remember being hit.
 #[derive(Debug)]
 pub struct StepLimits {
@@ -45,15 +51,18 @@ impl ResourceLimiter for StepLimits {
         Ok(desired <= self.table_elements)
     }
 
+    // Components built by componentize-py or jco link tens of core
+    // instances (an interpreter, libc, adapters); wasmtime's own default is
+    // 10,000 of each.
     fn instances(&self) -> usize {
-        10
+        MAX_INSTANCES
     }
 
     fn tables(&self) -> usize {
-        10
+        MAX_INSTANCES
     }
 
     fn memories(&self) -> usize {
-        10
+        MAX_MEMORIES
     }
 }

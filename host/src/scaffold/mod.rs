@@ -1,12 +1,16 @@
 //! `baa-runner new`: the starting point of a third-party worker kind, a
 //! project that builds into a component of this host's world and passes
-//! `baa-runner check` unchanged. Rust for now: the guest SDK and the WIT are
-//! vendored into the project, so it builds with nothing but crates.io.
+//! `baa-runner check` unchanged: Rust (the guest SDK and the WIT vendored,
+//! so it builds with nothing but crates.io) or Python (componentize-py from
+//! PyPI).
 
 use std::path::{Path, PathBuf};
 
 /// Languages `new` can scaffold.
-pub const LANGUAGES: &[&str] = &["rust"];
+pub const LANGUAGES: &[&str] = &["rust", "python"];
+
+/// The componentize-py release the Python scaffold is tested with.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
 
 const WIT: &str = include_str!("../../../wit/worker.wit");
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
@@ -15,6 +19,8 @@ const CARGO_CONFIG: &str = include_str!("templates/rust/config.toml.tmpl");
 const SDK_CARGO_TOML: &str = include_str!("templates/rust/sdk.Cargo.toml.tmpl");
 const LIB_RS: &str = include_str!("templates/rust/lib.rs.tmpl");
 const README: &str = include_str!("templates/rust/README.md.tmpl");
+const APP_PY: &str = include_str!("templates/python/app.py.tmpl");
+const README_PY: &str = include_str!("templates/python/README.md.tmpl");
 /// The versions the built-in kinds are built and tested with: a new
 /// project starts from them (cargo trims and extends the lock file).
 const CARGO_LOCK: &str = include_str!("../../../plugins/Cargo.lock");
@@ -31,9 +37,9 @@ pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf,
             "`{name}` is a built-in kind, which would shadow a plugin of that name; choose another"
         ));
     }
-    if language != "rust" {
+    if !LANGUAGES.contains(&language) {
         return Err(format!(
-            "cannot scaffold `{language}` yet (languages: {})",
+            "cannot scaffold `{language}` (languages: {})",
             LANGUAGES.join(", ")
         ));
     }
@@ -55,10 +61,21 @@ pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf,
             .replace("{{world_version}}", world_version)
             .replace("{{sdk_version}}", env!("CARGO_PKG_VERSION"))
             .replace("{{wit_bindgen}}", WIT_BINDGEN)
+            .replace("{{componentize_py}}", COMPONENTIZE_PY)
     };
+    if language == "python" {
+        return write_files(
+            &dir,
+            vec![
+                ("app.py", fill(APP_PY)),
+                ("wit/worker.wit", WIT.to_string()),
+                ("README.md", fill(README_PY)),
+            ],
+        );
+    }
     // The SDK finds the WIT beside it in the project, not in this repository.
     let sdk_lib = SDK_LIB.replace("path: \"../../wit\"", "path: \"../wit\"");
-    let files: [(&str, String); 8] = [
+    let files = vec![
         ("Cargo.lock", CARGO_LOCK.to_string()),
         ("Cargo.toml", fill(CARGO_TOML)),
         (".cargo/config.toml", fill(CARGO_CONFIG)),
@@ -68,6 +85,10 @@ pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf,
         ("wit/worker.wit", WIT.to_string()),
         ("README.md", fill(README)),
     ];
+    write_files(&dir, files)
+}
+
+fn write_files(dir: &Path, files: Vec<(&str, String)>) -> Result<PathBuf, String> {
     for (rel, contents) in files {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
@@ -75,5 +96,5 @@ pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf,
         }
         std::fs::write(&path, contents).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(dir)
+    Ok(dir.to_path_buf())
 }

@@ -237,3 +237,54 @@ fn a_scaffolded_rust_kind_builds_stamps_and_passes_check_unchanged() {
         assert_exit(&out, 3);
     }
 }
+
+#[test]
+fn a_scaffolded_python_kind_builds_with_componentize_py_and_passes_check() {
+    let sandbox = Sandbox::new();
+    let out = cli()
+        .args(["new", "hello-py", "--lang", "python", "--dir"])
+        .arg(sandbox.dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let project = sandbox.dir.path().join("hello-py");
+    // The build command of its README.
+    let build = std::process::Command::new(baa_runner_tests::componentize_py())
+        .args([
+            "-d",
+            "wit",
+            "-w",
+            "worker",
+            "componentize",
+            "app",
+            "-o",
+            "hello-py.wasm",
+        ])
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let file = project.join("hello-py.wasm");
+    assert_exit(&cli().arg("stamp").arg(&file).output().unwrap(), 0);
+    let out = cli()
+        .arg("check")
+        .arg("--json")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let report = json_of(&out);
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert!(
+        report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["level"] == "pass"),
+        "{report:#}"
+    );
+}
