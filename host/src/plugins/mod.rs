@@ -421,6 +421,17 @@ impl PluginCache {
         }
     }
 
+    /// The compilation of `entry` with digest `sha256`, if this runner has it.
+    fn compiled(&self, entry: &PluginEntry, sha256: String) -> Option<Arc<LoadedPlugin>> {
+        let key = (entry.kind.to_string(), sha256);
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|hit| hit.source == entry.source)
+            .cloned()
+    }
+
     /// Load `entry`, reusing an earlier compilation of the same bytes.
     pub fn get(
         &self,
@@ -428,18 +439,11 @@ impl PluginCache {
         entry: &PluginEntry,
         max_file_bytes: u64,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
-        if let Some(sha256) = self.known_digest(entry) {
-            let key = (entry.kind.to_string(), sha256);
-            if let Some(hit) = self
-                .loaded
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-            {
-                if hit.source == entry.source {
-                    return Ok(hit.clone());
-                }
-            }
+        if let Some(hit) = self
+            .known_digest(entry)
+            .and_then(|sha256| self.compiled(entry, sha256))
+        {
+            return Ok(hit);
         }
         let id = match &entry.source {
             PluginSource::File(path) => FileId::of(path),
@@ -454,17 +458,10 @@ impl PluginCache {
             _ => None,
         };
         self.remember_digest(entry, id, &sha256);
-        let key = (entry.kind.to_string(), sha256.clone());
-        if let Some(hit) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            if hit.source == entry.source {
-                return Ok(hit.clone());
-            }
+        if let Some(hit) = self.compiled(entry, sha256.clone()) {
+            return Ok(hit);
         }
+        let key = (entry.kind.to_string(), sha256.clone());
         let loaded = Arc::new(compile(engine, self.disk.as_ref(), entry, &bytes, sha256)?);
         self.loaded
             .lock()

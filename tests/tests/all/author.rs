@@ -11,6 +11,23 @@ use baa_runner_tests::{fixtures, Sandbox};
 
 use crate::{assert_exit, cli, grant_all, probe_runner_with, run};
 
+/// `stamp` then `check` the kind at `file`: every item passes.
+fn stamp_and_check_passes(file: &Path) {
+    assert_exit(&cli().arg("stamp").arg(file).output().unwrap(), 0);
+    let out = cli().arg("check").arg("--json").arg(file).output().unwrap();
+    assert_exit(&out, 0);
+    let report = json_of(&out);
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert!(
+        report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["level"] == "pass"),
+        "{report:#}"
+    );
+}
+
 fn probe_copy(dir: &Path) -> PathBuf {
     let path = dir.join("probe.wasm");
     std::fs::copy(fixtures::PROBE_WASM, &path).unwrap();
@@ -211,21 +228,7 @@ fn a_scaffolded_rust_kind_builds_stamps_and_passes_check_unchanged() {
     );
     let file = sandbox.dir.path().join("hello-kind.wasm");
     std::fs::copy(target.join("wasm32-wasip2/release/hello_kind.wasm"), &file).unwrap();
-    assert_exit(&cli().arg("stamp").arg(&file).output().unwrap(), 0);
-    let out = cli()
-        .arg("check")
-        .arg("--json")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
-    let report = json_of(&out);
-    assert_eq!(report["passed"], true, "{report:#}");
-    assert!(report["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|i| i["level"] == "pass"));
+    stamp_and_check_passes(&file);
 
     // A second project of that name, or one named like a built-in kind, is refused.
     for name in ["hello-kind", "shell"] {
@@ -269,22 +272,5 @@ fn a_scaffolded_python_kind_builds_with_componentize_py_and_passes_check() {
         String::from_utf8_lossy(&build.stderr)
     );
     let file = project.join("hello-py.wasm");
-    assert_exit(&cli().arg("stamp").arg(&file).output().unwrap(), 0);
-    let out = cli()
-        .arg("check")
-        .arg("--json")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
-    let report = json_of(&out);
-    assert_eq!(report["passed"], true, "{report:#}");
-    assert!(
-        report["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["level"] == "pass"),
-        "{report:#}"
-    );
+    stamp_and_check_passes(&file);
 }
