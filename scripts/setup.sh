@@ -7,6 +7,7 @@ cd "$ROOT"
 ensure_wasm_target
 ensure_codex
 ensure_componentize_py
+ensure_componentize_js
 echo "==> cargo build --workspace (host, CLI and the built-in worker kinds)"
 cargo build --workspace --locked
 echo "==> running examples/shell.json on a demo repository"

@@ -7,6 +7,7 @@ cd "$ROOT"
 ensure_wasm_target
 ensure_codex
 ensure_componentize_py
+ensure_componentize_js
 export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
 # The CLI tests run the real binary.
 cargo build --workspace --locked --bins

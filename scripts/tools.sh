@@ -2,7 +2,7 @@
 # idempotently, outside the repository's tracked files.
 #   - the wasm32-wasip2 Rust target (worker kinds are WASI 0.2 components);
 #   - componentize-py (PyPI, pinned) in a virtualenv beside it, for Python
-#     worker kinds;
+#     worker kinds, and componentize-js (npm, pinned) for JavaScript ones;
 #   - the Codex CLI (npm `@openai/codex`, pinned) into a cache outside the
 #     repository, shared by clones: $BAA_TOOLS_DIR, else /var/cache/baa-runner
 #     as root (the sandbox's dedicated users must reach the binary, and root's
@@ -19,6 +19,8 @@ TOOLS_DIR="${BAA_TOOLS_DIR:-$DEFAULT_TOOLS_DIR}"
 CODEX_PREFIX="$TOOLS_DIR/codex-$CODEX_VERSION"
 COMPONENTIZE_PY_VERSION="0.25.1"
 COMPONENTIZE_PY_VENV="$TOOLS_DIR/componentize-py-$COMPONENTIZE_PY_VERSION"
+COMPONENTIZE_JS_VERSION="0.23.0"
+COMPONENTIZE_JS_PREFIX="$TOOLS_DIR/componentize-js-$COMPONENTIZE_JS_VERSION"
 
 ensure_wasm_target() {
     if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -54,4 +56,15 @@ ensure_componentize_py() {
     echo "==> pip install componentize-py==$COMPONENTIZE_PY_VERSION into $COMPONENTIZE_PY_VENV (once)"
     python3 -m venv "$COMPONENTIZE_PY_VENV"
     "$COMPONENTIZE_PY_VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+}
+
+ensure_componentize_js() {
+    local bin="$COMPONENTIZE_JS_PREFIX/node_modules/.bin/componentize-js"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$COMPONENTIZE_JS_VERSION"; then
+        return 0
+    fi
+    echo "==> npm install @bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION into $COMPONENTIZE_JS_PREFIX (once)"
+    mkdir -p "$COMPONENTIZE_JS_PREFIX"
+    npm install --prefix "$COMPONENTIZE_JS_PREFIX" --no-audit --no-fund --loglevel=error \
+        "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION"
 }

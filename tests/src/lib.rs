@@ -136,3 +136,17 @@ pub fn componentize_py() -> PathBuf {
     );
     bin
 }
+
+/// componentize-js as `scripts/tools.sh` installed it.
+pub fn componentize_js() -> PathBuf {
+    let bin = tools_dir().join(format!(
+        "componentize-js-{}/node_modules/.bin/componentize-js",
+        baa_runner::scaffold::COMPONENTIZE_JS
+    ));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/test.sh (it installs componentize-js from npm)",
+        bin.display()
+    );
+    bin
+}

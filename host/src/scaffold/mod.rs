@@ -1,16 +1,19 @@
 //! `baa-runner new`: the starting point of a third-party worker kind, a
 //! project that builds into a component of this host's world and passes
 //! `baa-runner check` unchanged: Rust (the guest SDK and the WIT vendored,
-//! so it builds with nothing but crates.io) or Python (componentize-py from
-//! PyPI).
+//! so it builds with nothing but crates.io), Python (componentize-py from
+//! PyPI) or JavaScript (componentize-js from npm).
 
 use std::path::{Path, PathBuf};
 
 /// Languages `new` can scaffold.
-pub const LANGUAGES: &[&str] = &["rust", "python"];
+pub const LANGUAGES: &[&str] = &["rust", "python", "javascript"];
 
 /// The componentize-py release the Python scaffold is tested with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// The componentize-js release the JavaScript scaffold is tested with.
+pub const COMPONENTIZE_JS: &str = "0.23.0";
 
 const WIT: &str = include_str!("../../../wit/worker.wit");
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
@@ -21,6 +24,8 @@ const LIB_RS: &str = include_str!("templates/rust/lib.rs.tmpl");
 const README: &str = include_str!("templates/rust/README.md.tmpl");
 const APP_PY: &str = include_str!("templates/python/app.py.tmpl");
 const README_PY: &str = include_str!("templates/python/README.md.tmpl");
+const APP_JS: &str = include_str!("templates/javascript/app.js.tmpl");
+const README_JS: &str = include_str!("templates/javascript/README.md.tmpl");
 /// The versions the built-in kinds are built and tested with: a new
 /// project starts from them (cargo trims and extends the lock file).
 const CARGO_LOCK: &str = include_str!("../../../plugins/Cargo.lock");
@@ -62,7 +67,18 @@ pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf,
             .replace("{{sdk_version}}", env!("CARGO_PKG_VERSION"))
             .replace("{{wit_bindgen}}", WIT_BINDGEN)
             .replace("{{componentize_py}}", COMPONENTIZE_PY)
+            .replace("{{componentize_js}}", COMPONENTIZE_JS)
     };
+    if language == "javascript" {
+        return write_files(
+            &dir,
+            vec![
+                ("app.js", fill(APP_JS)),
+                ("wit/worker.wit", WIT.to_string()),
+                ("README.md", fill(README_JS)),
+            ],
+        );
+    }
     if language == "python" {
         return write_files(
             &dir,

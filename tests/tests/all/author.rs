@@ -274,3 +274,38 @@ fn a_scaffolded_python_kind_builds_with_componentize_py_and_passes_check() {
     let file = project.join("hello-py.wasm");
     stamp_and_check_passes(&file);
 }
+
+#[test]
+fn a_scaffolded_javascript_kind_builds_with_componentize_js_and_passes_check() {
+    let sandbox = Sandbox::new();
+    let out = cli()
+        .args(["new", "hello-js", "--lang", "javascript", "--dir"])
+        .arg(sandbox.dir.path())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let project = sandbox.dir.path().join("hello-js");
+    // The build command of its README.
+    let build = std::process::Command::new(baa_runner_tests::componentize_js())
+        .args([
+            "app.js",
+            "--wit",
+            "wit",
+            "-n",
+            "worker",
+            "-d",
+            "http",
+            "-d",
+            "fetch-event",
+        ])
+        .args(["-o", "hello-js.wasm"])
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    stamp_and_check_passes(&project.join("hello-js.wasm"));
+}
