@@ -241,28 +241,19 @@ fn a_scaffolded_rust_kind_builds_stamps_and_passes_check_unchanged() {
     }
 }
 
-#[test]
-fn a_scaffolded_python_kind_builds_with_componentize_py_and_passes_check() {
+/// `new NAME --lang LANG`, then the README's build command (`tool` with
+/// `args` in the project, writing `NAME.wasm`), then stamp and check.
+fn scaffold_build_and_check(lang: &str, name: &str, tool: PathBuf, args: &[&str]) {
     let sandbox = Sandbox::new();
     let out = cli()
-        .args(["new", "hello-py", "--lang", "python", "--dir"])
+        .args(["new", name, "--lang", lang, "--dir"])
         .arg(sandbox.dir.path())
         .output()
         .unwrap();
     assert_exit(&out, 0);
-    let project = sandbox.dir.path().join("hello-py");
-    // The build command of its README.
-    let build = std::process::Command::new(baa_runner_tests::componentize_py())
-        .args([
-            "-d",
-            "wit",
-            "-w",
-            "worker",
-            "componentize",
-            "app",
-            "-o",
-            "hello-py.wasm",
-        ])
+    let project = sandbox.dir.path().join(name);
+    let build = std::process::Command::new(tool)
+        .args(args)
         .current_dir(&project)
         .output()
         .unwrap();
@@ -271,23 +262,35 @@ fn a_scaffolded_python_kind_builds_with_componentize_py_and_passes_check() {
         "{}",
         String::from_utf8_lossy(&build.stderr)
     );
-    let file = project.join("hello-py.wasm");
-    stamp_and_check_passes(&file);
+    stamp_and_check_passes(&project.join(format!("{name}.wasm")));
+}
+
+#[test]
+fn a_scaffolded_python_kind_builds_with_componentize_py_and_passes_check() {
+    scaffold_build_and_check(
+        "python",
+        "hello-py",
+        baa_runner_tests::componentize_py(),
+        &[
+            "-d",
+            "wit",
+            "-w",
+            "worker",
+            "componentize",
+            "app",
+            "-o",
+            "hello-py.wasm",
+        ],
+    );
 }
 
 #[test]
 fn a_scaffolded_javascript_kind_builds_with_componentize_js_and_passes_check() {
-    let sandbox = Sandbox::new();
-    let out = cli()
-        .args(["new", "hello-js", "--lang", "javascript", "--dir"])
-        .arg(sandbox.dir.path())
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
-    let project = sandbox.dir.path().join("hello-js");
-    // The build command of its README.
-    let build = std::process::Command::new(baa_runner_tests::componentize_js())
-        .args([
+    scaffold_build_and_check(
+        "javascript",
+        "hello-js",
+        baa_runner_tests::componentize_js(),
+        &[
             "app.js",
             "--wit",
             "wit",
@@ -297,15 +300,8 @@ fn a_scaffolded_javascript_kind_builds_with_componentize_js_and_passes_check() {
             "http",
             "-d",
             "fetch-event",
-        ])
-        .args(["-o", "hello-js.wasm"])
-        .current_dir(&project)
-        .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "{}",
-        String::from_utf8_lossy(&build.stderr)
+            "-o",
+            "hello-js.wasm",
+        ],
     );
-    stamp_and_check_passes(&project.join("hello-js.wasm"));
 }
