@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Runs the example request of a worker kind (shell, git or codex) on a demo
-# repository created on the fly:  bash examples/demo.sh shell
+# Runs the example request of a worker kind on a demo repository created on
+# the fly:  bash examples/demo.sh shell
+# Built-in kinds: shell, git, codex; third-party example kinds (examples/kinds/,
+# built and stamped here when missing): todo-scan, changelog, commit-lint.
 # The codex example talks to a scripted local model (tests/src/bin/mock-model.rs);
 # point CODEX_HOME at a real Codex configuration to use a real one.
 set -euo pipefail
 kind="${1:-shell}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/../scripts/tools.sh"
-case "$kind" in shell|git|codex) ;; *) echo "usage: $0 shell|git|codex" >&2; exit 3 ;; esac
+case "$kind" in
+shell|git|codex) request="$here/$kind.json" ;;
+todo-scan|changelog|commit-lint) request="$here/kinds/$kind/request.json" ;;
+*) echo "usage: $0 shell|git|codex|todo-scan|changelog|commit-lint" >&2; exit 3 ;;
+esac
 
 bin="$ROOT/target/debug/baa-runner"
 [ -x "$bin" ] || (cd "$ROOT" && cargo build --workspace --locked)
@@ -20,14 +26,14 @@ mkdir -p "$repo"
 git -C "$repo" init -q -b main
 git -C "$repo" config user.name "Demo Author"
 git -C "$repo" config user.email "demo@example.test"
-printf '#!/bin/sh\necho "running 3 checks"\nfor t in parse build lint; do echo "ok - $t"; done\n' > "$repo/test.sh"
+printf '#!/bin/sh\n# TODO: add a lint check\necho "running 3 checks"\nfor t in parse build lint; do echo "ok - $t"; done\n' > "$repo/test.sh"
 printf '# demo\n' > "$repo/README.md"
 git -C "$repo" add -A && git -C "$repo" commit -q -m "initial commit"
 # An uncommitted change for the git example to commit.
 printf 'goodbye\n' > "$repo/farewell.txt"
 
 sed -e "s|@DEMO_REPO@|$repo|g" -e "s|@RUNS_DIR@|$demo/runs|g" -e "s|@CODEX_HOME@|$demo/codex-home|g" \
-    "$here/$kind.json" > "$demo/request.json"
+    "$request" > "$demo/request.json"
 
 if [ "$kind" = codex ]; then
     export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
@@ -48,6 +54,13 @@ write-paths = ["$demo/codex-home"]
 read-paths = ["$(dirname "$(dirname "$(dirname "$BAA_CODEX_BIN")")")"]
 TOML
     config=(--config "$demo/baa.toml")
+elif [ "$kind" != shell ] && [ "$kind" != git ]; then
+    out="$here/kinds/out"
+    if [ ! -f "$out/$kind.wasm" ]; then
+        bash "$here/kinds/build.sh" "$out"
+        for wasm in "$out"/*.wasm; do "$bin" stamp "$wasm"; done
+    fi
+    config=(--plugins-dir "$out" --config "$here/kinds/runner.toml")
 else
     config=()
 fi

@@ -12,3 +12,5 @@ export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
 # The CLI tests run the real binary.
 cargo build --workspace --locked --bins
 cargo test --workspace --locked
+# The guest SDK's rustdoc example, run natively.
+(cd plugins && cargo test --locked -p baa-worker-sdk --target "$(rustc -vV | sed -n 's/^host: //p')")

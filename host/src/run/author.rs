@@ -173,8 +173,9 @@ impl Runner {
     }
 
     /// Check `path` the way the host will use it, then run one trivial step
-    /// of it in a scratch repository, granted what it requests.
-    pub async fn check(&self, path: &Path) -> CheckReport {
+    /// of it in a scratch repository (one commit, `command` as given),
+    /// granted what it requests.
+    pub async fn check(&self, path: &Path, command: &str) -> CheckReport {
         let mut items = Vec::new();
         let mut item = |name: &str, level: &'static str, detail: String| {
             items.push(CheckItem {
@@ -265,7 +266,7 @@ impl Runner {
             return finish(items, Some(requests));
         }
         let (name, level, detail) = self
-            .conformance_step(path, &described.name, &requests)
+            .conformance_step(path, &described.name, &requests, command)
             .await;
         item(&name, level, detail);
         finish(items, Some(requests))
@@ -277,6 +278,7 @@ impl Runner {
         path: &Path,
         name: &str,
         requests: &Capabilities,
+        command: &str,
     ) -> (String, &'static str, String) {
         let title = "a trivial step runs and stays in its worktree".to_string();
         let scratch = std::env::temp_dir().join(format!(
@@ -316,7 +318,7 @@ impl Runner {
                 "stepName": "conformance check: change nothing", "stepKind": name,
                 "workerKind": name, "timeoutSec": 30,
                 "promptSummary": "Conformance check by baa-runner: do nothing and report success.",
-                "command": "true",
+                "command": command,
                 "runtime": { "repoRoot": repo, "worktreePath": repo, "runsRootDir": scratch.join("runs") },
                 "checkpoint": { "mode": "capture" }
             });
@@ -391,7 +393,7 @@ fn init_repo(repo: &PathBuf) -> Result<(), String> {
             "commit",
             "-q",
             "-m",
-            "check",
+            "chore: baa-runner conformance check",
         ],
     ] {
         let status = std::process::Command::new(&git)

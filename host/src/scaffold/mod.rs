@@ -17,6 +17,9 @@ pub const COMPONENTIZE_JS: &str = "0.23.0";
 
 const WIT: &str = include_str!("../../../wit/worker.wit");
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
+const SDK_STEP: &str = include_str!("../../../plugins/sdk/src/step.rs");
+const SDK_PROCESS: &str = include_str!("../../../plugins/sdk/src/process.rs");
+const SDK_RECORD: &str = include_str!("../../../plugins/sdk/src/record.rs");
 const CARGO_TOML: &str = include_str!("templates/rust/Cargo.toml.tmpl");
 const CARGO_CONFIG: &str = include_str!("templates/rust/config.toml.tmpl");
 const SDK_CARGO_TOML: &str = include_str!("templates/rust/sdk.Cargo.toml.tmpl");
@@ -98,6 +101,9 @@ pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf,
         ("src/lib.rs", fill(LIB_RS)),
         ("sdk/Cargo.toml", fill(SDK_CARGO_TOML)),
         ("sdk/src/lib.rs", sdk_lib),
+        ("sdk/src/step.rs", SDK_STEP.to_string()),
+        ("sdk/src/process.rs", SDK_PROCESS.to_string()),
+        ("sdk/src/record.rs", SDK_RECORD.to_string()),
         ("wit/worker.wit", WIT.to_string()),
         ("README.md", fill(README)),
     ];

@@ -211,7 +211,7 @@ impl Turn {
     }
 }
 
-fn build_prompt(request: &StepRequest) -> Result<String, ExecuteError> {
+fn build_prompt(request: &Step) -> Result<String, ExecuteError> {
     let task = request
         .prompt_summary
         .as_deref()
@@ -245,21 +245,19 @@ fn build_prompt(request: &StepRequest) -> Result<String, ExecuteError> {
 struct Codex;
 
 impl Worker for Codex {
-    fn describe() -> WorkerInfo {
-        WorkerInfo::new(
-            "codex",
-            env!("CARGO_PKG_VERSION"),
-            "Drives the Codex CLI (codex exec --json) in the worktree",
-        )
-        .program("codex")
-        .env("CODEX_HOME")
-        .env("OPENAI_API_KEY")
-        .env("OPENAI_BASE_URL")
-        .env("BAA_CODEX_API_KEY")
-        .network()
+    fn describe(package: WorkerInfo) -> WorkerInfo {
+        package
+            .named("codex")
+            .description("Drives the Codex CLI (codex exec --json) in the worktree")
+            .program("codex")
+            .env("CODEX_HOME")
+            .env("OPENAI_API_KEY")
+            .env("OPENAI_BASE_URL")
+            .env("BAA_CODEX_API_KEY")
+            .network()
     }
 
-    fn execute(request: StepRequest) -> Result<WorkerOutcome, ExecuteError> {
+    fn execute(request: Step) -> Result<WorkerOutcome, ExecuteError> {
         let prompt = build_prompt(&request)?;
         let schema =
             scratch_file("codex-output-schema.json", OUTPUT_SCHEMA.as_bytes()).map_err(|e| {

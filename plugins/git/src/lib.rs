@@ -46,21 +46,21 @@ const REFUSED_OPTIONS: &[&str] = &[
 struct Git;
 
 impl Worker for Git {
-    fn describe() -> WorkerInfo {
-        WorkerInfo::new(
-            "git",
-            env!("CARGO_PKG_VERSION"),
-            "Runs git operations in the worktree: status, diff, add, commit, branch, checkout",
-        )
-        .program("git")
-        .env("GIT_AUTHOR_NAME")
-        .env("GIT_AUTHOR_EMAIL")
-        .env("GIT_COMMITTER_NAME")
-        .env("GIT_COMMITTER_EMAIL")
-        .env("GIT_TERMINAL_PROMPT")
+    fn describe(package: WorkerInfo) -> WorkerInfo {
+        package
+            .named("git")
+            .description(
+                "Runs git operations in the worktree: status, diff, add, commit, branch, checkout",
+            )
+            .program("git")
+            .env("GIT_AUTHOR_NAME")
+            .env("GIT_AUTHOR_EMAIL")
+            .env("GIT_COMMITTER_NAME")
+            .env("GIT_COMMITTER_EMAIL")
+            .env("GIT_TERMINAL_PROMPT")
     }
 
-    fn execute(request: StepRequest) -> Result<WorkerOutcome, ExecuteError> {
+    fn execute(request: Step) -> Result<WorkerOutcome, ExecuteError> {
         let script = request.command.as_deref().unwrap_or("status");
         let operations = parse_operations(script).map_err(ExecuteError::InvalidRequest)?;
 

@@ -1,22 +1,63 @@
 //! Guest SDK for baa-runner worker kinds.
 //!
-//! A worker kind implements [`Worker`] and exports it with [`export_worker!`];
-//! the generated WIT bindings stay behind this crate. Helpers wrap the host
-//! interfaces: [`run`] launches a subprocess, [`emit`] logs a lifecycle event,
-//! [`capture_checkpoint`] and [`declare_artifact`] record progress.
+//! A worker kind implements [`Worker`] — `execute`, and optionally the
+//! `describe` and `resume` hooks — and exports it with [`export_worker!`]; the
+//! generated WIT bindings stay behind this crate. The step arrives as a
+//! [`Step`] (serde, camelCase JSON); helpers wrap the host interfaces:
+//! [`run`] launches a subprocess, [`emit`] and [`progress`] log lifecycle
+//! events, [`capture_checkpoint`] and [`declare_artifact`] record progress.
 //!
-//! ```ignore
+//! The worktree is the current directory: `std::fs` works inside it and
+//! nowhere else. Build for `wasm32-wasip2`, then `baa-runner stamp` and
+//! `baa-runner check` the `.wasm` file.
+//!
+//! ```
 //! use baa_worker_sdk::*;
-//! struct Echo;
-//! impl Worker for Echo {
-//!     fn describe() -> WorkerInfo { WorkerInfo::new("echo", "0.1.0", "prints the prompt") }
-//!     fn execute(req: StepRequest) -> Result<WorkerOutcome, ExecuteError> {
-//!         println!("{}", req.prompt_summary.unwrap_or_default());
-//!         Ok(WorkerOutcome::completed("echoed the prompt"))
+//!
+//! /// Counts the lines of the files that the step's `command` names.
+//! struct LineCount;
+//!
+//! impl Worker for LineCount {
+//!     // `describe` defaults to the crate's name, version and description,
+//!     // asking for nothing; override it to rename the kind or request programs.
+//!     fn describe(package: WorkerInfo) -> WorkerInfo {
+//!         package.named("line-count")
+//!     }
+//!
+//!     fn execute(step: Step) -> Result<WorkerOutcome, ExecuteError> {
+//!         let names = step.required_command()?;
+//!         let mut total = 0;
+//!         for name in names.split_whitespace() {
+//!             let text = std::fs::read_to_string(name)
+//!                 .map_err(|e| ExecuteError::Failed(format!("cannot read {name}: {e}")))?;
+//!             total += text.lines().count();
+//!         }
+//!         Ok(WorkerOutcome::completed(format!("{total} lines")))
 //!     }
 //! }
-//! export_worker!(Echo);
+//!
+//! export_worker!(LineCount);
+//!
+//! // The kind's own logic also runs natively, e.g. in its unit tests (the
+//! // host interfaces exist only inside baa-runner):
+//! let step: Step = serde_json::from_str(
+//!     r#"{"taskId": "t", "stepId": "s", "runId": "r", "attempt": 1,
+//!         "stepName": "count", "stepKind": "line-count", "workerKind": "line-count",
+//!         "command": "Cargo.toml", "timeoutMs": 60000, "checkpointsEnabled": false}"#,
+//! )?;
+//! let outcome = LineCount::execute(step).unwrap();
+//! assert!(outcome.summary.ends_with(" lines"));
+//! assert_eq!(LineCount::describe(WorkerInfo::new("x", "1.0.0", "")).name, "line-count");
+//! # Ok::<(), serde_json::Error>(())
 //! ```
+
+mod process;
+mod record;
+mod step;
+
+pub use process::*;
+pub use record::*;
+pub use step::*;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -32,17 +73,68 @@ pub mod bindings {
 pub use bindings::baa::worker::checkpoint::CheckpointError;
 pub use bindings::baa::worker::events::{ArtifactError, Level};
 pub use bindings::baa::worker::subprocess::{Command, ExitStatus, Output, Process, SpawnError};
-pub use bindings::baa::worker::types::{ResumeCheckpoint, StepRequest, SuggestedFollowup};
+pub use bindings::baa::worker::types::SuggestedFollowup;
 pub use bindings::exports::baa::worker::worker_executor::{
-    Capabilities, ExecuteError, Guest as Worker, Status, WorkerInfo, WorkerOutcome,
+    Capabilities, ExecuteError, Status, WorkerInfo, WorkerOutcome,
 };
+
+/// A worker kind. Only `execute` is required.
+pub trait Worker {
+    /// What the kind is and what it asks the host for. `package` is the
+    /// crate's own name, version and description with no capabilities
+    /// (filled in by [`export_worker!`]); the default returns it unchanged.
+    fn describe(package: WorkerInfo) -> WorkerInfo {
+        package
+    }
+
+    /// Do the step's work in the worktree and say how it went.
+    fn execute(step: Step) -> Result<WorkerOutcome, ExecuteError>;
+
+    /// Called instead of `execute` when the attempt resumes from an earlier
+    /// checkpoint (`step.resume` holds the same checkpoint). The default
+    /// starts over with `execute`, which may look at `step.resume` itself.
+    fn resume(step: Step, checkpoint: Resume) -> Result<WorkerOutcome, ExecuteError> {
+        let _ = checkpoint;
+        Self::execute(step)
+    }
+}
 
 /// Export a type implementing [`Worker`] as this component's worker kind.
 #[macro_export]
 macro_rules! export_worker {
-    ($ty:ident) => {
-        $crate::bindings::__export_worker_bindings!($ty);
+    ($ty:ty) => {
+        #[doc(hidden)]
+        struct __BaaWorkerExport;
+
+        impl $crate::bindings::exports::baa::worker::worker_executor::Guest for __BaaWorkerExport {
+            fn describe() -> $crate::WorkerInfo {
+                <$ty as $crate::Worker>::describe($crate::WorkerInfo::new(
+                    env!("CARGO_PKG_NAME"),
+                    env!("CARGO_PKG_VERSION"),
+                    env!("CARGO_PKG_DESCRIPTION"),
+                ))
+            }
+
+            fn execute(
+                request: $crate::bindings::baa::worker::types::StepRequest,
+            ) -> Result<$crate::WorkerOutcome, $crate::ExecuteError> {
+                $crate::__dispatch::<$ty>(request)
+            }
+        }
+
+        $crate::bindings::__export_worker_bindings!(__BaaWorkerExport);
     };
+}
+
+#[doc(hidden)]
+pub fn __dispatch<W: Worker>(
+    request: bindings::baa::worker::types::StepRequest,
+) -> Result<WorkerOutcome, ExecuteError> {
+    let step = Step::from(request);
+    match step.resume.clone() {
+        Some(checkpoint) => W::resume(step, checkpoint),
+        None => W::execute(step),
+    }
 }
 
 impl WorkerInfo {
@@ -58,6 +150,24 @@ impl WorkerInfo {
                 network: false,
             },
         }
+    }
+
+    /// Name the kind (`workerKind` in requests), e.g. when the crate's name differs.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+
+    /// Set the kind's own version (semver).
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.to_string();
+        self
+    }
+
+    /// Describe what the kind does.
+    pub fn description(mut self, description: &str) -> Self {
+        self.description = description.to_string();
+        self
     }
 
     /// Ask for permission to launch `program`.
@@ -122,157 +232,6 @@ impl WorkerOutcome {
         });
         self
     }
-}
-
-impl Command {
-    /// `program` with `args`, in the worktree root, with no extra environment.
-    pub fn new<I, S>(program: &str, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        Command {
-            program: program.to_string(),
-            args: args.into_iter().map(Into::into).collect(),
-            cwd: None,
-            env: Vec::new(),
-            timeout_ms: None,
-            stdin: None,
-        }
-    }
-
-    /// Add an environment variable (the policy must allow its name).
-    pub fn env(mut self, name: &str, value: &str) -> Self {
-        self.env.push((name.to_string(), value.to_string()));
-        self
-    }
-
-    /// Feed `bytes` to the child's stdin.
-    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
-        self.stdin = Some(bytes.into());
-        self
-    }
-}
-
-/// What a finished subprocess produced.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
-impl Finished {
-    /// Whether the process exited with code 0.
-    pub fn success(&self) -> bool {
-        self.status.code == Some(0)
-    }
-
-    /// Stdout as (lossy) UTF-8.
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-
-    /// Stderr as (lossy) UTF-8.
-    pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
-    }
-
-    /// A short description of how the process ended.
-    pub fn describe_exit(&self) -> String {
-        describe_exit(&self.status)
-    }
-}
-
-/// A short description of how a process ended.
-pub fn describe_exit(status: &ExitStatus) -> String {
-    if status.timed_out {
-        "timed out".to_string()
-    } else if status.output_limit_exceeded {
-        "killed: output limit exceeded".to_string()
-    } else if let Some(code) = status.code {
-        format!("exit code {code}")
-    } else if let Some(signal) = status.signal {
-        format!("killed by signal {signal}")
-    } else {
-        "ended".to_string()
-    }
-}
-
-/// Start a command; read its output with [`Process::next`]. Dropping the
-/// process kills it.
-pub fn spawn(cmd: &Command) -> Result<Process, SpawnError> {
-    bindings::baa::worker::subprocess::spawn(cmd)
-}
-
-/// Run a command to completion, calling `on_output` with every chunk as it
-/// arrives (the host already writes every chunk into the run's logs).
-pub fn run_streaming(
-    cmd: &Command,
-    mut on_output: impl FnMut(&Output),
-) -> Result<ExitStatus, SpawnError> {
-    let process = spawn(cmd)?;
-    loop {
-        let output = process.next();
-        on_output(&output);
-        if let Output::Exited(status) = output {
-            return Ok(status);
-        }
-    }
-}
-
-/// Run a command to completion and collect its output.
-pub fn run(cmd: &Command) -> Result<Finished, SpawnError> {
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    let status = run_streaming(cmd, |output| match output {
-        Output::Stdout(bytes) => stdout.extend_from_slice(bytes),
-        Output::Stderr(bytes) => stderr.extend_from_slice(bytes),
-        Output::Exited(_) => {}
-    })?;
-    Ok(Finished {
-        status,
-        stdout,
-        stderr,
-    })
-}
-
-/// A one-line description of a spawn failure.
-pub fn describe_spawn_error(error: &SpawnError) -> String {
-    match error {
-        SpawnError::Denied(why) => format!("denied by policy: {why}"),
-        SpawnError::InvalidCwd(why) => format!("invalid cwd: {why}"),
-        SpawnError::Io(why) => format!("could not start: {why}"),
-    }
-}
-
-/// Write a file into the step's scratch directory (outside the worktree) for
-/// a subprocess to read; returns its absolute path.
-pub fn scratch_file(name: &str, contents: &[u8]) -> Result<String, SpawnError> {
-    bindings::baa::worker::subprocess::scratch_file(name, contents)
-}
-
-/// Append an event to the run's lifecycle log.
-pub fn emit(level: Level, event: &str, message: &str, data_json: Option<&str>) {
-    bindings::baa::worker::events::emit(level, event, message, data_json);
-}
-
-/// Store `contents` as an artifact of this run; returns its path in the run directory.
-pub fn declare_artifact(
-    name: &str,
-    description: &str,
-    contents: &[u8],
-) -> Result<String, ArtifactError> {
-    bindings::baa::worker::events::declare_artifact(name, description, contents)
-}
-
-/// Capture a checkpoint; returns its sequence number.
-pub fn capture_checkpoint(
-    checkpoint_type: &str,
-    summary: &str,
-    payload: Option<&[u8]>,
-) -> Result<u32, CheckpointError> {
-    bindings::baa::worker::checkpoint::capture(checkpoint_type, summary, payload)
 }
 
 /// The last `n` non-empty lines of `text`.

@@ -11,16 +11,14 @@ const TAIL_BYTES: usize = 16 * 1024;
 struct Shell;
 
 impl Worker for Shell {
-    fn describe() -> WorkerInfo {
-        WorkerInfo::new(
-            "shell",
-            env!("CARGO_PKG_VERSION"),
-            "Runs the step's command with sh -c in the worktree",
-        )
-        .program("sh")
+    fn describe(package: WorkerInfo) -> WorkerInfo {
+        package
+            .named("shell")
+            .description("Runs the step's command with sh -c in the worktree")
+            .program("sh")
     }
 
-    fn execute(request: StepRequest) -> Result<WorkerOutcome, ExecuteError> {
+    fn execute(request: Step) -> Result<WorkerOutcome, ExecuteError> {
         let command = request
             .command
             .as_deref()

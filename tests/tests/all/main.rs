@@ -8,6 +8,7 @@ mod cli;
 mod codex;
 mod compiled_cache;
 mod confinement;
+mod examples;
 mod fuzz;
 mod git;
 mod hostile;

@@ -106,6 +106,9 @@ enum Command {
     Check {
         #[arg(long)]
         json: bool,
+        /// The `command` of the conformance step.
+        #[arg(long, default_value = "true")]
+        command: String,
         file: PathBuf,
     },
     /// Show what this machine enforces on subprocesses and prove it: a
@@ -382,12 +385,16 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Check { json, file } => {
+        Command::Check {
+            json,
+            command,
+            file,
+        } => {
             let tokio = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            let report = tokio.block_on(runner.check(file));
+            let report = tokio.block_on(runner.check(file, command));
             if *json {
                 print_json(&report)?;
             } else {

@@ -7,11 +7,14 @@ use baa_worker_sdk::*;
 struct BigMemory;
 
 impl Worker for BigMemory {
-    fn describe() -> WorkerInfo {
-        WorkerInfo::new("big-memory", "0.1.0", "asks for 1 GiB up front")
+    fn describe(package: WorkerInfo) -> WorkerInfo {
+        package
+            .named("big-memory")
+            .description("asks for 1 GiB up front")
+            .version("0.1.0")
     }
 
-    fn execute(_request: StepRequest) -> Result<WorkerOutcome, ExecuteError> {
+    fn execute(_request: Step) -> Result<WorkerOutcome, ExecuteError> {
         Ok(WorkerOutcome::completed("should never run"))
     }
 }

@@ -19,20 +19,19 @@ use baa_worker_sdk::*;
 struct Probe;
 
 impl Worker for Probe {
-    fn describe() -> WorkerInfo {
-        WorkerInfo::new(
-            "probe",
-            "0.1.0",
-            "Test fixture: performs the operations its command lists",
-        )
-        .program("true")
-        .program("touch")
-        .program("sh")
-        .program("python3")
-        .env("PROBE_VAR")
+    fn describe(package: WorkerInfo) -> WorkerInfo {
+        package
+            .named("probe")
+            .description("Test fixture: performs the operations its command lists")
+            .version("0.1.0")
+            .program("true")
+            .program("touch")
+            .program("sh")
+            .program("python3")
+            .env("PROBE_VAR")
     }
 
-    fn execute(request: StepRequest) -> Result<WorkerOutcome, ExecuteError> {
+    fn execute(request: Step) -> Result<WorkerOutcome, ExecuteError> {
         let script = request.command.ok_or_else(|| {
             ExecuteError::InvalidRequest("`command` lists the probe operations".into())
         })?;

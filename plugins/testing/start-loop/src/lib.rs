@@ -16,11 +16,14 @@ pub extern "C" fn _initialize() {
 struct StartLoop;
 
 impl Worker for StartLoop {
-    fn describe() -> WorkerInfo {
-        WorkerInfo::new("start-loop", "0.1.0", "never finishes starting")
+    fn describe(package: WorkerInfo) -> WorkerInfo {
+        package
+            .named("start-loop")
+            .description("never finishes starting")
+            .version("0.1.0")
     }
 
-    fn execute(_request: StepRequest) -> Result<WorkerOutcome, ExecuteError> {
+    fn execute(_request: Step) -> Result<WorkerOutcome, ExecuteError> {
         Ok(WorkerOutcome::completed(
             "unreachable: the constructor spins",
         ))
