@@ -145,8 +145,10 @@ pub struct Limits {
     pub subprocess_output_bytes: u64,
     /// Largest plugin file the host will compile (default 32 MiB).
     pub plugin_file_bytes: u64,
-    /// Extra time after `timeoutSec` for the guest to return after its
-    /// subprocesses were killed, before it is interrupted (default 2000 ms).
+    /// Extra time after `timeoutSec` for a guest waiting in a host call to
+    /// return once its subprocesses were killed, before the step is ended
+    /// without it (default 2000 ms). Guest code still computing at the
+    /// deadline is interrupted within two epoch ticks (20 ms).
     pub timeout_grace_ms: u64,
     /// WebAssembly stack of the worker, in KiB (default 1024); deeper
     /// recursion traps with a stack overflow.
@@ -201,6 +203,12 @@ pub struct RunnerConfig {
     /// `~/.cache/baa-runner/compiled`); it must be writable only by this user.
     #[serde(default)]
     pub compiled_cache_dir: Option<PathBuf>,
+    /// How far run records survive a failure: `power-loss` (default: every
+    /// record, checkpoint and closed log is fsynced) or `process-crash`
+    /// (written whole, not fsynced: for run directories on tmpfs or
+    /// throw-away machines).
+    #[serde(default)]
+    pub durability: crate::fsutil::Durability,
 }
 
 fn yes() -> bool {
@@ -278,6 +286,7 @@ impl Default for RunnerConfig {
             sandbox: SandboxConfig::default(),
             compiled_cache: true,
             compiled_cache_dir: None,
+            durability: Default::default(),
         }
     }
 }
@@ -302,6 +311,7 @@ impl RunnerConfig {
             sandbox: file.sandbox,
             compiled_cache: file.compiled_cache,
             compiled_cache_dir: file.compiled_cache_dir,
+            durability: file.durability,
         })
     }
 

@@ -15,32 +15,84 @@ use sha2::{Digest, Sha256};
 /// directory, fsync, rename over `path`, fsync the directory. Readers see the
 /// old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        crate::fault::point("write.before-fsync");
-        file.sync_all()?;
+    write_all_atomic(&[(path, bytes)], Durability::PowerLoss)
+}
+
+/// Write several files atomically, each as [`write_atomic`] does, with one
+/// fsync per file and one per directory: every temporary file is written
+/// (and fsynced), then each is renamed into place in order, then the
+/// directories are fsynced. With [`Durability::ProcessCrash`] nothing is
+/// fsynced; the renames still keep every file whole.
+pub fn write_all_atomic(files: &[(&Path, &[u8])], durability: Durability) -> std::io::Result<()> {
+    let sync = durability == Durability::PowerLoss;
+    let mut staged = Vec::with_capacity(files.len());
+    let cleanup = |staged: &[(std::path::PathBuf, &Path)]| {
+        for (tmp, _) in staged {
+            let _ = fs::remove_file(tmp);
+        }
+    };
+    for (path, bytes) in files {
+        let dir = parent_dir(path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            file.write_all(bytes)?;
+            crate::fault::point("write.before-fsync");
+            if sync {
+                file.sync_all()?;
+            }
+            Ok(())
+        })();
+        staged.push((tmp, *path));
+        if let Err(e) = written {
+            cleanup(&staged);
+            return Err(e);
+        }
     }
-    crate::fault::point("write.before-rename");
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    for (i, (tmp, path)) in staged.iter().enumerate() {
+        crate::fault::point("write.before-rename");
+        if let Err(e) = fs::rename(tmp, path) {
+            cleanup(&staged[i..]);
+            return Err(e);
+        }
     }
     crate::fault::point("write.before-dir-fsync");
-    sync_dir(dir)
+    if sync {
+        let mut dirs: Vec<&Path> = files.iter().map(|(p, _)| parent_dir(p)).collect();
+        dirs.dedup();
+        for dir in dirs {
+            sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// How far the run records survive a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Records are fsynced (files, then their directory) before the write
+    /// returns: they survive the machine losing power.
+    #[default]
+    PowerLoss,
+    /// Records are renamed into place whole but not fsynced: they survive
+    /// the host process crashing, not the machine. For run directories on
+    /// tmpfs or throw-away machines.
+    ProcessCrash,
 }
 
 /// Serialize `value` as pretty JSON (with a trailing newline) and write it atomically.
@@ -78,6 +130,11 @@ fn record_checksum(object: &Value) -> Result<String, serde_json::Error> {
 /// Write `value` (a JSON object) as a record: pretty JSON carrying a
 /// `checksum` of its content, written atomically.
 pub fn write_record_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    write_atomic(path, &record_bytes(value)?)
+}
+
+/// The bytes of `value` as a record: pretty JSON with its checksum.
+pub fn record_bytes<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     let mut object = serde_json::to_value(value).map_err(std::io::Error::other)?;
     let checksum = record_checksum(&object).map_err(std::io::Error::other)?;
     match object.as_object_mut() {
@@ -86,7 +143,9 @@ pub fn write_record_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Res
         }
         None => return Err(std::io::Error::other("a record must be a JSON object")),
     }
-    write_json_atomic(path, &object)
+    let mut bytes = serde_json::to_vec_pretty(&object).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 /// Read a record written by [`write_record_atomic`], verify its checksum and

@@ -11,7 +11,7 @@ use crate::contracts::{
     EventLevel, EventSource, LocalRunLogSession, LocalRunLogSummary, LogSessionStatus,
     WorkerLifecycleLogEntry,
 };
-use crate::fsutil::now_rfc3339;
+use crate::fsutil::{now_rfc3339, Durability};
 
 /// How many trailing lines of each stream the summary keeps.
 pub const SUMMARY_TAIL_LINES: usize = 20;
@@ -78,8 +78,9 @@ impl StreamLog {
         Ok(keep == bytes.len())
     }
 
-    /// At close: after a truncation, a marker and the stream's last bytes.
-    fn finish(&mut self) -> std::io::Result<()> {
+    /// At close: after a truncation, a marker and the stream's last bytes;
+    /// fsynced when `sync`.
+    fn finish(&mut self, sync: bool) -> std::io::Result<()> {
         if self.dropped > 0 {
             let tail = &self.tail[self.tail.len().saturating_sub(TAIL_BYTES)..];
             let marker = format!(
@@ -91,7 +92,10 @@ impl StreamLog {
             self.file.write_all(marker.as_bytes())?;
             self.file.write_all(tail)?;
         }
-        self.file.sync_all()
+        if sync {
+            self.file.sync_all()?;
+        }
+        Ok(())
     }
 
     fn tail_lines(&self, n: usize) -> Vec<String> {
@@ -149,6 +153,7 @@ struct Inner {
 pub struct LogSession {
     inner: Mutex<Inner>,
     observer: Option<Observer>,
+    durability: Durability,
 }
 
 fn open_new(path: &Path) -> std::io::Result<File> {
@@ -161,6 +166,7 @@ impl LogSession {
         session: LocalRunLogSession,
         observer: Option<Observer>,
         max_stream_bytes: u64,
+        durability: Durability,
     ) -> std::io::Result<Self> {
         let stream = |path: &str| -> std::io::Result<StreamLog> {
             Ok(StreamLog::new(open_new(Path::new(path))?, max_stream_bytes))
@@ -176,6 +182,7 @@ impl LogSession {
         Ok(LogSession {
             inner: Mutex::new(inner),
             observer,
+            durability,
         })
     }
 
@@ -204,6 +211,7 @@ impl LogSession {
                 write_error: None,
             }),
             observer: None,
+            durability: Durability::ProcessCrash,
         })
     }
 
@@ -333,15 +341,19 @@ impl LogSession {
         self.lock().write_error.clone()
     }
 
-    /// Flush the files to disk and mark the session closed.
+    /// Flush the files to disk (unless the runner's durability is
+    /// `process-crash`) and mark the session closed.
     pub fn close(&self) -> LocalRunLogSession {
+        let sync = self.durability == Durability::PowerLoss;
         let mut inner = self.lock();
-        if let Err(e) = inner.lifecycle.sync_all() {
-            tracing::warn!("cannot fsync the lifecycle log: {e}");
+        if sync {
+            if let Err(e) = inner.lifecycle.sync_all() {
+                tracing::warn!("cannot fsync the lifecycle log: {e}");
+            }
         }
         let inner = &mut *inner;
         for stream in [&mut inner.stdout, &mut inner.stderr] {
-            if let Err(e) = stream.finish() {
+            if let Err(e) = stream.finish(sync) {
                 tracing::warn!("cannot finish an output log: {e}");
             }
         }

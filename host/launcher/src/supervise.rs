@@ -232,17 +232,51 @@ impl Tree {
         kids.len()
     }
 
-    /// SIGTERM to what is left, up to `grace` for it to exit, then SIGKILL
-    /// until nothing is left; everything is reaped.
+    /// Every process below this one: children, their children, and so on.
+    fn descendants() -> Vec<i32> {
+        // SAFETY: getpid cannot fail.
+        let mut queue = vec![unsafe { libc::getpid() }];
+        let mut all = Vec::new();
+        while let Some(pid) = queue.pop() {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            for task in tasks.flatten() {
+                let path = task.path().join("children");
+                let kids = std::fs::read_to_string(path).unwrap_or_default();
+                for kid in kids.split_whitespace().filter_map(|p| p.parse().ok()) {
+                    all.push(kid);
+                    queue.push(kid);
+                }
+            }
+        }
+        all
+    }
+
+    /// SIGTERM to what is left (every descendant, not only the children: a
+    /// shell's own children get it too, and so do orphans that come to us
+    /// during the grace), up to `grace` for it to exit, then SIGKILL until
+    /// nothing is left; everything is reaped.
     fn terminate(&mut self, grace: Duration) {
         self.reap();
-        if Self::signal_children(libc::SIGTERM) > 0 {
+        let mut told = std::collections::HashSet::new();
+        let tell = |told: &mut std::collections::HashSet<i32>| {
+            for pid in Self::descendants() {
+                if told.insert(pid) {
+                    // SAFETY: signalling a process below this one.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
+        };
+        tell(&mut told);
+        if !told.is_empty() {
             let until = Instant::now() + grace;
             while Instant::now() < until {
                 self.reap();
                 if Self::children().is_empty() {
                     break;
                 }
+                tell(&mut told);
                 std::thread::sleep(Duration::from_millis(2));
             }
         }

@@ -17,7 +17,7 @@ use crate::contracts::{
     CheckpointManagerState, CheckpointMode, CheckpointRecord, CheckpointType, GitDiffSnapshotPlan,
     StepCheckpointState,
 };
-use crate::fsutil::{display, now_rfc3339, sha256_hex, write_atomic, write_record_atomic};
+use crate::fsutil::{display, now_rfc3339, record_bytes, sha256_hex, write_all_atomic, Durability};
 
 pub use history::{Resume, StepHistory};
 
@@ -68,6 +68,7 @@ pub struct CheckpointManager {
     next_seq: u32,
     git_diff_plan: Option<GitDiffSnapshotPlan>,
     resumed_from: Option<CheckpointRecord>,
+    durability: Durability,
 }
 
 impl CheckpointManager {
@@ -89,7 +90,13 @@ impl CheckpointManager {
             records: Vec::new(),
             git_diff_plan,
             resumed_from,
+            durability: Durability::PowerLoss,
         }
+    }
+
+    /// Whether records are fsynced (the default) or only renamed into place.
+    pub fn set_durability(&mut self, durability: Durability) {
+        self.durability = durability;
     }
 
     /// A manager for calls outside any step: captures nothing.
@@ -168,7 +175,7 @@ impl CheckpointManager {
                 let path = self
                     .dir
                     .join(format!("{seq:06}.{}.payload", checkpoint_type.as_str()));
-                write_atomic(&path, bytes).map_err(io(&path))?;
+                write_all_atomic(&[(&path, bytes)], self.durability).map_err(io(&path))?;
                 (
                     Some(display(&path)),
                     Some(bytes.len() as u64),
@@ -193,7 +200,8 @@ impl CheckpointManager {
             payload_sha256,
             details,
         };
-        write_record_atomic(&record_path, &record).map_err(io(&record_path))?;
+        let bytes = record_bytes(&record).map_err(io(&record_path))?;
+        write_all_atomic(&[(&record_path, &bytes)], self.durability).map_err(io(&record_path))?;
         crate::fault::point("checkpoint.after-record");
         self.next_seq += 1;
         self.records.push(record.clone());

@@ -6,6 +6,8 @@ mod builtin;
 pub mod cache;
 pub mod manifest;
 
+use crate::sandbox::bindings::WorkerPre;
+use crate::sandbox::state::StepState;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,6 +99,10 @@ pub struct LoadedPlugin {
     pub origin: cache::Origin,
     /// What its `baa:worker-manifest` section says, if it carries one.
     pub manifest: Option<manifest::Manifest>,
+    /// The component linked against the runner's linker, made once at the
+    /// first step (imports resolved, types checked): each step only
+    /// instantiates it.
+    pub(crate) pre: std::sync::OnceLock<Result<WorkerPre<StepState>, String>>,
 }
 
 /// The worker kinds a runner knows: built-ins first, then plugin directories
@@ -270,6 +276,7 @@ fn compile(
         component,
         origin,
         manifest,
+        pre: std::sync::OnceLock::new(),
     })
 }
 

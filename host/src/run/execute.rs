@@ -227,8 +227,9 @@ pub(crate) async fn run_worker(
     let timeout = Duration::from_secs_f64(request.timeout_sec);
     let deadline = started + timeout;
     let limits = &shared.config.limits;
-    // Guest code may run a little past the deadline to report what happened
-    // once its subprocesses were killed; then it is interrupted.
+    // A guest waiting in a host call may take a little past the deadline to
+    // report what happened once its subprocesses were killed; guest code
+    // still computing at the deadline is interrupted within two epoch ticks.
     let guest_deadline = deadline + Duration::from_millis(limits.timeout_grace_ms);
 
     let entry = match shared.plugins.find(&request.worker_kind) {
@@ -254,24 +255,11 @@ pub(crate) async fn run_worker(
         report
     };
 
-    let pre = match shared.linker.instantiate_pre(&plugin.component) {
-        Ok(pre) => pre,
-        Err(e) => {
-            let error = PluginError::Link {
-                source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
-                message: format!("{e:#}"),
-            };
-            return with_plugin(
-                Report::failed(FailureReason::InvalidPlugin, error.to_string()),
-                &plugin_record,
-            );
-        }
-    };
-    let pre = match WorkerPre::new(pre) {
+    let pre = match worker_pre(shared, &plugin) {
         Ok(pre) => pre,
         Err(e) => {
             return with_plugin(
-                Report::failed(FailureReason::InvalidPlugin, format!("{e:#}")),
+                Report::failed(FailureReason::InvalidPlugin, e),
                 &plugin_record,
             )
         }
@@ -312,11 +300,11 @@ pub(crate) async fn run_worker(
                 .unwrap_or(crate::checkpoints::snapshot::DEFAULT_LOG_TAIL_LINES),
         },
     };
-    let mut store = new_store(shared, state, guest_deadline);
+    let mut store = new_store(shared, state, deadline);
 
     let mut report = call_worker(
         &mut store,
-        &pre,
+        pre,
         prepared,
         &mut plugin_record,
         plugin.manifest.as_ref(),
@@ -778,17 +766,7 @@ pub(crate) async fn describe(
             shared.config.limits.plugin_file_bytes,
         )
         .map_err(|e| e.to_string())?;
-    let pre = shared
-        .linker
-        .instantiate_pre(&plugin.component)
-        .map_err(|e| {
-            PluginError::Link {
-                source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
-                message: format!("{e:#}"),
-            }
-            .to_string()
-        })?;
-    let pre = WorkerPre::new(pre).map_err(|e| format!("{e:#}"))?;
+    let pre = worker_pre(shared, &plugin)?;
     let logs = Arc::new(crate::logs::LogSession::discard().map_err(|e| e.to_string())?);
     let deadline = Instant::now() + DESCRIBE_TIMEOUT;
     let state = StepState {
@@ -839,19 +817,47 @@ pub(crate) async fn describe(
     }
 }
 
+/// `plugin` linked against the runner's linker, made at its first use.
+fn worker_pre<'a>(
+    shared: &RunnerShared,
+    plugin: &'a crate::plugins::LoadedPlugin,
+) -> Result<&'a WorkerPre<StepState>, String> {
+    let linked = plugin.pre.get_or_init(|| {
+        let pre = shared
+            .linker
+            .instantiate_pre(&plugin.component)
+            .map_err(|e| {
+                PluginError::Link {
+                    source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
+                    message: format!("{e:#}"),
+                }
+                .to_string()
+            })?;
+        WorkerPre::new(pre).map_err(|e| format!("{e:#}"))
+    });
+    linked.as_ref().map_err(Clone::clone)
+}
+
 /// How long a `describe` outside a step may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A store with the runner's limits whose guest code is interrupted at `deadline`.
+/// A store with the runner's limits whose guest code is interrupted once it
+/// computes past `deadline`: the first epoch tick after it is a last grace
+/// (a guest that just learnt its subprocess was killed returns its outcome),
+/// the second traps.
 fn new_store(shared: &RunnerShared, state: StepState, deadline: Instant) -> Store<StepState> {
     let mut store = Store::new(&shared.engine, state);
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
     let deadline = deadline.into_std();
+    let mut overdue = false;
     store.epoch_deadline_callback(move |_| {
-        if std::time::Instant::now() >= deadline {
+        if std::time::Instant::now() < deadline {
+            Ok(UpdateDeadline::Yield(1))
+        } else if overdue {
             Err(Trap::Interrupt.into())
         } else {
+            overdue = true;
             Ok(UpdateDeadline::Yield(1))
         }
     });

@@ -25,7 +25,7 @@ use crate::contracts::{
     StepExecutionOutcome, StepExecutionRequest, StepExecutionResult,
 };
 use crate::error::Error;
-use crate::fsutil::{now_rfc3339, write_record_atomic};
+use crate::fsutil::{now_rfc3339, record_bytes, write_all_atomic};
 use crate::logs::Observer;
 use crate::plugins::{PluginCache, PluginRegistry};
 use crate::sandbox::state::StepState;
@@ -49,7 +49,7 @@ impl Runner {
     /// Build a runner: one engine, the linker, and the kinds in the config's
     /// plugin directories (plus the built-in kinds).
     pub fn new(config: RunnerConfig) -> Result<Self, Error> {
-        let engine = crate::sandbox::new_engine(&config.limits)?;
+        let engine = crate::sandbox::engine(&config.limits)?;
         let linker = crate::sandbox::new_linker(&engine)?;
         let plugins = PluginRegistry::discover(&config.plugin_dirs)?;
         let disk = if !config.compiled_cache {
@@ -98,7 +98,12 @@ impl Runner {
         request: StepExecutionRequest,
         observer: Option<Observer>,
     ) -> Result<PreparedStepRun, Error> {
-        prepare::prepare(request, observer, &self.shared.config.limits)
+        prepare::prepare(
+            request,
+            observer,
+            &self.shared.config.limits,
+            self.shared.config.durability,
+        )
     }
 
     /// The directory holding every attempt of `request`'s step.
@@ -195,8 +200,10 @@ impl Runner {
         );
         prepared.state.lifecycle_event_count = logs.event_count();
         let state_path = prepared.log_paths.state_path.clone();
-        write_record_atomic(Path::new(&state_path), &prepared.state)
-            .map_err(Error::io(Path::new(&state_path)))?;
+        let state_path = Path::new(&state_path);
+        let bytes = record_bytes(&prepared.state).map_err(Error::io(state_path))?;
+        write_all_atomic(&[(state_path, &bytes)], prepared.durability)
+            .map_err(Error::io(state_path))?;
 
         let report = execute::run_worker(&self.shared, &prepared, started).await;
         execute::final_checkpoints(&self.shared, &prepared, &report).await;
@@ -328,13 +335,26 @@ fn finish(
         artifacts,
         suggested_followup: report.followups,
     };
+    // The three records in one go (renamed in this order): one fsync each
+    // and one for the run directory.
     let paths = &prepared.log_paths;
-    write_record_atomic(Path::new(&paths.state_path), &state)
-        .map_err(Error::io(Path::new(&paths.state_path)))?;
-    write_record_atomic(Path::new(&paths.metadata_path), &prepared.metadata)
-        .map_err(Error::io(Path::new(&paths.metadata_path)))?;
-    write_record_atomic(Path::new(&paths.result_path), &result)
-        .map_err(Error::io(Path::new(&paths.result_path)))?;
+    let (state_path, metadata_path, result_path) = (
+        Path::new(&paths.state_path),
+        Path::new(&paths.metadata_path),
+        Path::new(&paths.result_path),
+    );
+    let state_bytes = record_bytes(&state).map_err(Error::io(state_path))?;
+    let metadata_bytes = record_bytes(&prepared.metadata).map_err(Error::io(metadata_path))?;
+    let result_bytes = record_bytes(&result).map_err(Error::io(result_path))?;
+    write_all_atomic(
+        &[
+            (state_path, &state_bytes),
+            (metadata_path, &metadata_bytes),
+            (result_path, &result_bytes),
+        ],
+        prepared.durability,
+    )
+    .map_err(Error::io(result_path))?;
     Ok(result)
 }
 
@@ -374,35 +394,52 @@ impl Runner {
             .map(|e| (e, false))
             .chain(shared.plugins.shadowed().iter().map(|e| (e, true)));
         for (entry, shadowed) in all {
-            let mut info = KindInfo {
-                name: entry.kind.to_string(),
-                version: String::new(),
-                description: String::new(),
-                capabilities: Default::default(),
-                source: entry.source.describe(),
-                sha256: None,
-                shadowed,
-                error: None,
-            };
-            match execute::describe(shared, entry).await {
-                Ok((described, sha256)) => {
-                    info.sha256 = Some(sha256);
-                    if described.name != info.name {
-                        info.error = Some(format!("describes itself as `{}`", described.name));
-                    }
-                    info.version = described.version;
-                    info.description = described.description;
-                    info.capabilities = crate::config::KindGrant {
-                        programs: described.capabilities.programs,
-                        env: described.capabilities.env,
-                        network: described.capabilities.network,
-                        ..Default::default()
-                    };
-                }
-                Err(e) => info.error = Some(e),
-            }
-            out.push(info);
+            out.push(self.kind_info(entry, shadowed).await);
         }
         out
+    }
+
+    /// One kind by name, as [`Runner::list_kinds`] describes it: its code is
+    /// loaded (from the in-memory or disk cache when it can be), instantiated
+    /// and asked to `describe` itself.
+    pub async fn kind(&self, name: &str) -> Option<KindInfo> {
+        let entry = self
+            .shared
+            .plugins
+            .entries()
+            .find(|e| e.kind.as_str() == name)?;
+        Some(self.kind_info(entry, false).await)
+    }
+
+    async fn kind_info(&self, entry: &crate::plugins::PluginEntry, shadowed: bool) -> KindInfo {
+        let shared = &self.shared;
+        let mut info = KindInfo {
+            name: entry.kind.to_string(),
+            version: String::new(),
+            description: String::new(),
+            capabilities: Default::default(),
+            source: entry.source.describe(),
+            sha256: None,
+            shadowed,
+            error: None,
+        };
+        match execute::describe(shared, entry).await {
+            Ok((described, sha256)) => {
+                info.sha256 = Some(sha256);
+                if described.name != info.name {
+                    info.error = Some(format!("describes itself as `{}`", described.name));
+                }
+                info.version = described.version;
+                info.description = described.description;
+                info.capabilities = crate::config::KindGrant {
+                    programs: described.capabilities.programs,
+                    env: described.capabilities.env,
+                    network: described.capabilities.network,
+                    ..Default::default()
+                };
+            }
+            Err(e) => info.error = Some(e),
+        }
+        info
     }
 }

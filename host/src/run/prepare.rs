@@ -16,7 +16,7 @@ use crate::contracts::{
     RunMetadata, RunStateSnapshot, RunStatus, StepCheckpointState, StepExecutionRequest,
 };
 use crate::error::Error;
-use crate::fsutil::{display, now_rfc3339, sync_dir, write_record_atomic};
+use crate::fsutil::{display, now_rfc3339, record_bytes, sync_dir, write_all_atomic, Durability};
 use crate::logs::{LogSession, Observer};
 
 /// Version of the run directory layout written into `metadata.json`.
@@ -44,6 +44,9 @@ pub struct PreparedStepRun {
     /// The dedicated sandbox user of this attempt, once leased.
     #[serde(skip)]
     pub(crate) sandbox_user: Arc<crate::capabilities::subprocess::user::StepUser>,
+    /// How far its records survive a failure.
+    #[serde(skip)]
+    pub(crate) durability: Durability,
     /// Held until the run is finished.
     #[serde(skip)]
     pub(crate) _lock: RunLock,
@@ -129,6 +132,7 @@ pub fn prepare(
     request: StepExecutionRequest,
     observer: Option<Observer>,
     limits: &crate::config::Limits,
+    durability: Durability,
 ) -> Result<PreparedStepRun, Error> {
     let paths = validate(&request)?;
     let (log_paths, run_dir) = run_paths(&paths.runs_root, &request);
@@ -163,6 +167,7 @@ pub fn prepare(
         resume,
         recovered,
         max_stream_bytes: limits.log_stream_bytes,
+        durability,
     };
     match populate(request, paths, log_paths, &run_dir, observer, setup) {
         Ok(prepared) => Ok(prepared),
@@ -182,6 +187,7 @@ struct Setup {
     resume: Option<Resume>,
     recovered: super::recover::RecoveryReport,
     max_stream_bytes: u64,
+    durability: Durability,
 }
 
 fn populate(
@@ -197,6 +203,7 @@ fn populate(
         resume,
         recovered,
         max_stream_bytes,
+        durability,
     } = setup;
     let lock = RunLock::acquire(run_dir)?;
     for dir in [
@@ -242,9 +249,6 @@ fn populate(
         failure: None,
         finished_at: None,
     };
-    write_record_atomic(Path::new(&log_paths.metadata_path), &metadata)
-        .map_err(Error::io(Path::new(&log_paths.metadata_path)))?;
-
     let session = LocalRunLogSession {
         session_id: format!(
             "{}/{}/{}/{}",
@@ -259,11 +263,11 @@ fn populate(
         stderr_log_path: log_paths.stderr_log_path.clone(),
     };
     let logs = Arc::new(
-        LogSession::create(session.clone(), observer, max_stream_bytes)
+        LogSession::create(session.clone(), observer, max_stream_bytes, durability)
             .map_err(Error::io(Path::new(&log_paths.logs_dir)))?,
     );
 
-    let manager = CheckpointManager::new(
+    let mut manager = CheckpointManager::new(
         PathBuf::from(&log_paths.checkpoints_dir),
         mode,
         CheckpointOwner {
@@ -276,6 +280,7 @@ fn populate(
         history.clone(),
         resume.as_ref().map(|r| r.record.clone()),
     );
+    manager.set_durability(durability);
     let checkpoint = manager.state();
 
     logs.host_info(
@@ -334,9 +339,19 @@ fn populate(
         last_checkpoint_seq: checkpoint.last_checkpoint_seq,
         lifecycle_event_count: logs.event_count(),
     };
-    write_record_atomic(Path::new(&log_paths.state_path), &state)
-        .map_err(Error::io(Path::new(&log_paths.state_path)))?;
-    sync_dir(run_dir).map_err(Error::io(run_dir))?;
+    // Both records in one go: one fsync each and one for the run directory.
+    let metadata_path = Path::new(&log_paths.metadata_path);
+    let state_path = Path::new(&log_paths.state_path);
+    let metadata_bytes = record_bytes(&metadata).map_err(Error::io(metadata_path))?;
+    let state_bytes = record_bytes(&state).map_err(Error::io(state_path))?;
+    write_all_atomic(
+        &[(metadata_path, &metadata_bytes), (state_path, &state_bytes)],
+        durability,
+    )
+    .map_err(Error::io(run_dir))?;
+    if durability == Durability::PowerLoss && metadata_path.parent() != Some(run_dir) {
+        sync_dir(run_dir).map_err(Error::io(run_dir))?;
+    }
 
     Ok(PreparedStepRun {
         request,
@@ -350,6 +365,7 @@ fn populate(
         paths,
         resume,
         sandbox_user: Arc::default(),
+        durability,
         _lock: lock,
     })
 }

@@ -9,6 +9,9 @@ pub const MAX_INSTANCES: usize = 100;
 /// bounded by `limits.memory-mib` each).
 pub const MAX_MEMORIES: usize = 20;
 
+/// Elements one table may grow to.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
 /// Memory and table limits that remember being hit.
 #[derive(Debug)]
 pub struct StepLimits {
@@ -22,7 +25,7 @@ impl StepLimits {
     pub fn new(memory_bytes: usize) -> Self {
         StepLimits {
             memory_bytes,
-            table_elements: 100_000,
+            table_elements: MAX_TABLE_ELEMENTS,
             memory_hit: false,
         }
     }

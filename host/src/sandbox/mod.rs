@@ -1,17 +1,17 @@
-//! The WebAssembly side of a step: one engine per runner (with an epoch
-//! ticker for deadlines), the linker with WASI and the `baa:worker` host
-//! interfaces, and the per-step store with its limits.
+//! The WebAssembly side of a step: one engine per process (pooling
+//! allocator, epoch ticker for deadlines), the linker with WASI and the
+//! `baa:worker` host interfaces, and the per-step store with its limits.
 
 pub mod bindings;
 pub mod limits;
 pub mod state;
 pub mod stdio;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::Error;
 use state::StepState;
@@ -19,15 +19,50 @@ use state::StepState;
 /// How often the engine's epoch advances; the granularity of deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Worker instances that can be alive at once in one process: the size of
+/// the pooling allocator's slots (component instances, memories, stacks).
+pub const POOL_STEPS: u32 = 1000;
+
+/// The process's engine for `limits`: runners whose limits need the same
+/// engine configuration share one (its pools and its epoch ticker).
+pub fn engine(limits: &crate::config::Limits) -> Result<Engine, Error> {
+    static ENGINES: Mutex<Vec<(u64, Engine)>> = Mutex::new(Vec::new());
+    let key = limits.wasm_stack_kib;
+    let mut engines = ENGINES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, engine)) = engines.iter().find(|(k, _)| *k == key) {
+        return Ok(engine.clone());
+    }
+    let engine = new_engine(limits)?;
+    engines.push((key, engine.clone()));
+    Ok(engine)
+}
+
 /// The engine configured for workers: component model, epoch interruption,
-/// no component-model concurrency (it triples call cost and is unused).
+/// no component-model concurrency (it triples call cost and is unused), and
+/// the pooling allocator, so a step's instance, memories, tables and fiber
+/// stack come from slots reserved once instead of fresh mappings.
 pub fn new_engine(limits: &crate::config::Limits) -> Result<Engine, Error> {
     let stack = (limits.wasm_stack_kib.clamp(64, 64 * 1024) * 1024) as usize;
+    let per_component = limits::MAX_INSTANCES as u32;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL_STEPS)
+        .total_core_instances(4 * POOL_STEPS)
+        .total_memories(POOL_STEPS)
+        .total_tables(2 * POOL_STEPS)
+        .total_stacks(POOL_STEPS)
+        .max_core_instances_per_component(per_component)
+        .max_tables_per_component(per_component)
+        .max_memories_per_component(limits::MAX_MEMORIES as u32)
+        .table_elements(limits::MAX_TABLE_ELEMENTS)
+        // Guests are limited by the store's limiter (which names the limit
+        // hit); the slot only has to be at least as large.
+        .max_memory_size(1 << 32);
     let mut config = Config::new();
     config
         .wasm_component_model(true)
         .epoch_interruption(true)
         .concurrency_support(false)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .max_wasm_stack(stack)
         // The fiber the guest runs on must hold the wasm stack plus host frames.
         .async_stack_size(stack + 2 * 1024 * 1024);

@@ -170,7 +170,9 @@ pub async fn launch(
     drop(lifeline_read);
     let supervisor = child.id().unwrap_or(0);
     let mut report = Vec::new();
-    let mut reader = tokio::fs::File::from_std(std::fs::File::from(report_read));
+    // Read on the runtime's reactor, not on a blocking-pool thread.
+    let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(report_read)
+        .map_err(|e| refusal("launcher", format!("report pipe: {e}")))?;
     let read = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut report)).await;
     if read.is_err() {
         return Err(refusal(

@@ -7,7 +7,7 @@
 //! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`,
 //! and the hostile ones: `recurse`, `unreachable`, `exit CODE`, `flood MIB`,
 //! `line MIB` (one line), `bytes` (invalid UTF-8 and terminal escapes),
-//! `bigemit MIB`, `emitmany N`, `spawnmany N`, `openmany N`, `readlong N`, `rawopen PATH`
+//! `bigemit MIB`, `emitmany N`, `fsops N` (timed file operations), `spawnmany N`, `openmany N`, `readlong N`, `rawopen PATH`
 //! (a raw WASI open; `\0` in PATH is a NUL byte); `ambient`
 //! prints what the sandbox hands the worker (environment, arguments, stdin,
 //! directories).
@@ -133,6 +133,7 @@ impl Worker for Probe {
                     );
                     Ok("emitted".into())
                 }
+                "fsops" => fs_ops(arg(1).parse().unwrap_or(100)),
                 "emitmany" => {
                     let n: usize = arg(1).parse().unwrap_or(1);
                     for i in 0..n {
@@ -233,6 +234,45 @@ impl Worker for Probe {
         }
         Ok(outcome)
     }
+}
+
+/// `n` rounds of file operations in `fsops/` (write, open+read, stat, then
+/// one readdir), timed here; prints the mean nanoseconds per operation as
+/// `write W read R stat S readdir D`. The benchmarks run the same natively.
+fn fs_ops(n: u32) -> Result<String, String> {
+    use std::time::Instant;
+    let e = |e: std::io::Error| e.to_string();
+    let dir = std::path::Path::new("fsops");
+    std::fs::create_dir_all(dir).map_err(e)?;
+    let payload = [7u8; 256];
+    let paths: Vec<_> = (0..n).map(|i| dir.join(format!("f{i}"))).collect();
+    let t = Instant::now();
+    for p in &paths {
+        std::fs::write(p, payload).map_err(e)?;
+    }
+    let write = t.elapsed();
+    let t = Instant::now();
+    for p in &paths {
+        std::hint::black_box(std::fs::read(p).map_err(e)?);
+    }
+    let read = t.elapsed();
+    let t = Instant::now();
+    for p in &paths {
+        std::hint::black_box(std::fs::metadata(p).map_err(e)?.len());
+    }
+    let stat = t.elapsed();
+    let t = Instant::now();
+    let count = std::fs::read_dir(dir).map_err(e)?.count();
+    let readdir = t.elapsed();
+    std::fs::remove_dir_all(dir).map_err(e)?;
+    let per = |d: std::time::Duration| d.as_nanos() / u128::from(n.max(1));
+    Ok(format!(
+        "write {} read {} stat {} readdir {} entries {count}",
+        per(write),
+        per(read),
+        per(stat),
+        readdir.as_nanos()
+    ))
 }
 
 /// Recurse until the stack runs out.
