@@ -4,8 +4,11 @@
 //! (`confine.rs`); the supervisor then reaps and, at the end, kills the whole
 //! tree (`supervise.rs`).
 //!
-//! Usage: `baa-launch SPEC-JSON` (run by the host, with the report pipe on
-//! descriptor 3 and the lifeline on 4), `baa-launch --probe`,
+//! Usage: `baa-launch --fds REPORT:LIFELINE SPEC-JSON` (run by the host,
+//! which passes the report pipe and the lifeline as inherited descriptors so
+//! that it can spawn with `posix_spawn`; they are moved to 3 and 4 and every
+//! other inherited descriptor is closed), `baa-launch SPEC-JSON` (descriptors
+//! already on 3 and 4), `baa-launch --probe`,
 //! `baa-launch --self-test SPEC-JSON` (confine itself, try what must be
 //! refused, print the verdicts) or `baa-launch --sweep UID` (kill every
 //! process of a dedicated user).
@@ -16,7 +19,7 @@ mod supervise;
 use std::io::Write;
 use std::os::fd::FromRawFd;
 
-use baa_launch::{LaunchSpec, Report, REPORT_FD, SETUP_FAILED};
+use baa_launch::{LaunchSpec, Report, LIFELINE_FD, REPORT_FD, SETUP_FAILED};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -55,13 +58,21 @@ fn main() {
                 }
             }
         }
-        Some(spec) => {
-            let spec: LaunchSpec = match serde_json::from_str(spec) {
-                Ok(spec) => spec,
-                Err(e) => refuse("spec", &format!("the launch spec is not valid: {e}")),
-            };
-            supervise::run(spec)
+        Some("--fds") => {
+            let fds = args.get(2).and_then(|f| f.split_once(':'));
+            let fds = fds.and_then(|(r, l)| Some((r.parse().ok()?, l.parse().ok()?)));
+            match (fds, args.get(3)) {
+                (Some((report_fd, lifeline_fd)), Some(spec)) => {
+                    adopt_descriptors(report_fd, lifeline_fd);
+                    launch(spec)
+                }
+                _ => {
+                    eprintln!("baa-launch: --fds REPORT:LIFELINE SPEC-JSON");
+                    std::process::exit(2)
+                }
+            }
         }
+        Some(spec) => launch(spec),
         None => {
             eprintln!(
                 "baa-launch is started by baa-runner for each worker subprocess; try --probe"
@@ -69,6 +80,35 @@ fn main() {
             std::process::exit(2)
         }
     }
+}
+
+/// Move the host's report and lifeline descriptors to 3 and 4 and close
+/// every other inherited descriptor above stderr: while the host spawned
+/// this launcher, others it spawned at the same moment may have been
+/// handed here too.
+fn adopt_descriptors(report_fd: i32, lifeline_fd: i32) {
+    // SAFETY: plain descriptor system calls on this single-threaded process.
+    unsafe {
+        let report = libc::fcntl(report_fd, libc::F_DUPFD_CLOEXEC, 10);
+        let lifeline = libc::fcntl(lifeline_fd, libc::F_DUPFD_CLOEXEC, 10);
+        if report < 0 || lifeline < 0 {
+            eprintln!("baa-launch: the host's descriptors are missing");
+            std::process::exit(SETUP_FAILED);
+        }
+        if libc::dup2(report, REPORT_FD) < 0 || libc::dup2(lifeline, LIFELINE_FD) < 0 {
+            eprintln!("baa-launch: dup2: {}", std::io::Error::last_os_error());
+            std::process::exit(SETUP_FAILED);
+        }
+        libc::close_range(LIFELINE_FD as u32 + 1, u32::MAX, 0);
+    }
+}
+
+fn launch(spec: &str) -> ! {
+    let spec: LaunchSpec = match serde_json::from_str(spec) {
+        Ok(spec) => spec,
+        Err(e) => refuse("spec", &format!("the launch spec is not valid: {e}")),
+    };
+    supervise::run(spec)
 }
 
 /// Write `report` on the report descriptor (stderr when there is none) and

@@ -3,13 +3,13 @@
 //! and reports on a pipe whether the program started and how it is confined.
 //! The binary is carried inside the host and executed from a sealed memfd.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use baa_launch::{Applied, LaunchSpec, Probe, Report, LIFELINE_FD, REPORT_FD};
+use baa_launch::{Applied, LaunchSpec, Probe, Report};
 use tokio::io::AsyncReadExt;
 
 static EMBEDDED: &[u8] = include_bytes!(env!("BAA_LAUNCHER_BIN"));
@@ -130,6 +130,9 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Refusal> {
     })
 }
 
+/// The capacity asked for the pipes of a subprocess's stdout and stderr.
+const OUTPUT_PIPE_BYTES: usize = 1024 * 1024;
+
 /// Start `spec` with exactly `env` and the given stdin.
 pub async fn launch(
     spec: &LaunchSpec,
@@ -144,36 +147,70 @@ pub async fn launch(
     let json = serde_json::to_string(spec).map_err(|e| refusal("spec", e.to_string()))?;
     let (report_read, report_write) = pipe()?;
     let (lifeline_read, lifeline_write) = pipe()?;
+    // The launcher's ends are inherited as they are (no dup2 between fork
+    // and exec), so the standard library spawns it with posix_spawn: no
+    // copy of this process's page tables per subprocess. They lose
+    // O_CLOEXEC only for the duration of the spawn; the launcher moves them
+    // to 3 and 4 and closes whatever else it inherited.
+    let (report_fd, lifeline_fd) = (report_write.as_raw_fd(), lifeline_read.as_raw_fd());
     let mut cmd = tokio::process::Command::new(path);
-    cmd.arg(json)
+    cmd.arg("--fds")
+        .arg(format!("{report_fd}:{lifeline_fd}"))
+        .arg(json)
         .env_clear()
         .envs(env)
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let (report_fd, lifeline_fd) = (report_write.as_raw_fd(), lifeline_read.as_raw_fd());
-    // SAFETY: runs in the forked child before exec and only calls dup2,
-    // which is async-signal-safe; the copies on 3 and 4 lose O_CLOEXEC.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(report_fd, REPORT_FD) < 0 || libc::dup2(lifeline_fd, LIFELINE_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| refusal("launcher", format!("cannot start the launcher: {e}")))?;
+    let inherit = |fd: &OwnedFd, on: bool| {
+        let flags = if on {
+            rustix::io::FdFlags::empty()
+        } else {
+            rustix::io::FdFlags::CLOEXEC
+        };
+        rustix::io::fcntl_setfd(fd, flags).map_err(|e| refusal("launcher", format!("fcntl: {e}")))
+    };
+    inherit(&report_write, true)?;
+    inherit(&lifeline_read, true)?;
+    let spawned = cmd.spawn();
     drop(report_write);
     drop(lifeline_read);
+    let child =
+        spawned.map_err(|e| refusal("launcher", format!("cannot start the launcher: {e}")))?;
     let supervisor = child.id().unwrap_or(0);
+    // Bigger pipes: a fast writer fills 64 KiB before the host has handed
+    // the last chunk to the guest; with room for more it keeps going and
+    // the host moves fewer, larger chunks.
+    for fd in [
+        child.stdout.as_ref().map(|p| p.as_fd()),
+        child.stderr.as_ref().map(|p| p.as_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, OUTPUT_PIPE_BYTES);
+    }
+    // One line, then the launcher closes its end (a copy another spawn
+    // inherited meanwhile may keep the pipe open: read to the newline).
     let mut report = Vec::new();
-    // Read on the runtime's reactor, not on a blocking-pool thread.
     let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(report_read)
         .map_err(|e| refusal("launcher", format!("report pipe: {e}")))?;
-    let read = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut report)).await;
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    report.extend_from_slice(&buf[..n]);
+                    if report.contains(&b'\n') {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
     if read.is_err() {
         return Err(refusal(
             "launcher",

@@ -20,7 +20,7 @@ use crate::sandbox::bindings::baa::worker::subprocess::{ExitStatus, Output};
 /// How long output is still drained after the child exited and its group
 /// was killed (descendants that left the group may hold the pipes).
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 /// How long past its grace a supervisor may take before its group is
 /// SIGKILLed by the host.
 const HARD_KILL_MARGIN: Duration = Duration::from_millis(500);

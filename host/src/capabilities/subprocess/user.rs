@@ -102,10 +102,13 @@ impl UserLease {
     }
 
     /// A previous holder died: kill what it left and hand its trees back.
+    /// Its record is written before anything runs as the user and removed
+    /// only after a release killed everything: without one, there is
+    /// nothing to recover.
     fn recover(&self) -> Result<(), String> {
-        launcher::sweep(self.user.uid)?;
         let path = self.record_path();
         if let Ok(bytes) = std::fs::read(&path) {
+            launcher::sweep(self.user.uid)?;
             if let Ok(lent) = serde_json::from_slice::<Vec<Lent>>(&bytes) {
                 for l in lent {
                     tracing::warn!(uid = self.user.uid, path = %l.path.display(), "handing back a tree a stopped host had lent");
@@ -157,9 +160,15 @@ impl UserLease {
             gid: meta.gid(),
         });
         // Recorded before the first chown, so a crash leaves a way back.
+        // Renamed into place but not fsynced: it only has to outlive the
+        // ownership changes it describes, which come after it in the file
+        // system's journal (an fsync here cost 6 ms of every step).
         let record = serde_json::to_vec(&*lent).map_err(|e| e.to_string())?;
-        crate::fsutil::write_atomic(&self.record_path(), &record)
-            .map_err(io(self.record_path().display()))?;
+        crate::fsutil::write_all_atomic(
+            &[(&self.record_path(), &record)],
+            crate::fsutil::Durability::ProcessCrash,
+        )
+        .map_err(io(self.record_path().display()))?;
         chown_tree(path, None, self.user.uid, self.user.gid, true)
             .map_err(|e| format!("lending {} to uid {}: {e}", path.display(), self.user.uid))
     }
@@ -183,7 +192,8 @@ impl UserLease {
             return;
         }
         *released = true;
-        if let Err(e) = launcher::sweep(self.user.uid) {
+        let swept = launcher::sweep(self.user.uid);
+        if let Err(e) = &swept {
             tracing::warn!("{e}");
         }
         let lent = std::mem::take(&mut *self.lent.lock().unwrap_or_else(|p| p.into_inner()));
@@ -192,7 +202,11 @@ impl UserLease {
                 tracing::warn!(path = %l.path.display(), "handing back: {e}");
             }
         }
-        let _ = std::fs::remove_file(self.record_path());
+        // Without a record the next holder would not sweep: keep it when
+        // processes of the user may be left.
+        if swept.is_ok() {
+            let _ = std::fs::remove_file(self.record_path());
+        }
         let _ = std::fs::remove_dir_all(&self.home);
     }
 }
