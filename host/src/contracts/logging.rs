@@ -132,6 +132,9 @@ pub struct PluginRecord {
     /// compiled cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compiled: Option<String>,
+    /// How long instantiating it for this step took, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instantiate_micros: Option<u64>,
 }
 
 /// Why a step did not complete, machine-readable.

@@ -249,6 +249,7 @@ pub(crate) async fn run_worker(
         source: plugin.source.describe(),
         sha256: plugin.sha256.clone(),
         compiled: Some(plugin.origin.describe()),
+        instantiate_micros: None,
     };
     let with_plugin = |mut report: Report, record: &PluginRecord| {
         report.plugin = Some(record.clone());
@@ -481,8 +482,12 @@ async fn call_worker(
         }
     };
 
+    let instantiating = std::time::Instant::now();
     let worker = match tokio::time::timeout_at(backstop, pre.instantiate_async(&mut *store)).await {
-        Ok(Ok(worker)) => worker,
+        Ok(Ok(worker)) => {
+            plugin_record.instantiate_micros = Some(instantiating.elapsed().as_micros() as u64);
+            worker
+        }
         Ok(Err(e)) => return trap_report(e, "while starting"),
         Err(_) => return Report::failed(FailureReason::Timeout, "interrupted while starting"),
     };
