@@ -148,7 +148,7 @@ pub struct Limits {
     /// Extra time after `timeoutSec` for a guest waiting in a host call to
     /// return once its subprocesses were killed, before the step is ended
     /// without it (default 2000 ms). Guest code still computing at the
-    /// deadline is interrupted within two epoch ticks (20 ms).
+    /// deadline is interrupted within three epoch ticks (6 ms).
     pub timeout_grace_ms: u64,
     /// WebAssembly stack of the worker, in KiB (default 1024); deeper
     /// recursion traps with a stack overflow.

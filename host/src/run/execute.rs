@@ -229,7 +229,7 @@ pub(crate) async fn run_worker(
     let limits = &shared.config.limits;
     // A guest waiting in a host call may take a little past the deadline to
     // report what happened once its subprocesses were killed; guest code
-    // still computing at the deadline is interrupted within two epoch ticks.
+    // still computing at the deadline is interrupted within three epoch ticks.
     let guest_deadline = deadline + Duration::from_millis(limits.timeout_grace_ms);
 
     let entry = match shared.plugins.find(&request.worker_kind) {
@@ -843,26 +843,29 @@ fn worker_pre<'a>(
     linked.as_ref().map_err(Clone::clone)
 }
 
+/// Epoch ticks a guest may still compute after its deadline.
+const GRACE_TICKS: u32 = 2;
+
 /// How long a `describe` outside a step may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A store with the runner's limits whose guest code is interrupted once it
-/// computes past `deadline`: the first epoch tick after it is a last grace
-/// (a guest that just learnt its subprocess was killed returns its outcome),
-/// the second traps.
+/// A store with the runner's limits whose guest code yields at every epoch
+/// tick and is interrupted once it computes past `deadline`: the first
+/// [`GRACE_TICKS`] ticks after it are a last grace (a guest that just learnt
+/// its subprocess was killed returns its outcome), the next one traps.
 fn new_store(shared: &RunnerShared, state: StepState, deadline: Instant) -> Store<StepState> {
     let mut store = Store::new(&shared.engine, state);
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
     let deadline = deadline.into_std();
-    let mut overdue = false;
+    let mut overdue = 0;
     store.epoch_deadline_callback(move |_| {
         if std::time::Instant::now() < deadline {
             Ok(UpdateDeadline::Yield(1))
-        } else if overdue {
+        } else if overdue >= GRACE_TICKS {
             Err(Trap::Interrupt.into())
         } else {
-            overdue = true;
+            overdue += 1;
             Ok(UpdateDeadline::Yield(1))
         }
     });

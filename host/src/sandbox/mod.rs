@@ -16,8 +16,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::error::Error;
 use state::StepState;
 
-/// How often the engine's epoch advances; the granularity of deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the engine's epoch advances: a running guest yields to the
+/// other steps at every tick, and a deadline is noticed within one.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// Worker instances that can be alive at once in one process: the size of
 /// the pooling allocator's slots (component instances, memories, stacks).
