@@ -9,7 +9,7 @@ use baa_runner::contracts::FailureReason;
 use baa_runner::plugins::manifest::{self, Capabilities, Manifest};
 use baa_runner_tests::{fixtures, Sandbox};
 
-use crate::{assert_exit, cli, grant_all, probe_runner_with, run};
+use crate::{assert_exit, cli, grant_all, guest_build, plugins_target, probe_runner_with, run};
 
 /// `stamp` then `check` the kind at `file`: every item passes.
 fn stamp_and_check_passes(file: &Path) {
@@ -209,25 +209,12 @@ fn a_scaffolded_rust_kind_builds_stamps_and_passes_check_unchanged() {
         .unwrap();
     assert_exit(&out, 0);
     let project = sandbox.dir.path().join("hello-kind");
-    // Built as its README says, sharing the plugins' target directory so
-    // the dependencies are not compiled again.
-    let target = Path::new(fixtures::PROBE_WASM).ancestors().nth(3).unwrap();
+    // Built as its README says.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let build = std::process::Command::new(cargo)
-        .args(["build", "--release"])
-        .current_dir(&project)
-        .env("CARGO_TARGET_DIR", target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "{}",
-        String::from_utf8_lossy(&build.stderr)
-    );
+    guest_build(cargo, &["build".as_ref(), "--release".as_ref()], &project);
     let file = sandbox.dir.path().join("hello-kind.wasm");
-    std::fs::copy(target.join("wasm32-wasip2/release/hello_kind.wasm"), &file).unwrap();
+    let built = plugins_target().join("wasm32-wasip2/release/hello_kind.wasm");
+    std::fs::copy(built, &file).unwrap();
     stamp_and_check_passes(&file);
 
     // A second project of that name, or one named like a built-in kind, is refused.

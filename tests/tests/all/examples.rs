@@ -6,10 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use baa_runner_tests::{fixtures, git, read_json, Sandbox};
+use baa_runner_tests::{git, read_json, Sandbox};
 use serde_json::Value;
 
-use crate::{assert_exit, cli};
+use crate::{assert_exit, cli, guest_build};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kinds")
@@ -58,22 +58,11 @@ fn compiled_how(result: &Value) -> String {
 fn the_example_kinds_build_from_source_pass_check_and_run_real_steps() {
     let sandbox = Sandbox::new();
     let plugins = sandbox.dir.path().join("plugins");
-    // Sharing the plugins' target directory, so the SDK's dependencies are
-    // not compiled again.
-    let target = Path::new(fixtures::PROBE_WASM).ancestors().nth(3).unwrap();
-    let build = std::process::Command::new("bash")
-        .arg(examples_dir().join("build.sh"))
-        .arg(&plugins)
-        .env("CARGO_TARGET_DIR", target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&build.stdout),
-        String::from_utf8_lossy(&build.stderr)
+    let script = examples_dir().join("build.sh");
+    guest_build(
+        "bash",
+        &[script.as_os_str(), plugins.as_os_str()],
+        &examples_dir(),
     );
 
     for kind in ["todo-scan", "changelog", "commit-lint"] {

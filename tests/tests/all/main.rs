@@ -17,7 +17,7 @@ mod sandbox;
 mod shell;
 mod supply_chain;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use baa_runner::config::KindGrant;
 use baa_runner::contracts::{StepExecutionRequest, StepExecutionResult};
@@ -35,6 +35,35 @@ pub fn built_binary(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The target directory the fixture plugins were built in.
+pub fn plugins_target() -> &'static Path {
+    Path::new(fixtures::PROBE_WASM)
+        .ancestors()
+        .nth(3)
+        .expect("fixtures live in <target>/wasm32-wasip2/release")
+}
+
+/// Run a guest build (`cargo build` of a kind, or a script around it) in
+/// `dir` with the plugins' target directory, so that the dependencies
+/// already compiled there are reused, and without the host's RUSTFLAGS;
+/// panic with its output when it fails.
+pub fn guest_build(program: impl AsRef<std::ffi::OsStr>, args: &[&std::ffi::OsStr], dir: &Path) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", plugins_target())
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A runner with the default config (built-in kinds only).
