@@ -203,12 +203,20 @@ pub struct RunnerConfig {
     /// `~/.cache/baa-runner/compiled`); it must be writable only by this user.
     #[serde(default)]
     pub compiled_cache_dir: Option<PathBuf>,
+    /// Most MiB of compiled code the cache keeps (default 1024); past it the
+    /// least recently used entries are removed.
+    #[serde(default = "compiled_cache_max_mib")]
+    pub compiled_cache_max_mib: u64,
     /// How far run records survive a failure: `power-loss` (default: every
     /// record, checkpoint and closed log is fsynced) or `process-crash`
     /// (written whole, not fsynced: for run directories on tmpfs or
     /// throw-away machines).
     #[serde(default)]
     pub durability: crate::fsutil::Durability,
+}
+
+fn compiled_cache_max_mib() -> u64 {
+    crate::plugins::cache::DEFAULT_MAX_MIB
 }
 
 fn yes() -> bool {
@@ -286,6 +294,7 @@ impl Default for RunnerConfig {
             sandbox: SandboxConfig::default(),
             compiled_cache: true,
             compiled_cache_dir: None,
+            compiled_cache_max_mib: compiled_cache_max_mib(),
             durability: Default::default(),
         }
     }
@@ -311,6 +320,7 @@ impl RunnerConfig {
             sandbox: file.sandbox,
             compiled_cache: file.compiled_cache,
             compiled_cache_dir: file.compiled_cache_dir,
+            compiled_cache_max_mib: file.compiled_cache_max_mib,
             durability: file.durability,
         })
     }

@@ -42,7 +42,12 @@ pub struct DiskCache {
     dir: PathBuf,
     /// Engine compatibility and host version, as a file-name part.
     identity: String,
+    /// Past this many bytes of entries, the least recently used go.
+    max_bytes: u64,
 }
+
+/// The default bound of a cache directory (`compiled-cache-max-mib`).
+pub const DEFAULT_MAX_MIB: u64 = 1024;
 
 /// The default cache directory: `/var/cache/baa-runner/compiled` as root,
 /// else `$XDG_CACHE_HOME/baa-runner/compiled` or `~/.cache/baa-runner/compiled`.
@@ -79,7 +84,15 @@ impl DiskCache {
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             identity: format!("{:016x}", hasher.finish()),
+            max_bytes: DEFAULT_MAX_MIB * 1024 * 1024,
         })
+    }
+
+    /// Keep at most `mib` MiB of entries (the least recently used go first;
+    /// the entry just stored always stays).
+    pub fn with_max_mib(mut self, mib: u64) -> Self {
+        self.max_bytes = mib.saturating_mul(1024 * 1024);
+        self
     }
 
     /// The entry of the plugin with digest `sha256`.
@@ -109,9 +122,13 @@ impl DiskCache {
         // SAFETY: the bytes are what this host serialized for this engine
         // configuration (file name) and verified against the digest written
         // with them, in a directory only this user can write.
-        unsafe { Component::deserialize(engine, &bytes) }
-            .map(Some)
-            .map_err(|e| format!("was refused by the engine: {e:#}"))
+        let component = unsafe { Component::deserialize(engine, &bytes) }
+            .map_err(|e| format!("was refused by the engine: {e:#}"))?;
+        // Its modification time says when it was last used (for eviction).
+        if let Ok(file) = std::fs::File::open(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+        Ok(Some(component))
     }
 
     /// Store the compilation of `sha256` (atomically: a reader sees the
@@ -120,6 +137,41 @@ impl DiskCache {
         let bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
         crate::fsutil::write_atomic(&self.path(sha256), &bytes).map_err(|e| e.to_string())?;
         crate::fsutil::write_atomic(&self.digest_path(sha256), sha256_hex(&bytes).as_bytes())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.evict(&self.path(sha256));
+        Ok(())
+    }
+
+    /// Remove the least recently used entries (and their digests) until the
+    /// directory holds at most `max_bytes` of them, never `keep`.
+    fn evict(&self, keep: &Path) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            let mut digest = path.clone().into_os_string();
+            digest.push(".sha256");
+            if std::fs::remove_file(&path).is_ok() {
+                let _ = std::fs::remove_file(digest);
+                total = total.saturating_sub(len);
+                tracing::debug!(path = %path.display(), "evicted from the compiled cache");
+            }
+        }
     }
 }

@@ -57,16 +57,19 @@ impl Runner {
         } else if let Some(dir) = &config.compiled_cache_dir {
             // Configured explicitly: a directory that cannot be used is an error.
             Some(
-                crate::plugins::cache::DiskCache::open(dir, &engine).map_err(|message| {
-                    Error::Config(crate::config::ConfigError::Setting {
-                        setting: "compiled-cache-dir".into(),
-                        message,
-                    })
-                })?,
+                crate::plugins::cache::DiskCache::open(dir, &engine)
+                    .map(|cache| cache.with_max_mib(config.compiled_cache_max_mib))
+                    .map_err(|message| {
+                        Error::Config(crate::config::ConfigError::Setting {
+                            setting: "compiled-cache-dir".into(),
+                            message,
+                        })
+                    })?,
             )
         } else {
             crate::plugins::cache::default_dir().and_then(|dir| {
                 crate::plugins::cache::DiskCache::open(&dir, &engine)
+                    .map(|cache| cache.with_max_mib(config.compiled_cache_max_mib))
                     .map_err(|e| tracing::warn!("no compiled cache: {e}"))
                     .ok()
             })

@@ -99,3 +99,43 @@ fn a_cache_directory_others_may_write_is_refused() {
     assert!(message.contains("compiled-cache-dir"), "{message}");
     assert!(message.contains("writable by no one else"), "{message}");
 }
+
+#[test]
+fn the_cache_keeps_its_size_bound_by_evicting_the_least_recently_used() {
+    let sandbox = Sandbox::new();
+    let cache = sandbox.dir.path().join("bounded");
+    let plugins = crate::probe_plugins_dir(&sandbox);
+    let compiled_with_cap = |step: &str| {
+        let mut config = baa_runner::RunnerConfig::default();
+        config.plugin_dirs.push(plugins.clone());
+        config.kinds.insert("probe".into(), grant_all());
+        config.compiled_cache_dir = Some(cache.clone());
+        config.compiled_cache_max_mib = 1;
+        let runner = baa_runner::Runner::new(config).unwrap();
+        let mut request = sandbox.request("probe", "true");
+        request.step_id = step.into();
+        let result = futures_block(run(&runner, request));
+        assert!(result.ok, "{}", result.summary);
+    };
+    compiled_with_cap("first");
+    let first = entries(&cache);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let first_len = std::fs::metadata(&first[0]).unwrap().len();
+    // A changed plugin file (one more custom section): another digest.
+    let plugin = plugins.join("probe.wasm");
+    let mut bytes = std::fs::read(&plugin).unwrap();
+    bytes.extend_from_slice(&[0, 6, 5, b'n', b'o', b't', b'e', b'!']);
+    std::fs::write(&plugin, &bytes).unwrap();
+    compiled_with_cap("second");
+    let second = entries(&cache);
+    // The two entries together are over the 1 MiB bound: only the newest
+    // stays, with its digest beside it.
+    let second_len = std::fs::metadata(&second[0]).unwrap().len();
+    assert!(first_len + second_len > 1024 * 1024);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first);
+    let mut digest = second[0].clone().into_os_string();
+    digest.push(".sha256");
+    assert!(Path::new(&digest).exists());
+    assert!(!Path::new(&format!("{}.sha256", first[0].display())).exists());
+}
