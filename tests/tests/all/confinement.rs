@@ -506,3 +506,36 @@ async fn a_program_inside_the_worktree_never_runs_even_when_granted() {
     // Not something the operator can grant: the step fails, not blocked.
     assert_eq!(result.outcome, StepExecutionOutcome::Failed);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_the_worker_writes_between_commands_are_the_step_users_and_handed_back() {
+    if !dedicated_users("resync of the lent worktree") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.repo.join("deep/a/b")).unwrap();
+    std::fs::write(sandbox.repo.join("deep/a/b/old.txt"), "old\n").unwrap();
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |_| {});
+    // The first command lends the tree; then the worker (the host's uid,
+    // through WASI) creates files deep in it and at the top, and each next
+    // command must be able to append to them: the resync between commands
+    // looks only into directories changed since the last walk.
+    let script = "sh true\n\
+                  write deep/a/b/new.txt from-the-worker\n\
+                  sh echo appended >> deep/a/b/new.txt && echo deep=ok\n\
+                  write top.txt from-the-worker\n\
+                  sh echo appended >> top.txt && echo top=ok";
+    let result = run(&runner, sandbox.request("probe", script)).await;
+    let out = stdout_of(&result);
+    assert!(out.contains("deep=ok") && out.contains("top=ok"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.repo.join("deep/a/b/new.txt")).unwrap(),
+        "from-the-workerappended\n"
+    );
+    // Everything is the host's again after the step.
+    let me = rustix::process::geteuid().as_raw();
+    for path in ["deep/a/b/new.txt", "deep/a/b/old.txt", "top.txt", "deep/a"] {
+        let meta = std::fs::metadata(sandbox.repo.join(path)).unwrap();
+        assert_eq!(meta.uid(), me, "{path}");
+    }
+}

@@ -35,6 +35,10 @@ pub struct UserLease {
     home: PathBuf,
     lent: Mutex<Vec<Lent>>,
     released: Mutex<bool>,
+    /// When the last walk over the lent trees started (less a margin for
+    /// the file system's coarse clock): directories whose ctime is older
+    /// have had no entry added since, so a resync does not look inside them.
+    synced_since: Mutex<Option<i128>>,
     _lock: File,
 }
 
@@ -75,6 +79,7 @@ impl UserLease {
                 home: dir.join(format!("uid-{uid}")),
                 lent: Mutex::new(Vec::new()),
                 released: Mutex::new(false),
+                synced_since: Mutex::new(None),
                 _lock: lock,
             };
             lease.recover()?;
@@ -112,7 +117,7 @@ impl UserLease {
             if let Ok(lent) = serde_json::from_slice::<Vec<Lent>>(&bytes) {
                 for l in lent {
                     tracing::warn!(uid = self.user.uid, path = %l.path.display(), "handing back a tree a stopped host had lent");
-                    let _ = chown_tree(&l.path, Some(self.user.uid), l.uid, l.gid, false);
+                    let _ = chown_tree(&l.path, Some(self.user.uid), l.uid, l.gid, false, None);
                 }
             }
             std::fs::remove_file(&path).map_err(io(path.display()))?;
@@ -159,6 +164,7 @@ impl UserLease {
             uid: meta.uid(),
             gid: meta.gid(),
         });
+        let started = walk_start();
         // Recorded before the first chown, so a crash leaves a way back.
         // Renamed into place but not fsynced: it only has to outlive the
         // ownership changes it describes, which come after it in the file
@@ -169,18 +175,30 @@ impl UserLease {
             crate::fsutil::Durability::ProcessCrash,
         )
         .map_err(io(self.record_path().display()))?;
-        chown_tree(path, None, self.user.uid, self.user.gid, true)
-            .map_err(|e| format!("lending {} to uid {}: {e}", path.display(), self.user.uid))
+        chown_tree(path, None, self.user.uid, self.user.gid, true, None)
+            .map_err(|e| format!("lending {} to uid {}: {e}", path.display(), self.user.uid))?;
+        // An earlier walk's time stays: other trees may have changed since.
+        self.synced_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(started);
+        Ok(())
     }
 
     /// Give the user what appeared in its trees since (files the worker
     /// wrote through WASI belong to the host).
+    /// Only directories changed since the last walk are looked into (their
+    /// ctime, which no one can set back, says so); the others are only
+    /// passed through.
     pub fn sync(&self) -> Result<(), String> {
         let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let since = *self.synced_since.lock().unwrap_or_else(|p| p.into_inner());
+        let started = walk_start();
         for l in lent {
-            chown_tree(&l.path, None, self.user.uid, self.user.gid, true)
+            chown_tree(&l.path, None, self.user.uid, self.user.gid, true, since)
                 .map_err(|e| format!("{}: {e}", l.path.display()))?;
         }
+        *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         Ok(())
     }
 
@@ -198,7 +216,7 @@ impl UserLease {
         }
         let lent = std::mem::take(&mut *self.lent.lock().unwrap_or_else(|p| p.into_inner()));
         for l in &lent {
-            if let Err(e) = chown_tree(&l.path, Some(self.user.uid), l.uid, l.gid, false) {
+            if let Err(e) = chown_tree(&l.path, Some(self.user.uid), l.uid, l.gid, false, None) {
                 tracing::warn!(path = %l.path.display(), "handing back: {e}");
             }
         }
@@ -254,6 +272,7 @@ fn chown_tree(
     uid: u32,
     gid: u32,
     skip_linked: bool,
+    changed_since: Option<i128>,
 ) -> std::io::Result<()> {
     let dir = rustix::fs::open(
         root,
@@ -273,7 +292,7 @@ fn chown_tree(
     if wanted(&root_stat) {
         rustix::fs::fchown(&dir, owner.0, owner.1)?;
     }
-    walk(&dir, dev, 0, &mut |dir, name, st| {
+    walk(&dir, dev, 0, changed_since, &mut |dir, name, st| {
         let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
         let plain = kind == rustix::fs::FileType::Directory
             || kind == rustix::fs::FileType::Symlink
@@ -289,14 +308,36 @@ fn chown_tree(
 /// Deepest directory nesting [`walk`] descends into.
 const MAX_DEPTH: usize = 512;
 
+/// The clock reading a walk starts from, in nanoseconds, less a margin:
+/// file times come from the kernel's coarse clock, which lags by up to a tick.
+fn walk_start() -> i128 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    now - 100_000_000
+}
+
+fn ctime_nanos(st: &rustix::fs::Stat) -> i128 {
+    st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128
+}
+
 /// Call `visit` for every entry beneath `dir` on device `dev`, depth first,
-/// holding one descriptor per level.
+/// holding one descriptor per level. With `changed_since`, a directory
+/// whose ctime is older (no entry added, removed or renamed since) is only
+/// passed through: its subdirectories are walked, its other entries not
+/// visited.
 fn walk(
     dir: &OwnedFd,
     dev: u64,
     depth: usize,
+    changed_since: Option<i128>,
     visit: &mut dyn FnMut(&OwnedFd, &std::ffi::CStr, &rustix::fs::Stat) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    let unchanged = match changed_since {
+        Some(since) => ctime_nanos(&rustix::fs::fstat(dir)?) < since,
+        None => false,
+    };
     let mut subdirs = Vec::new();
     for entry in rustix::fs::Dir::read_from(dir.as_fd())? {
         let entry = entry?;
@@ -304,13 +345,21 @@ fn walk(
         if name == c"." || name == c".." {
             continue;
         }
+        if unchanged {
+            let kind = entry.file_type();
+            if kind != rustix::fs::FileType::Directory && kind != rustix::fs::FileType::Unknown {
+                continue;
+            }
+        }
         let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
             continue;
         };
         if st.st_dev != dev {
             continue;
         }
-        visit(dir, name, &st)?;
+        if !unchanged {
+            visit(dir, name, &st)?;
+        }
         if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
             subdirs.push(name.to_owned());
         }
@@ -325,7 +374,7 @@ fn walk(
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
-            walk(&sub, dev, depth + 1, visit)?;
+            walk(&sub, dev, depth + 1, changed_since, visit)?;
         }
     }
     Ok(())
@@ -362,7 +411,7 @@ pub fn recover_abandoned(config: &SandboxConfig) -> Vec<PathBuf> {
             .unwrap_or_default();
         let _ = launcher::sweep(uid);
         for l in lent {
-            if chown_tree(&l.path, Some(uid), l.uid, l.gid, false).is_ok() {
+            if chown_tree(&l.path, Some(uid), l.uid, l.gid, false, None).is_ok() {
                 handed_back.push(l.path);
             }
         }
