@@ -163,16 +163,10 @@ pub async fn launch(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let inherit = |fd: &OwnedFd, on: bool| {
-        let flags = if on {
-            rustix::io::FdFlags::empty()
-        } else {
-            rustix::io::FdFlags::CLOEXEC
-        };
-        rustix::io::fcntl_setfd(fd, flags).map_err(|e| refusal("launcher", format!("fcntl: {e}")))
-    };
-    inherit(&report_write, true)?;
-    inherit(&lifeline_read, true)?;
+    for fd in [&report_write, &lifeline_read] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+            .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
+    }
     let spawned = cmd.spawn();
     drop(report_write);
     drop(lifeline_read);
