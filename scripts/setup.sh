@@ -8,6 +8,7 @@ ensure_wasm_target
 ensure_codex
 ensure_componentize_py
 ensure_componentize_js
+ensure_typescript
 echo "==> cargo build --workspace (host, CLI and the built-in worker kinds)"
 cargo build --workspace --locked
 echo "==> running examples/shell.json on a demo repository"

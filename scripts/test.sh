@@ -8,7 +8,9 @@ ensure_wasm_target
 ensure_codex
 ensure_componentize_py
 ensure_componentize_js
+ensure_typescript
 export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
+export BAA_TSC="${BAA_TSC:-$(typescript_tsc)}"
 # The CLI tests run the real binary.
 cargo build --workspace --locked --bins
 cargo test --workspace --locked

@@ -68,3 +68,22 @@ ensure_componentize_js() {
     npm install --prefix "$COMPONENTIZE_JS_PREFIX" --no-audit --no-fund --loglevel=error \
         "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION"
 }
+
+TYPESCRIPT_VERSION="5.9.3"
+TYPESCRIPT_PREFIX="$TOOLS_DIR/typescript-$TYPESCRIPT_VERSION"
+
+# TypeScript (npm, pinned), for the check that the JSON the host emits
+# satisfies shared/reference/contracts.ts.
+ensure_typescript() {
+    local bin="$TYPESCRIPT_PREFIX/node_modules/.bin/tsc"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$TYPESCRIPT_VERSION"; then
+        return 0
+    fi
+    echo "==> npm install typescript@$TYPESCRIPT_VERSION into $TYPESCRIPT_PREFIX (once)"
+    mkdir -p "$TYPESCRIPT_PREFIX"
+    npm install --prefix "$TYPESCRIPT_PREFIX" --no-audit --no-fund --loglevel=error "typescript@$TYPESCRIPT_VERSION"
+}
+
+typescript_tsc() {
+    echo "$TYPESCRIPT_PREFIX/node_modules/.bin/tsc"
+}

@@ -10,6 +10,10 @@
 //! [kinds.lint]            # a third-party kind: grants are deny-by-default
 //! programs = ["cargo"]
 //! env = ["CARGO_HOME"]
+//!
+//! [concurrency]           # steps over a limit wait for a slot
+//! max-steps = 16
+//! kinds = { codex = 2 }
 //! ```
 
 use std::collections::BTreeMap;
@@ -179,6 +183,28 @@ impl Default for Limits {
     }
 }
 
+/// How many steps execute at once (`[concurrency]`); a step over a limit
+/// waits for a slot, with `step.queued` and `step.admitted` events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Concurrency {
+    /// Steps of the runner executing at once (default and most: 1000, the
+    /// engine's instance slots).
+    pub max_steps: u32,
+    /// Steps of one worker kind executing at once (default: no limit of
+    /// their own).
+    pub kinds: BTreeMap<String, u32>,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency {
+            max_steps: crate::sandbox::POOL_STEPS,
+            kinds: BTreeMap::new(),
+        }
+    }
+}
+
 /// The operator's configuration of a runner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -213,6 +239,9 @@ pub struct RunnerConfig {
     /// throw-away machines).
     #[serde(default)]
     pub durability: crate::fsutil::Durability,
+    /// Steps executing at once, per runner and per kind.
+    #[serde(default)]
+    pub concurrency: Concurrency,
 }
 
 fn compiled_cache_max_mib() -> u64 {
@@ -296,6 +325,7 @@ impl Default for RunnerConfig {
             compiled_cache_dir: None,
             compiled_cache_max_mib: compiled_cache_max_mib(),
             durability: Default::default(),
+            concurrency: Concurrency::default(),
         }
     }
 }
@@ -322,6 +352,7 @@ impl RunnerConfig {
             compiled_cache_dir: file.compiled_cache_dir,
             compiled_cache_max_mib: file.compiled_cache_max_mib,
             durability: file.durability,
+            concurrency: file.concurrency,
         })
     }
 

@@ -31,6 +31,9 @@ pub enum Error {
     /// The WebAssembly engine could not be set up.
     #[error("wasm engine: {0}")]
     Engine(String),
+    /// The host itself failed (a bug): the step's task ended abnormally.
+    #[error("host failure: {0}")]
+    Host(String),
 }
 
 impl Error {

@@ -1,6 +1,7 @@
 //! Fault injection for crash tests: with the `fault-injection` feature, the
 //! process SIGKILLs itself at the point named by `BAA_FAULT_POINT` (read once)
-//! or by [`arm`]. Without the feature, points compile to nothing.
+//! or by [`arm`], and a host function panics when a worker emits the event
+//! [`HOST_PANIC_EVENT`]. Without the feature, both compile to nothing.
 
 #[cfg(feature = "fault-injection")]
 static ARMED: std::sync::Mutex<Option<Option<String>>> = std::sync::Mutex::new(None);
@@ -27,4 +28,19 @@ pub fn point(name: &str) {
     }
     #[cfg(not(feature = "fault-injection"))]
     let _ = name;
+}
+
+/// The worker event that makes the host's `emit` panic (with the
+/// `fault-injection` feature): a host bug, as the isolation tests need one.
+pub const HOST_PANIC_EVENT: &str = "fault.host-panic";
+
+/// Panic when `event` is [`HOST_PANIC_EVENT`] (tests only).
+#[inline]
+pub fn host_panic(event: &str) {
+    #[cfg(feature = "fault-injection")]
+    if event == HOST_PANIC_EVENT {
+        panic!("injected host panic");
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = event;
 }

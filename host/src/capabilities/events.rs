@@ -45,6 +45,7 @@ impl Host for StepState {
         message: String,
         data_json: Option<String>,
     ) -> wasmtime::Result<()> {
+        crate::fault::host_panic(&event);
         let level = match level {
             Level::Debug => EventLevel::Debug,
             Level::Info => EventLevel::Info,

@@ -74,8 +74,22 @@ impl<'de> Deserialize<'de> for CheckpointType {
     }
 }
 
+impl schemars::JsonSchema for CheckpointType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CheckpointType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`summary`, `git-diff`, `log-tail`, or a worker-defined type.",
+            "type": "string",
+            "pattern": "^[a-z0-9.-]{1,64}$",
+        })
+    }
+}
+
 /// One checkpoint: `checkpoints/<seq:06>.json`, its payload beside it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointRecord {
     /// From 1, no gaps, no duplicates within a step's attempts.
@@ -106,7 +120,7 @@ pub struct CheckpointRecord {
 }
 
 /// The checkpoint manager's own state, shared by every step state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointManagerState {
     /// Where this attempt's records are written.
@@ -117,7 +131,7 @@ pub struct CheckpointManagerState {
 }
 
 /// What a `git-diff` checkpoint will capture, decided before anything is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GitDiffSnapshotPlan {
     /// The ref the worktree is compared against.

@@ -7,7 +7,7 @@ use super::{CheckpointMode, StepExecutionOutcome, StepKind, WorkerKind};
 
 /// Absolute paths of everything in one run directory
 /// (`<runsRootDir>/<taskId>/<runId>/<stepId>/attempt-<attempt>/`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalRunPaths {
     /// Root of all run directories.
@@ -37,7 +37,7 @@ pub struct LocalRunPaths {
 }
 
 /// Whether a log session still accepts records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogSessionStatus {
     Open,
@@ -45,7 +45,7 @@ pub enum LogSessionStatus {
 }
 
 /// The open set of log files one attempt writes to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalRunLogSession {
     /// `<taskId>/<runId>/<stepId>/<attempt>`: unique under the runs root.
@@ -61,7 +61,7 @@ pub struct LocalRunLogSession {
 }
 
 /// What the logs of one attempt hold, counted as they were written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalRunLogSummary {
     pub lifecycle_event_count: u64,
@@ -82,7 +82,7 @@ pub struct LocalRunLogSummary {
 }
 
 /// Who wrote a lifecycle event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventSource {
     Host,
@@ -90,7 +90,7 @@ pub enum EventSource {
 }
 
 /// Severity of a lifecycle event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventLevel {
     Debug,
@@ -100,7 +100,7 @@ pub enum EventLevel {
 }
 
 /// One line of `logs/lifecycle.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerLifecycleLogEntry {
     /// Position in this attempt's lifecycle log, from 1.
@@ -119,7 +119,7 @@ pub struct WorkerLifecycleLogEntry {
 }
 
 /// The worker kind's component as it was loaded for a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginRecord {
     pub name: String,
@@ -138,7 +138,7 @@ pub struct PluginRecord {
 }
 
 /// Why a step did not complete, machine-readable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureReason {
     /// The worker reported that the work failed (e.g. a non-zero exit).
@@ -159,13 +159,14 @@ pub enum FailureReason {
     InvalidRequest,
     /// The host itself failed.
     HostError,
-    /// The host stopped (crashed, was killed) while the step ran; found and
-    /// closed by recovery.
+    /// The step was stopped from outside: cancelled by its embedder (a
+    /// cancelled token, a dropped handle, a `cancel` over `serve`), or its
+    /// host stopped (crashed, was killed) while it ran and recovery closed it.
     Interrupted,
 }
 
 /// A failure, as recorded in state and metadata.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailureRecord {
     pub reason: FailureReason,
@@ -177,7 +178,7 @@ pub struct FailureRecord {
 
 /// `metadata.json`: what the run is, written when it is prepared and
 /// completed when it finishes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunMetadata {
     /// Version of this file's layout.
@@ -223,7 +224,7 @@ pub struct RunMetadata {
 }
 
 /// Where a run is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Prepared,
@@ -236,7 +237,7 @@ pub enum RunStatus {
 }
 
 /// `state.json`: the run's latest state, rewritten at each transition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunStateSnapshot {
     pub status: RunStatus,

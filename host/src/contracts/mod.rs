@@ -6,6 +6,7 @@
 
 pub mod checkpointing;
 pub mod logging;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -105,6 +106,20 @@ impl<'de> Deserialize<'de> for WorkerKind {
     }
 }
 
+impl schemars::JsonSchema for WorkerKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WorkerKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A built-in worker kind (`codex`, `shell`, `git`) or a third-party kind's name.",
+            "type": "string",
+            "pattern": "^[a-z][a-z0-9-]{0,63}$",
+        })
+    }
+}
+
 /// The role a step plays in the conductor's plan. `planner`, `review` and
 /// `finalize` are roles that any worker kind can carry out (a `review` step
 /// typically runs on `codex`); a step whose kind is a worker kind simply runs
@@ -158,8 +173,22 @@ impl<'de> Deserialize<'de> for StepKind {
     }
 }
 
+impl schemars::JsonSchema for StepKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StepKind".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`planner`, `review`, `finalize`, or a worker kind's name.",
+            "type": "string",
+            "pattern": "^[a-z][a-z0-9-]{0,63}$",
+        })
+    }
+}
+
 /// How a step ended (or `prepared` when it was only prepared).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepExecutionOutcome {
     Prepared,
@@ -180,7 +209,9 @@ impl StepExecutionOutcome {
 }
 
 /// Whether checkpoints are captured for a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckpointMode {
     #[default]
@@ -189,7 +220,7 @@ pub enum CheckpointMode {
 }
 
 /// What a [`StepArtifact`] points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepArtifactKind {
     Log,
@@ -200,7 +231,7 @@ pub enum StepArtifactKind {
 }
 
 /// Where a step runs: the repository, its worktree, and where records go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StepExecutionRuntime {
     pub repo_root: String,
@@ -214,7 +245,7 @@ pub struct StepExecutionRuntime {
 }
 
 /// Checkpoint settings of a step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StepCheckpointConfig {
     pub mode: CheckpointMode,
@@ -231,7 +262,7 @@ pub struct StepCheckpointConfig {
 }
 
 /// One step for the runner to prepare and execute.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StepExecutionRequest {
     pub task_id: String,
@@ -254,7 +285,7 @@ pub struct StepExecutionRequest {
 }
 
 /// The checkpoint state of a step: the manager's state plus the records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepCheckpointState {
     #[serde(flatten)]
@@ -271,7 +302,7 @@ pub struct StepCheckpointState {
 }
 
 /// A file or directory a step produced or that describes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepArtifact {
     pub name: String,
@@ -281,7 +312,7 @@ pub struct StepArtifact {
 }
 
 /// A step the worker suggests the conductor runs next.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SuggestedFollowup {
     pub step_name: String,
@@ -290,7 +321,7 @@ pub struct SuggestedFollowup {
 }
 
 /// What a worker reports when it is done.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerExecutionOutcome {
     pub ok: bool,
@@ -313,7 +344,7 @@ pub struct WorkerExecutionOutcome {
 }
 
 /// Counts and durations of one step execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepExecutionMetrics {
     pub duration_ms: u64,
@@ -324,7 +355,7 @@ pub struct StepExecutionMetrics {
 }
 
 /// Everything the conductor learns about one step execution.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepExecutionResult {
     pub ok: bool,

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use serde_json::json;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -201,6 +203,11 @@ impl Report {
         }
     }
 
+    /// The step was cancelled by its embedder.
+    pub(crate) fn interrupted(message: impl Into<String>) -> Self {
+        Report::failed(FailureReason::Interrupted, message)
+    }
+
     /// The worker trapped (or exited) with `code`.
     fn trapped(code: String, message: impl Into<String>) -> Self {
         let mut report = Report::failed(FailureReason::Trap, message);
@@ -221,6 +228,7 @@ pub(crate) async fn run_worker(
     shared: &RunnerShared,
     prepared: &PreparedStepRun,
     started: Instant,
+    cancel: &CancellationToken,
 ) -> Report {
     let request = &prepared.request;
     let logs = prepared.logs.clone();
@@ -303,16 +311,35 @@ pub(crate) async fn run_worker(
     };
     let mut store = new_store(shared, state, deadline);
 
-    let mut report = call_worker(
+    // A panic in a host function ends this step as a host error; the
+    // cleanup below still runs, and no other step is affected.
+    let call = call_worker(
         &mut store,
         pre,
         prepared,
         &mut plugin_record,
         plugin.manifest.as_ref(),
         shared,
-        guest_deadline,
-    )
-    .await;
+        Bounds {
+            backstop: guest_deadline + Duration::from_secs(1),
+            cancel,
+        },
+    );
+    let mut report = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(report) => report,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!(step = %prepared.log_paths.run_dir, "a host function panicked: {what}");
+            Report::failed(
+                FailureReason::HostError,
+                format!("the host failed while serving the worker (a bug in baa-runner): {what}"),
+            )
+        }
+    };
 
     // The step is over: nothing it started may outlive it.
     let grace = Duration::from_millis(shared.config.sandbox.kill_grace_ms);
@@ -441,6 +468,32 @@ fn refine_failure(
     }
 }
 
+/// What ends a guest call early: the backstop for a host call that does
+/// not return (the guest's deadline plus a second), or cancellation.
+struct Bounds<'a> {
+    backstop: Instant,
+    cancel: &'a CancellationToken,
+}
+
+impl Bounds<'_> {
+    /// `call` to its end, or the report of what stopped it `during` what.
+    /// Dropping the call unwinds the guest's fiber; the caller then stops
+    /// its subprocesses.
+    async fn run<T>(
+        &self,
+        call: impl std::future::Future<Output = T>,
+        during: &str,
+    ) -> Result<T, Report> {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(Report::interrupted(format!("cancelled {during}"))),
+            out = tokio::time::timeout_at(self.backstop, call) => {
+                out.map_err(|_| Report::failed(FailureReason::Timeout, format!("interrupted {during}")))
+            }
+        }
+    }
+}
+
 async fn call_worker(
     store: &mut Store<StepState>,
     pre: &WorkerPre<StepState>,
@@ -448,13 +501,10 @@ async fn call_worker(
     plugin_record: &mut PluginRecord,
     manifest: Option<&crate::plugins::manifest::Manifest>,
     shared: &RunnerShared,
-    guest_deadline: Instant,
+    bounds: Bounds<'_>,
 ) -> Report {
     let logs = prepared.logs.clone();
     let request = &prepared.request;
-    // Backstop for a host call that does not return: the guest's deadline
-    // plus a second.
-    let backstop = guest_deadline + Duration::from_secs(1);
     let trap_report = |e: wasmtime::Error, during: &str| -> Report {
         if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
             let mut report = Report::trapped(
@@ -483,19 +533,24 @@ async fn call_worker(
     };
 
     let instantiating = std::time::Instant::now();
-    let worker = match tokio::time::timeout_at(backstop, pre.instantiate_async(&mut *store)).await {
+    let during = "while starting";
+    let worker = match bounds.run(pre.instantiate_async(&mut *store), during).await {
         Ok(Ok(worker)) => {
             plugin_record.instantiate_micros = Some(instantiating.elapsed().as_micros() as u64);
             worker
         }
-        Ok(Err(e)) => return trap_report(e, "while starting"),
-        Err(_) => return Report::failed(FailureReason::Timeout, "interrupted while starting"),
+        Ok(Err(e)) => return trap_report(e, during),
+        Err(report) => return report,
     };
     let executor = worker.baa_worker_worker_executor();
-    let info = match tokio::time::timeout_at(backstop, executor.call_describe(&mut *store)).await {
+    let during = "in describe";
+    let info = match bounds
+        .run(executor.call_describe(&mut *store), during)
+        .await
+    {
         Ok(Ok(info)) => info,
-        Ok(Err(e)) => return trap_report(e, "in describe"),
-        Err(_) => return Report::failed(FailureReason::Timeout, "interrupted in describe"),
+        Ok(Err(e)) => return trap_report(e, during),
+        Err(report) => return report,
     };
     plugin_record.version = info.version.clone();
     if info.name != request.worker_kind.as_str() {
@@ -659,14 +714,15 @@ async fn call_worker(
         }),
         checkpoints_enabled: prepared.checkpoint.mode == CheckpointMode::Capture,
     };
-    let outcome =
-        match tokio::time::timeout_at(backstop, executor.call_execute(&mut *store, &step_request))
-            .await
-        {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => return trap_report(e, "in execute"),
-            Err(_) => return Report::failed(FailureReason::Timeout, "interrupted in execute"),
-        };
+    let during = "in execute";
+    let outcome = match bounds
+        .run(executor.call_execute(&mut *store, &step_request), during)
+        .await
+    {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => return trap_report(e, during),
+        Err(report) => return report,
+    };
     match outcome {
         Ok(outcome) => from_worker_outcome(outcome),
         Err(ExecuteError::InvalidRequest(why)) => {

@@ -2,8 +2,10 @@
 //! logs) → execute (the kind's component) → finish (result, final state).
 //! [`Runner`] is what the conductor embeds.
 
+mod admission;
 pub mod author;
 mod execute;
+pub mod handle;
 pub mod lock;
 pub mod prepare;
 pub mod recover;
@@ -14,9 +16,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::Linker;
 use wasmtime::Engine;
 
+pub use handle::{EventStream, Finished, StepEvent, StepEventBody, StepHandle};
 pub use prepare::PreparedStepRun;
 
 use crate::config::RunnerConfig;
@@ -37,6 +41,7 @@ pub(crate) struct RunnerShared {
     pub plugins: PluginRegistry,
     pub cache: PluginCache,
     pub config: RunnerConfig,
+    pub admission: admission::Admission,
 }
 
 /// Runs steps: built once (engine, plugins, policy, limits), used for many.
@@ -49,6 +54,7 @@ impl Runner {
     /// Build a runner: one engine, the linker, and the kinds in the config's
     /// plugin directories (plus the built-in kinds).
     pub fn new(config: RunnerConfig) -> Result<Self, Error> {
+        let admission = admission::Admission::new(&config.concurrency)?;
         let engine = crate::sandbox::engine(&config.limits)?;
         let linker = crate::sandbox::new_linker(&engine)?;
         let plugins = PluginRegistry::discover(&config.plugin_dirs)?;
@@ -81,6 +87,7 @@ impl Runner {
                 plugins,
                 cache: PluginCache::new(disk),
                 config,
+                admission,
             }),
         })
     }
@@ -181,13 +188,31 @@ impl Runner {
     /// Execute a prepared step to its outcome and write the result. Step
     /// failures (including timeouts, traps and policy denials) are outcomes;
     /// `Err` means the run records themselves could not be written.
-    pub async fn execute(
+    pub async fn execute(&self, prepared: PreparedStepRun) -> Result<StepExecutionResult, Error> {
+        self.execute_with(prepared, &CancellationToken::new()).await
+    }
+
+    /// [`Runner::execute`], stopped when `cancel` fires: the guest is
+    /// interrupted, its subprocesses killed, and the records say `failed`
+    /// with reason `interrupted`. A step over a concurrency limit first
+    /// waits for a slot.
+    pub async fn execute_with(
         &self,
         mut prepared: PreparedStepRun,
+        cancel: &CancellationToken,
     ) -> Result<StepExecutionResult, Error> {
+        let logs = prepared.logs.clone();
+        let admitted = self
+            .shared
+            .admission
+            .admit(prepared.request.worker_kind.as_str(), &logs, cancel)
+            .await;
+        let Some(_permits) = admitted else {
+            let report = execute::Report::interrupted("cancelled while waiting for a slot");
+            return finish(prepared, report, now_rfc3339(), std::time::Instant::now());
+        };
         let started_at = now_rfc3339();
         let started = Instant::now();
-        let logs = prepared.logs.clone();
         prepared.state.status = RunStatus::Running;
         prepared.state.started_at = Some(started_at.clone());
         prepared.state.updated_at = started_at.clone();
@@ -208,9 +233,47 @@ impl Runner {
         write_all_atomic(&[(state_path, &bytes)], prepared.durability)
             .map_err(Error::io(state_path))?;
 
-        let report = execute::run_worker(&self.shared, &prepared, started).await;
+        let report = execute::run_worker(&self.shared, &prepared, started, cancel).await;
         execute::final_checkpoints(&self.shared, &prepared, &report).await;
         finish(prepared, report, started_at, started.into_std())
+    }
+
+    /// Prepare `request` and execute it on a task of its own; the handle
+    /// streams its events, cancels it, and yields its result. Bad input is
+    /// refused here, before anything runs. Must be called within a tokio
+    /// runtime.
+    pub fn start(&self, request: StepExecutionRequest) -> Result<StepHandle, Error> {
+        self.start_with(request, &CancellationToken::new())
+    }
+
+    /// [`Runner::start`] under `cancel`: cancelling it (or a parent of it)
+    /// cancels the step; cancelling the step does not cancel `cancel`.
+    pub fn start_with(
+        &self,
+        request: StepExecutionRequest,
+        cancel: &CancellationToken,
+    ) -> Result<StepHandle, Error> {
+        let feed = handle::Feed::new();
+        let events = feed.subscribe();
+        let prepared = self.prepare(request, Some(feed.observer()))?;
+        let run_dir = prepared.log_paths.run_dir.clone();
+        let cancel = cancel.child_token();
+        let runner = self.clone();
+        let task = {
+            let (feed, cancel) = (feed.clone(), cancel.clone());
+            tokio::spawn(async move {
+                let result = runner.execute_with(prepared, &cancel).await;
+                feed.finish(&result);
+                result
+            })
+        };
+        Ok(StepHandle {
+            events,
+            feed,
+            cancel,
+            task: Some(task),
+            run_dir,
+        })
     }
 
     /// Prepare and execute `request`.

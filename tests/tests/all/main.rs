@@ -8,12 +8,15 @@ mod cli;
 mod codex;
 mod compiled_cache;
 mod confinement;
+mod contracts;
+mod embed;
 mod examples;
 mod fuzz;
 mod git;
 mod hostile;
 mod requests;
 mod sandbox;
+mod serve;
 mod shell;
 mod supply_chain;
 

@@ -121,6 +121,19 @@ enum Command {
         #[arg(long, default_value = "shell")]
         kind: String,
     },
+    /// Print the JSON Schema of StepExecutionRequest and StepExecutionResult,
+    /// or write them as files into DIR (the repository's `schema/`).
+    Schema {
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
+    },
+    /// Serve step requests over a Unix socket (newline-delimited JSON; see
+    /// the README's "serve" section) until SIGINT or SIGTERM.
+    Serve {
+        /// The socket to listen on (created with mode 0600).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
     /// Close attempts a stopped host left running: kill their processes and
     /// mark them interrupted (DIR: a runs root or any directory below it).
     Recover {
@@ -265,13 +278,36 @@ fn run_request(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = tokio.block_on(runner.run(request, observer))?;
+    // Ctrl-C or SIGTERM cancels the step: its processes are stopped and its
+    // record says `interrupted`.
+    let result = tokio.block_on(async {
+        let prepared = runner.prepare(request, observer)?;
+        let cancel = cancelled_on_signal()?;
+        anyhow::Ok(runner.execute_with(prepared, &cancel).await?)
+    })?;
     if json {
         print_json(&result)?;
     } else {
         render::summary(&result);
     }
     Ok(exit_code(&result))
+}
+
+/// A token cancelled at the first SIGINT or SIGTERM (within a runtime).
+fn cancelled_on_signal() -> anyhow::Result<baa_runner::CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = baa_runner::CancellationToken::new();
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let stop = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        stop.cancel();
+    });
+    Ok(token)
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<u8> {
@@ -321,6 +357,33 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
             Ok(0)
+        }
+        Command::Schema { write } => {
+            for (name, schema) in baa_runner::contracts::schema::all() {
+                let text = baa_runner::contracts::schema::render(&schema);
+                match write {
+                    Some(dir) => {
+                        let path = dir.join(name);
+                        std::fs::write(&path, text)
+                            .with_context(|| format!("cannot write {}", path.display()))?;
+                        println!("wrote {}", path.display());
+                    }
+                    None => print!("{text}"),
+                }
+            }
+            Ok(0)
+        }
+        Command::Serve { socket } => {
+            let tokio = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            tokio.block_on(async {
+                let shutdown = cancelled_on_signal()?;
+                eprintln!("baa-runner: serving on {}", socket.display());
+                baa_runner::serve::serve(runner.clone(), socket, shutdown).await?;
+                anyhow::Ok(0)
+            })
         }
         Command::Recover { json, dir } => {
             let report = runner.recover(dir);

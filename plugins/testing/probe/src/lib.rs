@@ -3,7 +3,7 @@
 //! `<op>: denied …`. Used by the host's tests to exercise the sandbox.
 //!
 //! Operations: `true` (nothing), `read PATH`, `write PATH TEXT`, `symlink TARGET LINK`,
-//! `spawn PROGRAM ARGS…`, `sh SCRIPT` (`sh -c SCRIPT`), `connect HOST:PORT`, `artifact NAME TEXT`, `checkpoint TYPE SUMMARY`, `resume` (print the resume checkpoint),
+//! `spawn PROGRAM ARGS…`, `sh SCRIPT` (`sh -c SCRIPT`), `connect HOST:PORT`, `artifact NAME TEXT`, `emit EVENT MESSAGE`, `checkpoint TYPE SUMMARY`, `resume` (print the resume checkpoint),
 //! `followup NAME KIND REASON`, `block REASON`, `loop`, `alloc MIB`, `panic`,
 //! and the hostile ones: `recurse`, `unreachable`, `exit CODE`, `flood MIB`,
 //! `line MIB` (one line), `bytes` (invalid UTF-8 and terminal escapes),
@@ -134,6 +134,10 @@ impl Worker for Probe {
                     Ok("emitted".into())
                 }
                 "fsops" => fs_ops(arg(1).parse().unwrap_or(100)),
+                "emit" => {
+                    emit(Level::Info, arg(1), &rest(2), None);
+                    Ok(format!("emitted {}", arg(1)))
+                }
                 "emitmany" => {
                     let n: usize = arg(1).parse().unwrap_or(1);
                     for i in 0..n {

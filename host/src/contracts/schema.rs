@@ -1,0 +1,33 @@
+//! The contract as published JSON Schema (draft 2020-12), generated from the
+//! Rust types: `schema/` at the top of the repository holds the committed
+//! copies (`baa-runner schema --write schema`), and a test keeps them equal.
+
+use schemars::generate::SchemaSettings;
+
+use super::{StepExecutionRequest, StepExecutionResult};
+
+/// The published schemas: file name and document.
+pub fn all() -> Vec<(&'static str, serde_json::Value)> {
+    let generator = || SchemaSettings::draft2020_12().into_generator();
+    vec![
+        (
+            "step-execution-request.schema.json",
+            generator()
+                .into_root_schema_for::<StepExecutionRequest>()
+                .to_value(),
+        ),
+        (
+            "step-execution-result.schema.json",
+            generator()
+                .into_root_schema_for::<StepExecutionResult>()
+                .to_value(),
+        ),
+    ]
+}
+
+/// A schema document as committed: pretty JSON with a final newline.
+pub fn render(schema: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(schema).unwrap_or_default();
+    text.push('\n');
+    text
+}

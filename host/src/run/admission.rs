@@ -1,0 +1,135 @@
+//! Concurrency limits and back-pressure: how many steps of a runner, and of
+//! each worker kind, execute at once. A step over a limit waits (its
+//! `step.queued` and `step.admitted` events say so) instead of failing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Concurrency, ConfigError};
+use crate::contracts::{EventLevel, EventSource};
+use crate::logs::LogSession;
+
+/// The semaphores of one runner.
+pub(crate) struct Admission {
+    steps: Arc<Semaphore>,
+    max_steps: u32,
+    kinds: BTreeMap<String, (Arc<Semaphore>, u32)>,
+}
+
+/// Held while a step executes; dropping it lets the next one in.
+pub(crate) struct Permits {
+    _kind: Option<OwnedSemaphorePermit>,
+    _step: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    /// The limits of `config`, checked: each must be at least 1, and the
+    /// runner's at most the engine's pool of instance slots.
+    pub fn new(config: &Concurrency) -> Result<Self, ConfigError> {
+        let setting = |setting: String, message: String| ConfigError::Setting { setting, message };
+        let pool = crate::sandbox::POOL_STEPS;
+        if config.max_steps == 0 || config.max_steps > pool {
+            return Err(setting(
+                "concurrency.max-steps".into(),
+                format!(
+                    "{} is out of range: use 1 to {pool} (the engine's instance slots)",
+                    config.max_steps
+                ),
+            ));
+        }
+        let mut kinds = BTreeMap::new();
+        for (kind, &max) in &config.kinds {
+            if max == 0 {
+                return Err(setting(
+                    format!("concurrency.kinds.{kind}"),
+                    "0 would never let a step run: use at least 1, or remove the entry".into(),
+                ));
+            }
+            kinds.insert(kind.clone(), (Arc::new(Semaphore::new(max as usize)), max));
+        }
+        Ok(Admission {
+            steps: Arc::new(Semaphore::new(config.max_steps as usize)),
+            max_steps: config.max_steps,
+            kinds,
+        })
+    }
+
+    /// Wait until a step of `kind` may execute. Returns `None` when `cancel`
+    /// fires first. The kind's limit is taken before the runner's, so a step
+    /// waiting for its kind does not hold a slot other kinds could use.
+    pub async fn admit(
+        &self,
+        kind: &str,
+        logs: &LogSession,
+        cancel: &CancellationToken,
+    ) -> Option<Permits> {
+        let started = std::time::Instant::now();
+        let mut queued = false;
+        let kind_permit = match self.kinds.get(kind) {
+            Some((semaphore, max)) => {
+                let waited = Self::take(semaphore, cancel, || {
+                    queued = true;
+                    logs.event(
+                        EventSource::Host,
+                        EventLevel::Info,
+                        "step.queued",
+                        format!(
+                            "waiting: {max} `{kind}` step(s) are running, the most [concurrency.kinds] allows"
+                        ),
+                        Some(json!({ "limit": "kind", "kind": kind, "max": max })),
+                    );
+                })
+                .await?;
+                Some(waited)
+            }
+            None => None,
+        };
+        let max = self.max_steps;
+        let step_permit = Self::take(&self.steps, cancel, || {
+            queued = true;
+            logs.event(
+                EventSource::Host,
+                EventLevel::Info,
+                "step.queued",
+                format!(
+                    "waiting: {max} step(s) are running, the most [concurrency] max-steps allows"
+                ),
+                Some(json!({ "limit": "runner", "max": max })),
+            );
+        })
+        .await?;
+        if queued {
+            let waited_ms = started.elapsed().as_millis() as u64;
+            logs.host_info(
+                "step.admitted",
+                format!("admitted after waiting {waited_ms} ms"),
+                Some(json!({ "waitedMs": waited_ms })),
+            );
+        }
+        Some(Permits {
+            _kind: kind_permit,
+            _step: step_permit,
+        })
+    }
+
+    /// A permit of `semaphore`, at once or (after `on_wait`) when one is
+    /// released; `None` if `cancel` fires first.
+    async fn take(
+        semaphore: &Arc<Semaphore>,
+        cancel: &CancellationToken,
+        on_wait: impl FnOnce(),
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        on_wait();
+        tokio::select! {
+            permit = semaphore.clone().acquire_owned() => permit.ok(),
+            () = cancel.cancelled() => None,
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! `baa-runner serve`: step requests in, live events and results out, as
+//! newline-delimited JSON over a Unix socket, for conductors not written in
+//! Rust. Same runner, limits, cancellation and records as the library API.
+//!
+//! One JSON object per line each way. Client to server:
+//! `{"op":"run","id":"ID","request":{…StepExecutionRequest…}}` and
+//! `{"op":"cancel","id":"ID"}`. Server to client, each with the client's
+//! `id`: `accepted` (with `runDir`), `event` (`seq`, `event`: a lifecycle
+//! entry), `output` (`seq`, `stream`, `text`), `result` (`result`: the
+//! StepExecutionResult), and `error` (`error`: `kind`, `message`, `field`).
+//! A closed connection cancels the steps it started.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::contracts::MAX_REQUEST_BYTES;
+use crate::logs::Stream;
+use crate::run::{StepEventBody, StepHandle};
+use crate::{Error, Runner};
+
+/// Messages a connection may have queued for its client before its steps'
+/// streams start skipping events (the `seq` gaps show it; the records on
+/// disk keep everything).
+const OUTBOX: usize = 1024;
+
+/// What a client sends.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+enum Incoming {
+    Run { id: String, request: Box<Value> },
+    Cancel { id: String },
+}
+
+/// Bind `path` (a stale socket file left by an earlier server is replaced)
+/// and serve until `shutdown` fires; then every running step is cancelled
+/// and its record written before this returns.
+pub async fn serve(runner: Runner, path: &Path, shutdown: CancellationToken) -> Result<(), Error> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(Error::io(path))?;
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(Error::io(path))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Only this user may hand the runner work.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(Error::io(path))?;
+    }
+    tracing::info!(socket = %path.display(), "serving");
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (runner, stop) = (runner.clone(), shutdown.child_token());
+                    connections.spawn(connection(runner, stream, stop));
+                }
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            },
+        }
+    }
+    connections.close();
+    connections.wait().await;
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
+
+/// Serve one client until it closes the connection or `stop` fires.
+async fn connection(runner: Runner, stream: UnixStream, stop: CancellationToken) {
+    let (read, mut write) = stream.into_split();
+    let (outbox, mut pending) = mpsc::channel::<Value>(OUTBOX);
+    let writer = tokio::spawn(async move {
+        while let Some(message) = pending.recv().await {
+            let mut line = serde_json::to_vec(&message).unwrap_or_default();
+            line.push(b'\n');
+            if write.write_all(&line).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Steps of this connection by client id; their tasks end with them.
+    let steps: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let mut lines = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = tokio::select! {
+            () = stop.cancelled() => break,
+            read = read_line(&mut lines, &mut line) => read,
+        };
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(message) => {
+                let _ = outbox
+                    .send(error_message(None, "invalid-message", &message, None))
+                    .await;
+                break;
+            }
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let incoming = match serde_json::from_slice::<Incoming>(&line) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                let message = format!("not a run or cancel message: {e}");
+                let _ = outbox
+                    .send(error_message(None, "invalid-message", &message, None))
+                    .await;
+                continue;
+            }
+        };
+        match incoming {
+            Incoming::Cancel { id } => {
+                let token = steps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id)
+                    .cloned();
+                match token {
+                    Some(token) => token.cancel(),
+                    None => {
+                        let message = "no running step has this id";
+                        let _ = outbox
+                            .send(error_message(Some(&id), "unknown-id", message, None))
+                            .await;
+                    }
+                }
+            }
+            Incoming::Run { id, request } => {
+                let known = steps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&id);
+                if known {
+                    let message = "a step with this id is still running on this connection";
+                    let _ = outbox
+                        .send(error_message(Some(&id), "duplicate-id", message, None))
+                        .await;
+                    continue;
+                }
+                let started = serde_json::to_vec(&request)
+                    .map_err(|e| Error::invalid("(request)", e.to_string()))
+                    .and_then(|bytes| crate::contracts::parse_request(&bytes))
+                    .and_then(|request| runner.start_with(request, &stop));
+                match started {
+                    Ok(handle) => {
+                        steps
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id.clone(), handle.cancellation_token());
+                        let _ = outbox
+                            .send(
+                                json!({ "id": id, "type": "accepted", "runDir": handle.run_dir() }),
+                            )
+                            .await;
+                        tasks.spawn(forward(id, handle, outbox.clone(), steps.clone()));
+                    }
+                    Err(e) => {
+                        let (kind, field) = match &e {
+                            Error::InvalidRequest { field, .. } => {
+                                ("invalid-request", Some(field.as_str()))
+                            }
+                            e if e.is_invalid_input() => ("invalid-input", None),
+                            _ => ("host-error", None),
+                        };
+                        let _ = outbox
+                            .send(error_message(Some(&id), kind, &e.to_string(), field))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+    // The client is gone (or the server stops): its steps are cancelled,
+    // and their records written before the connection is done.
+    for token in steps.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        token.cancel();
+    }
+    tasks.close();
+    tasks.wait().await;
+    drop(outbox);
+    let _ = writer.await;
+}
+
+/// Read one line of at most [`MAX_REQUEST_BYTES`] plus the envelope.
+async fn read_line(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let limit = MAX_REQUEST_BYTES + 64 * 1024;
+    loop {
+        let buf = reader.fill_buf().await.map_err(|e| e.to_string())?;
+        if buf.is_empty() {
+            return Ok(line.len());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                line.extend_from_slice(&buf[..=end]);
+                reader.consume(end + 1);
+                return Ok(line.len());
+            }
+            None => {
+                let n = buf.len();
+                line.extend_from_slice(buf);
+                reader.consume(n);
+            }
+        }
+        if line.len() > limit {
+            return Err(format!(
+                "a message is longer than {limit} bytes; the connection is closed"
+            ));
+        }
+    }
+}
+
+/// Forward one step's events and result to its client.
+async fn forward(
+    id: String,
+    mut handle: StepHandle,
+    outbox: mpsc::Sender<Value>,
+    steps: Arc<Mutex<HashMap<String, CancellationToken>>>,
+) {
+    while let Some(event) = handle.events().next().await {
+        let message = match event.body {
+            StepEventBody::Lifecycle(entry) => {
+                json!({ "id": id, "type": "event", "seq": event.seq, "event": entry })
+            }
+            StepEventBody::Output { stream, bytes } => json!({
+                "id": id,
+                "type": "output",
+                "seq": event.seq,
+                "stream": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr" },
+                "text": String::from_utf8_lossy(&bytes),
+            }),
+            StepEventBody::Finished(_) => break,
+        };
+        // A client that stopped reading makes this wait, and the step's
+        // stream then skips events: the step itself never waits for it.
+        if outbox.send(message).await.is_err() {
+            break;
+        }
+    }
+    let message = match handle.result().await {
+        Ok(result) => json!({ "id": id, "type": "result", "result": result }),
+        Err(e) => error_message(Some(&id), "host-error", &e.to_string(), None),
+    };
+    steps.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    let _ = outbox.send(message).await;
+}
+
+fn error_message(id: Option<&str>, kind: &str, message: &str, field: Option<&str>) -> Value {
+    json!({
+        "id": id,
+        "type": "error",
+        "error": { "kind": kind, "message": message, "field": field },
+    })
+}
