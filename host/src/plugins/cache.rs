@@ -107,27 +107,37 @@ impl DiskCache {
 
     /// The cached compilation of `sha256`: `Ok(None)` when there is none,
     /// `Err(why)` when there is one that must not be used.
+    ///
+    /// The entry is memory-mapped, its digest taken over the mapping, and
+    /// the engine then maps the same file for its code: the compiled code is
+    /// never copied, and pages shared with other processes of this host stay
+    /// shared.
     pub fn load(&self, engine: &Engine, sha256: &str) -> Result<Option<Component>, String> {
         let path = self.path(sha256);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("could not be read: {e}")),
         };
         let expected = std::fs::read_to_string(self.digest_path(sha256))
             .map_err(|e| format!("has no digest: {e}"))?;
-        if sha256_hex(&bytes) != expected.trim() {
+        // SAFETY: entries are replaced by rename, never written in place, so
+        // the mapped file does not change under us; the mapping is read-only
+        // and dropped before the engine maps the file itself.
+        let mapped = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| format!("could not be mapped: {e}"))?;
+        if sha256_hex(&mapped) != expected.trim() {
             return Err("does not match its digest".into());
         }
-        // SAFETY: the bytes are what this host serialized for this engine
-        // configuration (file name) and verified against the digest written
-        // with them, in a directory only this user can write.
-        let component = unsafe { Component::deserialize(engine, &bytes) }
+        drop(mapped);
+        // SAFETY: the file is what this host serialized for this engine
+        // configuration (file name) and was verified against the digest
+        // written with it, in a directory only this user can write, whose
+        // entries are only ever replaced whole.
+        let component = unsafe { Component::deserialize_file(engine, &path) }
             .map_err(|e| format!("was refused by the engine: {e:#}"))?;
         // Its modification time says when it was last used (for eviction).
-        if let Ok(file) = std::fs::File::open(&path) {
-            let _ = file.set_modified(std::time::SystemTime::now());
-        }
+        let _ = file.set_modified(std::time::SystemTime::now());
         Ok(Some(component))
     }
 
