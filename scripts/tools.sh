@@ -29,18 +29,25 @@ ensure_wasm_target() {
     fi
 }
 
-ensure_codex() {
-    local bin="$CODEX_PREFIX/node_modules/.bin/codex"
-    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$CODEX_VERSION"; then
+# Install npm PACKAGE at VERSION into PREFIX unless PREFIX's bin/COMMAND
+# already reports that version; NOTE says what it is for.
+npm_tool() {
+    local prefix="$1" command="$2" package="$3" version="$4" note="$5"
+    local bin="$prefix/node_modules/.bin/$command"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$version"; then
         return 0
     fi
     if ! command -v npm >/dev/null 2>&1; then
-        echo "npm is required to install the Codex CLI (apt-get install nodejs npm)" >&2
+        echo "npm is required to install $package (apt-get install nodejs npm)" >&2
         return 1
     fi
-    echo "==> npm install @openai/codex@$CODEX_VERSION into $CODEX_PREFIX (about 400 MB, once)"
-    mkdir -p "$CODEX_PREFIX"
-    npm install --prefix "$CODEX_PREFIX" --no-audit --no-fund --loglevel=error "@openai/codex@$CODEX_VERSION"
+    echo "==> npm install $package@$version into $prefix ($note)"
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error "$package@$version"
+}
+
+ensure_codex() {
+    npm_tool "$CODEX_PREFIX" codex @openai/codex "$CODEX_VERSION" "about 400 MB, once"
 }
 
 # The native codex binary inside the npm package (the .bin entry is a Node wrapper).
@@ -59,14 +66,8 @@ ensure_componentize_py() {
 }
 
 ensure_componentize_js() {
-    local bin="$COMPONENTIZE_JS_PREFIX/node_modules/.bin/componentize-js"
-    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$COMPONENTIZE_JS_VERSION"; then
-        return 0
-    fi
-    echo "==> npm install @bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION into $COMPONENTIZE_JS_PREFIX (once)"
-    mkdir -p "$COMPONENTIZE_JS_PREFIX"
-    npm install --prefix "$COMPONENTIZE_JS_PREFIX" --no-audit --no-fund --loglevel=error \
-        "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION"
+    npm_tool "$COMPONENTIZE_JS_PREFIX" componentize-js @bytecodealliance/componentize-js \
+        "$COMPONENTIZE_JS_VERSION" "once"
 }
 
 TYPESCRIPT_VERSION="5.9.3"
@@ -75,13 +76,7 @@ TYPESCRIPT_PREFIX="$TOOLS_DIR/typescript-$TYPESCRIPT_VERSION"
 # TypeScript (npm, pinned), for the check that the JSON the host emits
 # satisfies shared/reference/contracts.ts.
 ensure_typescript() {
-    local bin="$TYPESCRIPT_PREFIX/node_modules/.bin/tsc"
-    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$TYPESCRIPT_VERSION"; then
-        return 0
-    fi
-    echo "==> npm install typescript@$TYPESCRIPT_VERSION into $TYPESCRIPT_PREFIX (once)"
-    mkdir -p "$TYPESCRIPT_PREFIX"
-    npm install --prefix "$TYPESCRIPT_PREFIX" --no-audit --no-fund --loglevel=error "typescript@$TYPESCRIPT_VERSION"
+    npm_tool "$TYPESCRIPT_PREFIX" tsc typescript "$TYPESCRIPT_VERSION" "once"
 }
 
 typescript_tsc() {

@@ -340,6 +340,34 @@ fn fs_ops_guest(result: &StepExecutionResult) -> [f64; 4] {
     ]
 }
 
+/// `n` calls of the probe's `describe` export on a bare engine with
+/// `concurrency_support` set to `concurrency` (imports stubbed: describe
+/// uses none), each timed.
+fn guest_calls(probe: &[u8], concurrency: bool, n: usize) -> Vec<f64> {
+    use wasmtime::component::{Component, Linker, Val};
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .concurrency_support(concurrency);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    let component = Component::new(&engine, probe).unwrap();
+    let mut linker = Linker::<()>::new(&engine);
+    linker.define_unknown_imports_as_traps(&component).unwrap();
+    let mut store = wasmtime::Store::new(&engine, ());
+    let instance = linker.instantiate(&mut store, &component).unwrap();
+    let interface = instance
+        .get_export_index(&mut store, None, "baa:worker/worker-executor@0.1.0")
+        .unwrap();
+    let describe = instance
+        .get_export_index(&mut store, Some(&interface), "describe")
+        .unwrap();
+    let func = instance.get_func(&mut store, describe).unwrap();
+    let mut results = [Val::Bool(false)];
+    (0..n)
+        .map(|_| time(|| func.call(&mut store, &[], &mut results).unwrap()).0)
+        .collect()
+}
+
 async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
     let repo = bench.sandbox.repo.clone();
     let scratch = bench.sandbox.dir.path().join("native");
@@ -411,6 +439,18 @@ async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
         ours: Stats::of(inst),
         native: Stats::of(native),
         baseline: "the same describe as a native call",
+        target: Target::None,
+    });
+
+    // The component-model setting chosen for call cost: the same guest
+    // export called on an engine with `concurrency_support` off (the host's
+    // setting) and on (wasmtime's default).
+    rows.push(Row {
+        metric: "guest call (describe) with concurrency_support off, vs on".into(),
+        unit: "µs",
+        ours: Stats::of(guest_calls(&probe_bytes, false, n(20_000))),
+        native: Stats::of(guest_calls(&probe_bytes, true, n(20_000))),
+        baseline: "the same call with concurrency_support on",
         target: Target::None,
     });
 

@@ -101,6 +101,24 @@ pub fn read_lifecycle(path: impl AsRef<Path>) -> Vec<Value> {
         .collect()
 }
 
+/// The processes whose command line contains `marker`, as `pid: cmdline`
+/// (a test gives its children a unique argument, then checks they are gone).
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(marker) && !cmdline.contains("cargo") {
+                found.push(format!(
+                    "{}: {cmdline}",
+                    entry.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    found
+}
+
 /// The event names of a lifecycle log.
 pub fn event_names(events: &[Value]) -> Vec<String> {
     events

@@ -25,11 +25,8 @@ fn request(worktree: &Path, step: &str, command: &str) -> anyhow::Result<StepExe
         "stepKind": "shell",
         "workerKind": "shell",
         "timeoutSec": 60,
-        "runtime": {
-            "repoRoot": worktree,
-            "worktreePath": worktree,
-            "runsRootDir": worktree.join(".baa/runs"),
-        },
+        // Records go to the default runs root ($XDG_STATE_HOME/baa-runner/runs).
+        "runtime": { "repoRoot": worktree, "worktreePath": worktree },
         "command": command,
         "checkpoint": { "mode": "capture" },
     });

@@ -74,19 +74,11 @@ impl<'de> Deserialize<'de> for CheckpointType {
     }
 }
 
-impl schemars::JsonSchema for CheckpointType {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "CheckpointType".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "`summary`, `git-diff`, `log-tail`, or a worker-defined type.",
-            "type": "string",
-            "pattern": "^[a-z0-9.-]{1,64}$",
-        })
-    }
-}
+super::string_schema!(
+    CheckpointType,
+    "`summary`, `git-diff`, `log-tail`, or a worker-defined type.",
+    "^[a-z0-9.-]{1,64}$"
+);
 
 /// One checkpoint: `checkpoints/<seq:06>.json`, its payload beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

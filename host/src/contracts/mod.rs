@@ -106,19 +106,31 @@ impl<'de> Deserialize<'de> for WorkerKind {
     }
 }
 
-impl schemars::JsonSchema for WorkerKind {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "WorkerKind".into()
-    }
+/// The JSON Schema of a type serialized as a string matching `pattern`.
+macro_rules! string_schema {
+    ($ty:ty, $description:literal, $pattern:literal) => {
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
 
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A built-in worker kind (`codex`, `shell`, `git`) or a third-party kind's name.",
-            "type": "string",
-            "pattern": "^[a-z][a-z0-9-]{0,63}$",
-        })
-    }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "description": $description,
+                    "type": "string",
+                    "pattern": $pattern,
+                })
+            }
+        }
+    };
 }
+pub(crate) use string_schema;
+
+string_schema!(
+    WorkerKind,
+    "A built-in worker kind (`codex`, `shell`, `git`) or a third-party kind's name.",
+    "^[a-z][a-z0-9-]{0,63}$"
+);
 
 /// The role a step plays in the conductor's plan. `planner`, `review` and
 /// `finalize` are roles that any worker kind can carry out (a `review` step
@@ -173,19 +185,11 @@ impl<'de> Deserialize<'de> for StepKind {
     }
 }
 
-impl schemars::JsonSchema for StepKind {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "StepKind".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "`planner`, `review`, `finalize`, or a worker kind's name.",
-            "type": "string",
-            "pattern": "^[a-z][a-z0-9-]{0,63}$",
-        })
-    }
-}
+string_schema!(
+    StepKind,
+    "`planner`, `review`, `finalize`, or a worker kind's name.",
+    "^[a-z][a-z0-9-]{0,63}$"
+);
 
 /// How a step ended (or `prepared` when it was only prepared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

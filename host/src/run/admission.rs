@@ -68,41 +68,31 @@ impl Admission {
         cancel: &CancellationToken,
     ) -> Option<Permits> {
         let started = std::time::Instant::now();
-        let mut queued = false;
-        let kind_permit = match self.kinds.get(kind) {
+        let queue = Queue { logs, cancel };
+        let (kind_permit, kind_waited) = match self.kinds.get(kind) {
             Some((semaphore, max)) => {
-                let waited = Self::take(semaphore, cancel, || {
-                    queued = true;
-                    logs.event(
-                        EventSource::Host,
-                        EventLevel::Info,
-                        "step.queued",
-                        format!(
-                            "waiting: {max} `{kind}` step(s) are running, the most [concurrency.kinds] allows"
-                        ),
-                        Some(json!({ "limit": "kind", "kind": kind, "max": max })),
-                    );
-                })
-                .await?;
-                Some(waited)
+                let (permit, waited) = queue
+                    .take(semaphore, || {
+                        (
+                            format!("{max} `{kind}` step(s) are running, the most [concurrency.kinds] allows"),
+                            json!({ "limit": "kind", "kind": kind, "max": max }),
+                        )
+                    })
+                    .await?;
+                (Some(permit), waited)
             }
-            None => None,
+            None => (None, false),
         };
         let max = self.max_steps;
-        let step_permit = Self::take(&self.steps, cancel, || {
-            queued = true;
-            logs.event(
-                EventSource::Host,
-                EventLevel::Info,
-                "step.queued",
-                format!(
-                    "waiting: {max} step(s) are running, the most [concurrency] max-steps allows"
-                ),
-                Some(json!({ "limit": "runner", "max": max })),
-            );
-        })
-        .await?;
-        if queued {
+        let (step_permit, step_waited) = queue
+            .take(&self.steps, || {
+                (
+                    format!("{max} step(s) are running, the most [concurrency] max-steps allows"),
+                    json!({ "limit": "runner", "max": max }),
+                )
+            })
+            .await?;
+        if kind_waited || step_waited {
             let waited_ms = started.elapsed().as_millis() as u64;
             logs.host_info(
                 "step.admitted",
@@ -115,21 +105,37 @@ impl Admission {
             _step: step_permit,
         })
     }
+}
 
-    /// A permit of `semaphore`, at once or (after `on_wait`) when one is
-    /// released; `None` if `cancel` fires first.
+/// Where a waiting step says so, and what ends its wait early.
+struct Queue<'a> {
+    logs: &'a LogSession,
+    cancel: &'a CancellationToken,
+}
+
+impl Queue<'_> {
+    /// A permit of `semaphore` and whether the step had to wait for it
+    /// (saying why, from `why`, in a `step.queued` event); `None` if the
+    /// step is cancelled first.
     async fn take(
+        &self,
         semaphore: &Arc<Semaphore>,
-        cancel: &CancellationToken,
-        on_wait: impl FnOnce(),
-    ) -> Option<OwnedSemaphorePermit> {
+        why: impl FnOnce() -> (String, serde_json::Value),
+    ) -> Option<(OwnedSemaphorePermit, bool)> {
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Some(permit);
+            return Some((permit, false));
         }
-        on_wait();
+        let (message, data) = why();
+        self.logs.event(
+            EventSource::Host,
+            EventLevel::Info,
+            "step.queued",
+            format!("waiting: {message}"),
+            Some(data),
+        );
         tokio::select! {
-            permit = semaphore.clone().acquire_owned() => permit.ok(),
-            () = cancel.cancelled() => None,
+            permit = semaphore.clone().acquire_owned() => permit.ok().map(|p| (p, true)),
+            () = self.cancel.cancelled() => None,
         }
     }
 }

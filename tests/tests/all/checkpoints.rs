@@ -412,7 +412,7 @@ async fn a_step_killed_mid_run_is_recovered_and_resumed_from_its_last_checkpoint
     // The host's death cut the launcher's lifeline: the supervisor stops
     // the subprocess's tree by itself.
     let gone = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !crate::shell::processes_with("30.913").is_empty() {
+    while !baa_runner_tests::processes_with("30.913").is_empty() {
         assert!(
             std::time::Instant::now() < gone,
             "the subprocess outlived the host"

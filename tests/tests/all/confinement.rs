@@ -184,7 +184,7 @@ impl Outside {
 /// line carries one of `markers` (unique to the test).
 fn assert_no_process_left(markers: &[&str]) {
     for marker in markers {
-        let left = crate::shell::processes_with(marker);
+        let left = baa_runner_tests::processes_with(marker);
         assert!(left.is_empty(), "left running: {left:?}");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use baa_runner::contracts::{FailureReason, StepExecutionOutcome, StepExecutionResult};
 use baa_runner::logs::Stream;
 use baa_runner::{Runner, StepEventBody, StepHandle};
-use baa_runner_tests::{event_names, read_json, read_lifecycle, Sandbox};
+use baa_runner_tests::{event_names, processes_with, read_json, read_lifecycle, Sandbox};
 
 use crate::{grant_all, probe_runner_with};
 
@@ -37,24 +37,6 @@ async fn wait_for_output(handle: &mut StepHandle, text: &str) {
     })
     .await;
     assert_eq!(found, Ok(true), "no `{text}` on stdout; saw {seen:?}");
-}
-
-/// Processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(marker)
-                })
-                .unwrap_or(false)
-        })
-        .collect()
 }
 
 fn assert_interrupted(result: &StepExecutionResult) {
@@ -186,35 +168,57 @@ async fn a_failing_step_never_affects_the_others_or_the_runner() {
         })
         .collect();
     let host_panic = format!("emit {} boom", baa_runner::fault::HOST_PANIC_EVENT);
+    // Each failing step, and the event at which it is cancelled (if it is).
     let failing = [
-        ("trap", "panic", FailureReason::Trap),
-        ("memory", "alloc 2048", FailureReason::MemoryLimit),
-        ("host-panic", host_panic.as_str(), FailureReason::HostError),
-        ("cancelled", "sh sleep 30", FailureReason::Interrupted),
+        ("trap", "panic", FailureReason::Trap, None),
+        ("memory", "alloc 2048", FailureReason::MemoryLimit, None),
+        (
+            "host-panic",
+            host_panic.as_str(),
+            FailureReason::HostError,
+            None,
+        ),
+        ("timeout", "loop", FailureReason::Timeout, None),
+        (
+            "cancel-child",
+            "sh sleep 30",
+            FailureReason::Interrupted,
+            Some("subprocess.started"),
+        ),
+        (
+            "cancel-loop",
+            "loop",
+            FailureReason::Interrupted,
+            Some("plugin.loaded"),
+        ),
     ];
-    let mut handles: Vec<(FailureReason, StepHandle)> = failing
-        .iter()
-        .map(|(name, script, reason)| (*reason, start(&runner, &sandbox, name, script)))
-        .collect();
-    let mut timeout = sandbox.request("probe", "loop");
-    timeout.step_id = "timeout".into();
-    timeout.timeout_sec = 1.0;
-    handles.push((FailureReason::Timeout, runner.start(timeout).unwrap()));
-    // Cancel the sleeping one once its child started.
-    let cancelled = &handles[3].1;
-    let token = cancelled.cancellation_token();
-    let mut events = cancelled.subscribe();
-    tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            if let StepEventBody::Lifecycle(entry) = event.body {
-                if entry.event == "subprocess.started" {
-                    token.cancel();
-                }
-            }
+    let mut handles = Vec::new();
+    for (name, script, reason, cancel_at) in failing {
+        let mut request = sandbox.request("probe", script);
+        request.step_id = name.into();
+        if name == "timeout" {
+            request.timeout_sec = 1.0;
         }
-    });
+        let mut handle = runner.start(request).unwrap();
+        handles.push((
+            reason,
+            tokio::spawn(async move {
+                while let Some(event) = handle.events().next().await {
+                    match event.body {
+                        StepEventBody::Lifecycle(entry)
+                            if Some(entry.event.as_str()) == cancel_at =>
+                        {
+                            handle.cancel()
+                        }
+                        _ => {}
+                    }
+                }
+                handle.result().await
+            }),
+        ));
+    }
     for (reason, handle) in handles {
-        let result = handle.result().await.unwrap();
+        let result = handle.await.unwrap().unwrap();
         assert_eq!(
             result.outcome,
             StepExecutionOutcome::Failed,
@@ -334,4 +338,26 @@ async fn a_slow_subscriber_can_tell_how_many_events_it_missed() {
         tail += 1;
     }
     assert!(tail > 0 && late.missed() > 0);
+}
+
+#[test]
+fn the_embedding_example_runs_three_steps_and_cancels_one() {
+    let sandbox = Sandbox::new();
+    let out = std::process::Command::new(crate::built_binary("embed"))
+        .arg(&sandbox.repo)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    crate::assert_exit(&out, 0);
+    for line in [
+        "[count #",
+        "stdout: tick 3",
+        "[slow] cancelling",
+        "count: completed",
+        "status: completed",
+        "slow: failed",
+        "the cancelled one is recorded as interrupted",
+    ] {
+        assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
+    }
 }

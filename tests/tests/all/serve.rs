@@ -6,28 +6,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use baa_runner_tests::{read_json, Sandbox};
+use baa_runner_tests::{processes_with, read_json, Sandbox};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::{assert_exit, cli};
-
-fn processes_with(marker: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    String::from_utf8_lossy(&c)
-                        .replace('\0', " ")
-                        .contains(marker)
-                })
-                .unwrap_or(false)
-        })
-        .count()
-}
 
 async fn send(stream: &mut tokio::net::unix::OwnedWriteHalf, message: &Value) {
     let mut line = serde_json::to_vec(message).unwrap();
@@ -136,9 +120,8 @@ async fn serve_runs_streams_and_cancels_steps_for_another_process() {
     assert_eq!(results["slow"]["state"]["failure"]["reason"], "interrupted");
     let record = read_json(results["slow"]["logPaths"]["resultPath"].as_str().unwrap());
     assert_eq!(record["state"]["failure"]["reason"], "interrupted");
-    assert_eq!(
-        processes_with(&marker),
-        0,
+    assert!(
+        processes_with(&marker).is_empty(),
         "the cancelled step's child is gone"
     );
     // Bad messages get errors naming what is wrong; the connection goes on.
@@ -175,7 +158,7 @@ async fn serve_runs_streams_and_cancels_steps_for_another_process() {
             break message["runDir"].as_str().unwrap().to_string();
         }
     };
-    while processes_with(&marker) == 0 {
+    while processes_with(&marker).is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop((write, lines));
@@ -185,7 +168,7 @@ async fn serve_runs_streams_and_cancels_steps_for_another_process() {
         read_json(&result_path)["state"]["failure"]["reason"],
         "interrupted"
     );
-    assert_eq!(processes_with(&marker), 0);
+    assert!(processes_with(&marker).is_empty());
 
     // SIGTERM: the server stops and removes its socket.
     rustix::process::kill_process(

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use baa_runner::contracts::{FailureReason, StepExecutionOutcome};
-use baa_runner_tests::{event_names, read_json, read_lifecycle, Sandbox};
+use baa_runner_tests::{event_names, processes_with, read_json, read_lifecycle, Sandbox};
 
 use crate::{run, runner};
 
@@ -114,23 +114,6 @@ async fn shell_step_that_exits_3_fails_with_exit_code_3() {
     assert_eq!(state["status"], "failed");
     assert_eq!(state["exitCode"], 3);
     assert_eq!(state["failure"]["reason"], "worker-failed");
-}
-
-/// Processes whose command line contains `marker`.
-pub fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(marker) && !cmdline.contains("cargo") {
-                found.push(format!(
-                    "{}: {cmdline}",
-                    entry.file_name().to_string_lossy()
-                ));
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread")]
