@@ -340,32 +340,46 @@ fn fs_ops_guest(result: &StepExecutionResult) -> [f64; 4] {
     ]
 }
 
-/// `n` calls of the probe's `describe` export on a bare engine with
-/// `concurrency_support` set to `concurrency` (imports stubbed: describe
-/// uses none), each timed.
-fn guest_calls(probe: &[u8], concurrency: bool, n: usize) -> Vec<f64> {
-    use wasmtime::component::{Component, Linker, Val};
-    let mut config = wasmtime::Config::new();
-    config
-        .wasm_component_model(true)
-        .concurrency_support(concurrency);
-    let engine = wasmtime::Engine::new(&config).unwrap();
-    let component = Component::new(&engine, probe).unwrap();
-    let mut linker = Linker::<()>::new(&engine);
-    linker.define_unknown_imports_as_traps(&component).unwrap();
-    let mut store = wasmtime::Store::new(&engine, ());
-    let instance = linker.instantiate(&mut store, &component).unwrap();
-    let interface = instance
-        .get_export_index(&mut store, None, "baa:worker/worker-executor@0.1.0")
-        .unwrap();
-    let describe = instance
-        .get_export_index(&mut store, Some(&interface), "describe")
-        .unwrap();
-    let func = instance.get_func(&mut store, describe).unwrap();
+/// `n` calls of the probe's `describe` export on two bare engines, one with
+/// `concurrency_support` off and one with it on (imports stubbed: describe
+/// uses none), warmed up, then timed in alternating batches.
+fn guest_calls(probe: &[u8], n: usize) -> [Vec<f64>; 2] {
+    use wasmtime::component::{Component, Func, Linker, Val};
+    let setup = |concurrency: bool| -> (wasmtime::Store<()>, Func) {
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .concurrency_support(concurrency);
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let component = Component::new(&engine, probe).unwrap();
+        let mut linker = Linker::<()>::new(&engine);
+        linker.define_unknown_imports_as_traps(&component).unwrap();
+        let mut store = wasmtime::Store::new(&engine, ());
+        let instance = linker.instantiate(&mut store, &component).unwrap();
+        let interface = instance
+            .get_export_index(&mut store, None, "baa:worker/worker-executor@0.1.0")
+            .unwrap();
+        let describe = instance
+            .get_export_index(&mut store, Some(&interface), "describe")
+            .unwrap();
+        let func = instance.get_func(&mut store, describe).unwrap();
+        (store, func)
+    };
+    let mut engines = [setup(false), setup(true)];
+    let mut samples = [Vec::new(), Vec::new()];
     let mut results = [Val::Bool(false)];
-    (0..n)
-        .map(|_| time(|| func.call(&mut store, &[], &mut results).unwrap()).0)
-        .collect()
+    for round in 0..(n / 100).max(1) + 10 {
+        for (i, (store, func)) in engines.iter_mut().enumerate() {
+            for _ in 0..100 {
+                let (us, ()) = time(|| func.call(&mut *store, &[], &mut results).unwrap());
+                // The first ten rounds warm both up.
+                if round >= 10 {
+                    samples[i].push(us);
+                }
+            }
+        }
+    }
+    samples
 }
 
 async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
@@ -445,11 +459,12 @@ async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
     // The component-model setting chosen for call cost: the same guest
     // export called on an engine with `concurrency_support` off (the host's
     // setting) and on (wasmtime's default).
+    let [off, on] = guest_calls(&probe_bytes, n(20_000));
     rows.push(Row {
         metric: "guest call (describe) with concurrency_support off, vs on".into(),
         unit: "µs",
-        ours: Stats::of(guest_calls(&probe_bytes, false, n(20_000))),
-        native: Stats::of(guest_calls(&probe_bytes, true, n(20_000))),
+        ours: Stats::of(off),
+        native: Stats::of(on),
         baseline: "the same call with concurrency_support on",
         target: Target::None,
     });

@@ -1,7 +1,9 @@
 //! Where compiled worker kinds are kept between runs: one file per plugin
-//! digest, engine configuration and host version, with the digest of its
+//! digest, engine configuration and host version, with a checksum of its
 //! own bytes beside it. An entry that is missing, foreign or damaged is
 //! ignored and rebuilt; nothing is deserialized that this check did not pass.
+//! The checksum (128-bit XXH3) is for damage; who may write the directory
+//! (this user only, checked when it is opened) is what keeps others out.
 
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -10,7 +12,15 @@ use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-use crate::fsutil::sha256_hex;
+/// The file-name suffix of an entry's checksum.
+pub const CHECKSUM_SUFFIX: &str = ".xxh3";
+
+/// The checksum of an entry's bytes, as its checksum file holds it: 128-bit
+/// XXH3 in hex (a small part of a load, which SHA-256 over the whole entry
+/// was not).
+pub fn checksum(bytes: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+}
 
 /// How a kind's compiled code was obtained.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,15 +110,15 @@ impl DiskCache {
         self.dir.join(format!("{sha256}-{}.cwasm", self.identity))
     }
 
-    fn digest_path(&self, sha256: &str) -> PathBuf {
+    fn checksum_path(&self, sha256: &str) -> PathBuf {
         self.dir
-            .join(format!("{sha256}-{}.cwasm.sha256", self.identity))
+            .join(format!("{sha256}-{}.cwasm{CHECKSUM_SUFFIX}", self.identity))
     }
 
     /// The cached compilation of `sha256`: `Ok(None)` when there is none,
     /// `Err(why)` when there is one that must not be used.
     ///
-    /// The entry is memory-mapped, its digest taken over the mapping, and
+    /// The entry is memory-mapped, its checksum taken over the mapping, and
     /// the engine then maps the same file for its code: the compiled code is
     /// never copied, and pages shared with other processes of this host stay
     /// shared.
@@ -119,19 +129,19 @@ impl DiskCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("could not be read: {e}")),
         };
-        let expected = std::fs::read_to_string(self.digest_path(sha256))
-            .map_err(|e| format!("has no digest: {e}"))?;
+        let expected = std::fs::read_to_string(self.checksum_path(sha256))
+            .map_err(|e| format!("has no checksum: {e}"))?;
         // SAFETY: entries are replaced by rename, never written in place, so
         // the mapped file does not change under us; the mapping is read-only
         // and dropped before the engine maps the file itself.
         let mapped = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| format!("could not be mapped: {e}"))?;
-        if sha256_hex(&mapped) != expected.trim() {
-            return Err("does not match its digest".into());
+        if checksum(&mapped) != expected.trim() {
+            return Err("does not match its checksum".into());
         }
         drop(mapped);
         // SAFETY: the file is what this host serialized for this engine
-        // configuration (file name) and was verified against the digest
+        // configuration (file name) and was verified against the checksum
         // written with it, in a directory only this user can write, whose
         // entries are only ever replaced whole.
         let component = unsafe { Component::deserialize_file(engine, &path) }
@@ -146,13 +156,13 @@ impl DiskCache {
     pub fn store(&self, sha256: &str, component: &Component) -> Result<(), String> {
         let bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
         crate::fsutil::write_atomic(&self.path(sha256), &bytes).map_err(|e| e.to_string())?;
-        crate::fsutil::write_atomic(&self.digest_path(sha256), sha256_hex(&bytes).as_bytes())
+        crate::fsutil::write_atomic(&self.checksum_path(sha256), checksum(&bytes).as_bytes())
             .map_err(|e| e.to_string())?;
         self.evict(&self.path(sha256));
         Ok(())
     }
 
-    /// Remove the least recently used entries (and their digests) until the
+    /// Remove the least recently used entries (and their checksums) until the
     /// directory holds at most `max_bytes` of them, never `keep`.
     fn evict(&self, keep: &Path) {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
@@ -175,10 +185,10 @@ impl DiskCache {
             if path == keep {
                 continue;
             }
-            let mut digest = path.clone().into_os_string();
-            digest.push(".sha256");
+            let mut sum = path.clone().into_os_string();
+            sum.push(CHECKSUM_SUFFIX);
             if std::fs::remove_file(&path).is_ok() {
-                let _ = std::fs::remove_file(digest);
+                let _ = std::fs::remove_file(sum);
                 total = total.saturating_sub(len);
                 tracing::debug!(path = %path.display(), "evicted from the compiled cache");
             }

@@ -64,18 +64,19 @@ fn a_kind_is_compiled_once_then_loaded_and_a_damaged_entry_is_rebuilt() {
     std::fs::write(&files[0], &bytes).unwrap();
     assert_eq!(
         compiled_how(&sandbox, &cache, "third"),
-        "recompiled: the cached copy does not match its digest"
+        "recompiled: the cached copy does not match its checksum"
     );
     assert_eq!(
         compiled_how(&sandbox, &cache, "fourth"),
         "loaded from the compiled cache"
     );
 
-    // A truncated entry with a matching digest is refused by the engine.
-    let digest = files[0].with_extension("cwasm.sha256");
+    // A truncated entry with a matching checksum is refused by the engine.
+    let mut sum = files[0].clone().into_os_string();
+    sum.push(baa_runner::plugins::cache::CHECKSUM_SUFFIX);
     std::fs::write(&files[0], b"not machine code").unwrap();
-    let sha = baa_runner::fsutil::sha256_hex(b"not machine code");
-    std::fs::write(&digest, sha).unwrap();
+    let checksum = baa_runner::plugins::cache::checksum(b"not machine code");
+    std::fs::write(&sum, checksum).unwrap();
     let how = compiled_how(&sandbox, &cache, "fifth");
     assert!(
         how.starts_with("recompiled: the cached copy was refused by the engine"),
@@ -129,13 +130,12 @@ fn the_cache_keeps_its_size_bound_by_evicting_the_least_recently_used() {
     compiled_with_cap("second");
     let second = entries(&cache);
     // The two entries together are over the 1 MiB bound: only the newest
-    // stays, with its digest beside it.
+    // stays, with its checksum beside it.
     let second_len = std::fs::metadata(&second[0]).unwrap().len();
     assert!(first_len + second_len > 1024 * 1024);
     assert_eq!(second.len(), 1, "{second:?}");
     assert_ne!(second, first);
-    let mut digest = second[0].clone().into_os_string();
-    digest.push(".sha256");
-    assert!(Path::new(&digest).exists());
-    assert!(!Path::new(&format!("{}.sha256", first[0].display())).exists());
+    let suffix = baa_runner::plugins::cache::CHECKSUM_SUFFIX;
+    assert!(Path::new(&format!("{}{suffix}", second[0].display())).exists());
+    assert!(!Path::new(&format!("{}{suffix}", first[0].display())).exists());
 }
