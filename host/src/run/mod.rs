@@ -240,8 +240,8 @@ impl Runner {
 
     /// Prepare `request` and execute it on a task of its own; the handle
     /// streams its events, cancels it, and yields its result. Bad input is
-    /// refused here, before anything runs. Must be called within a tokio
-    /// runtime.
+    /// refused here, before anything runs; so is a call from outside a tokio
+    /// runtime (the step's task needs one).
     pub fn start(&self, request: StepExecutionRequest) -> Result<StepHandle, Error> {
         self.start_with(request, &CancellationToken::new())
     }
@@ -253,6 +253,9 @@ impl Runner {
         request: StepExecutionRequest,
         cancel: &CancellationToken,
     ) -> Result<StepHandle, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Host("Runner::start must be called within a tokio runtime".into())
+        })?;
         let feed = handle::Feed::new();
         let events = feed.subscribe();
         let prepared = self.prepare(request, Some(feed.observer()))?;
@@ -261,7 +264,7 @@ impl Runner {
         let runner = self.clone();
         let task = {
             let (feed, cancel) = (feed.clone(), cancel.clone());
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let result = runner.execute_with(prepared, &cancel).await;
                 feed.finish(&result);
                 result

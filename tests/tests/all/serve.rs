@@ -158,7 +158,12 @@ async fn serve_runs_streams_and_cancels_steps_for_another_process() {
             break message["runDir"].as_str().unwrap().to_string();
         }
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while processes_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan's child never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop((write, lines));
