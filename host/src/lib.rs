@@ -29,23 +29,24 @@
 //! use baa_runner::contracts::{FailureReason, StepExecutionRequest};
 //! use baa_runner::{Runner, RunnerConfig, StepEventBody};
 //!
-//! # fn scratch_repo() -> std::path::PathBuf {
-//! #     let dir = std::env::temp_dir().join(format!("baa-doc-{}", std::process::id()));
-//! #     std::fs::create_dir_all(&dir).unwrap();
-//! #     let git = |args: &[&str]| assert!(std::process::Command::new("git")
-//! #         .args(args).current_dir(&dir).status().unwrap().success());
-//! #     git(&["init", "-q"]);
-//! #     dir.canonicalize().unwrap()
+//! # fn scratch() -> (std::path::PathBuf, std::path::PathBuf) {
+//! #     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+//! #     let dir = std::env::temp_dir().join(format!("baa-doc-{}", nanos.as_nanos()));
+//! #     std::fs::create_dir_all(dir.join("repo")).unwrap();
+//! #     assert!(std::process::Command::new("git").args(["init", "-q"])
+//! #         .current_dir(dir.join("repo")).status().unwrap().success());
+//! #     let dir = dir.canonicalize().unwrap();
+//! #     (dir.join("repo"), dir.join("runs"))
 //! # }
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let repo = scratch_repo();
+//! let (repo, runs) = scratch(); // a git repository, and a directory beside it
 //! let request = |step: &str, command: &str| -> StepExecutionRequest {
 //!     serde_json::from_value(serde_json::json!({
 //!         "taskId": "task", "runId": "run", "stepId": step, "attempt": 1,
 //!         "stepName": step, "stepKind": "shell", "workerKind": "shell",
 //!         "timeoutSec": 60, "command": command,
-//!         "runtime": { "repoRoot": repo, "worktreePath": repo },
+//!         "runtime": { "repoRoot": repo, "worktreePath": repo, "runsRootDir": runs },
 //!     }))
 //!     .unwrap()
 //! };

@@ -1,11 +1,14 @@
 //! The log session of one attempt: lifecycle events as JSON lines, and every
-//! stdout/stderr chunk of the worker and its subprocesses, appended as it
-//! arrives, counted, and offered live to an observer.
+//! stdout/stderr chunk of the worker and its subprocesses, counted, offered
+//! live to an observer as it arrives, and appended to its file in batches:
+//! at 64 KiB, before each lifecycle event (so before every checkpoint), at
+//! most [`FLUSH_INTERVAL`] later, and at close.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
 
 use crate::contracts::{
     EventLevel, EventSource, LocalRunLogSession, LocalRunLogSummary, LogSessionStatus,
@@ -17,6 +20,11 @@ use crate::fsutil::{now_rfc3339, Durability};
 pub const SUMMARY_TAIL_LINES: usize = 20;
 /// How many trailing bytes of each stream are kept in memory for tails.
 const TAIL_BYTES: usize = 64 * 1024;
+/// Output kept in memory before it is written: one write per this much
+/// instead of one per chunk.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// The longest output waits in memory before it is written to its file.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +45,8 @@ pub type Observer = Arc<dyn Fn(LiveUpdate<'_>) + Send + Sync>;
 
 struct StreamLog {
     file: File,
+    /// Bytes accepted for the file but not written yet.
+    pending: Vec<u8>,
     chunks: u64,
     bytes: u64,
     tail: Vec<u8>,
@@ -50,6 +60,7 @@ impl StreamLog {
     fn new(file: File, cap: u64) -> Self {
         StreamLog {
             file,
+            pending: Vec::new(),
             chunks: 0,
             bytes: 0,
             tail: Vec::new(),
@@ -59,14 +70,11 @@ impl StreamLog {
     }
 
     /// Append a chunk; past the cap only the in-memory tail keeps it.
-    /// Returns whether all of it went into the file.
+    /// Returns whether all of it is bound for the file.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
         let written = self.bytes - self.dropped;
         let room = self.cap.saturating_sub(written) as usize;
         let keep = room.min(bytes.len());
-        if keep > 0 {
-            self.file.write_all(&bytes[..keep])?;
-        }
         self.dropped += (bytes.len() - keep) as u64;
         self.chunks += 1;
         self.bytes += bytes.len() as u64;
@@ -75,12 +83,31 @@ impl StreamLog {
             let cut = self.tail.len() - TAIL_BYTES;
             self.tail.drain(..cut);
         }
+        let kept = &bytes[..keep];
+        if self.pending.len() + kept.len() < FLUSH_BYTES {
+            self.pending.extend_from_slice(kept);
+        } else {
+            // A large chunk goes to the file as it is, after what waits.
+            self.flush()?;
+            self.file.write_all(kept)?;
+        }
         Ok(keep == bytes.len())
+    }
+
+    /// Write what waits in memory.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            let written = self.file.write_all(&self.pending);
+            self.pending.clear();
+            written?;
+        }
+        Ok(())
     }
 
     /// At close: after a truncation, a marker and the stream's last bytes;
     /// fsynced when `sync`.
     fn finish(&mut self, sync: bool) -> std::io::Result<()> {
+        self.flush()?;
         if self.dropped > 0 {
             let tail = &self.tail[self.tail.len().saturating_sub(TAIL_BYTES)..];
             let marker = format!(
@@ -147,6 +174,22 @@ struct Inner {
     events: KeptEvents,
     session: LocalRunLogSession,
     write_error: Option<String>,
+    /// The flusher will write this session's pending output.
+    flush_scheduled: bool,
+}
+
+impl Inner {
+    /// Write both streams' pending output, noting the first failure.
+    fn flush(&mut self) {
+        for (log, path) in [
+            (&mut self.stdout, &self.session.stdout_log_path),
+            (&mut self.stderr, &self.session.stderr_log_path),
+        ] {
+            if let Err(e) = log.flush() {
+                self.write_error.get_or_insert(format!("{path}: {e}"));
+            }
+        }
+    }
 }
 
 /// The open log files of one attempt. Cheap to share: clone the `Arc`.
@@ -154,6 +197,67 @@ pub struct LogSession {
     inner: Mutex<Inner>,
     observer: Option<Observer>,
     durability: Durability,
+    /// This session, for the flusher.
+    me: Weak<LogSession>,
+}
+
+/// The thread that writes output left waiting in memory after
+/// [`FLUSH_INTERVAL`]; it sleeps while no session has any.
+struct Flusher {
+    due: Mutex<Vec<Weak<LogSession>>>,
+    wake: Condvar,
+}
+
+impl Flusher {
+    /// The process's flusher, started at first use; `None` if its thread
+    /// cannot start (output is then written at once).
+    fn get() -> Option<&'static Flusher> {
+        static FLUSHER: OnceLock<Option<&'static Flusher>> = OnceLock::new();
+        *FLUSHER.get_or_init(|| {
+            let flusher: &'static Flusher = Box::leak(Box::new(Flusher {
+                due: Mutex::new(Vec::new()),
+                wake: Condvar::new(),
+            }));
+            let started = std::thread::Builder::new()
+                .name("baa-log-flusher".into())
+                .spawn(move || flusher.run());
+            match started {
+                Ok(_) => Some(flusher),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot start the log flusher thread: {e}; output is written per chunk"
+                    );
+                    None
+                }
+            }
+        })
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+                while due.is_empty() {
+                    due = self.wake.wait(due).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            std::thread::sleep(FLUSH_INTERVAL);
+            let due = std::mem::take(&mut *self.due.lock().unwrap_or_else(|p| p.into_inner()));
+            for session in due.iter().filter_map(Weak::upgrade) {
+                let mut inner = session.lock();
+                inner.flush_scheduled = false;
+                inner.flush();
+            }
+        }
+    }
+
+    fn schedule(&self, session: Weak<LogSession>) {
+        self.due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
+        self.wake.notify_one();
+    }
 }
 
 fn open_new(path: &Path) -> std::io::Result<File> {
@@ -167,7 +271,7 @@ impl LogSession {
         observer: Option<Observer>,
         max_stream_bytes: u64,
         durability: Durability,
-    ) -> std::io::Result<Self> {
+    ) -> std::io::Result<Arc<Self>> {
         let stream = |path: &str| -> std::io::Result<StreamLog> {
             Ok(StreamLog::new(open_new(Path::new(path))?, max_stream_bytes))
         };
@@ -178,17 +282,19 @@ impl LogSession {
             events: KeptEvents::default(),
             session,
             write_error: None,
+            flush_scheduled: false,
         };
-        Ok(LogSession {
+        Ok(Arc::new_cyclic(|me| LogSession {
             inner: Mutex::new(inner),
             observer,
             durability,
-        })
+            me: me.clone(),
+        }))
     }
 
     /// A session that records counts but writes to `/dev/null` (for calls
     /// into a worker outside any step, such as `describe`).
-    pub fn discard() -> std::io::Result<Self> {
+    pub fn discard() -> std::io::Result<Arc<Self>> {
         let null = || OpenOptions::new().append(true).open("/dev/null");
         let stream = || -> std::io::Result<StreamLog> { Ok(StreamLog::new(null()?, u64::MAX)) };
         let session = LocalRunLogSession {
@@ -201,18 +307,21 @@ impl LogSession {
             stdout_log_path: "/dev/null".into(),
             stderr_log_path: "/dev/null".into(),
         };
-        Ok(LogSession {
-            inner: Mutex::new(Inner {
-                lifecycle: null()?,
-                stdout: stream()?,
-                stderr: stream()?,
-                events: KeptEvents::default(),
-                session,
-                write_error: None,
-            }),
+        let inner = Inner {
+            lifecycle: null()?,
+            stdout: stream()?,
+            stderr: stream()?,
+            events: KeptEvents::default(),
+            session,
+            write_error: None,
+            flush_scheduled: false,
+        };
+        Ok(Arc::new_cyclic(|me| LogSession {
+            inner: Mutex::new(inner),
             observer: None,
             durability: Durability::ProcessCrash,
-        })
+            me: me.clone(),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -232,6 +341,8 @@ impl LogSession {
     ) -> WorkerLifecycleLogEntry {
         let mut guard = self.lock();
         let inner = &mut *guard;
+        // The output before an event is in its file before the event is.
+        inner.flush();
         let entry = WorkerLifecycleLogEntry {
             seq: inner.events.count + 1,
             timestamp: now_rfc3339(),
@@ -291,7 +402,16 @@ impl LogSession {
                 true
             }
         };
+        let waiting = !inner.stdout.pending.is_empty() || !inner.stderr.pending.is_empty();
+        let schedule = waiting && !inner.flush_scheduled;
+        inner.flush_scheduled |= schedule;
         drop(guard);
+        if schedule {
+            match Flusher::get() {
+                Some(flusher) => flusher.schedule(self.me.clone()),
+                None => self.lock().flush(),
+            }
+        }
         if let Some(observer) = &self.observer {
             observer(LiveUpdate::Output(stream, bytes));
         }

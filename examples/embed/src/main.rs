@@ -2,9 +2,10 @@
 //! started at once, their events streamed live, the slow one cancelled as
 //! soon as it reports progress, and every result collected.
 //!
-//! `cargo run -p baa-embed-example -- [WORKTREE]` (default: a new scratch
-//! git repository). Exits 0 when two steps completed and the cancelled one
-//! ended `failed` / `interrupted`.
+//! `cargo run -p baa-embed-example -- [WORKTREE [RUNS_ROOT]]` (default: a
+//! new scratch git repository; the runs root defaults to
+//! `$XDG_STATE_HOME/baa-runner/runs`). Exits 0 when two steps completed and
+//! the cancelled one ended `failed` / `interrupted`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,22 +16,34 @@ use baa_runner::logs::Stream;
 use baa_runner::{Runner, RunnerConfig, StepEventBody, StepHandle};
 
 /// A step request for the built-in `shell` kind.
-fn request(worktree: &Path, step: &str, command: &str) -> anyhow::Result<StepExecutionRequest> {
+fn request(
+    worktree: &Path,
+    runs: Option<&Path>,
+    step: &str,
+    command: &str,
+) -> anyhow::Result<StepExecutionRequest> {
     let json = serde_json::json!({
         "taskId": "embed-demo",
-        "runId": format!("run-{}", std::process::id()),
+        "runId": run_id(),
         "stepId": step,
         "attempt": 1,
         "stepName": step,
         "stepKind": "shell",
         "workerKind": "shell",
         "timeoutSec": 60,
-        // Records go to the default runs root ($XDG_STATE_HOME/baa-runner/runs).
-        "runtime": { "repoRoot": worktree, "worktreePath": worktree },
+        "runtime": { "repoRoot": worktree, "worktreePath": worktree, "runsRootDir": runs },
         "command": command,
         "checkpoint": { "mode": "capture" },
     });
     Ok(serde_json::from_value(json)?)
+}
+
+/// A run id no earlier run of this example used.
+fn run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("run-{}-{}", now.as_secs(), std::process::id())
 }
 
 /// A scratch git repository with one commit.
@@ -98,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => PathBuf::from(dir),
         None => scratch_repo()?,
     };
+    let runs = std::env::args_os().nth(2).map(PathBuf::from);
     let worktree = worktree
         .canonicalize()
         .with_context(|| format!("{} is not a directory", worktree.display()))?;
@@ -115,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
     ];
     let mut tasks = Vec::new();
     for (name, command, cancel) in steps {
-        let mut handle = runner.start(request(&worktree, name, command)?)?;
+        let mut handle = runner.start(request(&worktree, runs.as_deref(), name, command)?)?;
         tasks.push(tokio::spawn(async move {
             let events = follow(name, &mut handle, cancel).await;
             (name, events, handle.result().await)

@@ -828,7 +828,7 @@ pub(crate) async fn describe(
         )
         .map_err(|e| e.to_string())?;
     let pre = worker_pre(shared, &plugin)?;
-    let logs = Arc::new(crate::logs::LogSession::discard().map_err(|e| e.to_string())?);
+    let logs = crate::logs::LogSession::discard().map_err(|e| e.to_string())?;
     let deadline = Instant::now() + DESCRIBE_TIMEOUT;
     let state = StepState {
         wasi: WasiCtxBuilder::new().build(),

@@ -262,10 +262,8 @@ fn populate(
         stdout_log_path: log_paths.stdout_log_path.clone(),
         stderr_log_path: log_paths.stderr_log_path.clone(),
     };
-    let logs = Arc::new(
-        LogSession::create(session.clone(), observer, max_stream_bytes, durability)
-            .map_err(Error::io(Path::new(&log_paths.logs_dir)))?,
-    );
+    let logs = LogSession::create(session.clone(), observer, max_stream_bytes, durability)
+        .map_err(Error::io(Path::new(&log_paths.logs_dir)))?;
 
     let mut manager = CheckpointManager::new(
         PathBuf::from(&log_paths.checkpoints_dir),

@@ -352,6 +352,7 @@ fn the_embedding_example_runs_three_steps_and_cancels_one() {
     let sandbox = Sandbox::new();
     let out = std::process::Command::new(crate::built_binary("embed"))
         .arg(&sandbox.repo)
+        .arg(&sandbox.runs)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,5 +1,6 @@
 //! The `shell` kind: success, failure with an exit code, timeout.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use baa_runner::contracts::{FailureReason, StepExecutionOutcome};
@@ -166,5 +167,46 @@ async fn shell_step_without_command_is_an_invalid_request_outcome() {
         result.summary.contains("`command` is required"),
         "{}",
         result.summary
+    );
+}
+
+/// Output is batched in memory, yet it reaches its log file while the step
+/// still runs (within the flush interval), not only when the step ends; and
+/// a burst of small lines arrives whole and in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_reaches_its_log_file_while_the_step_runs() {
+    let sandbox = Sandbox::new();
+    let runner = runner();
+    let mut request = sandbox.request(
+        "shell",
+        "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done; sleep 30.733",
+    );
+    request.step_id = "batched".into();
+    let handle = runner.start(request).unwrap();
+    let stdout_log = Path::new(handle.run_dir()).join("logs/stdout.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&stdout_log).unwrap_or_default();
+        if text.contains("line 1999\n") {
+            let expected: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+            assert_eq!(text, expected);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the output never reached {}",
+            stdout_log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !processes_with("30.733").is_empty(),
+        "the step is still running"
+    );
+    handle.cancel();
+    let result = handle.result().await.unwrap();
+    assert_eq!(
+        result.log_summary.stdout_bytes,
+        std::fs::metadata(&stdout_log).unwrap().len()
     );
 }
