@@ -275,21 +275,12 @@ impl LogSession {
         let stream = |path: &str| -> std::io::Result<StreamLog> {
             Ok(StreamLog::new(open_new(Path::new(path))?, max_stream_bytes))
         };
-        let inner = Inner {
-            lifecycle: open_new(Path::new(&session.lifecycle_log_path))?,
-            stdout: stream(&session.stdout_log_path)?,
-            stderr: stream(&session.stderr_log_path)?,
-            events: KeptEvents::default(),
-            session,
-            write_error: None,
-            flush_scheduled: false,
-        };
-        Ok(Arc::new_cyclic(|me| LogSession {
-            inner: Mutex::new(inner),
-            observer,
-            durability,
-            me: me.clone(),
-        }))
+        let lifecycle = open_new(Path::new(&session.lifecycle_log_path))?;
+        let stdout = stream(&session.stdout_log_path)?;
+        let stderr = stream(&session.stderr_log_path)?;
+        Ok(Self::assemble(
+            session, lifecycle, stdout, stderr, observer, durability,
+        ))
     }
 
     /// A session that records counts but writes to `/dev/null` (for calls
@@ -307,21 +298,41 @@ impl LogSession {
             stdout_log_path: "/dev/null".into(),
             stderr_log_path: "/dev/null".into(),
         };
+        let (lifecycle, stdout, stderr) = (null()?, stream()?, stream()?);
+        Ok(Self::assemble(
+            session,
+            lifecycle,
+            stdout,
+            stderr,
+            None,
+            Durability::ProcessCrash,
+        ))
+    }
+
+    /// The session over its open files.
+    fn assemble(
+        session: LocalRunLogSession,
+        lifecycle: File,
+        stdout: StreamLog,
+        stderr: StreamLog,
+        observer: Option<Observer>,
+        durability: Durability,
+    ) -> Arc<Self> {
         let inner = Inner {
-            lifecycle: null()?,
-            stdout: stream()?,
-            stderr: stream()?,
+            lifecycle,
+            stdout,
+            stderr,
             events: KeptEvents::default(),
             session,
             write_error: None,
             flush_scheduled: false,
         };
-        Ok(Arc::new_cyclic(|me| LogSession {
+        Arc::new_cyclic(|me| LogSession {
             inner: Mutex::new(inner),
-            observer: None,
-            durability: Durability::ProcessCrash,
+            observer,
+            durability,
             me: me.clone(),
-        }))
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
