@@ -33,6 +33,16 @@ pub enum Stream {
     Stderr,
 }
 
+impl Stream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
 /// Something the log session just recorded, for live observers.
 #[derive(Debug)]
 pub enum LiveUpdate<'a> {

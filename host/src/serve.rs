@@ -22,7 +22,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::contracts::MAX_REQUEST_BYTES;
-use crate::logs::Stream;
 use crate::run::{StepEventBody, StepHandle};
 use crate::{Error, Runner};
 
@@ -243,7 +242,7 @@ async fn forward(
                 "id": id,
                 "type": "output",
                 "seq": event.seq,
-                "stream": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr" },
+                "stream": stream.as_str(),
                 "text": String::from_utf8_lossy(&bytes),
             }),
             StepEventBody::Finished(_) => break,

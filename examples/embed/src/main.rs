@@ -12,7 +12,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use baa_runner::contracts::{FailureReason, StepExecutionOutcome, StepExecutionRequest};
-use baa_runner::logs::Stream;
 use baa_runner::{Runner, RunnerConfig, StepEventBody, StepHandle};
 
 /// A step request for the built-in `shell` kind.
@@ -84,11 +83,7 @@ async fn follow(name: &str, handle: &mut StepHandle, cancel_on_output: bool) -> 
                 println!("[{name} #{}] {}: {}", event.seq, entry.event, entry.message)
             }
             StepEventBody::Output { stream, bytes } => {
-                let stream = if *stream == Stream::Stdout {
-                    "stdout"
-                } else {
-                    "stderr"
-                };
+                let stream = stream.as_str();
                 for line in String::from_utf8_lossy(bytes).lines() {
                     println!("[{name} #{}] {stream}: {line}", event.seq);
                 }

@@ -50,10 +50,7 @@ impl OutputStream for LogOutput {
             // The log is full: a worker that keeps writing is stopped.
             Err(StreamError::Trap(wasmtime::format_err!(
                 "output limit: the step's {} log is full",
-                match self.stream {
-                    Stream::Stdout => "stdout",
-                    Stream::Stderr => "stderr",
-                }
+                self.stream.as_str()
             )))
         }
     }
