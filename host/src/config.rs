@@ -149,11 +149,17 @@ pub struct Limits {
     pub subprocess_output_bytes: u64,
     /// Largest plugin file the host will compile (default 32 MiB).
     pub plugin_file_bytes: u64,
-    /// Extra time after `timeoutSec` for a guest waiting in a host call to
-    /// return once its subprocesses were killed, before the step is ended
-    /// without it (default 2000 ms). Guest code still computing at the
-    /// deadline is interrupted within three epoch ticks (6 ms).
+    /// The one grace after `timeoutSec` (default 1000 ms): a guest waiting
+    /// in a host call may return within it once its subprocesses were
+    /// killed, and the host's own work for the step (snapshots, the final
+    /// git-diff) must end by it; then the step ends without them, `failed`
+    /// with reason `timeout` whatever the guest returns. Guest code still
+    /// computing at the deadline is interrupted within three epoch ticks.
     pub timeout_grace_ms: u64,
+    /// Disk one step may fill with its logs, events, artifacts and
+    /// checkpoints, in MiB (default 512). Past it the step ends `failed`
+    /// with reason `disk-limit`; its records are still written.
+    pub step_disk_mib: u64,
     /// WebAssembly stack of the worker, in KiB (default 1024); deeper
     /// recursion traps with a stack overflow.
     pub wasm_stack_kib: u64,
@@ -174,7 +180,8 @@ impl Default for Limits {
             memory_mib: 256,
             subprocess_output_bytes: 64 * 1024 * 1024,
             plugin_file_bytes: 32 * 1024 * 1024,
-            timeout_grace_ms: 2000,
+            timeout_grace_ms: 1000,
+            step_disk_mib: 512,
             wasm_stack_kib: 1024,
             log_stream_bytes: 64 * 1024 * 1024,
             max_processes: 32,

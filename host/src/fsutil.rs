@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -37,12 +38,14 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])], durability: Durability) -> std
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        // A new file of an unpredictable name, never an existing one and
+        // never through a symlink.
+        let tmp = dir.join(format!(".{name}.tmp-{}", random_name()));
         let written = (|| {
             let mut file = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             file.write_all(bytes)?;
             crate::fault::point("write.before-fsync");
@@ -236,6 +239,24 @@ pub fn now_rfc3339() -> String {
     );
     now.format(&format)
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
+/// 16 hex digits from the kernel's random source: names that another
+/// process (a step writing the same directory) cannot predict.
+pub fn random_name() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is valid for its length.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Not reached on Linux ≥ 3.17; the names are still created
+        // exclusively, so a predictable one is only less private.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes = (nanos ^ u64::from(std::process::id())).to_ne_bytes();
+    }
+    format!("{:016x}", u64::from_ne_bytes(bytes))
 }
 
 /// A path as a display string for records.

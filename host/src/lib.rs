@@ -70,6 +70,7 @@
 //! # }
 //! ```
 
+pub mod budget;
 pub mod capabilities;
 pub mod checkpoints;
 pub mod config;

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
+use crate::budget::DiskBudget;
 use crate::contracts::{
     EventLevel, EventSource, LocalRunLogSession, LocalRunLogSummary, LogSessionStatus,
     WorkerLifecycleLogEntry,
@@ -81,10 +82,13 @@ impl StreamLog {
 
     /// Append a chunk; past the cap only the in-memory tail keeps it.
     /// Returns whether all of it is bound for the file.
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<bool> {
+    fn append(&mut self, bytes: &[u8], budget: &DiskBudget) -> std::io::Result<bool> {
         let written = self.bytes - self.dropped;
         let room = self.cap.saturating_sub(written) as usize;
-        let keep = room.min(bytes.len());
+        let mut keep = room.min(bytes.len());
+        if keep > 0 && budget.charge(keep as u64).is_err() {
+            keep = 0;
+        }
         self.dropped += (bytes.len() - keep) as u64;
         self.chunks += 1;
         self.bytes += bytes.len() as u64;
@@ -207,6 +211,8 @@ pub struct LogSession {
     inner: Mutex<Inner>,
     observer: Option<Observer>,
     durability: Durability,
+    /// The step's disk budget: output and worker events are charged to it.
+    budget: DiskBudget,
     /// This session, for the flusher.
     me: Weak<LogSession>,
 }
@@ -281,6 +287,7 @@ impl LogSession {
         observer: Option<Observer>,
         max_stream_bytes: u64,
         durability: Durability,
+        budget: DiskBudget,
     ) -> std::io::Result<Arc<Self>> {
         let stream = |path: &str| -> std::io::Result<StreamLog> {
             Ok(StreamLog::new(open_new(Path::new(path))?, max_stream_bytes))
@@ -289,7 +296,7 @@ impl LogSession {
         let stdout = stream(&session.stdout_log_path)?;
         let stderr = stream(&session.stderr_log_path)?;
         Ok(Self::assemble(
-            session, lifecycle, stdout, stderr, observer, durability,
+            session, lifecycle, stdout, stderr, observer, durability, budget,
         ))
     }
 
@@ -316,6 +323,7 @@ impl LogSession {
             stderr,
             None,
             Durability::ProcessCrash,
+            DiskBudget::unlimited(),
         ))
     }
 
@@ -327,6 +335,7 @@ impl LogSession {
         stderr: StreamLog,
         observer: Option<Observer>,
         durability: Durability,
+        budget: DiskBudget,
     ) -> Arc<Self> {
         let inner = Inner {
             lifecycle,
@@ -341,6 +350,7 @@ impl LogSession {
             inner: Mutex::new(inner),
             observer,
             durability,
+            budget,
             me: me.clone(),
         })
     }
@@ -376,6 +386,16 @@ impl LogSession {
         match serde_json::to_vec(&entry) {
             Ok(mut line) => {
                 line.push(b'\n');
+                // A worker's events count against the step's disk budget;
+                // past it they are dropped. The host's are always written.
+                if source == EventSource::Worker {
+                    if self.budget.charge(line.len() as u64).is_err() {
+                        drop(guard);
+                        return entry;
+                    }
+                } else {
+                    self.budget.record(line.len() as u64);
+                }
                 // One write per record: appends of a whole line are not
                 // interleaved with other writers of this file.
                 if let Err(e) = inner.lifecycle.write_all(&line) {
@@ -416,7 +436,7 @@ impl LogSession {
             Stream::Stdout => (&mut inner.stdout, &inner.session.stdout_log_path),
             Stream::Stderr => (&mut inner.stderr, &inner.session.stderr_log_path),
         };
-        let complete = match log.append(bytes) {
+        let complete = match log.append(bytes, &self.budget) {
             Ok(complete) => complete,
             Err(e) => {
                 inner.write_error.get_or_insert(format!("{path}: {e}"));
@@ -437,6 +457,11 @@ impl LogSession {
             observer(LiveUpdate::Output(stream, bytes));
         }
         complete
+    }
+
+    /// The step's disk budget.
+    pub fn budget(&self) -> &DiskBudget {
+        &self.budget
     }
 
     /// Whether stdout or stderr went past its limit.

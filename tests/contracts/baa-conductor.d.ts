@@ -61,6 +61,7 @@ declare module "@baa-conductor/logging" {
     | "timeout"
     | "memory-limit"
     | "output-limit"
+    | "disk-limit"
     | "trap"
     | "policy-denied"
     | "invalid-plugin"
@@ -140,6 +141,8 @@ declare module "@baa-conductor/checkpointing" {
     payloadBytes?: number;
     payloadSha256?: string;
     details?: unknown;
+    /** Who captured it: the host (its snapshots) or the worker. */
+    source: "host" | "worker";
   }
 
   export interface CheckpointManagerState {

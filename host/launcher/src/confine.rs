@@ -107,7 +107,12 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     if !spec.program.is_absolute() || !spec.worktree.is_absolute() {
         return Err(("spec", "program and worktree must be absolute paths".into()));
     }
-    let program = open(&spec.program, libc::O_PATH)
+    // A builtin executes nothing: its program is never opened.
+    let program_path = match spec.builtin {
+        Some(_) => Path::new("/"),
+        None => spec.program.as_path(),
+    };
+    let program = open(program_path, libc::O_PATH)
         .map_err(|e| ("program", format!("{}: {e}", spec.program.display())))?;
     let root = open(&spec.worktree, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| ("cwd", format!("worktree {}: {e}", spec.worktree.display())))?;
@@ -252,10 +257,19 @@ fn ruleset(spec: &LaunchSpec) -> Result<RulesetCreated, String> {
         .map_err(err)?
         .create()
         .map_err(err)?;
+    // With an execute list, nothing else may be executed: the read and
+    // write rules lose the right, the listed files alone get it.
+    let no_exec = |access: landlock::BitFlags<AccessFs>| match &spec.landlock.execute {
+        Some(_) => access & !AccessFs::Execute,
+        None => access,
+    };
+    let run = AccessFs::Execute | AccessFs::ReadFile | AccessFs::ReadDir;
+    let none = Vec::new();
     let groups = [
-        (&spec.landlock.read, AccessFs::from_read(abi)),
-        (&spec.landlock.write, AccessFs::from_all(abi)),
-        (&spec.landlock.devices, AccessFs::from_file(abi)),
+        (&spec.landlock.read, no_exec(AccessFs::from_read(abi))),
+        (&spec.landlock.write, no_exec(AccessFs::from_all(abi))),
+        (&spec.landlock.devices, no_exec(AccessFs::from_file(abi))),
+        (spec.landlock.execute.as_ref().unwrap_or(&none), run),
     ];
     for (paths, access) in groups {
         if !spec.landlock.filesystem {

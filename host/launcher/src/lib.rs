@@ -54,6 +54,29 @@ pub struct LaunchSpec {
     /// After the program exits, or the host asks the tree to stop: how long
     /// the remaining processes get between SIGTERM and SIGKILL.
     pub kill_grace_ms: u64,
+    /// Instead of executing `program`, the confined child performs this file
+    /// operation itself, as the step's user under the same Landlock domain:
+    /// how the host touches places a step can write without following a
+    /// link the step planted there.
+    #[serde(default)]
+    pub builtin: Option<Builtin>,
+}
+
+/// A file operation the launcher's confined child performs in place of a
+/// program. Paths are absolute; none is followed if it is a symlink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "op", deny_unknown_fields)]
+pub enum Builtin {
+    /// Write standard input to `path`: into a new file of an unpredictable
+    /// name beside it (`O_EXCL | O_NOFOLLOW`), then renamed over `path`.
+    WriteFile { path: PathBuf },
+    /// Copy the regular file `from` (not a symlink) to the new file `to`
+    /// (`O_EXCL | O_NOFOLLOW`). A missing or non-regular `from` copies
+    /// nothing and is not an error.
+    CopyFile { from: PathBuf, to: PathBuf },
+    /// Remove the file `path` (a symlink is removed, never followed); a
+    /// missing one is not an error.
+    Remove { path: PathBuf },
 }
 
 /// A dedicated user and group.
@@ -94,6 +117,11 @@ pub struct LandlockSpec {
     pub write: Vec<PathBuf>,
     /// Device files the child may read and write (`/dev/null`, …).
     pub devices: Vec<PathBuf>,
+    /// The only files (or trees) the child may execute; `None` lets it
+    /// execute whatever it may read. Listed files need their ELF interpreter
+    /// or `#!` interpreter listed too.
+    #[serde(default)]
+    pub execute: Option<Vec<PathBuf>>,
     /// TCP ports the child may connect to; `None` leaves TCP unrestricted
     /// (an operator's explicit `network = "unrestricted"`). Binding is
     /// always refused.

@@ -13,6 +13,7 @@
 //! refused, print the verdicts) or `baa-launch --sweep UID` (kill every
 //! process of a dedicated user).
 
+mod builtin;
 mod confine;
 mod supervise;
 

@@ -80,7 +80,10 @@ pub fn run(spec: LaunchSpec) -> ! {
                 libc::_exit(SETUP_FAILED);
             }
         }
-        let (stage, message) = confine::exec(prepared);
+        let (stage, message) = match &spec.builtin {
+            Some(op) => crate::builtin::run(prepared, op, err_write.as_raw_fd()),
+            None => confine::exec(prepared),
+        };
         let line = format!("{stage}\n{message}");
         // SAFETY: writing a local buffer to our own pipe, then exiting.
         unsafe {

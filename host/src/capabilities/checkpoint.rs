@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use crate::checkpoints::snapshot;
-use crate::checkpoints::CheckpointError as StoreError;
-use crate::contracts::{CheckpointType, EventLevel, EventSource};
+use crate::checkpoints::{CheckpointError as StoreError, MAX_SUMMARY_BYTES};
+use crate::contracts::{CheckpointSource, CheckpointType, EventLevel, EventSource};
 use crate::sandbox::bindings::baa::worker::checkpoint::{CheckpointError, Host};
 use crate::sandbox::state::StepState;
 
@@ -20,7 +20,12 @@ impl Host for StepState {
             Ok(t) => t,
             Err(why) => return Ok(Err(CheckpointError::Invalid(why))),
         };
-        // The host fills the built-in types when the worker gives no payload.
+        // The host fills the built-in types when the worker gives no payload:
+        // then the payload is the host's, and so is the record.
+        let source = match (&checkpoint_type, &payload) {
+            (CheckpointType::LogTail | CheckpointType::GitDiff, None) => CheckpointSource::Host,
+            _ => CheckpointSource::Worker,
+        };
         let mut details = None;
         let payload = match (&checkpoint_type, payload) {
             (CheckpointType::LogTail, None) => {
@@ -42,34 +47,41 @@ impl Host for StepState {
                         "no git-diff snapshot is planned for this step (checkpoints disabled, or the worktree is not a git repository)".into(),
                     )));
                 };
-                let scratch = match self.host.subprocesses.scratch_dir() {
-                    Ok(dir) => dir,
-                    Err(e) => return Ok(Err(CheckpointError::Io(format!("{e:?}")))),
-                };
-                match snapshot::git_diff(&mut self.host.subprocesses, &plan, &scratch).await {
+                let deadline = self.host.subprocesses.deadline_hard();
+                match snapshot::git_diff(&mut self.host.subprocesses, &plan, deadline).await {
                     Ok(diff) => {
                         details = Some(diff.details);
                         Some(diff.patch)
                     }
-                    Err(why) => return Ok(Err(CheckpointError::Io(why))),
+                    Err(why) => return Ok(Err(CheckpointError::Io(why.to_string()))),
                 }
             }
             (_, payload) => payload,
         };
+        let size = payload.as_ref().map_or(0, Vec::len) + summary.len().min(MAX_SUMMARY_BYTES);
+        if let Err(e) = self.host.logs.budget().charge(size as u64) {
+            return Ok(Err(CheckpointError::Io(e.to_string())));
+        }
         let captured = self
             .host
             .checkpoints
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .capture_with_details(checkpoint_type, &summary, payload.as_deref(), details);
+            .capture_with_details(
+                checkpoint_type,
+                &summary,
+                payload.as_deref(),
+                details,
+                source,
+            );
         Ok(match captured {
             Ok(record) => {
                 self.host.logs.event(
-                    EventSource::Worker,
+                    EventSource::Host,
                     EventLevel::Info,
                     "checkpoint.captured",
                     format!("checkpoint {} ({}): {}", record.seq, record.checkpoint_type, record.summary),
-                    Some(json!({ "seq": record.seq, "type": record.checkpoint_type, "path": record.path })),
+                    Some(json!({ "seq": record.seq, "type": record.checkpoint_type, "path": record.path, "source": record.source })),
                 );
                 Ok(record.seq)
             }

@@ -3,27 +3,38 @@
 
 use std::path::Path;
 
+use crate::capabilities::bounds::{self, cut, cut_owned};
 use crate::contracts::{EventLevel, EventSource, StepArtifact, StepArtifactKind};
 use crate::fsutil::{display, write_atomic};
 use crate::sandbox::bindings::baa::worker::events::{ArtifactError, Host, Level};
 use crate::sandbox::state::StepState;
 
-/// Longest event name or message a worker may write; longer ones are cut.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024;
-/// Largest `data-json` a worker may attach to an event.
-const MAX_DATA_BYTES: usize = 64 * 1024;
 /// Largest artifact a worker may store.
 pub const MAX_ARTIFACT_BYTES: usize = 32 * 1024 * 1024;
 
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
+/// Event namespaces only the host writes in. A worker's event named in one
+/// of them is recorded as `worker.<name>`: nothing a worker emits can pass
+/// for a host record (`subprocess.started`, `step.finished`, …).
+const HOST_NAMESPACES: &[&str] = &[
+    "artifact.",
+    "checkpoint.",
+    "plugin.",
+    "run.",
+    "sandbox.",
+    "step.",
+    "subprocess.",
+    "host.",
+];
+
+/// The name a worker's event is recorded under.
+pub fn worker_event_name(event: &str) -> String {
+    let name = cut(event, bounds::EVENT_NAME);
+    let lower = name.to_ascii_lowercase();
+    if HOST_NAMESPACES.iter().any(|ns| lower.starts_with(ns)) {
+        format!("worker.{name}")
+    } else {
+        name
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
 }
 
 /// Whether `name` is a valid artifact name: a file name of letters, digits,
@@ -53,8 +64,8 @@ impl Host for StepState {
             Level::Error => EventLevel::Error,
         };
         let data = data_json.map(|json| {
-            if json.len() > MAX_DATA_BYTES {
-                serde_json::json!({ "invalid": format!("data-json of {} bytes exceeds {MAX_DATA_BYTES}", json.len()) })
+            if json.len() > bounds::EVENT_DATA {
+                serde_json::json!({ "invalid": format!("data-json of {} bytes exceeds {}", json.len(), bounds::EVENT_DATA) })
             } else {
                 serde_json::from_str(&json)
                     .unwrap_or_else(|e| serde_json::json!({ "invalid": format!("data-json is not JSON: {e}") }))
@@ -63,8 +74,8 @@ impl Host for StepState {
         self.host.logs.event(
             EventSource::Worker,
             level,
-            &cut(&event, 128),
-            cut(&message, MAX_MESSAGE_BYTES),
+            &worker_event_name(&event),
+            cut_owned(message, bounds::EVENT_MESSAGE),
             data,
         );
         Ok(())
@@ -93,6 +104,11 @@ impl Host for StepState {
                 "artifact `{name}` was already declared in this step"
             ))));
         }
+        if let Err(e) = self.host.logs.budget().charge(contents.len() as u64) {
+            return Ok(Err(ArtifactError::Io(format!(
+                "artifact `{name}` not stored: {e}"
+            ))));
+        }
         let path = Path::new(&self.host.artifacts_dir).join(&name);
         if let Err(e) = write_atomic(&path, &contents) {
             return Ok(Err(ArtifactError::Io(format!("{}: {e}", path.display()))));
@@ -101,7 +117,7 @@ impl Host for StepState {
             name: name.clone(),
             kind: StepArtifactKind::Artifact,
             path: display(&path),
-            description: cut(&description, 1024),
+            description: cut_owned(description, bounds::ARTIFACT_DESCRIPTION),
         };
         self.host.logs.event(
             EventSource::Host,

@@ -14,8 +14,8 @@ pub mod snapshot;
 use std::path::{Path, PathBuf};
 
 use crate::contracts::{
-    CheckpointManagerState, CheckpointMode, CheckpointRecord, CheckpointType, GitDiffSnapshotPlan,
-    StepCheckpointState,
+    CheckpointManagerState, CheckpointMode, CheckpointRecord, CheckpointSource, CheckpointType,
+    GitDiffSnapshotPlan, StepCheckpointState,
 };
 use crate::fsutil::{display, now_rfc3339, record_bytes, sha256_hex, write_all_atomic, Durability};
 
@@ -128,14 +128,21 @@ impl CheckpointManager {
         self.git_diff_plan.as_ref()
     }
 
-    /// Capture a checkpoint of `checkpoint_type` with an optional payload.
+    /// Capture a checkpoint of the host's, of `checkpoint_type`, with an
+    /// optional payload.
     pub fn capture(
         &mut self,
         checkpoint_type: CheckpointType,
         summary: &str,
         payload: Option<&[u8]>,
     ) -> Result<CheckpointRecord, CheckpointError> {
-        self.capture_with_details(checkpoint_type, summary, payload, None)
+        self.capture_with_details(
+            checkpoint_type,
+            summary,
+            payload,
+            None,
+            CheckpointSource::Host,
+        )
     }
 
     /// [`CheckpointManager::capture`] with `details` describing the payload.
@@ -145,6 +152,7 @@ impl CheckpointManager {
         summary: &str,
         payload: Option<&[u8]>,
         details: Option<serde_json::Value>,
+        source: CheckpointSource,
     ) -> Result<CheckpointRecord, CheckpointError> {
         if self.mode == CheckpointMode::Disabled {
             return Err(CheckpointError::Disabled);
@@ -194,6 +202,7 @@ impl CheckpointManager {
             run_id: self.owner.run_id.clone(),
             attempt: self.owner.attempt,
             summary: summary.to_string(),
+            source,
             path: display(&record_path),
             payload_path,
             payload_bytes,

@@ -2,20 +2,24 @@
 //! worktree against the plan's base ref (staged, unstaged, new, deleted and
 //! binary files alike), a `log-tail` of stdout/stderr, and a `summary`.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
+use crate::capabilities::bounds::cut;
 use crate::capabilities::subprocess::policy::resolve_program;
-use crate::capabilities::subprocess::Subprocesses;
+use crate::capabilities::subprocess::{Builtin, HostCommand, Subprocesses};
 use crate::contracts::GitDiffSnapshotPlan;
+use crate::fsutil::random_name;
 use crate::logs::LogSession;
+use crate::sandbox::bindings::baa::worker::subprocess::SpawnError;
 
-/// How long the host's own git commands of a snapshot may take.
-pub const GIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of each stream in a `log-tail` checkpoint when `logTailLines` is not set.
 pub const DEFAULT_LOG_TAIL_LINES: usize = 50;
+
+/// Changed files listed in a `git-diff` record's details.
+const MAX_LISTED_FILES: usize = 10_000;
 
 /// A captured git diff: the patch (payload) and what it touches (details).
 pub struct GitDiff {
@@ -24,127 +28,143 @@ pub struct GitDiff {
     pub summary: String,
 }
 
-/// Options that keep git from running programs or hooks configured in the
-/// (worker-writable) repository while the host snapshots it.
+/// Why no snapshot was taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The step's deadline (plus its grace) came first.
+    #[error("cut short by the step's deadline")]
+    CutShort,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Options that keep git from reading configuration or running hooks the
+/// host does not control. They are the first line only: the snapshot's
+/// confinement lets it execute git and nothing else, so a filter, hook,
+/// fsmonitor, textconv, pager or credential helper a repository configures
+/// is refused by the kernel.
 pub const SAFE_GIT: &[&str] = &[
     "-c",
     "core.fsmonitor=false",
     "-c",
     "core.hooksPath=/dev/null",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "diff.external=",
     "--no-pager",
 ];
 
-async fn git(
-    subprocesses: &mut Subprocesses,
-    git: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Result<Vec<u8>, String> {
-    let mut full: Vec<&str> = SAFE_GIT.to_vec();
-    full.extend_from_slice(args);
-    let (status, stdout, stderr) = subprocesses
-        .run_host(git, &full, env, GIT_TIMEOUT)
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    if status.code != Some(0) {
-        return Err(format!(
-            "`git {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&stderr).trim()
-        ));
+/// Environment of the host's git: no global or system configuration or
+/// attributes, no prompts.
+const SAFE_GIT_ENV: &[(&str, &str)] = &[
+    ("GIT_CONFIG_NOSYSTEM", "1"),
+    ("GIT_CONFIG_GLOBAL", "/dev/null"),
+    ("GIT_ATTR_NOSYSTEM", "1"),
+    ("GIT_TERMINAL_PROMPT", "0"),
+    ("GIT_OPTIONAL_LOCKS", "0"),
+];
+
+/// One snapshot's git commands, run as the step's user inside its
+/// confinement until `deadline`.
+struct Git<'a> {
+    subprocesses: &'a mut Subprocesses,
+    program: PathBuf,
+    index: Option<String>,
+    deadline: Instant,
+}
+
+impl Git<'_> {
+    async fn run(&mut self, args: &[&str]) -> Result<Vec<u8>, SnapshotError> {
+        let mut full: Vec<&str> = SAFE_GIT.to_vec();
+        full.extend_from_slice(args);
+        let mut env: Vec<(&str, &str)> = SAFE_GIT_ENV.to_vec();
+        if let Some(index) = &self.index {
+            env.push(("GIT_INDEX_FILE", index));
+        }
+        let out = self
+            .subprocesses
+            .run_host(HostCommand {
+                program: &self.program,
+                builtin: None,
+                args: &full,
+                env: &env,
+                stdin: None,
+                deadline: self.deadline,
+            })
+            .await
+            .map_err(|e| match e {
+                SpawnError::Denied(_) if Instant::now() >= self.deadline => SnapshotError::CutShort,
+                e => SnapshotError::Failed(format!("`git {}`: {e:?}", args.join(" "))),
+            })?;
+        if out.status.timed_out {
+            return Err(SnapshotError::CutShort);
+        }
+        if out.status.code != Some(0) {
+            return Err(SnapshotError::Failed(format!(
+                "`git {}` failed: {}",
+                args.join(" "),
+                cut(String::from_utf8_lossy(&out.stderr).trim(), 4096)
+            )));
+        }
+        Ok(out.stdout)
     }
-    Ok(stdout)
+
+    /// A builtin file operation, as the step's user.
+    async fn builtin(&mut self, op: Builtin) -> Result<(), SnapshotError> {
+        let out = self
+            .subprocesses
+            .run_host(HostCommand::builtin(op, None, self.deadline))
+            .await
+            .map_err(|e| SnapshotError::Failed(format!("{e:?}")))?;
+        match out.status.code {
+            Some(0) => Ok(()),
+            _ if out.status.timed_out => Err(SnapshotError::CutShort),
+            _ => Err(SnapshotError::Failed(cut(
+                String::from_utf8_lossy(&out.stderr).trim(),
+                4096,
+            ))),
+        }
+    }
 }
 
 /// Snapshot the worktree against `plan.base_ref`: the changes are staged
 /// into a temporary index (never the repository's own), so new files count
-/// and the worktree's index is left as it was.
+/// and the worktree's index is left as it was. Every command (git, and the
+/// copy and removal of the temporary index) runs as the step's user inside
+/// its confinement, by `deadline`.
 pub async fn git_diff(
     subprocesses: &mut Subprocesses,
     plan: &GitDiffSnapshotPlan,
-    scratch: &Path,
-) -> Result<GitDiff, String> {
-    let git_path = resolve_program("git")?;
-    let index_path = String::from_utf8_lossy(
-        &git(
-            subprocesses,
-            &git_path,
-            &["rev-parse", "--git-path", "index"],
-            &[],
-        )
-        .await?,
-    )
-    .trim()
-    .to_string();
-    let real_index = Path::new(&plan.worktree_path).join(&index_path);
-    // Steps on one worktree may share a scratch directory: one name each.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temp_index = scratch.join(format!("baa-snapshot-index-{}-{n}", std::process::id()));
-    // Starting from a copy of the real index only saves git re-reading
-    // files; copy it only when it really lies inside the worktree (a worker
-    // may have pointed `.git` anywhere).
-    let worktree = Path::new(&plan.worktree_path).canonicalize().ok();
-    let inside = match (real_index.canonicalize(), worktree) {
-        (Ok(index), Some(worktree)) => index.starts_with(&worktree) && index.is_file(),
-        _ => false,
+    deadline: Instant,
+) -> Result<GitDiff, SnapshotError> {
+    let program = resolve_program("git").map_err(SnapshotError::Failed)?;
+    let scratch = subprocesses
+        .scratch_dir()
+        .map_err(|e| SnapshotError::Failed(format!("{e:?}")))?;
+    let mut git = Git {
+        subprocesses,
+        program,
+        index: None,
+        deadline,
     };
-    if inside {
-        std::fs::copy(&real_index, &temp_index)
-            .map_err(|e| format!("cannot copy the git index: {e}"))?;
-    }
-    let temp = temp_index.display().to_string();
-    let env = [("GIT_INDEX_FILE", temp.as_str())];
-    let result = async {
-        git(subprocesses, &git_path, &["add", "-A"], &env).await?;
-        let base = plan.base_ref.as_str();
-        let patch = git(
-            subprocesses,
-            &git_path,
-            &[
-                "diff",
-                "--cached",
-                "--binary",
-                "--no-ext-diff",
-                "--no-textconv",
-                "--no-color",
-                base,
-                "--",
-            ],
-            &env,
-        )
-        .await?;
-        let names = git(
-            subprocesses,
-            &git_path,
-            &[
-                "diff",
-                "--cached",
-                "--name-status",
-                "--no-renames",
-                "-z",
-                base,
-                "--",
-            ],
-            &env,
-        )
-        .await?;
-        let stat = if plan.include_stat {
-            let stat = git(
-                subprocesses,
-                &git_path,
-                &["diff", "--cached", "--stat", "--no-color", base, "--"],
-                &env,
-            )
-            .await?;
-            Some(String::from_utf8_lossy(&stat).into_owned())
-        } else {
-            None
-        };
-        Ok::<_, String>((patch, names, stat))
-    }
-    .await;
-    let _ = std::fs::remove_file(&temp_index);
+    let index_path =
+        String::from_utf8_lossy(&git.run(&["rev-parse", "--git-path", "index"]).await?)
+            .trim()
+            .to_string();
+    let real_index = Path::new(&plan.worktree_path).join(index_path);
+    let temp_index = scratch.join(format!("baa-snapshot-index-{}", random_name()));
+    // Starting from a copy of the real index only saves git re-reading
+    // files. The copy is made as the step's user: a link planted at either
+    // end can only reach what the step may touch anyway.
+    git.builtin(Builtin::CopyFile {
+        from: real_index,
+        to: temp_index.clone(),
+    })
+    .await?;
+    git.index = Some(temp_index.display().to_string());
+    let result = staged_diff(&mut git, plan).await;
+    let _ = git.builtin(Builtin::Remove { path: temp_index }).await;
     let (patch, names, stat) = result?;
 
     // `-z --name-status`: STATUS NUL PATH NUL …
@@ -152,21 +172,29 @@ pub async fn git_diff(
         .split(|b| *b == 0)
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .collect();
-    let files: Vec<Value> = fields
+    let changed: Vec<&[String]> = fields
         .chunks(2)
         .filter(|pair| pair.len() == 2 && !pair[0].is_empty())
-        .map(|pair| json!({ "status": pair[0], "path": pair[1] }))
         .collect();
-    let summary = if files.is_empty() {
+    // The record lists the first files; the patch has them all.
+    let files: Vec<Value> = changed
+        .iter()
+        .take(MAX_LISTED_FILES)
+        .map(|pair| json!({ "status": pair[0], "path": cut(&pair[1], 4096) }))
+        .collect();
+    let summary = if changed.is_empty() {
         format!("no changes against {}", short(&plan.base_ref))
     } else {
         format!(
             "{} file(s) changed against {}",
-            files.len(),
+            changed.len(),
             short(&plan.base_ref)
         )
     };
     let mut details = json!({ "baseRef": plan.base_ref, "files": files });
+    if changed.len() > MAX_LISTED_FILES {
+        details["filesNotListed"] = json!(changed.len() - MAX_LISTED_FILES);
+    }
     if let Some(stat) = stat {
         details["stat"] = Value::String(stat);
     }
@@ -175,6 +203,48 @@ pub async fn git_diff(
         details,
         summary,
     })
+}
+
+/// The patch, the `--name-status -z` list and (when planned) the stat of
+/// the worktree staged into `git`'s temporary index, against the base ref.
+async fn staged_diff(
+    git: &mut Git<'_>,
+    plan: &GitDiffSnapshotPlan,
+) -> Result<(Vec<u8>, Vec<u8>, Option<String>), SnapshotError> {
+    git.run(&["add", "-A"]).await?;
+    let base = plan.base_ref.as_str();
+    let patch = git
+        .run(&[
+            "diff",
+            "--cached",
+            "--binary",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--no-color",
+            base,
+            "--",
+        ])
+        .await?;
+    let names = git
+        .run(&[
+            "diff",
+            "--cached",
+            "--name-status",
+            "--no-renames",
+            "-z",
+            base,
+            "--",
+        ])
+        .await?;
+    let stat = if plan.include_stat {
+        let stat = git
+            .run(&["diff", "--cached", "--stat", "--no-color", base, "--"])
+            .await?;
+        Some(String::from_utf8_lossy(&stat).into_owned())
+    } else {
+        None
+    };
+    Ok((patch, names, stat))
 }
 
 fn short(rev: &str) -> &str {

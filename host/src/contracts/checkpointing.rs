@@ -46,7 +46,8 @@ impl CheckpointType {
                     });
                 if !valid {
                     return Err(format!(
-                        "`{other}` is not a checkpoint type: use summary, git-diff, log-tail or a name of lowercase letters, digits, `-` and `.`"
+                        "`{}` is not a checkpoint type: use summary, git-diff, log-tail or a name of lowercase letters, digits, `-` and `.`",
+                        crate::capabilities::bounds::cut(other, 64)
                     ));
                 }
                 Self::Custom(other.to_string())
@@ -80,6 +81,21 @@ super::string_schema!(
     "^[a-z0-9.-]{1,64}$"
 );
 
+/// Who wrote a checkpoint's payload. A worker may capture the built-in
+/// types with a payload of its own; only the host's are its snapshots.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointSource {
+    /// Captured by the host (its git-diff snapshots, log tails, summaries).
+    Host,
+    /// Captured by the worker, with the worker's own payload (or none). A
+    /// record without a source (older versions) counts as the worker's.
+    #[default]
+    Worker,
+}
+
 /// One checkpoint: `checkpoints/<seq:06>.json`, its payload beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -94,6 +110,9 @@ pub struct CheckpointRecord {
     pub run_id: String,
     pub attempt: u32,
     pub summary: String,
+    /// Who captured it: `host` or `worker`.
+    #[serde(default)]
+    pub source: CheckpointSource,
     /// The record file itself.
     pub path: String,
     /// The payload file (`<seq:06>.<type>.payload`), when there is one.

@@ -149,6 +149,9 @@ pub enum FailureReason {
     MemoryLimit,
     /// Output exceeded its limit (the worker's own, or a subprocess's).
     OutputLimit,
+    /// The step's logs, events, artifacts and checkpoints outgrew its disk
+    /// budget (`limits.step-disk-mib`).
+    DiskLimit,
     /// The guest trapped (a panic, `unreachable`, …).
     Trap,
     /// The policy refused something the worker needed.

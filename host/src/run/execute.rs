@@ -15,6 +15,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::prepare::PreparedStepRun;
 use super::RunnerShared;
+use crate::capabilities::bounds::{self, cut_list, cut_owned};
 use crate::capabilities::subprocess::launcher;
 use crate::capabilities::subprocess::policy::Network;
 use crate::capabilities::subprocess::policy::CHILD_PATH;
@@ -22,14 +23,14 @@ use crate::capabilities::subprocess::user::dedicated as dedicated_user;
 use crate::capabilities::subprocess::{Confinement, Denial, ExecPolicy, Setup, Subprocesses};
 use crate::config::KindGrant;
 use crate::contracts::{
-    CheckpointMode, EventLevel, EventSource, FailureReason, FailureRecord, PluginRecord,
-    StepArtifact, StepExecutionOutcome, StepKind, SuggestedFollowup,
+    CheckpointMode, CheckpointSource, CheckpointType, EventLevel, EventSource, FailureReason,
+    FailureRecord, PluginRecord, StepArtifact, StepExecutionOutcome, StepKind, SuggestedFollowup,
 };
 use crate::logs::Stream;
 use crate::plugins::PluginError;
 use crate::sandbox::bindings::baa::worker::types::{ResumeCheckpoint, StepRequest};
 use crate::sandbox::bindings::exports::baa::worker::worker_executor::{
-    ExecuteError, Status, WorkerInfo, WorkerOutcome,
+    Capabilities, ExecuteError, Status, WorkerInfo, WorkerOutcome,
 };
 use crate::sandbox::bindings::WorkerPre;
 use crate::sandbox::limits::StepLimits;
@@ -42,7 +43,7 @@ use crate::sandbox::stdio::LogOutput;
 pub(crate) fn step_subprocesses(
     shared: &RunnerShared,
     prepared: &PreparedStepRun,
-    deadline: Instant,
+    deadlines: Deadlines,
     policy: ExecPolicy,
 ) -> Result<Subprocesses, String> {
     let config = &shared.config;
@@ -67,13 +68,36 @@ pub(crate) fn step_subprocesses(
         Setup {
             worktree: prepared.worktree().to_path_buf(),
             base_env,
-            deadline,
+            deadline: deadlines.step,
+            deadline_hard: deadlines.hard,
             output_cap: config.limits.subprocess_output_bytes,
             max_processes: config.limits.max_processes as usize,
             logs: prepared.logs.clone(),
             confinement,
         },
     ))
+}
+
+/// The one deadline of a step and its grace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    /// `timeoutSec` after the step started: when the worker's time is up
+    /// and its subprocesses are stopped.
+    pub step: Instant,
+    /// `step` plus `limits.timeout-grace-ms`: when the guest is stopped
+    /// whatever it is doing, and the last moment any host work for the step
+    /// (its snapshots, the final git-diff) may run.
+    pub hard: Instant,
+}
+
+impl Deadlines {
+    pub fn new(started: Instant, timeout_sec: f64, grace_ms: u64) -> Self {
+        let step = started + Duration::from_secs_f64(timeout_sec);
+        Deadlines {
+            step,
+            hard: step + Duration::from_millis(grace_ms),
+        }
+    }
 }
 
 /// The checkpoints the host captures when a step ends in `capture` mode,
@@ -83,9 +107,10 @@ pub(crate) async fn final_checkpoints(
     shared: &RunnerShared,
     prepared: &PreparedStepRun,
     report: &Report,
+    deadlines: Deadlines,
 ) {
     use crate::checkpoints::snapshot;
-    use crate::contracts::CheckpointType;
+
     if prepared.checkpoint.mode != CheckpointMode::Capture {
         return;
     }
@@ -93,14 +118,13 @@ pub(crate) async fn final_checkpoints(
     let config = prepared.request.checkpoint.clone().unwrap_or_default();
     let plan = prepared.checkpoint.git_diff_plan.clone();
     let mut captures: Vec<(CheckpointType, String, Vec<u8>, serde_json::Value)> = Vec::new();
+    let mut cut_short = Vec::new();
     if let Some(plan) = plan {
-        let deadline = Instant::now() + snapshot::GIT_TIMEOUT * 4;
-        let diff = match step_subprocesses(shared, prepared, deadline, ExecPolicy::default()) {
-            Ok(mut subprocesses) => match subprocesses.scratch_dir() {
-                Ok(scratch) => snapshot::git_diff(&mut subprocesses, &plan, &scratch).await,
-                Err(e) => Err(format!("{e:?}")),
-            },
-            Err(e) => Err(e),
+        let diff = match step_subprocesses(shared, prepared, deadlines, ExecPolicy::default()) {
+            Ok(mut subprocesses) => {
+                snapshot::git_diff(&mut subprocesses, &plan, deadlines.hard).await
+            }
+            Err(e) => Err(snapshot::SnapshotError::Failed(e)),
         };
         match diff {
             Ok(diff) => captures.push((
@@ -109,6 +133,16 @@ pub(crate) async fn final_checkpoints(
                 diff.patch,
                 diff.details,
             )),
+            Err(snapshot::SnapshotError::CutShort) => {
+                cut_short.push("git-diff");
+                logs.event(
+                    EventSource::Host,
+                    EventLevel::Warn,
+                    "checkpoint.cut-short",
+                    "no git-diff snapshot: the step's deadline (timeoutSec plus limits.timeout-grace-ms) came first",
+                    Some(json!({ "type": "git-diff" })),
+                );
+            }
             Err(why) => {
                 logs.event(
                     EventSource::Host,
@@ -141,6 +175,7 @@ pub(crate) async fn final_checkpoints(
         "summary": report.summary,
         "exitCode": report.exit_code,
         "failure": report.failure,
+        "cutShort": cut_short,
     });
     captures.push((
         CheckpointType::Summary,
@@ -151,12 +186,20 @@ pub(crate) async fn final_checkpoints(
         serde_json::to_vec_pretty(&payload).unwrap_or_default(),
         json!({ "outcome": report.outcome }),
     ));
+    let manager_budget = logs.budget();
     let mut manager = prepared
         .checkpoint_manager
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     for (kind, summary, payload, details) in captures {
-        match manager.capture_with_details(kind, &summary, Some(&payload), Some(details)) {
+        manager_budget.record(payload.len() as u64);
+        match manager.capture_with_details(
+            kind,
+            &summary,
+            Some(&payload),
+            Some(details),
+            CheckpointSource::Host,
+        ) {
             Ok(record) => logs.event(
                 EventSource::Host,
                 EventLevel::Info,
@@ -227,18 +270,13 @@ fn engine_error(context: &str, error: impl std::fmt::Display) -> Report {
 pub(crate) async fn run_worker(
     shared: &RunnerShared,
     prepared: &PreparedStepRun,
-    started: Instant,
+    deadlines: Deadlines,
     cancel: &CancellationToken,
 ) -> Report {
     let request = &prepared.request;
     let logs = prepared.logs.clone();
-    let timeout = Duration::from_secs_f64(request.timeout_sec);
-    let deadline = started + timeout;
     let limits = &shared.config.limits;
-    // A guest waiting in a host call may take a little past the deadline to
-    // report what happened once its subprocesses were killed; guest code
-    // still computing at the deadline is interrupted within three epoch ticks.
-    let guest_deadline = deadline + Duration::from_millis(limits.timeout_grace_ms);
+    let deadline = deadlines.step;
 
     let entry = match shared.plugins.find(&request.worker_kind) {
         Ok(entry) => entry.clone(),
@@ -283,7 +321,7 @@ pub(crate) async fn run_worker(
         return engine_error("cannot open the worktree for the worker", e);
     }
 
-    let subprocesses = match step_subprocesses(shared, prepared, deadline, ExecPolicy::default()) {
+    let subprocesses = match step_subprocesses(shared, prepared, deadlines, ExecPolicy::default()) {
         Ok(subprocesses) => subprocesses,
         Err(e) => return engine_error("cannot confine subprocesses on this machine", e),
     };
@@ -321,8 +359,9 @@ pub(crate) async fn run_worker(
         plugin.manifest.as_ref(),
         shared,
         Bounds {
-            backstop: guest_deadline + Duration::from_secs(1),
+            backstop: deadlines.hard,
             cancel,
+            disk: prepared.logs.budget().exceeded(),
         },
     );
     let mut report = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
@@ -341,6 +380,9 @@ pub(crate) async fn run_worker(
         }
     };
 
+    // Measured before anything else: a guest that returns after the
+    // deadline fired is late, whatever it says.
+    let timed_out = Instant::now() >= deadline;
     // The step is over: nothing it started may outlive it.
     let grace = Duration::from_millis(shared.config.sandbox.kill_grace_ms);
     let killed = live_groups.stop_all(grace).await;
@@ -351,23 +393,18 @@ pub(crate) async fn run_worker(
             None,
         );
     }
-    let timed_out = Instant::now() >= deadline;
     let data = store.data();
-    let denials = data.host.subprocesses.denials().to_vec();
-    let memory_hit = data.limits.memory_hit;
-    let output_hit = data.host.subprocesses.output_limit_hits() > 0 || logs.truncated();
+    let limits_hit = LimitsHit {
+        timed_out,
+        memory: data.limits.memory_hit,
+        output: data.host.subprocesses.output_limit_hits() > 0 || logs.truncated(),
+        disk: logs.budget().is_exceeded(),
+        denials: data.host.subprocesses.denials().to_vec(),
+    };
     report.artifacts = data.host.artifacts.clone();
     report.plugin = Some(plugin_record);
     report.sandbox = Some(data.host.subprocesses.confinement_record());
-    refine_failure(
-        &mut report,
-        request.timeout_sec,
-        limits,
-        timed_out,
-        memory_hit,
-        output_hit,
-        &denials,
-    );
+    refine_failure(&mut report, request.timeout_sec, limits, &limits_hit);
     report
 }
 
@@ -388,17 +425,35 @@ fn trap_code(trap: &Trap) -> String {
     code
 }
 
-/// Name the limit or policy behind a failure: timeout, memory, output, or a
+/// Which limits a step ran into.
+struct LimitsHit {
+    /// The step's deadline fired before the guest returned.
+    timed_out: bool,
+    memory: bool,
+    output: bool,
+    /// The step's disk budget is used up.
+    disk: bool,
+    denials: Vec<Denial>,
+}
+
+/// Name the limit or policy behind a failure: timeout (whatever the guest
+/// returned after the deadline), the disk budget, memory, output, or a
 /// policy denial, in that order; otherwise the worker's own failure.
 fn refine_failure(
     report: &mut Report,
     timeout_sec: f64,
     limits: &crate::config::Limits,
-    timed_out: bool,
-    memory_hit: bool,
-    output_hit: bool,
-    denials: &[Denial],
+    hit: &LimitsHit,
 ) {
+    let reason = report.failure.as_ref().map(|f| f.reason);
+    let forced = (hit.timed_out && reason != Some(FailureReason::InvalidPlugin))
+        || (hit.disk && reason != Some(FailureReason::Timeout));
+    if forced && report.outcome != StepExecutionOutcome::Failed {
+        // What the guest claimed after its time or budget ran out does not count.
+        report.outcome = StepExecutionOutcome::Failed;
+        report.needs_human = false;
+        report.failure = None;
+    }
     if report.outcome != StepExecutionOutcome::Failed {
         return;
     }
@@ -407,17 +462,26 @@ fn refine_failure(
         reason,
         None | Some(FailureReason::WorkerFailed) | Some(FailureReason::Trap)
     );
-    let refined = if timed_out && reason != Some(FailureReason::InvalidPlugin) {
+    let denials = &hit.denials;
+    let refined = if hit.timed_out && reason != Some(FailureReason::InvalidPlugin) {
         Some((
             FailureReason::Timeout,
             format!("timed out after {timeout_sec}s"),
         ))
-    } else if memory_hit && reason == Some(FailureReason::Trap) {
+    } else if hit.disk {
+        Some((
+            FailureReason::DiskLimit,
+            format!(
+                "exceeded the step's disk budget of {} MiB (limits.step-disk-mib)",
+                limits.step_disk_mib
+            ),
+        ))
+    } else if hit.memory && reason == Some(FailureReason::Trap) {
         Some((
             FailureReason::MemoryLimit,
             format!("exceeded the memory limit of {} MiB", limits.memory_mib),
         ))
-    } else if output_hit && trapped_or_failed {
+    } else if hit.output && trapped_or_failed {
         Some((
             FailureReason::OutputLimit,
             "exceeded an output limit".to_string(),
@@ -450,7 +514,10 @@ fn refine_failure(
     if let Some((reason, message)) = refined {
         if matches!(
             reason,
-            FailureReason::Timeout | FailureReason::MemoryLimit | FailureReason::OutputLimit
+            FailureReason::Timeout
+                | FailureReason::MemoryLimit
+                | FailureReason::OutputLimit
+                | FailureReason::DiskLimit
         ) {
             report.summary = format!("{message}: {}", report.summary);
         }
@@ -469,10 +536,12 @@ fn refine_failure(
 }
 
 /// What ends a guest call early: the backstop for a host call that does
-/// not return (the guest's deadline plus a second), or cancellation.
+/// not return (the step's hard deadline), cancellation, or the step's disk
+/// budget running out.
 struct Bounds<'a> {
     backstop: Instant,
     cancel: &'a CancellationToken,
+    disk: CancellationToken,
 }
 
 impl Bounds<'_> {
@@ -487,6 +556,7 @@ impl Bounds<'_> {
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => Err(Report::interrupted(format!("cancelled {during}"))),
+            () = self.disk.cancelled() => Err(Report::failed(FailureReason::DiskLimit, format!("stopped {during}"))),
             out = tokio::time::timeout_at(self.backstop, call) => {
                 out.map_err(|_| Report::failed(FailureReason::Timeout, format!("interrupted {during}")))
             }
@@ -548,7 +618,7 @@ async fn call_worker(
         .run(executor.call_describe(&mut *store), during)
         .await
     {
-        Ok(Ok(info)) => info,
+        Ok(Ok(info)) => capped_info(info),
         Ok(Err(e)) => return trap_report(e, during),
         Err(report) => return report,
     };
@@ -708,7 +778,7 @@ async fn call_worker(
         timeout_ms: (request.timeout_sec * 1000.0) as u64,
         resume: prepared.resume.as_ref().map(|r| ResumeCheckpoint {
             seq: r.record.seq,
-            checkpoint_type: r.record.checkpoint_type.to_string(),
+            checkpoint_type: resume_type(&r.record),
             summary: r.record.summary.clone(),
             payload: r.payload.clone(),
         }),
@@ -725,10 +795,47 @@ async fn call_worker(
     };
     match outcome {
         Ok(outcome) => from_worker_outcome(outcome),
-        Err(ExecuteError::InvalidRequest(why)) => {
-            Report::failed(FailureReason::InvalidRequest, why)
-        }
-        Err(ExecuteError::Failed(why)) => Report::failed(FailureReason::WorkerFailed, why),
+        Err(ExecuteError::InvalidRequest(why)) => Report::failed(
+            FailureReason::InvalidRequest,
+            cut_owned(why, bounds::FAILURE_MESSAGE),
+        ),
+        Err(ExecuteError::Failed(why)) => Report::failed(
+            FailureReason::WorkerFailed,
+            cut_owned(why, bounds::FAILURE_MESSAGE),
+        ),
+    }
+}
+
+/// What a kind says of itself, each string cut to its cap before it is
+/// copied anywhere (a name that long never matches a kind anyway).
+fn capped_info(info: WorkerInfo) -> WorkerInfo {
+    let caps = info.capabilities;
+    WorkerInfo {
+        name: cut_owned(info.name, bounds::KIND_NAME),
+        version: cut_owned(info.version, bounds::KIND_NAME),
+        description: cut_owned(info.description, bounds::DESCRIPTION),
+        capabilities: Capabilities {
+            programs: cut_list(
+                caps.programs,
+                bounds::CAPABILITY_ITEMS,
+                bounds::CAPABILITY_ITEM,
+            ),
+            env: cut_list(caps.env, bounds::CAPABILITY_ITEMS, bounds::CAPABILITY_ITEM),
+            network: caps.network,
+        },
+    }
+}
+
+/// The type a resumed worker is told its checkpoint has: a built-in type
+/// captured by a worker is `worker:<type>`, so it never passes for one of
+/// the host's snapshots.
+fn resume_type(record: &crate::contracts::CheckpointRecord) -> String {
+    let name = record.checkpoint_type.to_string();
+    let builtin = CheckpointType::BUILTIN.contains(&record.checkpoint_type);
+    if builtin && record.source != CheckpointSource::Host {
+        format!("worker:{name}")
+    } else {
+        name
     }
 }
 
@@ -741,18 +848,19 @@ fn from_worker_outcome(outcome: WorkerOutcome) -> Report {
     let followups = outcome
         .suggested_followup
         .into_iter()
+        .take(bounds::FOLLOWUPS)
         .filter_map(|f| {
             Some(SuggestedFollowup {
-                step_kind: StepKind::parse(&f.step_kind).ok()?,
-                step_name: f.step_name,
-                reason: f.reason,
+                step_kind: StepKind::parse(&cut_owned(f.step_kind, bounds::FOLLOWUP_NAME)).ok()?,
+                step_name: cut_owned(f.step_name, bounds::FOLLOWUP_NAME),
+                reason: cut_owned(f.reason, bounds::FOLLOWUP_REASON),
             })
         })
         .collect();
     Report {
         outcome: step_outcome,
         failure: None,
-        summary: outcome.summary,
+        summary: cut_owned(outcome.summary, bounds::SUMMARY),
         needs_human,
         exit_code: outcome.exit_code,
         followups,
@@ -843,6 +951,7 @@ pub(crate) async fn describe(
                     worktree: std::path::PathBuf::from("/nonexistent"),
                     base_env: Default::default(),
                     deadline,
+                    deadline_hard: deadline,
                     output_cap: 0,
                     max_processes: 0,
                     logs,
@@ -872,7 +981,7 @@ pub(crate) async fn describe(
             .await
     };
     match tokio::time::timeout_at(deadline + Duration::from_secs(1), call).await {
-        Ok(Ok(info)) => Ok((info, plugin.sha256.clone())),
+        Ok(Ok(info)) => Ok((capped_info(info), plugin.sha256.clone())),
         Ok(Err(e)) => Err(format!("describe failed: {e:#}")),
         Err(_) => Err("describe did not return in time".into()),
     }

@@ -233,8 +233,14 @@ impl Runner {
         write_all_atomic(&[(state_path, &bytes)], prepared.durability)
             .map_err(Error::io(state_path))?;
 
-        let report = execute::run_worker(&self.shared, &prepared, started, cancel).await;
-        execute::final_checkpoints(&self.shared, &prepared, &report).await;
+        // One deadline for all of the step's work, the host's included.
+        let deadlines = execute::Deadlines::new(
+            started,
+            prepared.request.timeout_sec,
+            self.shared.config.limits.timeout_grace_ms,
+        );
+        let report = execute::run_worker(&self.shared, &prepared, deadlines, cancel).await;
+        execute::final_checkpoints(&self.shared, &prepared, &report, deadlines).await;
         finish(prepared, report, started_at, started.into_std())
     }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::lock::RunLock;
 use super::validate::{validate, ValidPaths};
+use crate::budget::DiskBudget;
 use crate::checkpoints::{CheckpointManager, CheckpointOwner, Resume, StepHistory};
 use crate::contracts::{
     CheckpointMode, GitDiffSnapshotPlan, LocalRunLogSession, LocalRunPaths, LogSessionStatus,
@@ -167,6 +168,7 @@ pub fn prepare(
         resume,
         recovered,
         max_stream_bytes: limits.log_stream_bytes,
+        disk_budget: DiskBudget::new(limits.step_disk_mib.saturating_mul(1024 * 1024)),
         durability,
     };
     match populate(request, paths, log_paths, &run_dir, observer, setup) {
@@ -187,6 +189,7 @@ struct Setup {
     resume: Option<Resume>,
     recovered: super::recover::RecoveryReport,
     max_stream_bytes: u64,
+    disk_budget: DiskBudget,
     durability: Durability,
 }
 
@@ -203,6 +206,7 @@ fn populate(
         resume,
         recovered,
         max_stream_bytes,
+        disk_budget,
         durability,
     } = setup;
     let lock = RunLock::acquire(run_dir)?;
@@ -262,8 +266,14 @@ fn populate(
         stdout_log_path: log_paths.stdout_log_path.clone(),
         stderr_log_path: log_paths.stderr_log_path.clone(),
     };
-    let logs = LogSession::create(session.clone(), observer, max_stream_bytes, durability)
-        .map_err(Error::io(Path::new(&log_paths.logs_dir)))?;
+    let logs = LogSession::create(
+        session.clone(),
+        observer,
+        max_stream_bytes,
+        durability,
+        disk_budget,
+    )
+    .map_err(Error::io(Path::new(&log_paths.logs_dir)))?;
 
     let mut manager = CheckpointManager::new(
         PathBuf::from(&log_paths.checkpoints_dir),
@@ -300,9 +310,8 @@ fn populate(
             crate::contracts::EventLevel::Warn,
             "run.recovered",
             format!(
-                "closed earlier attempt {} that a stopped host left running (killed {} process group(s))",
-                run.run_dir,
-                run.killed_processes.len()
+                "closed earlier attempt {} that a stopped host left running",
+                run.run_dir
             ),
             Some(serde_json::to_value(run).unwrap_or_default()),
         );

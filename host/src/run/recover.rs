@@ -1,8 +1,13 @@
 //! Recovery after a host crash: attempts left `running` with no writer
-//! holding their lock are found, the processes they started are killed (a
-//! pid counts only if its start time still matches), and their state and
-//! metadata are marked `interrupted` with the last valid checkpoint seq.
-//! Running recovery again changes nothing.
+//! holding their lock are found, and their state and metadata are marked
+//! `interrupted` with the last valid checkpoint seq. Running recovery again
+//! changes nothing.
+//!
+//! Recovery kills no process named in a run's records: a worker could
+//! have written any pid there. A step's processes stop on their own when
+//! the host dies (each supervisor watches its lifeline), and what a
+//! dedicated user left is swept by uid from the host-only lease records
+//! (`user::recover_abandoned`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +16,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::lock::RunLock;
-use crate::capabilities::subprocess::{kill_group, process_start_time};
 use crate::checkpoints::StepHistory;
 use crate::contracts::{
     EventLevel, EventSource, FailureReason, FailureRecord, RunMetadata, RunStateSnapshot,
@@ -24,8 +28,6 @@ use crate::fsutil::{now_rfc3339, read_json_lines, read_record, write_record_atom
 #[serde(rename_all = "camelCase")]
 pub struct RecoveredRun {
     pub run_dir: String,
-    /// Pids of process groups that were still running and were killed.
-    pub killed_processes: Vec<u32>,
     /// The latest valid checkpoint of the step, 0 when there is none.
     pub last_checkpoint_seq: u32,
 }
@@ -115,31 +117,6 @@ fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<Recove
     let (events, _) =
         read_json_lines::<WorkerLifecycleLogEntry>(&lifecycle).map_err(|e| e.to_string())?;
 
-    // Kill what the crashed host had started and not seen exit.
-    let mut running: Vec<(u32, Option<u64>)> = Vec::new();
-    for event in &events {
-        let pid = event
-            .data
-            .as_ref()
-            .and_then(|d| d["pid"].as_u64())
-            .map(|p| p as u32);
-        match (event.event.as_str(), pid) {
-            ("subprocess.started", Some(pid)) => {
-                let start = event.data.as_ref().and_then(|d| d["startTime"].as_u64());
-                running.push((pid, start));
-            }
-            ("subprocess.exited", Some(pid)) => running.retain(|(p, _)| *p != pid),
-            _ => {}
-        }
-    }
-    let mut killed = Vec::new();
-    for (pid, start) in running {
-        if start.is_some() && process_start_time(pid) == start {
-            kill_group(pid as i32);
-            killed.push(pid);
-        }
-    }
-
     let step_dir = run_dir.parent().unwrap_or(run_dir);
     let last_seq = StepHistory::load(step_dir, 0)
         .latest_valid()
@@ -158,7 +135,7 @@ fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<Recove
         &lifecycle,
         events.len() as u64 + 1,
         &failure.message,
-        json!({ "killedProcesses": killed, "lastCheckpointSeq": last_seq }),
+        json!({ "lastCheckpointSeq": last_seq }),
     )
     .map_err(|e| format!("{}: {e}", lifecycle.display()))?;
 
@@ -183,7 +160,6 @@ fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<Recove
     }
     Ok(RecoveredRun {
         run_dir: run_dir.display().to_string(),
-        killed_processes: killed,
         last_checkpoint_seq: last_seq,
     })
 }

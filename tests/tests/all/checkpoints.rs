@@ -422,10 +422,6 @@ async fn a_step_killed_mid_run_is_recovered_and_resumed_from_its_last_checkpoint
 
     let report = crate::runner().recover(&sandbox.runs);
     assert_eq!(report.recovered.len(), 1, "{report:?}");
-    assert!(
-        report.recovered[0].killed_processes.is_empty(),
-        "{report:?}"
-    );
     assert_eq!(report.recovered[0].last_checkpoint_seq, 1);
     let state = read_json(run_dir.join("state.json"));
     assert_eq!(state["status"], "interrupted");

@@ -206,10 +206,8 @@ pub fn checkpoint(checkpoint: &Resume) {
 pub fn recovery(report: &RecoveryReport) {
     for run in &report.recovered {
         println!(
-            "recovered {} (killed {} process group(s); latest valid checkpoint {})",
-            run.run_dir,
-            run.killed_processes.len(),
-            run.last_checkpoint_seq
+            "recovered {} (latest valid checkpoint {})",
+            run.run_dir, run.last_checkpoint_seq
         );
     }
     for dir in &report.live {

@@ -50,6 +50,10 @@ pub struct Launch<'a> {
     pub for_worker: bool,
     /// Seconds left in the step (the CPU limit when none is configured).
     pub seconds_left: u64,
+    /// What the process may execute (`None`: whatever it may read).
+    pub execute: Option<Vec<PathBuf>>,
+    /// A file operation the launcher performs instead of running `program`.
+    pub builtin: Option<baa_launch::Builtin>,
 }
 
 impl Confinement {
@@ -137,6 +141,7 @@ impl Confinement {
                 read,
                 write,
                 devices: DEVICES.iter().map(PathBuf::from).collect(),
+                execute: launch.execute.clone(),
                 tcp_connect: match &network {
                     Network::None => Some(Vec::new()),
                     Network::TcpPorts(ports) => Some(ports.clone()),
@@ -148,6 +153,7 @@ impl Confinement {
                 nested_sandbox: nested,
             },
             kill_grace_ms: s.kill_grace_ms,
+            builtin: launch.builtin.clone(),
         }
     }
 
@@ -180,6 +186,10 @@ impl Confinement {
                 Network::Unrestricted => json!("unrestricted"),
             },
             "nestedSandbox": policy.nested_sandbox(),
+            "execute": match policy.executables() {
+                None => json!("any"),
+                Some(files) => json!(files),
+            },
             "readPaths": self.sandbox.read_paths.iter().chain(policy.read_paths()).collect::<Vec<_>>(),
             "writePaths": policy.write_paths(),
             "rlimits": {
@@ -239,6 +249,8 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
                 policy: &policy,
                 for_worker: true,
                 seconds_left: 10,
+                execute: policy.executables(),
+                builtin: None,
             },
             lease.as_deref(),
         );

@@ -11,6 +11,7 @@
 //! - `process.rs`: a running process's output, deadline and exit.
 
 pub mod confinement;
+pub mod executables;
 pub mod launcher;
 pub mod policy;
 mod process;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
+pub use baa_launch::Builtin;
 pub use confinement::Confinement;
 pub use policy::ExecPolicy;
 pub use process::ProcessHandle;
@@ -119,7 +121,11 @@ pub struct Setup {
     /// The complete environment every child starts from (nothing of the
     /// host's own is added).
     pub base_env: BTreeMap<String, String>,
+    /// When the worker's subprocesses are stopped: the step's timeout.
     pub deadline: Instant,
+    /// When the host's own commands for the step are stopped: the timeout
+    /// plus the grace (`limits.timeout-grace-ms`).
+    pub deadline_hard: Instant,
     pub output_cap: u64,
     pub max_processes: usize,
     pub logs: Arc<LogSession>,
@@ -132,6 +138,57 @@ pub struct Setup {
 pub struct Denial {
     pub message: String,
     pub grant: Option<String>,
+}
+
+/// A command of the host's own, run inside a step's confinement.
+pub struct HostCommand<'a> {
+    /// The program (ignored for a builtin).
+    pub program: &'a Path,
+    /// A file operation the launcher performs as the step's user instead.
+    pub builtin: Option<Builtin>,
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    pub stdin: Option<Vec<u8>>,
+    /// When it is stopped (never later than the step's hard deadline).
+    pub deadline: Instant,
+}
+
+impl HostCommand<'_> {
+    /// A builtin file operation.
+    pub fn builtin(op: Builtin, stdin: Option<Vec<u8>>, deadline: Instant) -> Self {
+        HostCommand {
+            program: Path::new("/"),
+            builtin: Some(op),
+            args: &[],
+            env: &[],
+            stdin,
+            deadline,
+        }
+    }
+}
+
+/// How a host command ended and what it wrote.
+pub struct HostOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Whose command a launch is.
+enum Origin {
+    /// The worker's: its policy, its network, its output logged.
+    Worker,
+    /// The host's own: no network, executing only its program (or, for a
+    /// builtin, nothing), output returned.
+    Host(Option<Builtin>),
+}
+
+fn builtin_name(op: &Builtin) -> &'static str {
+    match op {
+        Builtin::WriteFile { .. } => "write-file",
+        Builtin::CopyFile { .. } => "copy-file",
+        Builtin::Remove { .. } => "remove",
+    }
 }
 
 /// The subprocess capability of one step.
@@ -167,7 +224,14 @@ impl Subprocesses {
     }
 
     /// Write a scratch file for a subprocess argument; returns its path.
-    pub fn scratch_file(&mut self, name: &str, contents: &[u8]) -> Result<String, SpawnError> {
+    /// The file is written by the launcher as the step's user, inside its
+    /// confinement: a link planted in the scratch directory cannot turn it
+    /// into a write elsewhere.
+    pub async fn scratch_file(
+        &mut self,
+        name: &str,
+        contents: Vec<u8>,
+    ) -> Result<String, SpawnError> {
         let valid = !name.is_empty()
             && name.len() <= 128
             && !name.starts_with('.')
@@ -176,7 +240,8 @@ impl Subprocesses {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
         if !valid {
             return Err(SpawnError::Denied(format!(
-                "scratch file name `{name}` must be a file name of letters, digits, `.`, `-` and `_`"
+                "scratch file name `{}` must be a file name of letters, digits, `.`, `-` and `_`",
+                crate::capabilities::bounds::cut(name, 128)
             )));
         }
         if contents.len() > MAX_SCRATCH_BYTES {
@@ -186,8 +251,20 @@ impl Subprocesses {
             )));
         }
         let path = self.scratch_dir()?.join(name);
-        crate::fsutil::write_atomic(&path, contents)
-            .map_err(|e| SpawnError::Io(format!("{}: {e}", path.display())))?;
+        let out = self
+            .run_host(HostCommand::builtin(
+                Builtin::WriteFile { path: path.clone() },
+                Some(contents),
+                self.setup.deadline,
+            ))
+            .await?;
+        if out.status.code != Some(0) {
+            return Err(SpawnError::Io(format!(
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
         Ok(path.display().to_string())
     }
 
@@ -200,6 +277,11 @@ impl Subprocesses {
             .lease(self.policy.write_paths())
             .map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
         Ok(self.setup.confinement.home(lease.as_deref()).join("tmp"))
+    }
+
+    /// The last moment the host's own commands for this step may run.
+    pub fn deadline_hard(&self) -> Instant {
+        self.setup.deadline_hard
     }
 
     /// Replace the policy (the kind's grants are known once it described itself).
@@ -250,6 +332,14 @@ impl Subprocesses {
 
     /// Check `cmd` against the policy and start it, confined.
     pub async fn spawn(&mut self, cmd: Command) -> Result<ProcessHandle, SpawnError> {
+        // Refused before anything of it is copied into a record.
+        if let Err(why) = check_size(&cmd) {
+            self.denials.push(Denial {
+                message: why.clone(),
+                grant: None,
+            });
+            return Err(SpawnError::Denied(why));
+        }
         let allowed = match self.policy.check(&cmd.program, &cmd.args, &cmd.env) {
             Ok(allowed) => allowed,
             Err(denied) => {
@@ -299,40 +389,59 @@ impl Subprocesses {
             format!("allowed `{}`", display_command(&allowed.path, &cmd.args)),
             Some(json!({ "program": allowed.path, "args": cmd.args, "cwd": cmd.cwd })),
         );
-        self.launch(&allowed.path, &cwd, cmd, deadline, true).await
+        self.launch(&allowed.path, &cwd, cmd, deadline, Origin::Worker)
+            .await
     }
 
-    /// Run a command of the host's own (e.g. a git snapshot) to completion
-    /// with the same confinement as a worker's, without the network. Its
-    /// output is returned, not logged.
-    pub async fn run_host(
-        &mut self,
-        program: &Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-        timeout: Duration,
-    ) -> Result<(ExitStatus, Vec<u8>, Vec<u8>), SpawnError> {
+    /// Run a command of the host's own (a git snapshot, a builtin file
+    /// operation) to completion inside the step's confinement, as the
+    /// step's user, without the network, executing nothing but its own
+    /// program (and that program's helpers), by `command.deadline` at the
+    /// latest. Its output is returned, not logged.
+    pub async fn run_host(&mut self, command: HostCommand<'_>) -> Result<HostOutput, SpawnError> {
         let cmd = Command {
-            program: program.display().to_string(),
-            args: args.iter().map(|a| a.to_string()).collect(),
+            program: match &command.builtin {
+                Some(op) => format!("baa-launch {}", builtin_name(op)),
+                None => command.program.display().to_string(),
+            },
+            args: command.args.iter().map(|a| a.to_string()).collect(),
             cwd: None,
-            env: env
+            env: command
+                .env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             timeout_ms: None,
-            stdin: None,
+            stdin: command.stdin,
         };
+        let deadline = command.deadline.min(self.setup.deadline_hard);
+        if deadline <= Instant::now() {
+            return Err(SpawnError::Denied(
+                "the step's time is up: the host runs nothing more for it".into(),
+            ));
+        }
         let worktree = self.setup.worktree.clone();
         let mut process = self
-            .launch(program, &worktree, cmd, Instant::now() + timeout, false)
+            .launch(
+                command.program,
+                &worktree,
+                cmd,
+                deadline,
+                Origin::Host(command.builtin),
+            )
             .await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
             match process.next().await {
                 Output::Stdout(bytes) => stdout.extend_from_slice(&bytes),
                 Output::Stderr(bytes) => stderr.extend_from_slice(&bytes),
-                Output::Exited(status) => return Ok((status, stdout, stderr)),
+                Output::Exited(status) => {
+                    return Ok(HostOutput {
+                        status,
+                        stdout,
+                        stderr,
+                    })
+                }
             }
         }
     }
@@ -343,8 +452,13 @@ impl Subprocesses {
         cwd: &Path,
         cmd: Command,
         deadline: Instant,
-        for_worker: bool,
+        origin: Origin,
     ) -> Result<ProcessHandle, SpawnError> {
+        let for_worker = matches!(origin, Origin::Worker);
+        let builtin = match origin {
+            Origin::Host(builtin) => builtin,
+            Origin::Worker => None,
+        };
         let confinement = &self.setup.confinement;
         let lease = confinement
             .lease(self.policy.write_paths())
@@ -352,12 +466,14 @@ impl Subprocesses {
         if let Some(lease) = &lease {
             // A program the user cannot reach would start (the launcher opens
             // it as root) but fail as soon as it looks at its own path.
-            if let Err(why) = user::check_reachable(program, lease.user()) {
-                let grant = Some(format!(
-                    "install `{}` where every user can reach it",
-                    program.display()
-                ));
-                return Err(SpawnError::Denied(self.refuse(&cmd, why, grant)));
+            if builtin.is_none() {
+                if let Err(why) = user::check_reachable(program, lease.user()) {
+                    let grant = Some(format!(
+                        "install `{}` where every user can reach it",
+                        program.display()
+                    ));
+                    return Err(SpawnError::Denied(self.refuse(&cmd, why, grant)));
+                }
             }
             // Files the worker created through WASI belong to the host.
             lease.sync().map_err(SpawnError::Io)?;
@@ -379,6 +495,14 @@ impl Subprocesses {
                 policy: &self.policy,
                 for_worker,
                 seconds_left: deadline.saturating_duration_since(Instant::now()).as_secs() + 1,
+                execute: if builtin.is_some() {
+                    Some(Vec::new())
+                } else if for_worker {
+                    self.policy.executables()
+                } else {
+                    Some(executables::needed_to_run(program))
+                },
+                builtin,
             },
             lease.as_deref(),
         );
@@ -466,6 +590,32 @@ impl Subprocesses {
     }
 }
 
+/// A command within the bounds a worker may hand over.
+fn check_size(cmd: &Command) -> Result<(), String> {
+    use crate::capabilities::bounds::{COMMAND_ARGS, COMMAND_BYTES, STDIN_BYTES};
+    let bytes = cmd.program.len()
+        + cmd.cwd.as_ref().map_or(0, String::len)
+        + cmd.args.iter().map(String::len).sum::<usize>()
+        + cmd
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if cmd.args.len() > COMMAND_ARGS || bytes > COMMAND_BYTES {
+        return Err(format!(
+            "the command has {} arguments and {bytes} bytes of program, arguments, environment and cwd; the limits are {COMMAND_ARGS} and {COMMAND_BYTES}",
+            cmd.args.len()
+        ));
+    }
+    let stdin = cmd.stdin.as_ref().map_or(0, Vec::len);
+    if stdin > STDIN_BYTES {
+        return Err(format!(
+            "stdin of {stdin} bytes exceeds the limit of {STDIN_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
 fn display_command(program: &Path, args: &[String]) -> String {
     let mut out = program.display().to_string();
     for arg in args {
@@ -537,7 +687,7 @@ mod host {
             name: String,
             contents: Vec<u8>,
         ) -> wasmtime::Result<Result<String, SpawnError>> {
-            Ok(self.host.subprocesses.scratch_file(&name, &contents))
+            Ok(self.host.subprocesses.scratch_file(&name, contents).await)
         }
     }
 

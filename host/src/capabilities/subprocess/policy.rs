@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use super::executables;
 use crate::config::KindGrant;
 
 /// Directories where program names are resolved. The host's own `PATH` is
@@ -131,6 +132,12 @@ pub struct ExecPolicy {
     read_paths: Vec<PathBuf>,
     write_paths: Vec<PathBuf>,
     nested_sandbox: bool,
+    /// A granted program is a shell or command runner: its subprocesses may
+    /// execute whatever they can read.
+    executes_anything: bool,
+    /// Otherwise, the only files its subprocesses may execute: the granted
+    /// programs and what they need to start.
+    executables: Vec<PathBuf>,
 }
 
 /// The network a kind's subprocesses get.
@@ -188,6 +195,18 @@ impl ExecPolicy {
                 }
             }
         }
+        policy.executes_anything = policy
+            .programs
+            .iter()
+            .any(|(name, path)| executables::runs_anything(name, path));
+        let mut needed: Vec<PathBuf> = policy
+            .programs
+            .values()
+            .flat_map(|p| executables::needed_to_run(p))
+            .collect();
+        needed.sort();
+        needed.dedup();
+        policy.executables = needed;
         policy.env = requested
             .env
             .iter()
@@ -228,6 +247,14 @@ impl ExecPolicy {
 
     pub fn nested_sandbox(&self) -> bool {
         self.nested_sandbox
+    }
+
+    /// What this kind's subprocesses may execute: `None` for anything they
+    /// can read (a shell was granted), else exactly these files and trees.
+    /// Programs a repository configures (git filters, hooks, …) are not
+    /// among them unless they were granted.
+    pub fn executables(&self) -> Option<Vec<PathBuf>> {
+        (!self.executes_anything).then(|| self.executables.clone())
     }
 
     /// Check a program, its arguments and its extra environment.

@@ -293,12 +293,27 @@ fn chown_tree(
         rustix::fs::fchown(&dir, owner.0, owner.1)?;
     }
     walk(&dir, dev, 0, changed_since, &mut |dir, name, st| {
+        if !wanted(st) {
+            return Ok(());
+        }
+        // The entry is opened (never followed) and checked as it is opened:
+        // what gets a new owner is the inode that was checked, even if the
+        // step swaps the name for a link to a file elsewhere meanwhile.
+        let Ok(entry) = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Ok(());
+        };
+        let st = rustix::fs::fstat(&entry)?;
         let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
         let plain = kind == rustix::fs::FileType::Directory
             || kind == rustix::fs::FileType::Symlink
             || (kind == rustix::fs::FileType::RegularFile && !(skip_linked && st.st_nlink > 1));
-        if plain && wanted(st) {
-            rustix::fs::chownat(dir, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
+        if plain && st.st_dev == dev && wanted(&st) {
+            rustix::fs::chownat(&entry, c"", owner.0, owner.1, AtFlags::EMPTY_PATH)?;
         }
         Ok(())
     })?;
