@@ -64,9 +64,13 @@ impl DiskBudget {
     }
 
     /// Count `bytes` the host writes whatever the budget says (its own
-    /// records).
+    /// records, which a worker may cause too: one per denied spawn, say).
+    /// They are written, but past the limit the step is ended all the same.
     pub fn record(&self, bytes: u64) {
-        self.0.used.fetch_add(bytes, Ordering::AcqRel);
+        let used = self.0.used.fetch_add(bytes, Ordering::AcqRel);
+        if used.saturating_add(bytes) > self.0.limit {
+            self.0.exceeded.cancel();
+        }
     }
 
     /// Bytes charged or recorded so far.

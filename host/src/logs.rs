@@ -162,6 +162,30 @@ struct KeptEvents {
 
 /// How many events the result keeps from the start, and from the end.
 pub const KEPT_EVENTS: usize = 500;
+/// Largest message or data (as JSON) of an event the result keeps whole;
+/// a larger one is cut there (`lifecycle.jsonl` has it whole), so the
+/// kept events take a bounded amount of memory whatever a worker emits.
+const KEPT_EVENT_BYTES: usize = 2048;
+
+/// `entry` as the result keeps it.
+fn kept_copy(entry: &WorkerLifecycleLogEntry) -> WorkerLifecycleLogEntry {
+    let data_bytes = entry
+        .data
+        .as_ref()
+        .map_or(0, |d| serde_json::to_vec(d).map_or(0, |v| v.len()));
+    let data = if data_bytes > KEPT_EVENT_BYTES {
+        Some(serde_json::json!({
+            "omitted": format!("{data_bytes} bytes of data; event {} of lifecycle.jsonl has them", entry.seq)
+        }))
+    } else {
+        entry.data.clone()
+    };
+    WorkerLifecycleLogEntry {
+        message: crate::capabilities::bounds::cut(&entry.message, KEPT_EVENT_BYTES),
+        data,
+        ..entry.clone()
+    }
+}
 
 impl KeptEvents {
     fn keep(&mut self, entry: WorkerLifecycleLogEntry) {
@@ -406,7 +430,7 @@ impl LogSession {
             }
             Err(e) => tracing::error!("cannot serialize lifecycle event: {e}"),
         }
-        inner.events.keep(entry.clone());
+        inner.events.keep(kept_copy(&entry));
         drop(guard);
         if let Some(observer) = &self.observer {
             observer(LiveUpdate::Event(&entry));

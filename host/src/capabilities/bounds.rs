@@ -33,6 +33,10 @@ pub const COMMAND_ARGS: usize = 4096;
 /// Program, arguments, environment and cwd of one subprocess together
 /// (the kernel's own limit is about 2 MiB).
 pub const COMMAND_BYTES: usize = 1024 * 1024;
+/// A subprocess's program or cwd (the kernel's `PATH_MAX`).
+pub const PATH_BYTES: usize = 4096;
+/// One argument or environment value (the kernel's `MAX_ARG_STRLEN`).
+pub const ARG_BYTES: usize = 128 * 1024;
 /// Bytes a worker may write to one subprocess's stdin.
 pub const STDIN_BYTES: usize = 16 * 1024 * 1024;
 

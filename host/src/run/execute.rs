@@ -493,19 +493,31 @@ fn refine_failure(
             // Every denial is one the operator could lift: a human decides.
             report.outcome = StepExecutionOutcome::Blocked;
             report.needs_human = true;
-            report.summary = format!("blocked by policy: {}", messages.join("; "));
+            report.summary = bounds::cut(
+                &format!("blocked by policy: {}", messages.join("; ")),
+                bounds::SUMMARY,
+            );
             report.followups.push(SuggestedFollowup {
-                step_name: format!("grant: {}", grants.join("; ")),
+                step_name: bounds::cut(
+                    &format!("grant: {}", grants.join("; ")),
+                    bounds::FOLLOWUP_REASON,
+                ),
                 step_kind: StepKind::Review,
-                reason: format!(
-                    "the worker was denied what the operator may allow: {}",
-                    messages.join("; ")
+                reason: bounds::cut(
+                    &format!(
+                        "the worker was denied what the operator may allow: {}",
+                        messages.join("; ")
+                    ),
+                    bounds::FOLLOWUP_REASON,
                 ),
             });
         }
         Some((
             FailureReason::PolicyDenied,
-            format!("denied by policy: {}", messages.join("; ")),
+            bounds::cut(
+                &format!("denied by policy: {}", messages.join("; ")),
+                bounds::FAILURE_MESSAGE,
+            ),
         ))
     } else {
         None

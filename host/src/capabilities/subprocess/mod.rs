@@ -202,6 +202,9 @@ pub struct Subprocesses {
     output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Denials of one step kept for its outcome (every one is an event).
+const MAX_DENIALS: usize = 32;
+
 /// Largest scratch file a worker may write.
 pub const MAX_SCRATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -317,16 +320,18 @@ impl Subprocesses {
             format!("denied `{}`: {why}", cmd.program),
             Some(json!({
                 "program": cmd.program,
-                "args": cmd.args,
+                "args": record_args(&cmd.args),
                 "cwd": cmd.cwd,
                 "reason": why,
                 "operatorCanGrant": grant,
             })),
         );
-        self.denials.push(Denial {
-            message: why.clone(),
-            grant,
-        });
+        if self.denials.len() < MAX_DENIALS {
+            self.denials.push(Denial {
+                message: why.clone(),
+                grant,
+            });
+        }
         why
     }
 
@@ -387,7 +392,9 @@ impl Subprocesses {
             EventLevel::Debug,
             "subprocess.allowed",
             format!("allowed `{}`", display_command(&allowed.path, &cmd.args)),
-            Some(json!({ "program": allowed.path, "args": cmd.args, "cwd": cmd.cwd })),
+            Some(
+                json!({ "program": allowed.path, "args": record_args(&cmd.args), "cwd": cmd.cwd }),
+            ),
         );
         self.launch(&allowed.path, &cwd, cmd, deadline, Origin::Worker)
             .await
@@ -559,7 +566,7 @@ impl Subprocesses {
                 "pid": pid,
                 "supervisorPid": supervisor,
                 "program": program.display().to_string(),
-                "args": cmd.args,
+                "args": record_args(&cmd.args),
                 "cwd": cwd.display().to_string(),
                 "envNames": env.keys().collect::<Vec<_>>(),
                 "network": network,
@@ -592,7 +599,9 @@ impl Subprocesses {
 
 /// A command within the bounds a worker may hand over.
 fn check_size(cmd: &Command) -> Result<(), String> {
-    use crate::capabilities::bounds::{COMMAND_ARGS, COMMAND_BYTES, STDIN_BYTES};
+    use crate::capabilities::bounds::{
+        ARG_BYTES, COMMAND_ARGS, COMMAND_BYTES, PATH_BYTES, STDIN_BYTES,
+    };
     let bytes = cmd.program.len()
         + cmd.cwd.as_ref().map_or(0, String::len)
         + cmd.args.iter().map(String::len).sum::<usize>()
@@ -607,6 +616,14 @@ fn check_size(cmd: &Command) -> Result<(), String> {
             cmd.args.len()
         ));
     }
+    let long = [cmd.program.as_str(), cmd.cwd.as_deref().unwrap_or_default()]
+        .into_iter()
+        .any(|s| s.len() > PATH_BYTES);
+    if long || cmd.args.iter().any(|a| a.len() > ARG_BYTES) {
+        return Err(format!(
+            "the program or cwd is longer than {PATH_BYTES} bytes, or an argument longer than {ARG_BYTES}"
+        ));
+    }
     let stdin = cmd.stdin.as_ref().map_or(0, Vec::len);
     if stdin > STDIN_BYTES {
         return Err(format!(
@@ -614,6 +631,20 @@ fn check_size(cmd: &Command) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A command's arguments as its events record them: the first 64, each
+/// cut to 1 KiB.
+fn record_args(args: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = args
+        .iter()
+        .take(64)
+        .map(|a| crate::capabilities::bounds::cut(a, 1024))
+        .collect();
+    if args.len() > 64 {
+        out.push(format!("… ({} more)", args.len() - 64));
+    }
+    out
 }
 
 fn display_command(program: &Path, args: &[String]) -> String {
