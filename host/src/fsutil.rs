@@ -259,6 +259,17 @@ pub fn random_name() -> String {
     format!("{:016x}", u64::from_ne_bytes(bytes))
 }
 
+/// A new directory `<temp>/<prefix>-<random>` with mode 0755, made by this
+/// call (never an existing one or a link someone planted in the shared
+/// temporary directory).
+pub fn new_temp_dir(prefix: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", random_name()));
+    fs::DirBuilder::new().mode(0o755).create(&dir)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
 /// A path as a display string for records.
 pub fn display(path: &Path) -> String {
     path.to_string_lossy().into_owned()

@@ -281,13 +281,10 @@ impl Runner {
         command: &str,
     ) -> (String, &'static str, String) {
         let title = "a trivial step runs and stays in its worktree".to_string();
-        let scratch = std::env::temp_dir().join(format!(
-            "baa-check-{}-{}",
-            std::process::id(),
-            crate::fsutil::sha256_hex(path.display().to_string().as_bytes())
-                .get(..8)
-                .unwrap_or("0")
-        ));
+        let scratch = match crate::fsutil::new_temp_dir("baa-check") {
+            Ok(dir) => dir,
+            Err(e) => return (title, "fail", format!("no scratch directory: {e}")),
+        };
         let result = async {
             let plugins = scratch.join("plugins");
             let repo = scratch.join("repo");
@@ -295,8 +292,6 @@ impl Runner {
             for dir in [&plugins, &repo, &outside] {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755));
             std::fs::copy(path, plugins.join(format!("{name}.wasm")))
                 .map_err(|e| format!("copying the plugin: {e}"))?;
             std::fs::write(outside.join("canary.txt"), "canary\n").map_err(|e| e.to_string())?;

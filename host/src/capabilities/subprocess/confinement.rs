@@ -224,11 +224,10 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
     let probe = super::launcher::probe()?;
     let grant = config.grant(kind);
     let policy = ExecPolicy::intersect(&grant, &grant);
-    let worktree = std::env::temp_dir().join(format!("baa-self-test-{}", std::process::id()));
-    std::fs::create_dir_all(worktree.join("home"))
+    let worktree = crate::fsutil::new_temp_dir("baa-self-test")
+        .map_err(|e| format!("a scratch worktree for the self-test: {e}"))?;
+    std::fs::create_dir(worktree.join("home"))
         .map_err(|e| format!("{}: {e}", worktree.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&worktree, std::fs::Permissions::from_mode(0o755));
     let result = (|| {
         let user = super::user::dedicated(&config.sandbox)?.then(|| Arc::new(StepUser::default()));
         let confinement = Confinement {
