@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,11 @@ pub struct Prepared {
     envp: Vec<CString>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     user: Option<baa_launch::User>,
-    /// Private directories to mount: (source, mount point).
-    private: Vec<(CString, CString)>,
+    /// Private directories to mount: (source, opened without following a
+    /// link, and the system directory it replaces), and the home they are
+    /// in (opened again inside the new mount namespace).
+    private: Vec<(OwnedFd, &'static str)>,
+    private_home: Option<PathBuf>,
     /// Trees under those mount points the child must still see: (path, is
     /// a directory).
     expose: Vec<(CString, bool)>,
@@ -78,12 +82,21 @@ fn open_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
     } else {
         rel
     };
-    let c = CString::new(rel.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    openat2(
+        dir,
+        rel.as_os_str().as_bytes(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// `openat2(dir, rel, flags | O_CLOEXEC, resolve)`.
+fn openat2(dir: &OwnedFd, rel: &[u8], flags: i32, resolve: u64) -> std::io::Result<OwnedFd> {
+    let c = CString::new(rel).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_how is plain data; zeroed is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
     // SAFETY: arguments are a valid descriptor, a C string and a properly
     // sized open_how; the result is checked.
     let fd = unsafe {
@@ -100,6 +113,55 @@ fn open_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: `fd` was just opened and is owned here.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Resolution that follows no link at all and stays beneath the directory.
+const NO_LINKS: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+
+/// The step's private directories in its home (which the step can write):
+/// each opened beneath the home without following any link, and required
+/// to be a directory of the step's user, with the system directory it
+/// replaces. A step that replaced one by a link gets no subprocess rather
+/// than a mount of what the link names.
+fn private_dirs(
+    home: &Path,
+    user: Option<baa_launch::User>,
+) -> Result<Vec<(OwnedFd, &'static str)>, Failure> {
+    let fail = |what: String| ("private-dirs", what);
+    let home_fd = open(home, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .map_err(|e| fail(format!("the step's home {}: {e}", home.display())))?;
+    let mut out = Vec::new();
+    for (target, sub) in baa_launch::PRIVATE_DIRS {
+        if !Path::new(target).is_dir() {
+            continue;
+        }
+        let fd = openat2(
+            &home_fd,
+            sub.as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            NO_LINKS | libc::RESOLVE_NO_XDEV,
+        )
+        .map_err(|e| {
+            fail(format!(
+                "`{sub}` in the step's home is not a directory of its own (replaced by a link?): {e}"
+            ))
+        })?;
+        // SAFETY: plain data filled in by fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and a stat buffer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(fail(format!("`{sub}`: {}", errno())));
+        }
+        if user.is_some_and(|u| u.uid != st.st_uid) {
+            return Err(fail(format!(
+                "`{sub}` in the step's home belongs to uid {}, not the step's",
+                st.st_uid
+            )));
+        }
+        out.push((fd, *target));
+    }
+    Ok(out)
 }
 
 /// Open, resolve and compile everything the child needs.
@@ -153,6 +215,10 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         }
     }
 
+    let private = match &spec.private_dirs {
+        Some(home) => private_dirs(home, spec.user)?,
+        None => Vec::new(),
+    };
     let kernel_abi = landlock_abi();
     let (ruleset, landlock_abi) = if kernel_abi == 0 {
         if spec.landlock.required {
@@ -166,26 +232,13 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         (None, 0)
     } else {
         (
-            Some(ruleset(spec).map_err(|e| ("landlock", e))?),
+            Some(ruleset(spec, &private).map_err(|e| ("landlock", e))?),
             kernel_abi.min(ABI_TARGET as u32),
         )
     };
     let filters = filters(&spec.seccomp).map_err(|e| ("seccomp", e))?;
     let user = spec.user;
-    let mut private = Vec::new();
-    let mut targets: Vec<&Path> = Vec::new();
-    if let Some(dir) = &spec.private_dirs {
-        for (target, sub) in baa_launch::PRIVATE_DIRS {
-            let source = dir.join(sub);
-            if Path::new(target).is_dir() && source.is_dir() {
-                targets.push(Path::new(target));
-                private.push((
-                    cstring(source.as_os_str().as_bytes(), "privateDirs")?,
-                    cstring(target.as_bytes(), "privateDirs")?,
-                ));
-            }
-        }
-    }
+    let targets: Vec<&Path> = private.iter().map(|(_, t)| Path::new(*t)).collect();
     let mut expose = Vec::new();
     if !targets.is_empty() {
         let l = &spec.landlock;
@@ -218,6 +271,7 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         rlimits,
         user,
         private,
+        private_home: spec.private_dirs.clone(),
         expose,
         worktree: spec.worktree.clone(),
         rel_cwd: spec.cwd.clone(),
@@ -238,7 +292,7 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     })
 }
 
-fn ruleset(spec: &LaunchSpec) -> Result<RulesetCreated, String> {
+fn ruleset(spec: &LaunchSpec, private: &[(OwnedFd, &str)]) -> Result<RulesetCreated, String> {
     let abi = ABI_TARGET;
     let err = |e: landlock::RulesetError| e.to_string();
     let mut ruleset = Ruleset::default();
@@ -289,6 +343,17 @@ fn ruleset(spec: &LaunchSpec) -> Result<RulesetCreated, String> {
             };
             created = created
                 .add_rule(PathBeneath::new(fd, access))
+                .map_err(err)?;
+        }
+    }
+    // A bind mount's root is where Landlock's walk up the tree leaves it:
+    // each private directory needs a rule of its own, on the directory that
+    // was checked (not on whatever its path names by now).
+    if spec.landlock.filesystem {
+        for (fd, _) in private {
+            let fd = fd.try_clone().map_err(|e| e.to_string())?;
+            created = created
+                .add_rule(PathBeneath::new(fd, no_exec(AccessFs::from_all(abi))))
                 .map_err(err)?;
         }
     }
@@ -538,10 +603,30 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
                 }
                 sources.push((OwnedFd::from_raw_fd(fd), path, *is_dir));
             }
-            for (source, target) in &p.private {
+            // A mount needs its source in this namespace: the directories are
+            // opened again, the same way, and must be the ones checked before.
+            let home = p
+                .private_home
+                .as_deref()
+                .unwrap_or(Path::new("/nonexistent"));
+            let fresh = private_dirs(home, p.user)?;
+            let same = fresh.len() == p.private.len()
+                && fresh
+                    .iter()
+                    .zip(&p.private)
+                    .all(|((a, _), (b, _))| same_inode(a, b));
+            if !same {
+                return Err((
+                    "private-dirs",
+                    "the step's private directories changed while it was being confined".into(),
+                ));
+            }
+            for (source, target) in &fresh {
+                let source = format!("/proc/self/fd/{}\0", source.as_raw_fd());
+                let target_c = format!("{target}\0");
                 if libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
+                    source.as_ptr().cast(),
+                    target_c.as_ptr().cast(),
                     std::ptr::null(),
                     libc::MS_BIND,
                     std::ptr::null(),
@@ -549,20 +634,34 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
                 {
                     return Err((
                         "private-dirs",
-                        format!("mounting a private {target:?}: {}", errno()),
+                        format!("mounting a private {target}: {}", errno()),
                     ));
                 }
             }
             // What the child needs from the real /tmp (its worktree, say),
-            // bound back at the same paths.
+            // bound back at the same paths. The mount points are made in
+            // the step's own directory without following any link in it.
             for (fd, path, is_dir) in &sources {
-                if let Err(e) = make_mount_point(path, *is_dir) {
-                    return Err(("private-dirs", format!("{path:?}: {e}")));
-                }
+                let point = p
+                    .private
+                    .iter()
+                    .find(|(_, t)| Path::new(OsStr::from_bytes(path.as_bytes())).starts_with(t))
+                    .map(|(_, t)| *t)
+                    .ok_or_else(|| {
+                        (
+                            "private-dirs",
+                            format!("{path:?} is under no private directory"),
+                        )
+                    })
+                    .and_then(|target| {
+                        mount_point(target, path.as_bytes(), *is_dir)
+                            .map_err(|e| ("private-dirs", format!("{path:?}: {e}")))
+                    })?;
                 let source = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
+                let target = format!("/proc/self/fd/{}\0", point.as_raw_fd());
                 if libc::mount(
                     source.as_ptr().cast(),
-                    path.as_ptr(),
+                    target.as_ptr().cast(),
                     std::ptr::null(),
                     libc::MS_BIND | libc::MS_REC,
                     std::ptr::null(),
@@ -626,26 +725,44 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Create `path` (and its parents) as a directory or an empty file to mount on.
-fn make_mount_point(path: &CString, is_dir: bool) -> std::io::Result<()> {
-    let bytes = path.as_bytes();
-    let mut prefix = Vec::new();
-    let parts: Vec<&[u8]> = bytes
+/// Whether two descriptors refer to the same file.
+fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {
+    let stat = |fd: &OwnedFd| {
+        // SAFETY: plain data filled in by fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid descriptor and a stat buffer.
+        (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    };
+    matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Make `path` (below the private directory now mounted at `target`, with
+/// its parents) a directory or an empty file to mount on, and open it.
+/// Every component is created and opened beneath its parent without
+/// following a link: the private directory is the step's to fill.
+fn mount_point(target: &str, path: &[u8], is_dir: bool) -> std::io::Result<OwnedFd> {
+    let rel = path
+        .strip_prefix(target.as_bytes())
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let parts: Vec<&[u8]> = rel
         .split(|b| *b == b'/')
         .filter(|p| !p.is_empty())
         .collect();
+    let mut dir = open(Path::new(target), libc::O_PATH | libc::O_DIRECTORY)?;
     for (i, part) in parts.iter().enumerate() {
-        prefix.push(b'/');
-        prefix.extend_from_slice(part);
-        let c = CString::new(prefix.clone())
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let c = CString::new(*part).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         let last = i + 1 == parts.len();
-        // SAFETY: `c` is a valid C string; results are checked.
+        // SAFETY: a valid descriptor and C string; results are checked.
         let rc = unsafe {
             if last && !is_dir {
-                let fd = libc::open(
+                let fd = libc::openat(
+                    dir.as_raw_fd(),
                     c.as_ptr(),
-                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    libc::O_CREAT
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_NONBLOCK
+                        | libc::O_CLOEXEC,
                     0o600,
                 );
                 if fd >= 0 {
@@ -655,14 +772,20 @@ fn make_mount_point(path: &CString, is_dir: bool) -> std::io::Result<()> {
                     -1
                 }
             } else {
-                libc::mkdir(c.as_ptr(), 0o755)
+                libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755)
             }
         };
         if rc != 0 && errno().raw_os_error() != Some(libc::EEXIST) {
             return Err(errno());
         }
+        let flags = if last && !is_dir {
+            libc::O_PATH | libc::O_NOFOLLOW
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+        };
+        dir = openat2(&dir, part, flags, NO_LINKS)?;
     }
-    Ok(())
+    Ok(dir)
 }
 
 /// What this machine can enforce.

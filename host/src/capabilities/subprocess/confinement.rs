@@ -102,13 +102,8 @@ impl Confinement {
             launch.worktree.to_path_buf(),
             self.home(lease).to_path_buf(),
         ];
-        // A bind mount's root is where Landlock's walk up the tree leaves
-        // it: each private directory needs a rule of its own.
-        if let Some(lease) = lease {
-            for (_, sub) in baa_launch::PRIVATE_DIRS {
-                write.push(lease.home().join(sub));
-            }
-        }
+        // The private directories (bind mounts of the home's `tmp`, …) get
+        // their rules from the launcher, on the directories it checked.
         let nested = launch.for_worker && launch.policy.nested_sandbox();
         write.extend(launch.policy.write_paths().iter().cloned());
         LaunchSpec {
