@@ -15,6 +15,9 @@ fn main() {
         "baa-testing-unknown-import",
         "baa-testing-start-loop",
         "baa-testing-big-memory",
+        "baa-testing-hostile",
+        "baa-testing-hostile-sh",
+        "baa-testing-huge-describe",
     ]) {
         let name = package
             .trim_start_matches("baa-testing-")

@@ -14,6 +14,7 @@ mod examples;
 mod fuzz;
 mod git;
 mod hostile;
+mod privileges;
 mod requests;
 mod sandbox;
 mod serve;
