@@ -65,6 +65,21 @@ const SAFE_GIT_ENV: &[(&str, &str)] = &[
     ("GIT_OPTIONAL_LOCKS", "0"),
 ];
 
+/// [`SAFE_GIT_ENV`] with a `PATH`, as the complete environment of a git
+/// the host runs outside a step.
+pub fn safe_git_env() -> std::collections::BTreeMap<String, String> {
+    let mut env: std::collections::BTreeMap<String, String> = SAFE_GIT_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.insert(
+        "PATH".into(),
+        crate::capabilities::subprocess::policy::CHILD_PATH.into(),
+    );
+    env.insert("HOME".into(), "/nonexistent".into());
+    env
+}
+
 /// One snapshot's git commands, run as the step's user inside its
 /// confinement until `deadline`.
 struct Git<'a> {

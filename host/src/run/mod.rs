@@ -108,12 +108,7 @@ impl Runner {
         request: StepExecutionRequest,
         observer: Option<Observer>,
     ) -> Result<PreparedStepRun, Error> {
-        prepare::prepare(
-            request,
-            observer,
-            &self.shared.config.limits,
-            self.shared.config.durability,
-        )
+        prepare::prepare(request, observer, &self.shared.config)
     }
 
     /// The directory holding every attempt of `request`'s step.

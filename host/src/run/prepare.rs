@@ -92,34 +92,22 @@ fn run_paths(runs_root: &Path, request: &StepExecutionRequest) -> (LocalRunPaths
 }
 
 /// What a `git-diff` checkpoint of this step will compare against: the
-/// configured base ref, else the commit the worktree is at now.
-fn git_diff_plan(request: &StepExecutionRequest, worktree: &Path) -> Option<GitDiffSnapshotPlan> {
+/// configured base ref, else the commit the worktree is at now. That is
+/// asked of git confined as the host's snapshots are (executing only git,
+/// writing nothing, no network), since a previous step may have configured
+/// the repository.
+fn git_diff_plan(
+    request: &StepExecutionRequest,
+    worktree: &Path,
+    sandbox: &crate::config::SandboxConfig,
+) -> Option<GitDiffSnapshotPlan> {
     let config = request.checkpoint.as_ref()?;
     if config.mode != CheckpointMode::Capture {
         return None;
     }
     let base_ref = match &config.git_diff_base_ref {
         Some(base) => base.clone(),
-        None => {
-            let git = crate::capabilities::subprocess::policy::resolve_program("git").ok()?;
-            // The tree may be lent to another step's sandbox user right now:
-            // its owner is not ours, and that is expected.
-            let out = std::process::Command::new(git)
-                .args(crate::checkpoints::snapshot::SAFE_GIT)
-                .arg("-c")
-                .arg(format!("safe.directory={}", worktree.display()))
-                .args(["rev-parse", "--verify", "-q", "HEAD"])
-                .current_dir(worktree)
-                .env_clear()
-                .env("PATH", crate::capabilities::subprocess::policy::CHILD_PATH)
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .output()
-                .ok()?;
-            if !out.status.success() {
-                return None;
-            }
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        }
+        None => head_commit(worktree, sandbox)?,
     };
     Some(GitDiffSnapshotPlan {
         base_ref,
@@ -128,18 +116,57 @@ fn git_diff_plan(request: &StepExecutionRequest, worktree: &Path) -> Option<GitD
     })
 }
 
+/// `git rev-parse --verify HEAD` in `worktree`, confined.
+fn head_commit(worktree: &Path, sandbox: &crate::config::SandboxConfig) -> Option<String> {
+    use crate::capabilities::subprocess::{confinement, launcher, policy};
+    let git = policy::resolve_program("git").ok()?;
+    let mut args: Vec<String> = crate::checkpoints::snapshot::SAFE_GIT
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    // The tree may be lent to another step's sandbox user right now: its
+    // owner is not ours, and that is expected.
+    args.extend([
+        "-c".to_string(),
+        format!("safe.directory={}", worktree.display()),
+    ]);
+    args.extend(["rev-parse", "--verify", "-q", "HEAD"].map(String::from));
+    let spec = confinement::read_only_spec(sandbox, &git, args, worktree);
+    let env = crate::checkpoints::snapshot::safe_git_env();
+    match launcher::run_sync(&spec, &env, HEAD_TIMEOUT) {
+        Ok((status, stdout)) if status.success() => {
+            let head = String::from_utf8_lossy(&stdout).trim().to_string();
+            let valid =
+                matches!(head.len(), 40 | 64) && head.bytes().all(|b| b.is_ascii_hexdigit());
+            valid.then_some(head)
+        }
+        Ok(_) => None,
+        Err(refusal) => {
+            tracing::warn!(
+                "no git-diff base: git could not run confined ({}: {})",
+                refusal.stage,
+                refusal.message
+            );
+            None
+        }
+    }
+}
+
+/// How long `git rev-parse HEAD` may take while a step is prepared.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Validate `request` and create its run records.
 pub fn prepare(
     request: StepExecutionRequest,
     observer: Option<Observer>,
-    limits: &crate::config::Limits,
-    durability: Durability,
+    config: &crate::config::RunnerConfig,
 ) -> Result<PreparedStepRun, Error> {
+    let (limits, durability) = (&config.limits, config.durability);
     let paths = validate(&request)?;
     let (log_paths, run_dir) = run_paths(&paths.runs_root, &request);
     let parent = run_dir.parent().unwrap_or(&paths.runs_root);
     // An earlier attempt that a crashed host left `running` is closed first
-    // (its processes killed, its state marked interrupted).
+    // (its state marked interrupted).
     let recovered = super::recover::recover(parent);
     // Earlier attempts' checkpoints: the numbering continues after them, and
     // a resume point must exist and be valid before anything is written.
@@ -170,6 +197,7 @@ pub fn prepare(
         max_stream_bytes: limits.log_stream_bytes,
         disk_budget: DiskBudget::new(limits.step_disk_mib.saturating_mul(1024 * 1024)),
         durability,
+        sandbox: config.sandbox.clone(),
     };
     match populate(request, paths, log_paths, &run_dir, observer, setup) {
         Ok(prepared) => Ok(prepared),
@@ -191,6 +219,7 @@ struct Setup {
     max_stream_bytes: u64,
     disk_budget: DiskBudget,
     durability: Durability,
+    sandbox: crate::config::SandboxConfig,
 }
 
 fn populate(
@@ -208,6 +237,7 @@ fn populate(
         max_stream_bytes,
         disk_budget,
         durability,
+        sandbox,
     } = setup;
     let lock = RunLock::acquire(run_dir)?;
     for dir in [
@@ -284,7 +314,7 @@ fn populate(
             run_id: request.run_id.clone(),
             attempt: request.attempt,
         },
-        git_diff_plan(&request, &paths.worktree),
+        git_diff_plan(&request, &paths.worktree, &sandbox),
         history.clone(),
         resume.as_ref().map(|r| r.record.clone()),
     );

@@ -200,6 +200,50 @@ impl Confinement {
     }
 }
 
+/// A command of the host's own outside any step (`git rev-parse HEAD` while
+/// a step is prepared): it may read the system paths and `worktree`, write
+/// nothing, execute only `program` and what it needs, reach no network. It
+/// runs as the host's user: Landlock, not the uid, is what confines it.
+pub fn read_only_spec(
+    sandbox: &SandboxConfig,
+    program: &Path,
+    args: Vec<String>,
+    worktree: &Path,
+) -> LaunchSpec {
+    let mut read = sandbox.read_paths.clone();
+    read.push(worktree.to_path_buf());
+    if let Some(dir) = program.parent() {
+        read.push(dir.to_path_buf());
+    }
+    LaunchSpec {
+        program: program.to_path_buf(),
+        args,
+        worktree: worktree.to_path_buf(),
+        cwd: PathBuf::new(),
+        user: None,
+        private_dirs: None,
+        rlimits: Rlimits {
+            cpu_seconds: Some(10),
+            address_space_bytes: None,
+            file_size_bytes: Some(0),
+            open_files: Some(sandbox.open_files),
+            processes: None,
+        },
+        landlock: LandlockSpec {
+            required: sandbox.landlock == LandlockMode::Required,
+            filesystem: true,
+            read,
+            write: Vec::new(),
+            devices: DEVICES.iter().map(PathBuf::from).collect(),
+            execute: Some(super::executables::needed_to_run(program)),
+            tcp_connect: Some(Vec::new()),
+        },
+        seccomp: SeccompSpec::default(),
+        kill_grace_ms: sandbox.kill_grace_ms,
+        builtin: None,
+    }
+}
+
 /// What `baa-runner sandbox` reports: what the kernel offers, and the
 /// verdict of a confined process trying what it must not do.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -229,3 +229,98 @@ pub async fn launch(
         )),
     }
 }
+
+/// Run `spec` to its end from code that cannot wait asynchronously (the
+/// host's own short commands while a step is prepared): the program's exit
+/// status and stdout, or why it did not start. Past `timeout` the tree is
+/// stopped and the run is refused.
+pub fn run_sync(
+    spec: &LaunchSpec,
+    env: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(std::process::ExitStatus, Vec<u8>), Refusal> {
+    use std::io::Read;
+    let refusal = |stage: &str, message: String| Refusal {
+        stage: stage.into(),
+        message,
+    };
+    let path = binary().map_err(|e| refusal("launcher", e))?;
+    let json = serde_json::to_string(spec).map_err(|e| refusal("spec", e.to_string()))?;
+    let (report_read, report_write) = pipe()?;
+    let (lifeline_read, lifeline_write) = pipe()?;
+    let mut cmd = std::process::Command::new(path);
+    cmd.arg("--fds")
+        .arg(format!(
+            "{}:{}",
+            report_write.as_raw_fd(),
+            lifeline_read.as_raw_fd()
+        ))
+        .arg(json)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for fd in [&report_write, &lifeline_read] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+            .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
+    }
+    let spawned = cmd.spawn();
+    drop(report_write);
+    drop(lifeline_read);
+    let mut child =
+        spawned.map_err(|e| refusal("launcher", format!("cannot start the launcher: {e}")))?;
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut pipe) = stdout {
+            let _ = pipe.read_to_end(&mut out);
+        }
+        out
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            _ => break None,
+        }
+    };
+    // Cutting the lifeline stops whatever the program left (or the program).
+    drop(lifeline_write);
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(refusal(
+            "timeout",
+            format!("did not finish within {timeout:?}"),
+        ));
+    };
+    let stdout = reader.join().unwrap_or_default();
+    // The launcher has exited: its report is in the pipe (a copy of the
+    // write end another spawn inherited meanwhile may keep it open, so read
+    // without waiting).
+    rustix::fs::fcntl_setfl(&report_read, rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
+    let mut report = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = rustix::io::read(&report_read, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        report.extend_from_slice(&buf[..n]);
+    }
+    match serde_json::from_slice::<Report>(report.trim_ascii_end()) {
+        Ok(Report::Started { .. }) => Ok((status, stdout)),
+        Ok(Report::Refused { stage, message }) => Err(Refusal { stage, message }),
+        Err(_) => Err(refusal(
+            "launcher",
+            format!(
+                "the launcher ended without a report: {}",
+                String::from_utf8_lossy(&report)
+            ),
+        )),
+    }
+}
