@@ -150,11 +150,12 @@ pub struct Limits {
     /// Largest plugin file the host will compile (default 32 MiB).
     pub plugin_file_bytes: u64,
     /// The one grace after `timeoutSec` (default 1000 ms): a guest waiting
-    /// in a host call may return within it once its subprocesses were
-    /// killed, and the host's own work for the step (snapshots, the final
-    /// git-diff) must end by it; then the step ends without them, `failed`
-    /// with reason `timeout` whatever the guest returns. Guest code still
-    /// computing at the deadline is interrupted within three epoch ticks.
+    /// in a host call may return within its first half once its
+    /// subprocesses were killed, the host's own work for the step
+    /// (snapshots, the final git-diff) must end within three quarters, the
+    /// last quarter is for the records; the step is `failed` with reason
+    /// `timeout` whatever the guest returns. Guest code still computing at
+    /// the deadline is interrupted within three epoch ticks.
     pub timeout_grace_ms: u64,
     /// Disk one step may fill with its logs, events, artifacts and
     /// checkpoints, in MiB (default 512). Past it the step ends `failed`

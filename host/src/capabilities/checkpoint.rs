@@ -47,7 +47,7 @@ impl Host for StepState {
                         "no git-diff snapshot is planned for this step (checkpoints disabled, or the worktree is not a git repository)".into(),
                     )));
                 };
-                let deadline = self.host.subprocesses.deadline_hard();
+                let deadline = self.host.subprocesses.deadline_host();
                 match snapshot::git_diff(&mut self.host.subprocesses, &plan, deadline).await {
                     Ok(diff) => {
                         details = Some(diff.details);

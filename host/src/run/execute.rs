@@ -69,7 +69,7 @@ pub(crate) fn step_subprocesses(
             worktree: prepared.worktree().to_path_buf(),
             base_env,
             deadline: deadlines.step,
-            deadline_hard: deadlines.hard,
+            deadline_host: deadlines.host,
             output_cap: config.limits.subprocess_output_bytes,
             max_processes: config.limits.max_processes as usize,
             logs: prepared.logs.clone(),
@@ -78,16 +78,20 @@ pub(crate) fn step_subprocesses(
     ))
 }
 
-/// The one deadline of a step and its grace.
+/// The one deadline of a step and its grace (`limits.timeout-grace-ms`),
+/// shared out: the first half for a guest blocked in a host call to report,
+/// the next quarter for the host's snapshots, the last for stopping what is
+/// left and writing the records.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadlines {
-    /// `timeoutSec` after the step started: when the worker's time is up
-    /// and its subprocesses are stopped.
+    /// `timeoutSec` after the step started: when the worker's time is up,
+    /// its subprocesses are stopped and computing guest code is interrupted.
     pub step: Instant,
-    /// `step` plus `limits.timeout-grace-ms`: when the guest is stopped
-    /// whatever it is doing, and the last moment any host work for the step
-    /// (its snapshots, the final git-diff) may run.
-    pub hard: Instant,
+    /// When a guest still blocked in a host call is dropped.
+    pub guest: Instant,
+    /// The last moment any host work for the step (its snapshots, the final
+    /// git-diff) may run.
+    pub host: Instant,
 }
 
 impl Deadlines {
@@ -95,7 +99,8 @@ impl Deadlines {
         let step = started + Duration::from_secs_f64(timeout_sec);
         Deadlines {
             step,
-            hard: step + Duration::from_millis(grace_ms),
+            guest: step + Duration::from_millis(grace_ms / 2),
+            host: step + Duration::from_millis(grace_ms * 3 / 4),
         }
     }
 }
@@ -122,7 +127,7 @@ pub(crate) async fn final_checkpoints(
     if let Some(plan) = plan {
         let diff = match step_subprocesses(shared, prepared, deadlines, ExecPolicy::default()) {
             Ok(mut subprocesses) => {
-                snapshot::git_diff(&mut subprocesses, &plan, deadlines.hard).await
+                snapshot::git_diff(&mut subprocesses, &plan, deadlines.host).await
             }
             Err(e) => Err(snapshot::SnapshotError::Failed(e)),
         };
@@ -359,7 +364,7 @@ pub(crate) async fn run_worker(
         plugin.manifest.as_ref(),
         shared,
         Bounds {
-            backstop: deadlines.hard,
+            backstop: deadlines.guest,
             cancel,
             disk: prepared.logs.budget().exceeded(),
         },
@@ -548,7 +553,7 @@ fn refine_failure(
 }
 
 /// What ends a guest call early: the backstop for a host call that does
-/// not return (the step's hard deadline), cancellation, or the step's disk
+/// not return (half the step's grace after its deadline), cancellation, or the step's disk
 /// budget running out.
 struct Bounds<'a> {
     backstop: Instant,
@@ -963,7 +968,7 @@ pub(crate) async fn describe(
                     worktree: std::path::PathBuf::from("/nonexistent"),
                     base_env: Default::default(),
                     deadline,
-                    deadline_hard: deadline,
+                    deadline_host: deadline,
                     output_cap: 0,
                     max_processes: 0,
                     logs,

@@ -133,6 +133,74 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Refusal> {
 /// The capacity asked for the pipes of a subprocess's stdout and stderr.
 const OUTPUT_PIPE_BYTES: usize = 1024 * 1024;
 
+/// The launcher's command for one spec, with the pipe it reports on and
+/// the lifeline whose closing stops the tree. The launcher's ends are
+/// inherited as they are (no dup2 between fork and exec), so the standard
+/// library spawns it with posix_spawn: no copy of this process's page
+/// tables per subprocess. They lose O_CLOEXEC only for the duration of the
+/// spawn; the launcher moves them to 3 and 4 and closes whatever else it
+/// inherited. Drop `report_write` and `lifeline_read` once it is spawned.
+struct Spawn {
+    cmd: std::process::Command,
+    report_read: OwnedFd,
+    report_write: OwnedFd,
+    lifeline_read: OwnedFd,
+    lifeline_write: OwnedFd,
+}
+
+impl Spawn {
+    fn new(
+        spec: &LaunchSpec,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, Refusal> {
+        let refusal = |stage: &str, message: String| Refusal {
+            stage: stage.into(),
+            message,
+        };
+        let path = binary().map_err(|e| refusal("launcher", e))?;
+        let json = serde_json::to_string(spec).map_err(|e| refusal("spec", e.to_string()))?;
+        let (report_read, report_write) = pipe()?;
+        let (lifeline_read, lifeline_write) = pipe()?;
+        let mut cmd = std::process::Command::new(path);
+        cmd.arg("--fds")
+            .arg(format!(
+                "{}:{}",
+                report_write.as_raw_fd(),
+                lifeline_read.as_raw_fd()
+            ))
+            .arg(json)
+            .env_clear()
+            .envs(env);
+        for fd in [&report_write, &lifeline_read] {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
+                .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
+        }
+        Ok(Spawn {
+            cmd,
+            report_read,
+            report_write,
+            lifeline_read,
+            lifeline_write,
+        })
+    }
+}
+
+/// The program's pid and confinement from the launcher's report line, or
+/// why it was not started.
+fn started(report: &[u8]) -> Result<(i32, Applied), Refusal> {
+    match serde_json::from_slice::<Report>(report.trim_ascii_end()) {
+        Ok(Report::Started { pid, applied }) => Ok((pid, applied)),
+        Ok(Report::Refused { stage, message }) => Err(Refusal { stage, message }),
+        Err(_) => Err(Refusal {
+            stage: "launcher".into(),
+            message: format!(
+                "the launcher ended without a report: {}",
+                String::from_utf8_lossy(report)
+            ),
+        }),
+    }
+}
+
 /// Start `spec` with exactly `env` and the given stdin.
 pub async fn launch(
     spec: &LaunchSpec,
@@ -143,30 +211,18 @@ pub async fn launch(
         stage: stage.into(),
         message,
     };
-    let path = binary().map_err(|e| refusal("launcher", e))?;
-    let json = serde_json::to_string(spec).map_err(|e| refusal("spec", e.to_string()))?;
-    let (report_read, report_write) = pipe()?;
-    let (lifeline_read, lifeline_write) = pipe()?;
-    // The launcher's ends are inherited as they are (no dup2 between fork
-    // and exec), so the standard library spawns it with posix_spawn: no
-    // copy of this process's page tables per subprocess. They lose
-    // O_CLOEXEC only for the duration of the spawn; the launcher moves them
-    // to 3 and 4 and closes whatever else it inherited.
-    let (report_fd, lifeline_fd) = (report_write.as_raw_fd(), lifeline_read.as_raw_fd());
-    let mut cmd = tokio::process::Command::new(path);
-    cmd.arg("--fds")
-        .arg(format!("{report_fd}:{lifeline_fd}"))
-        .arg(json)
-        .env_clear()
-        .envs(env)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+    let Spawn {
+        cmd,
+        report_read,
+        report_write,
+        lifeline_read,
+        lifeline_write,
+    } = Spawn::new(spec, env)?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for fd in [&report_write, &lifeline_read] {
-        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
-            .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
-    }
     let spawned = cmd.spawn();
     drop(report_write);
     drop(lifeline_read);
@@ -211,23 +267,14 @@ pub async fn launch(
             "the launcher did not report within 30 s".into(),
         ));
     }
-    match serde_json::from_slice::<Report>(report.trim_ascii_end()) {
-        Ok(Report::Started { pid, applied }) => Ok(Launched {
-            child,
-            supervisor,
-            pid,
-            applied,
-            lifeline: lifeline_write,
-        }),
-        Ok(Report::Refused { stage, message }) => Err(Refusal { stage, message }),
-        Err(_) => Err(refusal(
-            "launcher",
-            format!(
-                "the launcher ended without a report: {}",
-                String::from_utf8_lossy(&report)
-            ),
-        )),
-    }
+    let (pid, applied) = started(&report)?;
+    Ok(Launched {
+        child,
+        supervisor,
+        pid,
+        applied,
+        lifeline: lifeline_write,
+    })
 }
 
 /// Run `spec` to its end from code that cannot wait asynchronously (the
@@ -244,27 +291,16 @@ pub fn run_sync(
         stage: stage.into(),
         message,
     };
-    let path = binary().map_err(|e| refusal("launcher", e))?;
-    let json = serde_json::to_string(spec).map_err(|e| refusal("spec", e.to_string()))?;
-    let (report_read, report_write) = pipe()?;
-    let (lifeline_read, lifeline_write) = pipe()?;
-    let mut cmd = std::process::Command::new(path);
-    cmd.arg("--fds")
-        .arg(format!(
-            "{}:{}",
-            report_write.as_raw_fd(),
-            lifeline_read.as_raw_fd()
-        ))
-        .arg(json)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
+    let Spawn {
+        mut cmd,
+        report_read,
+        report_write,
+        lifeline_read,
+        lifeline_write,
+    } = Spawn::new(spec, env)?;
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    for fd in [&report_write, &lifeline_read] {
-        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
-            .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
-    }
     let spawned = cmd.spawn();
     drop(report_write);
     drop(lifeline_read);
@@ -312,15 +348,6 @@ pub fn run_sync(
         }
         report.extend_from_slice(&buf[..n]);
     }
-    match serde_json::from_slice::<Report>(report.trim_ascii_end()) {
-        Ok(Report::Started { .. }) => Ok((status, stdout)),
-        Ok(Report::Refused { stage, message }) => Err(Refusal { stage, message }),
-        Err(_) => Err(refusal(
-            "launcher",
-            format!(
-                "the launcher ended without a report: {}",
-                String::from_utf8_lossy(&report)
-            ),
-        )),
-    }
+    started(&report)?;
+    Ok((status, stdout))
 }

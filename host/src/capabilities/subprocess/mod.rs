@@ -124,8 +124,8 @@ pub struct Setup {
     /// When the worker's subprocesses are stopped: the step's timeout.
     pub deadline: Instant,
     /// When the host's own commands for the step are stopped: the timeout
-    /// plus the grace (`limits.timeout-grace-ms`).
-    pub deadline_hard: Instant,
+    /// plus three quarters of its grace (`limits.timeout-grace-ms`).
+    pub deadline_host: Instant,
     pub output_cap: u64,
     pub max_processes: usize,
     pub logs: Arc<LogSession>,
@@ -149,7 +149,7 @@ pub struct HostCommand<'a> {
     pub args: &'a [&'a str],
     pub env: &'a [(&'a str, &'a str)],
     pub stdin: Option<Vec<u8>>,
-    /// When it is stopped (never later than the step's hard deadline).
+    /// When it is stopped (never later than the step's deadline for host work).
     pub deadline: Instant,
 }
 
@@ -283,8 +283,8 @@ impl Subprocesses {
     }
 
     /// The last moment the host's own commands for this step may run.
-    pub fn deadline_hard(&self) -> Instant {
-        self.setup.deadline_hard
+    pub fn deadline_host(&self) -> Instant {
+        self.setup.deadline_host
     }
 
     /// Replace the policy (the kind's grants are known once it described itself).
@@ -421,7 +421,7 @@ impl Subprocesses {
             timeout_ms: None,
             stdin: command.stdin,
         };
-        let deadline = command.deadline.min(self.setup.deadline_hard);
+        let deadline = command.deadline.min(self.setup.deadline_host);
         if deadline <= Instant::now() {
             return Err(SpawnError::Denied(
                 "the step's time is up: the host runs nothing more for it".into(),
