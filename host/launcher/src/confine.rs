@@ -583,7 +583,9 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
         if !p.private.is_empty() {
             // A mount namespace whose changes do not propagate back, with
             // the step's own directories as /tmp and the like.
-            if libc::unshare(libc::CLONE_NEWNS) != 0
+            // And an IPC namespace of its own: SysV queues and shared
+            // memory die with it, never reaching the next step of the uid.
+            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0
                 || libc::mount(
                     std::ptr::null(),
                     c"/".as_ptr(),

@@ -58,7 +58,12 @@ impl Host for StepState {
             }
             (_, payload) => payload,
         };
-        let size = payload.as_ref().map_or(0, Vec::len) + summary.len().min(MAX_SUMMARY_BYTES);
+        let details_size = details
+            .as_ref()
+            .map_or(0, |d| serde_json::to_vec(d).map_or(0, |v| v.len()));
+        let size = payload.as_ref().map_or(0, Vec::len)
+            + summary.len().min(MAX_SUMMARY_BYTES)
+            + details_size;
         if let Err(e) = self.host.logs.budget().charge(size as u64) {
             return Ok(Err(CheckpointError::Io(e.to_string())));
         }

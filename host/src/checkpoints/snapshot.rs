@@ -18,8 +18,13 @@ use crate::sandbox::bindings::baa::worker::subprocess::SpawnError;
 /// Lines of each stream in a `log-tail` checkpoint when `logTailLines` is not set.
 pub const DEFAULT_LOG_TAIL_LINES: usize = 50;
 
-/// Changed files listed in a `git-diff` record's details.
-const MAX_LISTED_FILES: usize = 10_000;
+/// Bytes of changed paths listed in a `git-diff` record's details (the
+/// record is copied into the step's result).
+const MAX_LISTED_BYTES: usize = 64 * 1024;
+/// Longest path listed whole.
+const MAX_LISTED_PATH: usize = 1024;
+/// Largest diff stat kept in a record.
+const MAX_STAT_BYTES: usize = 16 * 1024;
 
 /// A captured git diff: the patch (payload) and what it touches (details).
 pub struct GitDiff {
@@ -39,10 +44,12 @@ pub enum SnapshotError {
 }
 
 /// Options that keep git from reading configuration or running hooks the
-/// host does not control. They are the first line only: the snapshot's
-/// confinement lets it execute git and nothing else, so a filter, hook,
-/// fsmonitor, textconv, pager or credential helper a repository configures
-/// is refused by the kernel.
+/// host does not control; every git of a step also gets
+/// [`policy::GIT_OVERRIDES`](crate::capabilities::subprocess::policy::GIT_OVERRIDES)
+/// (no transport, so no lazy fetch), and the diffs are taken with
+/// `--no-ext-diff --no-textconv`. The confinement lets it execute git and
+/// its interpreter only, so a filter or hook a repository configures
+/// through a shell is refused by the kernel.
 pub const SAFE_GIT: &[&str] = &[
     "-c",
     "core.fsmonitor=false",
@@ -50,8 +57,6 @@ pub const SAFE_GIT: &[&str] = &[
     "core.hooksPath=/dev/null",
     "-c",
     "core.untrackedCache=false",
-    "-c",
-    "diff.external=",
     "--no-pager",
 ];
 
@@ -191,11 +196,15 @@ pub async fn git_diff(
         .chunks(2)
         .filter(|pair| pair.len() == 2 && !pair[0].is_empty())
         .collect();
-    // The record lists the first files; the patch has them all.
+    // The record lists the first files, up to a size; the patch has them all.
+    let mut listed_bytes = 0;
     let files: Vec<Value> = changed
         .iter()
-        .take(MAX_LISTED_FILES)
-        .map(|pair| json!({ "status": pair[0], "path": cut(&pair[1], 4096) }))
+        .take_while(|pair| {
+            listed_bytes += pair[1].len().min(MAX_LISTED_PATH) + 16;
+            listed_bytes <= MAX_LISTED_BYTES
+        })
+        .map(|pair| json!({ "status": cut(&pair[0], 16), "path": cut(&pair[1], MAX_LISTED_PATH) }))
         .collect();
     let summary = if changed.is_empty() {
         format!("no changes against {}", short(&plan.base_ref))
@@ -207,11 +216,11 @@ pub async fn git_diff(
         )
     };
     let mut details = json!({ "baseRef": plan.base_ref, "files": files });
-    if changed.len() > MAX_LISTED_FILES {
-        details["filesNotListed"] = json!(changed.len() - MAX_LISTED_FILES);
+    if changed.len() > files.len() {
+        details["filesNotListed"] = json!(changed.len() - files.len());
     }
     if let Some(stat) = stat {
-        details["stat"] = Value::String(stat);
+        details["stat"] = Value::String(cut(&stat, MAX_STAT_BYTES));
     }
     Ok(GitDiff {
         patch,

@@ -100,7 +100,7 @@ impl Worker for Git {
 
         let diff_base = head_before.as_deref().or(head_after.as_deref());
         let diff = match diff_base {
-            Some(base) => git_quiet(&["diff", "--no-ext-diff", "--no-textconv", base]),
+            Some(base) => git_quiet(&["diff", base]),
             None => None,
         };
         if let Some(diff) = diff.as_deref().filter(|d| !d.is_empty()) {
@@ -143,10 +143,22 @@ impl Worker for Git {
     }
 }
 
+/// Subcommands that show diffs: the host runs them only with
+/// `--no-ext-diff --no-textconv` (no diff program the repository names).
+const DIFF_SUBCOMMANDS: &[&str] = &["diff", "show", "log"];
+
 fn git_command(args: &[String]) -> Command {
     // No pager, no prompts, no optional locks on `status`.
     let mut full = vec!["--no-pager".to_string()];
-    full.extend(args.iter().cloned());
+    let mut args = args.iter().cloned();
+    if let Some(sub) = args.next() {
+        let shows_diffs = DIFF_SUBCOMMANDS.contains(&sub.as_str());
+        full.push(sub);
+        if shows_diffs {
+            full.extend(["--no-ext-diff".to_string(), "--no-textconv".to_string()]);
+        }
+    }
+    full.extend(args);
     Command::new("git", full).env("GIT_TERMINAL_PROMPT", "0")
 }
 

@@ -489,6 +489,12 @@ impl Subprocesses {
         let home = confinement.home(lease.as_deref()).display().to_string();
         env.insert("TMPDIR".into(), format!("{home}/tmp"));
         env.insert("HOME".into(), home);
+        // Whatever the repository configures, the git of the host or of a
+        // kind that may execute only what it was granted runs no program of
+        // the repository's (a kind granted a shell runs what it likes).
+        if !for_worker || self.policy.executables().is_some() {
+            env.extend(policy::git_override_env());
+        }
         env.extend(cmd.env.iter().cloned());
         let rel_cwd = cwd
             .strip_prefix(&self.setup.worktree)
@@ -660,8 +666,11 @@ fn display_command(program: &Path, args: &[String]) -> String {
     out
 }
 
-/// Resolve a worker-given cwd (relative to the worktree) to a directory that
-/// is inside the worktree after following symlinks.
+/// Check a worker-given cwd (relative to the worktree): it must resolve to
+/// a directory beneath the worktree. It is resolved with `openat2`
+/// (`RESOLVE_BENEATH`) from the worktree, so a link out of it fails before
+/// anything outside is looked at (no answer tells the step whether a path
+/// it cannot read exists); the launcher resolves it the same way again.
 fn resolve_cwd(worktree: &Path, cwd: Option<&str>) -> Result<PathBuf, String> {
     let Some(rel) = cwd.filter(|c| !c.is_empty() && *c != ".") else {
         return Ok(worktree.to_path_buf());
@@ -679,17 +688,26 @@ fn resolve_cwd(worktree: &Path, cwd: Option<&str>) -> Result<PathBuf, String> {
             "cwd `{rel}` must be a relative path inside the worktree, without `..`"
         ));
     }
-    let resolved = worktree
-        .join(rel_path)
-        .canonicalize()
-        .map_err(|e| format!("cwd `{rel}`: {e}"))?;
-    if !resolved.starts_with(worktree) {
-        return Err(format!("cwd `{rel}` resolves outside the worktree"));
-    }
-    if !resolved.is_dir() {
-        return Err(format!("cwd `{rel}` is not a directory"));
-    }
-    Ok(resolved)
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let root = rustix::fs::open(
+        worktree,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("the worktree: {e}"))?;
+    rustix::fs::openat2(
+        &root,
+        rel_path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::XDEV => format!("cwd `{rel}` resolves outside the worktree"),
+        rustix::io::Errno::NOTDIR => format!("cwd `{rel}` is not a directory"),
+        e => format!("cwd `{rel}`: {e}"),
+    })?;
+    Ok(worktree.join(rel_path))
 }
 
 mod host {

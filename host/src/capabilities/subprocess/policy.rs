@@ -35,6 +35,9 @@ const NEVER_PASSED: &[&str] = &[
     "GIT_ASKPASS",
     "GIT_PAGER",
     "GIT_EDITOR",
+    "GIT_SEQUENCE_EDITOR",
+    "GIT_NO_LAZY_FETCH",
+    "GIT_ALLOW_PROTOCOL",
     "GIT_EXTERNAL_DIFF",
     "GIT_DIR",
     "GIT_WORK_TREE",
@@ -88,6 +91,137 @@ const REFUSED_ARGS: &[(&str, &[&str])] = &[
     ("rsync", &["-e", "--rsh", "--rsync-path"]),
     ("zip", &["-TT", "--unzip-command"]),
 ];
+
+/// git subcommands that run programs by design (remote helpers, tools,
+/// servers, scripts): refused whatever the grant, since the program they
+/// run is named by the repository or the arguments, not granted.
+const GIT_REFUSED_SUBCOMMANDS: &[&str] = &[
+    "difftool",
+    "mergetool",
+    "daemon",
+    "shell",
+    "http-backend",
+    "instaweb",
+    "bisect",
+    "filter-branch",
+    "submodule",
+    "upload-pack",
+    "receive-pack",
+    "upload-archive",
+    "send-email",
+    "web--browse",
+];
+
+/// git subcommands that show diffs (and `log` or `whatchanged` asked for
+/// patches), and the options they must be given so
+/// that no external diff or textconv program the repository configures
+/// (`diff.<driver>.command`, `diff.<driver>.textconv`, `diff.external`)
+/// runs: such a program gets a path as its argument, and the ELF
+/// interpreter every dynamic program may execute would load whatever file
+/// that path names.
+const GIT_DIFF_SUBCOMMANDS: &[(&str, &[&str])] = &[
+    ("diff", &["--no-ext-diff", "--no-textconv"]),
+    ("show", &["--no-ext-diff", "--no-textconv"]),
+    ("format-patch", &["--no-ext-diff", "--no-textconv"]),
+    ("range-diff", &["--no-ext-diff", "--no-textconv"]),
+    ("blame", &["--no-textconv"]),
+    ("annotate", &["--no-textconv"]),
+];
+
+/// The subcommand of a git command line (its first argument that is not
+/// an option) must not run configured programs.
+fn check_git_subcommand(args: &[String]) -> Result<(), String> {
+    let Some(sub) = args.iter().find(|a| !a.starts_with('-')) else {
+        return Ok(());
+    };
+    if sub.starts_with("remote-") || sub.starts_with("credential") {
+        return Err(format!(
+            "`git {sub}` is refused: it runs a program named by its arguments or the repository"
+        ));
+    }
+    if GIT_REFUSED_SUBCOMMANDS.contains(&sub.as_str()) {
+        return Err(format!(
+            "`git {sub}` is refused: it runs programs the repository or its arguments name"
+        ));
+    }
+    // `log` and `whatchanged` show patches only when asked to.
+    let shows_patches = matches!(sub.as_str(), "log" | "whatchanged")
+        && args.iter().any(|a| {
+            let a = a.as_str();
+            matches!(
+                a,
+                "-p" | "-u" | "--patch" | "--cc" | "--color-words" | "--remerge-diff"
+            ) || a.starts_with("-U")
+                || a.starts_with("--unified")
+                || a.starts_with("--word-diff")
+                || a.starts_with("--diff-merges")
+        });
+    let needed: Option<&[&str]> = if shows_patches {
+        Some(&["--no-ext-diff", "--no-textconv"])
+    } else {
+        GIT_DIFF_SUBCOMMANDS
+            .iter()
+            .find(|(s, _)| s == sub)
+            .map(|(_, needed)| *needed)
+    };
+    if let Some(needed) = needed {
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|n| !args.iter().any(|a| a == *n))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "`git {sub}` must be given {}: without them git may run diff programs the repository configures",
+                missing.join(" ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Configuration every subprocess's git gets with command-line precedence
+/// (`GIT_CONFIG_COUNT`; no repository file can override it): no hooks,
+/// no fsmonitor, no transport at all (a promisor remote or `ext::` URL the
+/// repository names would run a command), no credential helper, no
+/// signing program.
+pub const GIT_OVERRIDES: &[(&str, &str)] = &[
+    ("core.fsmonitor", "false"),
+    ("core.hooksPath", "/dev/null"),
+    ("protocol.allow", "never"),
+    ("protocol.ext.allow", "never"),
+    ("protocol.fd.allow", "never"),
+    ("protocol.file.allow", "never"),
+    ("protocol.git.allow", "never"),
+    ("protocol.ssh.allow", "never"),
+    ("protocol.http.allow", "never"),
+    ("protocol.https.allow", "never"),
+    ("credential.helper", ""),
+    ("commit.gpgSign", "false"),
+    ("tag.gpgSign", "false"),
+    ("gc.auto", "0"),
+    ("maintenance.auto", "false"),
+];
+
+/// The environment that applies [`GIT_OVERRIDES`] to every git a
+/// subprocess starts, plus no lazy fetches, no protocols and no editor.
+pub fn git_override_env() -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "GIT_CONFIG_COUNT".to_string(),
+            GIT_OVERRIDES.len().to_string(),
+        ),
+        ("GIT_NO_LAZY_FETCH".to_string(), "1".to_string()),
+        ("GIT_ALLOW_PROTOCOL".to_string(), String::new()),
+        ("GIT_EDITOR".to_string(), ":".to_string()),
+        ("GIT_SEQUENCE_EDITOR".to_string(), ":".to_string()),
+    ];
+    for (i, (key, value)) in GIT_OVERRIDES.iter().enumerate() {
+        env.push((format!("GIT_CONFIG_KEY_{i}"), key.to_string()));
+        env.push((format!("GIT_CONFIG_VALUE_{i}"), value.to_string()));
+    }
+    env
+}
 
 /// A refused command: why, and what the operator could grant to allow it
 /// (`None`: nothing can; the host never allows it).
@@ -310,6 +444,9 @@ impl ExecPolicy {
                     )));
                 }
             }
+        }
+        if file_name == "git" {
+            check_git_subcommand(args).map_err(Denied::never)?;
         }
         for (name, _) in env {
             if !is_env_name(name) {
