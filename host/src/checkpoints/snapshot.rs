@@ -13,7 +13,6 @@ use crate::capabilities::subprocess::{Builtin, HostCommand, Subprocesses};
 use crate::contracts::GitDiffSnapshotPlan;
 use crate::fsutil::random_name;
 use crate::logs::LogSession;
-use crate::sandbox::bindings::baa::worker::subprocess::SpawnError;
 
 /// Lines of each stream in a `log-tail` checkpoint when `logTailLines` is not set.
 pub const DEFAULT_LOG_TAIL_LINES: usize = 50;
@@ -114,7 +113,7 @@ impl Git<'_> {
             })
             .await
             .map_err(|e| match e {
-                SpawnError::Denied(_) if Instant::now() >= self.deadline => SnapshotError::CutShort,
+                _ if Instant::now() >= self.deadline => SnapshotError::CutShort,
                 e => SnapshotError::Failed(format!("`git {}`: {e:?}", args.join(" "))),
             })?;
         if out.status.timed_out {
@@ -159,9 +158,13 @@ pub async fn git_diff(
     deadline: Instant,
 ) -> Result<GitDiff, SnapshotError> {
     let program = resolve_program("git").map_err(SnapshotError::Failed)?;
-    let scratch = subprocesses
-        .scratch_dir()
-        .map_err(|e| SnapshotError::Failed(format!("{e:?}")))?;
+    let scratch = subprocesses.scratch_dir().map_err(|e| {
+        if Instant::now() >= deadline {
+            SnapshotError::CutShort
+        } else {
+            SnapshotError::Failed(format!("{e:?}"))
+        }
+    })?;
     let mut git = Git {
         subprocesses,
         program,

@@ -59,12 +59,17 @@ pub struct Launch<'a> {
 impl Confinement {
     /// The step's dedicated user (leased now if this is its first use),
     /// lent the worktree and `also` (the kind's write paths).
-    pub fn lease(&self, also: &[PathBuf]) -> Result<Option<Arc<UserLease>>, String> {
+    /// Lending stops at `until` (the step's last moment for host work).
+    pub fn lease(
+        &self,
+        also: &[PathBuf],
+        until: std::time::Instant,
+    ) -> Result<Option<Arc<UserLease>>, String> {
         match &self.user {
             Some(user) => {
                 let mut trees = self.lend.clone();
                 trees.extend(also.iter().cloned());
-                user.lease(&self.sandbox, &trees).map(Some)
+                user.lease(&self.sandbox, &trees, until).map(Some)
             }
             None => Ok(None),
         }
@@ -276,7 +281,8 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
             lend: vec![worktree.clone()],
             probe: probe.clone(),
         };
-        let lease = confinement.lease(policy.write_paths())?;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let lease = confinement.lease(policy.write_paths(), until)?;
         let program = PathBuf::from("/bin/true");
         let spec = confinement.spec(
             &Launch {

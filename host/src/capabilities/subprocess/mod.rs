@@ -200,6 +200,8 @@ pub struct Subprocesses {
     spawned: u64,
     /// Processes killed for exceeding the output cap.
     output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
+    /// Output read from the step's processes and not yet taken.
+    unread: Arc<process::Unread>,
 }
 
 /// Denials of one step kept for its outcome (every one is an event).
@@ -217,6 +219,7 @@ impl Subprocesses {
             denials: Vec::new(),
             spawned: 0,
             output_limit_hits: Arc::default(),
+            unread: Arc::default(),
         }
     }
 
@@ -277,7 +280,10 @@ impl Subprocesses {
         let lease = self
             .setup
             .confinement
-            .lease(self.policy.write_paths())
+            .lease(
+                self.policy.write_paths(),
+                self.setup.deadline_host.into_std(),
+            )
             .map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
         Ok(self.setup.confinement.home(lease.as_deref()).join("tmp"))
     }
@@ -468,7 +474,10 @@ impl Subprocesses {
         };
         let confinement = &self.setup.confinement;
         let lease = confinement
-            .lease(self.policy.write_paths())
+            .lease(
+                self.policy.write_paths(),
+                self.setup.deadline_host.into_std(),
+            )
             .map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
         if let Some(lease) = &lease {
             // A program the user cannot reach would start (the launcher opens
@@ -483,7 +492,9 @@ impl Subprocesses {
                 }
             }
             // Files the worker created through WASI belong to the host.
-            lease.sync().map_err(SpawnError::Io)?;
+            lease
+                .sync(self.setup.deadline_host.into_std())
+                .map_err(SpawnError::Io)?;
         }
         let mut env = self.setup.base_env.clone();
         let home = confinement.home(lease.as_deref()).display().to_string();
@@ -599,6 +610,7 @@ impl Subprocesses {
             },
             self.setup.logs.clone(),
             self.live.clone(),
+            self.unread.clone(),
         ))
     }
 }

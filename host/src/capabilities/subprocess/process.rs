@@ -21,6 +21,37 @@ use crate::sandbox::bindings::baa::worker::subprocess::{ExitStatus, Output};
 /// was killed (descendants that left the group may hold the pipes).
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 const READ_CHUNK: usize = 256 * 1024;
+/// Output of a step's processes read but not yet taken by the worker,
+/// most: past it the host stops reading their pipes (the processes then
+/// wait to write) until the worker takes some, so a worker that never
+/// reads cannot make the host hold what its processes print.
+pub const MAX_UNREAD_BYTES: u64 = 64 * 1024 * 1024;
+/// How often a paused reader looks whether there is room again.
+const ROOM_POLL: Duration = Duration::from_millis(10);
+
+/// The bytes of a step's output waiting for the worker.
+#[derive(Debug, Default)]
+pub struct Unread(std::sync::atomic::AtomicU64);
+
+impl Unread {
+    fn has_room(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) < MAX_UNREAD_BYTES
+    }
+
+    fn add(&self, n: usize) {
+        self.0
+            .fetch_add(n as u64, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn taken(&self, output: &Output) {
+        let n = match output {
+            Output::Stdout(b) | Output::Stderr(b) => b.len() as u64,
+            Output::Exited(_) => 0,
+        };
+        self.0.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// How long past its grace a supervisor may take before its group is
 /// SIGKILLed by the host.
 const HARD_KILL_MARGIN: Duration = Duration::from_millis(500);
@@ -72,6 +103,7 @@ pub struct ProcessHandle {
     pid: u32,
     lifeline: Lifeline,
     rx: mpsc::UnboundedReceiver<Output>,
+    unread: Arc<Unread>,
     exited: Option<ExitStatus>,
 }
 
@@ -91,6 +123,7 @@ impl ProcessHandle {
             timed_out: false,
             output_limit_exceeded: false,
         }));
+        self.unread.taken(&output);
         if let Output::Exited(status) = &output {
             self.exited = Some(*status);
         }
@@ -108,6 +141,11 @@ impl ProcessHandle {
 impl Drop for ProcessHandle {
     fn drop(&mut self) {
         self.kill();
+        // What nobody will read no longer counts.
+        self.rx.close();
+        while let Ok(output) = self.rx.try_recv() {
+            self.unread.taken(&output);
+        }
     }
 }
 
@@ -117,6 +155,7 @@ pub(super) fn start(
     limits: Limits,
     logs: Arc<LogSession>,
     live: LiveGroups,
+    unread: Arc<Unread>,
 ) -> ProcessHandle {
     let Started {
         mut child,
@@ -125,6 +164,7 @@ pub(super) fn start(
         lifeline,
     } = started;
     let handle_lifeline = lifeline.clone();
+    let handle_unread = unread.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
@@ -163,31 +203,37 @@ pub(super) fn start(
                     None => std::future::pending().await,
                 }
             };
+            let room = unread.has_room();
             tokio::select! {
-                read = async { stdout.as_mut().unwrap().read(&mut out_buf).await }, if stdout.is_some() => {
+                read = async { stdout.as_mut().unwrap().read(&mut out_buf).await }, if stdout.is_some() && room => {
                     match read {
                         Ok(n) if n > 0 => {
                             total += n as u64;
                             if limits.log_output {
                                 logs.output(Stream::Stdout, &out_buf[..n]);
                             }
-                            let _ = tx.send(Output::Stdout(out_buf[..n].to_vec()));
+                            if tx.send(Output::Stdout(out_buf[..n].to_vec())).is_ok() {
+                                unread.add(n);
+                            }
                         }
                         _ => stdout = None,
                     }
                 }
-                read = async { stderr.as_mut().unwrap().read(&mut err_buf).await }, if stderr.is_some() => {
+                read = async { stderr.as_mut().unwrap().read(&mut err_buf).await }, if stderr.is_some() && room => {
                     match read {
                         Ok(n) if n > 0 => {
                             total += n as u64;
                             if limits.log_output {
                                 logs.output(Stream::Stderr, &err_buf[..n]);
                             }
-                            let _ = tx.send(Output::Stderr(err_buf[..n].to_vec()));
+                            if tx.send(Output::Stderr(err_buf[..n].to_vec())).is_ok() {
+                                unread.add(n);
+                            }
                         }
                         _ => stderr = None,
                     }
                 }
+                _ = tokio::time::sleep(ROOM_POLL), if !room && (stdout.is_some() || stderr.is_some()) => {}
                 exit = child.wait(), if status.is_none() => {
                     // The supervisor exits after the tree is gone; anything
                     // left in its group goes too.
@@ -283,6 +329,7 @@ pub(super) fn start(
         pid,
         lifeline: handle_lifeline,
         rx,
+        unread: handle_unread,
         exited: None,
     }
 }

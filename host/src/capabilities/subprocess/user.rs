@@ -117,7 +117,15 @@ impl UserLease {
             if let Ok(lent) = serde_json::from_slice::<Vec<Lent>>(&bytes) {
                 for l in lent {
                     tracing::warn!(uid = self.user.uid, path = %l.path.display(), "handing back a tree a stopped host had lent");
-                    let _ = chown_tree(&l.path, Some(self.user.uid), l.uid, l.gid, false, None);
+                    let _ = chown_tree(
+                        &l.path,
+                        Some(self.user.uid),
+                        l.uid,
+                        l.gid,
+                        false,
+                        None,
+                        None,
+                    );
                 }
             }
             std::fs::remove_file(&path).map_err(io(path.display()))?;
@@ -152,7 +160,7 @@ impl UserLease {
 
     /// Hand `path` (a directory) to this user for the step; its owner gets
     /// it back at [`UserLease::release`]. The user must be able to reach it.
-    pub fn lend(&self, path: &Path) -> Result<(), String> {
+    pub fn lend(&self, path: &Path, until: std::time::Instant) -> Result<(), String> {
         let mut lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
         if lent.iter().any(|l| l.path == path) {
             return Ok(());
@@ -175,8 +183,23 @@ impl UserLease {
             crate::fsutil::Durability::ProcessCrash,
         )
         .map_err(io(self.record_path().display()))?;
-        chown_tree(path, None, self.user.uid, self.user.gid, true, None)
-            .map_err(|e| format!("lending {} to uid {}: {e}", path.display(), self.user.uid))?;
+        if let Err(e) = chown_tree(
+            path,
+            None,
+            self.user.uid,
+            self.user.gid,
+            true,
+            None,
+            Some(until),
+        ) {
+            // Cut short: the next resync walks every tree whole.
+            *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Err(format!(
+                "lending {} to uid {}: {e}",
+                path.display(),
+                self.user.uid
+            ));
+        }
         // An earlier walk's time stays: other trees may have changed since.
         self.synced_since
             .lock()
@@ -190,13 +213,21 @@ impl UserLease {
     /// Only directories changed since the last walk are looked into (their
     /// ctime, which no one can set back, says so); the others are only
     /// passed through.
-    pub fn sync(&self) -> Result<(), String> {
+    pub fn sync(&self, until: std::time::Instant) -> Result<(), String> {
         let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let since = *self.synced_since.lock().unwrap_or_else(|p| p.into_inner());
         let started = walk_start();
         for l in lent {
-            chown_tree(&l.path, None, self.user.uid, self.user.gid, true, since)
-                .map_err(|e| format!("{}: {e}", l.path.display()))?;
+            chown_tree(
+                &l.path,
+                None,
+                self.user.uid,
+                self.user.gid,
+                true,
+                since,
+                Some(until),
+            )
+            .map_err(|e| format!("{}: {e}", l.path.display()))?;
         }
         *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         Ok(())
@@ -216,7 +247,15 @@ impl UserLease {
         }
         let lent = std::mem::take(&mut *self.lent.lock().unwrap_or_else(|p| p.into_inner()));
         for l in &lent {
-            if let Err(e) = chown_tree(&l.path, Some(self.user.uid), l.uid, l.gid, false, None) {
+            if let Err(e) = chown_tree(
+                &l.path,
+                Some(self.user.uid),
+                l.uid,
+                l.gid,
+                false,
+                None,
+                None,
+            ) {
                 tracing::warn!(path = %l.path.display(), "handing back: {e}");
             }
         }
@@ -273,6 +312,7 @@ fn chown_tree(
     gid: u32,
     skip_linked: bool,
     changed_since: Option<i128>,
+    until: Option<std::time::Instant>,
 ) -> std::io::Result<()> {
     let dir = rustix::fs::open(
         root,
@@ -292,7 +332,15 @@ fn chown_tree(
     if wanted(&root_stat) {
         rustix::fs::fchown(&dir, owner.0, owner.1)?;
     }
+    let mut visited: u32 = 0;
     walk(&dir, dev, 0, changed_since, &mut |dir, name, st| {
+        visited = visited.wrapping_add(1);
+        if visited.is_multiple_of(256) && until.is_some_and(|t| std::time::Instant::now() >= t) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the step's deadline came first",
+            ));
+        }
         if !wanted(st) {
             return Ok(());
         }
@@ -426,7 +474,7 @@ pub fn recover_abandoned(config: &SandboxConfig) -> Vec<PathBuf> {
             .unwrap_or_default();
         let _ = launcher::sweep(uid);
         for l in lent {
-            if chown_tree(&l.path, Some(uid), l.uid, l.gid, false, None).is_ok() {
+            if chown_tree(&l.path, Some(uid), l.uid, l.gid, false, None, None).is_ok() {
                 handed_back.push(l.path);
             }
         }
@@ -470,6 +518,7 @@ impl StepUser {
         &self,
         config: &SandboxConfig,
         trees: &[PathBuf],
+        until: std::time::Instant,
     ) -> Result<std::sync::Arc<UserLease>, String> {
         let mut slot = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         let lease = match &*slot {
@@ -495,7 +544,7 @@ impl StepUser {
             }
         };
         for tree in trees {
-            lease.lend(tree)?;
+            lease.lend(tree, until)?;
         }
         Ok(lease)
     }
