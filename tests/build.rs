@@ -18,6 +18,9 @@ fn main() {
         "baa-testing-hostile",
         "baa-testing-hostile-sh",
         "baa-testing-huge-describe",
+        "baa-testing-redteam",
+        "baa-testing-redteam-git",
+        "baa-testing-redteam-sh",
     ]) {
         let name = package
             .trim_start_matches("baa-testing-")

@@ -15,6 +15,7 @@ mod fuzz;
 mod git;
 mod hostile;
 mod privileges;
+mod redteam;
 mod requests;
 mod sandbox;
 mod serve;
