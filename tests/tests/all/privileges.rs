@@ -33,7 +33,7 @@ use crate::run;
 /// Whether the host runs as root (each step's subprocesses then run as a
 /// dedicated uid); the attacks below are on a root host. Says so loudly when
 /// not: the test then checks nothing.
-fn as_root(what: &str) -> bool {
+pub(crate) fn as_root(what: &str) -> bool {
     let root = rustix::process::geteuid().is_root();
     if !root {
         eprintln!(
@@ -88,7 +88,7 @@ fn request(sandbox: &Sandbox, kind: &str, step: &str, command: &str) -> StepExec
     serde_json::from_value(request_json(sandbox, kind, step, command)).unwrap()
 }
 
-fn stdout_of(result: &StepExecutionResult) -> String {
+pub(crate) fn stdout_of(result: &StepExecutionResult) -> String {
     std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap_or_default()
 }
 

@@ -12,19 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use baa_runner::config::KindGrant;
-use baa_runner::contracts::{StepExecutionRequest, StepExecutionResult};
+use baa_runner::contracts::StepExecutionRequest;
 use baa_runner::{Runner, RunnerConfig};
 use baa_runner_tests::{fixtures, read_lifecycle, Sandbox};
 
+use crate::privileges::{as_root, stdout_of};
 use crate::run;
-
-fn as_root(what: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        eprintln!("SKIPPED {what}: needs the host to run as root");
-    }
-    root
-}
 
 fn plugins(sandbox: &Sandbox) -> PathBuf {
     let dir = sandbox.dir.path().join("redteam-plugins");
@@ -66,10 +59,6 @@ fn request_json(sandbox: &Sandbox, kind: &str, step: &str, command: &str) -> ser
 
 fn request(sandbox: &Sandbox, kind: &str, step: &str, command: &str) -> StepExecutionRequest {
     serde_json::from_value(request_json(sandbox, kind, step, command)).unwrap()
-}
-
-fn stdout_of(result: &StepExecutionResult) -> String {
-    std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap_or_default()
 }
 
 fn assert_op_ok(stdout: &str, op: &str) {

@@ -26,6 +26,15 @@ struct Lent {
     gid: u32,
 }
 
+impl Lent {
+    /// Give back to the owner what `uid` owns in the tree. Runs once no
+    /// process of `uid` is left, so nothing changes the tree meanwhile;
+    /// not bounded by any deadline (ownership must come back whole).
+    fn hand_back(&self, uid: u32) -> std::io::Result<()> {
+        chown_tree(&self.path, Some(uid), self.uid, self.gid, false, None, None)
+    }
+}
+
 /// A uid leased for one step. Released (processes killed, trees handed
 /// back, home removed) by [`UserLease::release`] or on drop.
 #[derive(Debug)]
@@ -117,15 +126,7 @@ impl UserLease {
             if let Ok(lent) = serde_json::from_slice::<Vec<Lent>>(&bytes) {
                 for l in lent {
                     tracing::warn!(uid = self.user.uid, path = %l.path.display(), "handing back a tree a stopped host had lent");
-                    let _ = chown_tree(
-                        &l.path,
-                        Some(self.user.uid),
-                        l.uid,
-                        l.gid,
-                        false,
-                        None,
-                        None,
-                    );
+                    let _ = l.hand_back(self.user.uid);
                 }
             }
             std::fs::remove_file(&path).map_err(io(path.display()))?;
@@ -247,15 +248,7 @@ impl UserLease {
         }
         let lent = std::mem::take(&mut *self.lent.lock().unwrap_or_else(|p| p.into_inner()));
         for l in &lent {
-            if let Err(e) = chown_tree(
-                &l.path,
-                Some(self.user.uid),
-                l.uid,
-                l.gid,
-                false,
-                None,
-                None,
-            ) {
+            if let Err(e) = l.hand_back(self.user.uid) {
                 tracing::warn!(path = %l.path.display(), "handing back: {e}");
             }
         }
@@ -474,7 +467,7 @@ pub fn recover_abandoned(config: &SandboxConfig) -> Vec<PathBuf> {
             .unwrap_or_default();
         let _ = launcher::sweep(uid);
         for l in lent {
-            if chown_tree(&l.path, Some(uid), l.uid, l.gid, false, None, None).is_ok() {
+            if l.hand_back(uid).is_ok() {
                 handed_back.push(l.path);
             }
         }
