@@ -373,3 +373,33 @@ async fn the_cwd_check_follows_no_link_as_root() {
     );
     let _ = Duration::ZERO;
 }
+
+/// Lending and handing back: a walk used to stop 512 levels down, so what
+/// a step made deeper stayed its uid's after the step, for the next step to
+/// lease that uid. Now every level comes back to the worktree's owner.
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_nested_deeper_than_a_walk_holds_open_are_handed_back() {
+    if !as_root("deep nesting handed back") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let runner = runner(&sandbox);
+    let script = "sh i=0; while [ $i -lt 600 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; echo deep > f; chmod 777 f; echo made";
+    let result = run(&runner, request(&sandbox, "redteam-sh", "deep", script)).await;
+    assert_op_ok(&stdout_of(&result), "sh");
+    let owner = std::fs::metadata(&sandbox.repo).unwrap().uid();
+    let (mut deepest, mut dir) = (0, sandbox.repo.join("d"));
+    while dir.is_dir() {
+        assert_eq!(
+            std::fs::symlink_metadata(&dir).unwrap().uid(),
+            owner,
+            "{} still belongs to the sandbox user",
+            dir.display()
+        );
+        deepest += 1;
+        dir = dir.join("d");
+    }
+    assert_eq!(deepest, 600);
+    let file = dir.parent().unwrap().join("f");
+    assert_eq!(std::fs::symlink_metadata(&file).unwrap().uid(), owner);
+}

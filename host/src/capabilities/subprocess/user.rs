@@ -326,7 +326,7 @@ fn chown_tree(
         rustix::fs::fchown(&dir, owner.0, owner.1)?;
     }
     let mut visited: u32 = 0;
-    walk(&dir, dev, 0, changed_since, &mut |dir, name, st| {
+    walk_tree(&dir, dev, changed_since, &mut |dir, name, st| {
         visited = visited.wrapping_add(1);
         if visited.is_multiple_of(256) && until.is_some_and(|t| std::time::Instant::now() >= t) {
             return Err(std::io::Error::new(
@@ -361,8 +361,10 @@ fn chown_tree(
     Ok(())
 }
 
-/// Deepest directory nesting [`walk`] descends into.
+/// Directory levels a walk holds open at once.
 const MAX_DEPTH: usize = 512;
+/// Directories below [`MAX_DEPTH`] levels a walk keeps open to walk later.
+const MAX_DEFERRED: usize = 256;
 
 /// The clock reading a walk starts from, in nanoseconds, less a margin:
 /// file times come from the kernel's coarse clock, which lags by up to a tick.
@@ -378,17 +380,35 @@ fn ctime_nanos(st: &rustix::fs::Stat) -> i128 {
     st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128
 }
 
-/// Call `visit` for every entry beneath `dir` on device `dev`, depth first,
-/// holding one descriptor per level. With `changed_since`, a directory
-/// whose ctime is older (no entry added, removed or renamed since) is only
-/// passed through: its subdirectories are walked, its other entries not
-/// visited.
+/// Call `visit` for every entry beneath `root` on device `dev`, depth first,
+/// holding one descriptor per level: [`MAX_DEPTH`] levels at a time, the
+/// directories found deeper are walked afterwards from themselves (at most
+/// [`MAX_DEFERRED`] of them at once), so no nesting a step makes escapes the
+/// walk. With `changed_since`, a directory whose ctime is older (no entry
+/// added, removed or renamed since) is only passed through: its
+/// subdirectories are walked, its other entries not visited.
+fn walk_tree(
+    root: &OwnedFd,
+    dev: u64,
+    changed_since: Option<i128>,
+    visit: &mut dyn FnMut(&OwnedFd, &std::ffi::CStr, &rustix::fs::Stat) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut deeper = Vec::new();
+    walk(root, dev, 0, changed_since, visit, &mut deeper)?;
+    while let Some(dir) = deeper.pop() {
+        walk(&dir, dev, 0, changed_since, visit, &mut deeper)?;
+    }
+    Ok(())
+}
+
+/// One level of [`walk_tree`].
 fn walk(
     dir: &OwnedFd,
     dev: u64,
     depth: usize,
     changed_since: Option<i128>,
     visit: &mut dyn FnMut(&OwnedFd, &std::ffi::CStr, &rustix::fs::Stat) -> std::io::Result<()>,
+    deeper: &mut Vec<OwnedFd>,
 ) -> std::io::Result<()> {
     let unchanged = match changed_since {
         Some(since) => ctime_nanos(&rustix::fs::fstat(dir)?) < since,
@@ -420,17 +440,20 @@ fn walk(
             subdirs.push(name.to_owned());
         }
     }
-    if depth >= MAX_DEPTH {
-        return Ok(());
-    }
     for name in subdirs {
-        if let Ok(sub) = rustix::fs::openat(
+        let Ok(sub) = rustix::fs::openat(
             dir,
             name.as_c_str(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        ) {
-            walk(&sub, dev, depth + 1, changed_since, visit)?;
+        ) else {
+            continue;
+        };
+        if depth + 1 < MAX_DEPTH {
+            walk(&sub, dev, depth + 1, changed_since, visit, deeper)?;
+        } else if deeper.len() < MAX_DEFERRED {
+            // Walked later from here, once the descriptors above are closed.
+            deeper.push(sub);
         }
     }
     Ok(())
