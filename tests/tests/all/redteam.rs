@@ -403,3 +403,41 @@ async fn entries_nested_deeper_than_a_walk_holds_open_are_handed_back() {
     let file = dir.parent().unwrap().join("f");
     assert_eq!(std::fs::symlink_metadata(&file).unwrap().uid(), owner);
 }
+
+/// Rule 2, second round: a git alias (`alias.x = !ld.so`) is run by git
+/// without a shell with the step's arguments, and `gpg.ssh.defaultKeyCommand`
+/// is split into words and run for `commit-tree -S`; both handed the ELF
+/// interpreter a program to load. Aliases (any subcommand that is not one
+/// of git's own) are refused now, and every signing program is pinned to
+/// one that does not exist.
+#[tokio::test(flavor = "multi_thread")]
+async fn git_aliases_and_signing_commands_run_no_program() {
+    if !as_root("git alias and signing command") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let runner = runner(&sandbox);
+    let ld_so = "/lib64/ld-linux-x86-64.so.2";
+    let script = format!(
+        "append .git/config [alias]\n\
+         append .git/config evil = !{ld_so}\n\
+         append .git/config [gpg]\n\
+         append .git/config format = ssh\n\
+         append .git/config [gpg \"ssh\"]\n\
+         append .git/config defaultKeyCommand = {ld_so} /usr/bin/touch PWNED-signing\n\
+         git evil /usr/bin/touch PWNED-alias\n\
+         git commit-tree -S HEAD^{{tree}} -m x"
+    );
+    let result = run(&runner, request(&sandbox, "redteam-git", "alias", &script)).await;
+    let stdout = stdout_of(&result);
+    assert!(
+        stdout.contains("is refused"),
+        "the alias was not refused: {stdout}"
+    );
+    for marker in ["PWNED-alias", "PWNED-signing"] {
+        assert!(
+            !sandbox.repo.join(marker).exists(),
+            "{marker} appeared: a program the kind was not granted ran\n{stdout}"
+        );
+    }
+}

@@ -92,24 +92,117 @@ const REFUSED_ARGS: &[(&str, &[&str])] = &[
     ("zip", &["-TT", "--unzip-command"]),
 ];
 
-/// git subcommands that run programs by design (remote helpers, tools,
-/// servers, scripts): refused whatever the grant, since the program they
-/// run is named by the repository or the arguments, not granted.
-const GIT_REFUSED_SUBCOMMANDS: &[&str] = &[
-    "difftool",
-    "mergetool",
-    "daemon",
-    "shell",
-    "http-backend",
-    "instaweb",
-    "bisect",
-    "filter-branch",
-    "submodule",
-    "upload-pack",
-    "receive-pack",
-    "upload-archive",
-    "send-email",
-    "web--browse",
+/// git subcommands a policy lets run: git's own commands that run no
+/// program a repository or an argument names. Anything else — an alias
+/// (`alias.x = !program`), a remote helper, a tool, a server, a script,
+/// `help` (a man viewer) — is refused whatever the grant.
+const GIT_SUBCOMMANDS: &[&str] = &[
+    "add",
+    "am",
+    "annotate",
+    "apply",
+    "archive",
+    "blame",
+    "branch",
+    "bundle",
+    "cat-file",
+    "check-attr",
+    "check-ignore",
+    "check-mailmap",
+    "check-ref-format",
+    "checkout",
+    "checkout-index",
+    "cherry",
+    "cherry-pick",
+    "clean",
+    "clone",
+    "column",
+    "commit",
+    "commit-graph",
+    "commit-tree",
+    "config",
+    "count-objects",
+    "describe",
+    "diff",
+    "diff-files",
+    "diff-index",
+    "diff-tree",
+    "fast-export",
+    "fast-import",
+    "fetch",
+    "fmt-merge-msg",
+    "for-each-ref",
+    "format-patch",
+    "fsck",
+    "gc",
+    "get-tar-commit-id",
+    "grep",
+    "hash-object",
+    "index-pack",
+    "init",
+    "log",
+    "ls-files",
+    "ls-remote",
+    "ls-tree",
+    "mailinfo",
+    "mailsplit",
+    "maintenance",
+    "merge",
+    "merge-base",
+    "merge-file",
+    "merge-tree",
+    "mktag",
+    "mktree",
+    "multi-pack-index",
+    "mv",
+    "name-rev",
+    "notes",
+    "pack-objects",
+    "pack-refs",
+    "patch-id",
+    "prune",
+    "prune-packed",
+    "pull",
+    "push",
+    "range-diff",
+    "read-tree",
+    "rebase",
+    "reflog",
+    "refs",
+    "remote",
+    "repack",
+    "replace",
+    "rerere",
+    "reset",
+    "restore",
+    "rev-list",
+    "rev-parse",
+    "revert",
+    "rm",
+    "shortlog",
+    "show",
+    "show-branch",
+    "show-index",
+    "show-ref",
+    "sparse-checkout",
+    "stash",
+    "status",
+    "stripspace",
+    "switch",
+    "symbolic-ref",
+    "tag",
+    "unpack-file",
+    "unpack-objects",
+    "update-index",
+    "update-ref",
+    "var",
+    "verify-commit",
+    "verify-pack",
+    "verify-tag",
+    "version",
+    "whatchanged",
+    "worktree",
+    "write-tree",
 ];
 
 /// git subcommands that show diffs (and `log` or `whatchanged` asked for
@@ -134,15 +227,25 @@ fn check_git_subcommand(args: &[String]) -> Result<(), String> {
     let Some(sub) = args.iter().find(|a| !a.starts_with('-')) else {
         return Ok(());
     };
-    if sub.starts_with("remote-") || sub.starts_with("credential") {
+    if !GIT_SUBCOMMANDS.contains(&sub.as_str()) {
         return Err(format!(
-            "`git {sub}` is refused: it runs a program named by its arguments or the repository"
+            "`git {}` is refused: only git's own commands run (not aliases, helpers, tools or servers, which run programs the repository or the arguments name)",
+            crate::capabilities::bounds::cut(sub, 64)
         ));
     }
-    if GIT_REFUSED_SUBCOMMANDS.contains(&sub.as_str()) {
-        return Err(format!(
-            "`git {sub}` is refused: it runs programs the repository or its arguments name"
-        ));
+    if args.iter().any(|a| a == "--help") {
+        return Err(
+            "`git … --help` is refused: it runs the man viewer the repository may name".into(),
+        );
+    }
+    if args
+        .iter()
+        .any(|a| a == "--trailer" || a.starts_with("--trailer="))
+    {
+        return Err(
+            "`--trailer` of git is refused: it runs the trailer commands (`trailer.<key>.cmd`) the repository configures"
+                .into(),
+        );
     }
     // `log` and `whatchanged` show patches only when asked to.
     let shows_patches = matches!(sub.as_str(), "log" | "whatchanged")
@@ -180,11 +283,15 @@ fn check_git_subcommand(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// What git is told to run where it must not run anything: a path that
+/// does not exist, so the attempt fails.
+const NO_PROGRAM: &str = "/nonexistent/baa-runner-runs-no-program-here";
+
 /// Configuration every subprocess's git gets with command-line precedence
 /// (`GIT_CONFIG_COUNT`; no repository file can override it): no hooks,
 /// no fsmonitor, no transport at all (a promisor remote or `ext::` URL the
 /// repository names would run a command), no credential helper, no
-/// signing program.
+/// signing, ssh, askpass or man program.
 pub const GIT_OVERRIDES: &[(&str, &str)] = &[
     ("core.fsmonitor", "false"),
     ("core.hooksPath", "/dev/null"),
@@ -199,6 +306,15 @@ pub const GIT_OVERRIDES: &[(&str, &str)] = &[
     ("credential.helper", ""),
     ("commit.gpgSign", "false"),
     ("tag.gpgSign", "false"),
+    ("gpg.format", "openpgp"),
+    ("gpg.program", NO_PROGRAM),
+    ("gpg.openpgp.program", NO_PROGRAM),
+    ("gpg.x509.program", NO_PROGRAM),
+    ("gpg.ssh.program", NO_PROGRAM),
+    ("gpg.ssh.defaultKeyCommand", NO_PROGRAM),
+    ("core.sshCommand", NO_PROGRAM),
+    ("core.askPass", NO_PROGRAM),
+    ("man.viewer", NO_PROGRAM),
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
 ];
