@@ -468,6 +468,7 @@ impl Subprocesses {
         origin: Origin,
     ) -> Result<ProcessHandle, SpawnError> {
         let for_worker = matches!(origin, Origin::Worker);
+        let is_builtin = matches!(origin, Origin::Host(Some(_)));
         let builtin = match origin {
             Origin::Host(builtin) => builtin,
             Origin::Worker => None,
@@ -557,6 +558,12 @@ impl Subprocesses {
             }
         };
         let pid = launched.pid.max(0) as u32;
+        // A builtin runs no program: it is shown by its name.
+        let shown = if is_builtin {
+            PathBuf::from(&cmd.program)
+        } else {
+            program.to_path_buf()
+        };
         let supervisor = launched.supervisor;
         let start_time = process_start_time(pid);
         self.spawned += 1;
@@ -577,12 +584,12 @@ impl Subprocesses {
             "subprocess.started",
             format!(
                 "started `{}` (pid {pid})",
-                display_command(program, &cmd.args)
+                display_command(&shown, &cmd.args)
             ),
             Some(json!({
                 "pid": pid,
                 "supervisorPid": supervisor,
-                "program": program.display().to_string(),
+                "program": shown.display().to_string(),
                 "args": record_args(&cmd.args),
                 "cwd": cwd.display().to_string(),
                 "envNames": env.keys().collect::<Vec<_>>(),
