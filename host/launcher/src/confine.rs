@@ -49,6 +49,9 @@ pub struct Prepared {
     /// mount namespace (a directory opened outside it is unreachable).
     worktree: PathBuf,
     rel_cwd: PathBuf,
+    /// Trees to mount again, idmapped through the user namespace beside
+    /// each (made before the fork, as root).
+    views: Vec<(CString, OwnedFd)>,
     ruleset: Option<RulesetCreated>,
     filters: Vec<BpfProgram>,
     pub applied: Applied,
@@ -164,6 +167,40 @@ fn private_dirs(
     Ok(out)
 }
 
+/// The user namespace of each of the spec's views. Views need the step's
+/// own user and mount namespace.
+fn views(
+    spec: &LaunchSpec,
+    private: &[(OwnedFd, &'static str)],
+) -> Result<Vec<(CString, OwnedFd)>, Failure> {
+    if spec.views.is_empty() {
+        return Ok(Vec::new());
+    }
+    let user = match spec.user {
+        Some(user) if !private.is_empty() => user,
+        _ => {
+            return Err((
+                "views",
+                "idmapped views need a dedicated user and private directories".into(),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for view in &spec.views {
+        if !view.path.is_absolute() {
+            return Err(("views", format!("{} is not absolute", view.path.display())));
+        }
+        let userns = crate::view::user_namespace(view.owner, user).map_err(|e| {
+            (
+                "views",
+                format!("a user namespace for {}: {e}", view.path.display()),
+            )
+        })?;
+        out.push((cstring(view.path.as_os_str().as_bytes(), "a view")?, userns));
+    }
+    Ok(out)
+}
+
 /// Open, resolve and compile everything the child needs.
 pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     if !spec.program.is_absolute() || !spec.worktree.is_absolute() {
@@ -219,6 +256,7 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         Some(home) => private_dirs(home, spec.user)?,
         None => Vec::new(),
     };
+    let views = views(spec, &private)?;
     let kernel_abi = landlock_abi();
     let (ruleset, landlock_abi) = if kernel_abi == 0 {
         if spec.landlock.required {
@@ -275,6 +313,7 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         expose,
         worktree: spec.worktree.clone(),
         rel_cwd: spec.cwd.clone(),
+        views,
         ruleset,
         filters,
         applied: Applied {
@@ -500,6 +539,7 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
             .map_err(e)?;
         deny.insert(libc::SYS_clone, rules);
     }
+    setuid_guard(&mut deny).map_err(e)?;
     let main = SeccompFilter::new(
         deny,
         SeccompAction::Allow,
@@ -507,10 +547,14 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
         ARCH,
     )
     .map_err(e)?;
-    // clone3 takes its flags in memory a filter cannot read: answer ENOSYS so
-    // that the C library falls back to clone, whose flags are checked above.
+    // clone3 and openat2 take their flags in memory a filter cannot read:
+    // answer ENOSYS so that the C library falls back to clone and openat,
+    // whose flags are checked above.
     let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        BTreeMap::from([
+            (libc::SYS_clone3, Vec::new()),
+            (libc::SYS_openat2, Vec::new()),
+        ]),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         ARCH,
@@ -521,6 +565,58 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
         clone3.try_into().map_err(e)?,
     ])
 }
+
+/// No subprocess makes a file setuid or setgid: through an idmapped view a
+/// file the step creates belongs to the tree's owner on disk (root, often),
+/// so a setuid bit would be the owner's. `chmod` calls and creating opens
+/// whose mode carries either bit are refused (the views are also `nosuid`).
+/// `openat2` takes its mode in memory a filter cannot read: refused with
+/// ENOSYS, so callers fall back to `openat`.
+fn setuid_guard(
+    deny: &mut BTreeMap<i64, Vec<SeccompRule>>,
+) -> Result<(), seccompiler::BackendError> {
+    let bit = |arg: u8, bit: u64| {
+        SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(bit),
+            bit,
+        )
+    };
+    let special = [libc::S_ISUID as u64, libc::S_ISGID as u64];
+    // (system call, index of its mode argument, index of its flags argument)
+    let mut calls: Vec<(libc::c_long, u8, Option<u8>)> = vec![
+        (libc::SYS_fchmod, 1, None),
+        (libc::SYS_fchmodat, 2, None),
+        (SYS_FCHMODAT2, 2, None),
+        (libc::SYS_openat, 3, Some(2)),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    calls.extend([
+        (libc::SYS_chmod, 1, None),
+        (libc::SYS_open, 2, Some(1)),
+        (libc::SYS_creat, 1, None),
+    ]);
+    let creating = [libc::O_CREAT as u64, 0o20000000 /* __O_TMPFILE */];
+    for (nr, mode, flags) in calls {
+        let mut rules = Vec::new();
+        for b in special {
+            match flags {
+                None => rules.push(SeccompRule::new(vec![bit(mode, b)?])?),
+                Some(flags) => {
+                    for create in creating {
+                        rules.push(SeccompRule::new(vec![bit(flags, create)?, bit(mode, b)?])?);
+                    }
+                }
+            }
+        }
+        deny.insert(nr, rules);
+    }
+    Ok(())
+}
+
+/// `fchmodat2` (Linux 6.6), not named by every libc.
+const SYS_FCHMODAT2: libc::c_long = 452;
 
 /// In the forked child: confine, then exec. Returns only on failure.
 pub fn exec(mut p: Prepared) -> Failure {
@@ -671,6 +767,21 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
                 {
                     return Err(("private-dirs", format!("binding {path:?}: {}", errno())));
                 }
+            }
+            // The trees the step writes, over their own paths: idmapped, so
+            // their owner is the step's user here and stays the owner on disk.
+            for (path, userns) in &p.views {
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                if fd < 0 {
+                    return Err(("views", format!("{path:?}: {}", errno())));
+                }
+                let dir = OwnedFd::from_raw_fd(fd);
+                crate::view::idmapped_tree(&dir, userns)
+                    .and_then(|tree| crate::view::attach(&tree, &dir))
+                    .map_err(|e| ("views", format!("an idmapped view of {path:?}: {e}")))?;
             }
             let cwd = open(&p.worktree, libc::O_PATH | libc::O_DIRECTORY)
                 .and_then(|root| open_beneath(&root, &p.rel_cwd));

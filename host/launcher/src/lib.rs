@@ -60,6 +60,22 @@ pub struct LaunchSpec {
     /// link the step planted there.
     #[serde(default)]
     pub builtin: Option<Builtin>,
+    /// Trees mounted again over their own paths, idmapped so that their
+    /// owner appears as `user` (needs `user` and `private_dirs`): the step
+    /// writes them as their owner and nothing on disk changes owner.
+    #[serde(default)]
+    pub views: Vec<View>,
+}
+
+/// A tree the step sees as its own through an idmapped mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct View {
+    /// An absolute directory.
+    pub path: PathBuf,
+    /// Its owner on disk, shown as the step's user (entries of any other
+    /// owner appear as the overflow user).
+    pub owner: User,
 }
 
 /// A file operation the launcher's confined child performs in place of a

@@ -10,12 +10,14 @@
 //! other inherited descriptor is closed), `baa-launch SPEC-JSON` (descriptors
 //! already on 3 and 4), `baa-launch --probe`,
 //! `baa-launch --self-test SPEC-JSON` (confine itself, try what must be
-//! refused, print the verdicts) or `baa-launch --sweep UID` (kill every
-//! process of a dedicated user).
+//! refused, print the verdicts), `baa-launch --probe-view PATH UID` (whether
+//! PATH's file system takes an idmapped view for UID) or
+//! `baa-launch --sweep UID` (kill every process of a dedicated user).
 
 mod builtin;
 mod confine;
 mod supervise;
+mod view;
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -46,6 +48,21 @@ fn main() {
                         "baa-launch: self-test could not confine itself ({stage}): {message}"
                     );
                     std::process::exit(SETUP_FAILED)
+                }
+            }
+        }
+        Some("--probe-view") => {
+            let path = args.get(2).map(std::path::PathBuf::from);
+            let uid = args.get(3).and_then(|u| u.parse::<u32>().ok());
+            match (path, uid) {
+                (Some(path), Some(uid)) => {
+                    let user = baa_launch::User { uid, gid: uid };
+                    let verdict = view::probe(&path, user);
+                    println!("{}", serde_json::to_string(&verdict).unwrap_or_default());
+                }
+                _ => {
+                    eprintln!("baa-launch: --probe-view PATH UID");
+                    std::process::exit(2)
                 }
             }
         }

@@ -154,6 +154,7 @@ impl Confinement {
             },
             kill_grace_ms: s.kill_grace_ms,
             builtin: launch.builtin.clone(),
+            views: lease.map(|l| l.views()).unwrap_or_default(),
         }
     }
 
@@ -179,6 +180,12 @@ impl Confinement {
             "user": match &self.user {
                 Some(_) => json!({ "mode": "dedicated", "uidBase": self.sandbox.uid_base }),
                 None => json!({ "mode": "current", "uid": rustix::process::geteuid().as_raw() }),
+            },
+            // How the step's user sees the worktree (and write paths) as
+            // its own: an idmapped view, chown lending, or no other user.
+            "worktreeView": match (&self.user, self.lend.first()) {
+                (Some(_), Some(tree)) => json!(super::user::lending(tree)),
+                _ => json!("direct"),
             },
             "network": match policy.network() {
                 Network::None => json!("none"),
@@ -246,6 +253,7 @@ pub fn read_only_spec(
         seccomp: SeccompSpec::default(),
         kill_grace_ms: sandbox.kill_grace_ms,
         builtin: None,
+        views: Vec::new(),
     }
 }
 

@@ -86,6 +86,22 @@ pub fn self_test(spec: &LaunchSpec) -> Result<Vec<baa_launch::Check>, String> {
         .map_err(|e| format!("the self-test's report is not valid: {e}"))
 }
 
+/// Whether the file system of `path` takes an idmapped view (asked of the
+/// launcher, which tries one without attaching it anywhere).
+pub fn probe_view(path: &Path) -> Result<(), String> {
+    // Any unprivileged uid does: the probe only builds the mapping.
+    let out = std::process::Command::new(binary()?)
+        .arg("--probe-view")
+        .arg(path)
+        .arg("65533")
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running the launcher: {e}"))?;
+    serde_json::from_slice::<Result<(), String>>(&out.stdout)
+        .map_err(|e| format!("the launcher's view probe is not valid: {e}"))?
+}
+
 /// Kill every process of the dedicated user `uid`.
 pub fn sweep(uid: u32) -> Result<(), String> {
     let status = std::process::Command::new(binary()?)

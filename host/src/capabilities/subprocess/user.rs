@@ -24,6 +24,22 @@ struct Lent {
     path: PathBuf,
     uid: u32,
     gid: u32,
+    /// How the step sees it as its own.
+    #[serde(default)]
+    how: Lending,
+}
+
+/// How a tree is lent to a step's user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Lending {
+    /// An idmapped view in the step's mount namespace: nothing on disk
+    /// changes owner, nothing is handed back.
+    Idmapped,
+    /// The file system takes no idmapped mount: every entry is chowned to
+    /// the step's user and back.
+    #[default]
+    Chown,
 }
 
 impl Lent {
@@ -31,8 +47,36 @@ impl Lent {
     /// process of `uid` is left, so nothing changes the tree meanwhile;
     /// not bounded by any deadline (ownership must come back whole).
     fn hand_back(&self, uid: u32) -> std::io::Result<()> {
-        chown_tree(&self.path, Some(uid), self.uid, self.gid, false, None, None)
+        match self.how {
+            Lending::Idmapped => Ok(()),
+            Lending::Chown => {
+                chown_tree(&self.path, Some(uid), self.uid, self.gid, false, None, None)
+            }
+        }
     }
+}
+
+/// How `path` is lent to a step's user on this machine: an idmapped view
+/// where its file system takes one (asked once per file system), else
+/// chown.
+pub fn lending(path: &Path) -> Lending {
+    static BY_DEVICE: Mutex<Vec<(u64, Lending)>> = Mutex::new(Vec::new());
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Lending::Chown;
+    };
+    let mut known = BY_DEVICE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, how)) = known.iter().find(|(dev, _)| *dev == meta.dev()) {
+        return *how;
+    }
+    let how = match launcher::probe_view(path) {
+        Ok(()) => Lending::Idmapped,
+        Err(why) => {
+            tracing::warn!(path = %path.display(), "no idmapped view here, lending by chown: {why}");
+            Lending::Chown
+        }
+    };
+    known.push((meta.dev(), how));
+    how
 }
 
 /// A uid leased for one step. Released (processes killed, trees handed
@@ -168,10 +212,12 @@ impl UserLease {
         }
         check_reachable(path, self.user)?;
         let meta = std::fs::symlink_metadata(path).map_err(io(path.display()))?;
+        let how = lending(path);
         lent.push(Lent {
             path: path.to_path_buf(),
             uid: meta.uid(),
             gid: meta.gid(),
+            how,
         });
         let started = walk_start();
         // Recorded before the first chown, so a crash leaves a way back.
@@ -184,6 +230,9 @@ impl UserLease {
             crate::fsutil::Durability::ProcessCrash,
         )
         .map_err(io(self.record_path().display()))?;
+        if how == Lending::Idmapped {
+            return Ok(());
+        }
         if let Err(e) = chown_tree(
             path,
             None,
@@ -218,7 +267,7 @@ impl UserLease {
         let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let since = *self.synced_since.lock().unwrap_or_else(|p| p.into_inner());
         let started = walk_start();
-        for l in lent {
+        for l in lent.iter().filter(|l| l.how == Lending::Chown) {
             chown_tree(
                 &l.path,
                 None,
@@ -232,6 +281,21 @@ impl UserLease {
         }
         *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         Ok(())
+    }
+
+    /// The trees shown to the step's user through idmapped views.
+    pub fn views(&self) -> Vec<baa_launch::View> {
+        let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
+        lent.iter()
+            .filter(|l| l.how == Lending::Idmapped)
+            .map(|l| baa_launch::View {
+                path: l.path.clone(),
+                owner: User {
+                    uid: l.uid,
+                    gid: l.gid,
+                },
+            })
+            .collect()
     }
 
     /// Kill every process of the user, hand every lent tree back, empty the
