@@ -52,6 +52,10 @@ pub struct Prepared {
     /// Trees to mount again, idmapped through the user namespace beside
     /// each (made before the fork, as root).
     views: Vec<(CString, OwnedFd)>,
+    /// Directories above a view that the step's user may not search,
+    /// replaced by an empty tmpfs in which what the step needs beneath
+    /// them is mounted again: the view is reached by mount, not by path.
+    masks: Vec<PathBuf>,
     ruleset: Option<RulesetCreated>,
     filters: Vec<BpfProgram>,
     pub applied: Applied,
@@ -201,6 +205,44 @@ fn views(
     Ok(out)
 }
 
+/// The topmost directory above each view that `spec.user` cannot search
+/// (`/root` above `/root/work/repo`), outside the private directories
+/// (which are rebuilt searchable anyway).
+fn masks(spec: &LaunchSpec, private: &[(OwnedFd, &'static str)]) -> Vec<PathBuf> {
+    let Some(user) = spec.user else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for view in &spec.views {
+        if private.iter().any(|(_, t)| view.path.starts_with(t)) {
+            continue;
+        }
+        let above: Vec<&Path> = view.path.ancestors().skip(1).collect();
+        for dir in above.into_iter().rev() {
+            let Ok(meta) = std::fs::metadata(dir) else {
+                break;
+            };
+            use std::os::unix::fs::MetadataExt;
+            let mode = meta.mode();
+            let searchable = if meta.uid() == user.uid {
+                mode & 0o100 != 0
+            } else if meta.gid() == user.gid {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            };
+            if !searchable {
+                if !out.iter().any(|m| dir.starts_with(m)) {
+                    out.retain(|m| !m.starts_with(dir));
+                    out.push(dir.to_path_buf());
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// Open, resolve and compile everything the child needs.
 pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     if !spec.program.is_absolute() || !spec.worktree.is_absolute() {
@@ -276,7 +318,12 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     };
     let filters = filters(&spec.seccomp).map_err(|e| ("seccomp", e))?;
     let user = spec.user;
-    let targets: Vec<&Path> = private.iter().map(|(_, t)| Path::new(*t)).collect();
+    let masks = masks(spec, &private);
+    let targets: Vec<&Path> = private
+        .iter()
+        .map(|(_, t)| Path::new(*t))
+        .chain(masks.iter().map(PathBuf::as_path))
+        .collect();
     let mut expose = Vec::new();
     if !targets.is_empty() {
         let l = &spec.landlock;
@@ -314,6 +361,7 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         worktree: spec.worktree.clone(),
         rel_cwd: spec.cwd.clone(),
         views,
+        masks,
         ruleset,
         filters,
         applied: Applied {
@@ -736,15 +784,32 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
                     ));
                 }
             }
-            // What the child needs from the real /tmp (its worktree, say),
-            // bound back at the same paths. The mount points are made in
+            // Directories the step's user may not search, emptied.
+            for mask in &p.masks {
+                let target = cstring(mask.as_os_str().as_bytes(), "a directory")?;
+                if libc::mount(
+                    c"none".as_ptr(),
+                    target.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"mode=0755,size=1m,nr_inodes=4k".as_ptr().cast(),
+                ) != 0
+                {
+                    return Err(("views", format!("hiding {}: {}", mask.display(), errno())));
+                }
+            }
+            // What the child needs from the real /tmp (its worktree, say)
+            // and from beneath those directories, bound back at the same paths. The mount points are made in
             // the step's own directory without following any link in it.
             for (fd, path, is_dir) in &sources {
+                let under = Path::new(OsStr::from_bytes(path.as_bytes()));
                 let point = p
                     .private
                     .iter()
-                    .find(|(_, t)| Path::new(OsStr::from_bytes(path.as_bytes())).starts_with(t))
-                    .map(|(_, t)| *t)
+                    .map(|(_, t)| Path::new(*t))
+                    .chain(p.masks.iter().map(PathBuf::as_path))
+                    .filter(|t| under.starts_with(t))
+                    .max_by_key(|t| t.as_os_str().len())
                     .ok_or_else(|| {
                         (
                             "private-dirs",
@@ -853,15 +918,15 @@ fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {
 /// its parents) a directory or an empty file to mount on, and open it.
 /// Every component is created and opened beneath its parent without
 /// following a link: the private directory is the step's to fill.
-fn mount_point(target: &str, path: &[u8], is_dir: bool) -> std::io::Result<OwnedFd> {
+fn mount_point(target: &Path, path: &[u8], is_dir: bool) -> std::io::Result<OwnedFd> {
     let rel = path
-        .strip_prefix(target.as_bytes())
+        .strip_prefix(target.as_os_str().as_bytes())
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let parts: Vec<&[u8]> = rel
         .split(|b| *b == b'/')
         .filter(|p| !p.is_empty())
         .collect();
-    let mut dir = open(Path::new(target), libc::O_PATH | libc::O_DIRECTORY)?;
+    let mut dir = open(target, libc::O_PATH | libc::O_DIRECTORY)?;
     for (i, part) in parts.iter().enumerate() {
         let c = CString::new(*part).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         let last = i + 1 == parts.len();

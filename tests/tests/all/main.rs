@@ -21,6 +21,7 @@ mod sandbox;
 mod serve;
 mod shell;
 mod supply_chain;
+mod views;
 
 use std::path::{Path, PathBuf};
 

@@ -504,9 +504,9 @@ impl Subprocesses {
         // Whatever the repository configures, the git of the host or of a
         // kind that may execute only what it was granted runs no program of
         // the repository's (a kind granted a shell runs what it likes).
-        if !for_worker || self.policy.executables().is_some() {
-            env.extend(policy::git_override_env());
-        }
+        let view = lease.as_ref().is_some_and(|l| l.has_views());
+        let overrides = !for_worker || self.policy.executables().is_some();
+        env.extend(policy::git_env(overrides, view));
         env.extend(cmd.env.iter().cloned());
         let rel_cwd = cwd
             .strip_prefix(&self.setup.worktree)

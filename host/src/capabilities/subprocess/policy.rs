@@ -319,20 +319,32 @@ pub const GIT_OVERRIDES: &[(&str, &str)] = &[
     ("maintenance.auto", "false"),
 ];
 
-/// The environment that applies [`GIT_OVERRIDES`] to every git a
-/// subprocess starts, plus no lazy fetches, no protocols and no editor.
-pub fn git_override_env() -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "GIT_CONFIG_COUNT".to_string(),
-            GIT_OVERRIDES.len().to_string(),
-        ),
-        ("GIT_NO_LAZY_FETCH".to_string(), "1".to_string()),
-        ("GIT_ALLOW_PROTOCOL".to_string(), String::new()),
-        ("GIT_EDITOR".to_string(), ":".to_string()),
-        ("GIT_SEQUENCE_EDITOR".to_string(), ":".to_string()),
-    ];
-    for (i, (key, value)) in GIT_OVERRIDES.iter().enumerate() {
+/// The environment of a subprocess's git: with `overrides`, [`GIT_OVERRIDES`]
+/// plus no lazy fetches, no protocols and no editor; with `view` (the
+/// worktree is an idmapped view, whose owner the index does not know),
+/// `core.checkStat = minimal`, so that the stat cache stays valid.
+pub fn git_env(overrides: bool, view: bool) -> Vec<(String, String)> {
+    let mut config: Vec<(&str, &str)> = Vec::new();
+    let mut env = Vec::new();
+    if overrides {
+        config.extend(GIT_OVERRIDES);
+        env.extend(
+            [
+                ("GIT_NO_LAZY_FETCH", "1"),
+                ("GIT_ALLOW_PROTOCOL", ""),
+                ("GIT_EDITOR", ":"),
+                ("GIT_SEQUENCE_EDITOR", ":"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+    }
+    if view {
+        config.push(("core.checkStat", "minimal"));
+    }
+    if !config.is_empty() {
+        env.push(("GIT_CONFIG_COUNT".to_string(), config.len().to_string()));
+    }
+    for (i, (key, value)) in config.iter().enumerate() {
         env.push((format!("GIT_CONFIG_KEY_{i}"), key.to_string()));
         env.push((format!("GIT_CONFIG_VALUE_{i}"), value.to_string()));
     }

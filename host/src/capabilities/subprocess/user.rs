@@ -92,6 +92,9 @@ pub struct UserLease {
     /// the file system's coarse clock): directories whose ctime is older
     /// have had no entry added since, so a resync does not look inside them.
     synced_since: Mutex<Option<i128>>,
+    /// Locks on the trees lent by chown (see [`UserLease::lock_tree`]),
+    /// released with the lease.
+    tree_locks: Mutex<Vec<File>>,
     _lock: File,
 }
 
@@ -133,6 +136,7 @@ impl UserLease {
                 lent: Mutex::new(Vec::new()),
                 released: Mutex::new(false),
                 synced_since: Mutex::new(None),
+                tree_locks: Mutex::new(Vec::new()),
                 _lock: lock,
             };
             lease.recover()?;
@@ -210,9 +214,15 @@ impl UserLease {
         if lent.iter().any(|l| l.path == path) {
             return Ok(());
         }
-        check_reachable(path, self.user)?;
-        let meta = std::fs::symlink_metadata(path).map_err(io(path.display()))?;
         let how = lending(path);
+        // A view is mounted where the user can reach it (the launcher hides
+        // the directories above it the user may not search); a chowned
+        // tree is reached by its path.
+        let meta = std::fs::symlink_metadata(path).map_err(io(path.display()))?;
+        if how == Lending::Chown {
+            check_reachable(path, self.user)?;
+            self.lock_tree(path, &meta, until)?;
+        }
         lent.push(Lent {
             path: path.to_path_buf(),
             uid: meta.uid(),
@@ -258,6 +268,43 @@ impl UserLease {
         Ok(())
     }
 
+    /// Hold the tree (by device and inode) for this lease: two host
+    /// processes would otherwise lend one tree to two users in turn. Waits
+    /// for the other step until `until`.
+    fn lock_tree(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        until: std::time::Instant,
+    ) -> Result<(), String> {
+        let lock_path = self
+            .state_dir
+            .join(format!("tree-{}-{}.lock", meta.dev(), meta.ino()));
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(lock_path.display()))?;
+        while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .is_err()
+        {
+            if std::time::Instant::now() >= until {
+                return Err(format!(
+                    "{} is lent to the sandbox user of a step of another host process until it ends; \
+                     run steps on one worktree one at a time, or from one host",
+                    path.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.tree_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(lock);
+        Ok(())
+    }
+
     /// Give the user what appeared in its trees since (files the worker
     /// wrote through WASI belong to the host).
     /// Only directories changed since the last walk are looked into (their
@@ -281,6 +328,12 @@ impl UserLease {
         }
         *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         Ok(())
+    }
+
+    /// Whether any tree is shown through an idmapped view.
+    pub fn has_views(&self) -> bool {
+        let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
+        lent.iter().any(|l| l.how == Lending::Idmapped)
     }
 
     /// The trees shown to the step's user through idmapped views.
