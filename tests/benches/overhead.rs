@@ -558,7 +558,7 @@ async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
             &["status"][..],
             Target::RatioAtMost(1.10),
         ),
-        ("git", "status", &["status"][..], Target::None),
+        ("git", "status", &["status"][..], Target::RatioAtMost(2.0)),
         ("shell", "git diff", &["diff"][..], Target::None),
         ("git", "diff", &["diff"][..], Target::None),
     ] {
@@ -826,6 +826,167 @@ async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
     });
 }
 
+/// A repository of `files` committed files, 100 per directory.
+fn big_repo(root: &Path, files: usize) -> PathBuf {
+    let repo = root.join(format!("repo-{files}"));
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["config", "user.name", "Bench"]);
+    git(&repo, &["config", "user.email", "bench@example.test"]);
+    for i in 0..files {
+        let dir = repo.join(format!("d{:04}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        std::fs::write(dir.join(format!("f{i}.txt")), format!("{i}\n")).unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "files"]);
+    git(&repo, &["status", "--porcelain"]);
+    repo
+}
+
+/// The worktree-size axis (issue 15): a `true` step on worktrees of 1k,
+/// 50k and 200k files, the owner's `git status` before and after a step,
+/// `git status` through the shell kind on a big tree, and the one-shot CLI.
+async fn measure_worktrees(bench: &Bench, rows: &mut Vec<Row>) {
+    let sizes: &[usize] = if quick() {
+        &[1_000, 20_000]
+    } else {
+        &[1_000, 50_000, 200_000]
+    };
+    let root = bench.sandbox.dir.path().join("worktrees");
+    let home = bench.sandbox.dir.path().join("git-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let native_status = |repo: &Path| {
+        time(|| {
+            let out = std::process::Command::new("git")
+                .args(["status", "--porcelain"])
+                .current_dir(repo)
+                .env("HOME", &home)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        })
+        .0
+    };
+    let step_on = |repo: &Path, command: &str, checkpoints: bool| {
+        let mut request = bench.request("shell", command, checkpoints, 600);
+        request["runtime"]["repoRoot"] = repo.display().to_string().into();
+        request["runtime"]["worktreePath"] = repo.display().to_string().into();
+        request
+    };
+    let mut smallest = None;
+    for &files in sizes {
+        let repo = big_repo(&root, files);
+        let samples = if files > 10_000 { n(5) } else { n(20) };
+        let mut ours = Vec::new();
+        for _ in 0..samples {
+            let request = step_on(&repo, "true", false);
+            let (us, result) = time_async(bench.step(request)).await;
+            assert!(result.ok, "{}", result.summary);
+            ours.push(us);
+        }
+        let ours = Stats::of(ours);
+        let base = *smallest.get_or_insert(ours);
+        rows.push(Row {
+            metric: format!("`true` step (shell kind, no checkpoints), {files}-file worktree"),
+            unit: "µs",
+            ours,
+            native: base,
+            baseline: "the same step on a 1k-file worktree",
+            target: if files == sizes[0] {
+                Target::None
+            } else {
+                Target::RatioAtMost(1.2)
+            },
+        });
+        if files != *sizes.last().unwrap() {
+            continue;
+        }
+        // The owner's git status, warm, before and right after a step.
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for _ in 0..n(5) {
+            native_status(&repo);
+            before.push(native_status(&repo));
+            let result = bench
+                .step(step_on(&repo, "git status --porcelain", true))
+                .await;
+            assert!(result.ok, "{}", result.summary);
+            after.push(native_status(&repo));
+        }
+        rows.push(Row {
+            metric: format!("owner's `git status` right after a step, {files}-file worktree"),
+            unit: "µs",
+            ours: Stats::of(after),
+            native: Stats::of(before),
+            baseline: "the owner's git status before the step",
+            target: Target::RatioAtMost(1.1),
+        });
+        let (mut ours, mut native) = (Vec::new(), Vec::new());
+        for _ in 0..n(5) {
+            let request = step_on(&repo, "git status --porcelain", false);
+            let (us, result) = time_async(bench.step(request)).await;
+            assert!(result.ok, "{}", result.summary);
+            ours.push(us);
+            native.push(native_status(&repo));
+        }
+        rows.push(Row {
+            metric: format!("`git status` through the shell kind, {files}-file worktree"),
+            unit: "µs",
+            ours: Stats::of(ours),
+            native: Stats::of(native),
+            baseline: "the same git status spawned directly",
+            target: Target::RatioAtMost(1.1),
+        });
+    }
+    // The one-shot CLI: a whole `baa-runner run` of `git status` with
+    // checkpoint capture on a small repository, against git status itself.
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/baa-runner");
+    if !cli.exists() {
+        eprintln!(
+            "SKIPPED the one-shot CLI row: {} is not built",
+            cli.display()
+        );
+        return;
+    }
+    let repo = big_repo(&root, 100);
+    let (mut ours, mut native) = (Vec::new(), Vec::new());
+    for i in 0..n(20) {
+        let mut request = step_on(&repo, "git status", true);
+        request["runId"] = format!("cli-{i}").into();
+        let path = root.join(format!("cli-{i}.json"));
+        std::fs::write(&path, serde_json::to_vec(&request).unwrap()).unwrap();
+        ours.push(
+            time(|| {
+                let out = std::process::Command::new(&cli)
+                    .args(["run", "--json"])
+                    .arg(&path)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            })
+            .0,
+        );
+        native.push(native_status(&repo));
+    }
+    let (ours, native) = (Stats::of(ours), Stats::of(native));
+    rows.push(Row {
+        metric: "one-shot CLI `baa-runner run` of `git status`, checkpoint capture, 100-file repo"
+            .into(),
+        unit: "µs",
+        ours,
+        native,
+        baseline: "git status run directly (target: at most 30 ms more)",
+        target: Target::P50AtMost(native.p50 + 30_000.0),
+    });
+}
+
 struct KindLike {
     #[allow(dead_code)]
     name: String,
@@ -903,7 +1064,14 @@ fn main() {
         .unwrap();
     let bench = Bench::new();
     let mut rows = Vec::new();
-    tokio.block_on(measure(&bench, &mut rows));
+    // BAA_BENCH_ONLY=worktrees runs only the worktree-size axis.
+    let only = std::env::var("BAA_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() {
+        tokio.block_on(measure(&bench, &mut rows));
+    }
+    if only.is_empty() || only == "worktrees" {
+        tokio.block_on(measure_worktrees(&bench, &mut rows));
+    }
     let table = render(&rows);
     println!("\n{table}");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

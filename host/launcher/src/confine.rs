@@ -52,6 +52,8 @@ pub struct Prepared {
     /// Trees to mount again, idmapped through the user namespace beside
     /// each (made before the fork, as root).
     views: Vec<(CString, OwnedFd)>,
+    /// The step's user namespace to join (a host without root).
+    user_namespace: Option<OwnedFd>,
     /// Directories above a view that the step's user may not search,
     /// replaced by an empty tmpfs in which what the step needs beneath
     /// them is mounted again: the view is reached by mount, not by path.
@@ -299,6 +301,15 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         None => Vec::new(),
     };
     let views = views(spec, &private)?;
+    let user_namespace = match &spec.user_namespace {
+        Some(path) => Some(open(path, libc::O_RDONLY).map_err(|e| {
+            (
+                "user-namespace",
+                format!("the step's user namespace {}: {e}", path.display()),
+            )
+        })?),
+        None => None,
+    };
     let kernel_abi = landlock_abi();
     let (ruleset, landlock_abi) = if kernel_abi == 0 {
         if spec.landlock.required {
@@ -361,6 +372,7 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         worktree: spec.worktree.clone(),
         rel_cwd: spec.cwd.clone(),
         views,
+        user_namespace,
         masks,
         ruleset,
         filters,
@@ -704,6 +716,11 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
     // never starts threads); every call is a plain system call on values
     // prepared before the fork.
     unsafe {
+        if let Some(ns) = &p.user_namespace {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
+                return Err(("user-namespace", format!("setns: {}", errno())));
+            }
+        }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
@@ -992,7 +1009,24 @@ pub fn probe() -> Probe {
         Ok(root) => open_beneath(&root, Path::new(".")).is_ok(),
         Err(_) => false,
     };
+    // SAFETY: the child only tries to unshare and exits.
+    let user_namespaces = unsafe {
+        match libc::fork() {
+            0 => libc::_exit(if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                0
+            } else {
+                1
+            }),
+            pid if pid > 0 => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+            }
+            _ => false,
+        }
+    };
     Probe {
+        user_namespaces,
         landlock_abi,
         landlock_tcp: landlock_abi >= 4,
         landlock_scopes: landlock_abi >= 6,

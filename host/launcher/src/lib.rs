@@ -65,6 +65,11 @@ pub struct LaunchSpec {
     /// writes them as their owner and nothing on disk changes owner.
     #[serde(default)]
     pub views: Vec<View>,
+    /// Join this user namespace (`/proc/PID/ns/user` of the step's
+    /// `baa-launch --hold-userns`) first: a host without root gets a
+    /// process limit that counts the step's processes alone.
+    #[serde(default)]
+    pub user_namespace: Option<PathBuf>,
 }
 
 /// A tree the step sees as its own through an idmapped mount.
@@ -196,6 +201,9 @@ pub struct Probe {
     pub seccomp: bool,
     /// `openat2` with `RESOLVE_BENEATH` exists (Linux ≥ 5.6).
     pub openat2: bool,
+    /// This user may create a user namespace.
+    #[serde(default)]
+    pub user_namespaces: bool,
     pub euid: u32,
 }
 

@@ -11,7 +11,8 @@
 //! already on 3 and 4), `baa-launch --probe`,
 //! `baa-launch --self-test SPEC-JSON` (confine itself, try what must be
 //! refused, print the verdicts), `baa-launch --probe-view PATH UID` (whether
-//! PATH's file system takes an idmapped view for UID) or
+//! PATH's file system takes an idmapped view for UID), `baa-launch
+//! --hold-userns` (a step's user namespace, held until stdin closes) or
 //! `baa-launch --sweep UID` (kill every process of a dedicated user).
 
 mod builtin;
@@ -66,6 +67,7 @@ fn main() {
                 }
             }
         }
+        Some("--hold-userns") => std::process::exit(view::hold_user_namespace()),
         Some("--sweep") => {
             let uid = args.get(2).and_then(|u| u.parse::<u32>().ok());
             match uid {

@@ -1,7 +1,8 @@
 //! The step's view of the trees it may write: each one mounted again over
 //! its own path, **idmapped** so that its owner appears as the step's user.
 //! Nothing on disk changes (files the step creates belong to the owner),
-//! and the view vanishes with the mount namespace.
+//! and the view vanishes with the mount namespace. Also the user namespace
+//! a step of a host without root runs in.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -200,4 +201,41 @@ pub fn probe(path: &Path, probe_user: User) -> Result<(), String> {
     let userns = user_namespace(owner, probe_user).map_err(|e| format!("user namespace: {e}"))?;
     idmapped_tree(&dir, &userns).map_err(|e| format!("idmapped mount: {e}"))?;
     Ok(())
+}
+
+/// `baa-launch --hold-userns`: become a new user namespace that maps this
+/// user to itself, say `ready` on stdout, and hold it until stdin closes
+/// (the host's end of the step). Launches of the step join it, so that
+/// `RLIMIT_NPROC`, counted per user and user namespace, bounds the step's
+/// processes alone. Returns the exit status.
+pub fn hold_user_namespace() -> i32 {
+    // SAFETY: plain system calls in this single-threaded process.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // SAFETY: as above.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        eprintln!("baa-launch: unshare(CLONE_NEWUSER): {}", errno());
+        return 1;
+    }
+    let maps = [
+        ("/proc/self/setgroups", "deny".to_string()),
+        ("/proc/self/uid_map", format!("{uid} {uid} 1\n")),
+        ("/proc/self/gid_map", format!("{gid} {gid} 1\n")),
+    ];
+    for (path, map) in maps {
+        if let Err(e) = std::fs::write(path, map) {
+            eprintln!("baa-launch: {path}: {e}");
+            return 1;
+        }
+    }
+    use std::io::{Read, Write};
+    if std::io::stdout()
+        .write_all(b"ready\n")
+        .and_then(|()| std::io::stdout().flush())
+        .is_err()
+    {
+        return 1;
+    }
+    let mut sink = [0u8; 64];
+    while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+    0
 }

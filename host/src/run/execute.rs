@@ -56,12 +56,16 @@ pub(crate) fn step_subprocesses(
     }
     let user = dedicated_user(&config.sandbox)?.then(|| prepared.sandbox_user.clone());
     let lend = vec![prepared.worktree().to_path_buf()];
+    let probe = launcher::probe()?;
+    let namespace =
+        (user.is_none() && probe.user_namespaces).then(|| prepared.sandbox_namespace.clone());
     let confinement = Confinement {
         sandbox: config.sandbox.clone(),
         home: prepared.log_paths.home_dir.clone().into(),
         user,
         lend,
-        probe: launcher::probe()?,
+        namespace,
+        probe,
     };
     Ok(Subprocesses::new(
         policy,
@@ -977,6 +981,7 @@ pub(crate) async fn describe(
                         home: std::path::PathBuf::from("/nonexistent"),
                         user: None,
                         lend: Vec::new(),
+                        namespace: None,
                         probe: Default::default(),
                     },
                 },

@@ -362,6 +362,7 @@ fn finish(
         record["user"]["gid"] = uid.into();
     }
     prepared.sandbox_user.release();
+    prepared.sandbox_namespace.release();
     prepared.metadata.sandbox = sandbox;
     prepared.metadata.plugin = report.plugin.clone();
     prepared.metadata.outcome = Some(report.outcome);

@@ -45,6 +45,9 @@ pub struct PreparedStepRun {
     /// The dedicated sandbox user of this attempt, once leased.
     #[serde(skip)]
     pub(crate) sandbox_user: Arc<crate::capabilities::subprocess::user::StepUser>,
+    /// The step's user namespace on a host without root.
+    #[serde(skip)]
+    pub(crate) sandbox_namespace: Arc<crate::capabilities::subprocess::userns::StepNamespace>,
     /// How far its records survive a failure.
     #[serde(skip)]
     pub(crate) durability: Durability,
@@ -402,6 +405,7 @@ fn populate(
         paths,
         resume,
         sandbox_user: Arc::default(),
+        sandbox_namespace: Arc::default(),
         durability,
         _lock: lock,
     })

@@ -3,6 +3,7 @@
 //! test asserts on the files in the run directory, not only on the result.
 
 mod author;
+mod bounds;
 mod checkpoints;
 mod cli;
 mod codex;

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::policy::{ExecPolicy, Network};
 use super::user::{StepUser, UserLease};
+use super::userns::StepNamespace;
 use crate::config::{LandlockMode, SandboxConfig};
 
 /// Device files every subprocess may read and write.
@@ -35,6 +36,9 @@ pub struct Confinement {
     pub user: Option<Arc<StepUser>>,
     /// Trees lent to the dedicated user: the worktree first.
     pub lend: Vec<PathBuf>,
+    /// The step's user namespace, for a host without a dedicated user
+    /// whose kernel lets it make one.
+    pub namespace: Option<Arc<StepNamespace>>,
     pub probe: Probe,
 }
 
@@ -54,6 +58,8 @@ pub struct Launch<'a> {
     pub execute: Option<Vec<PathBuf>>,
     /// A file operation the launcher performs instead of running `program`.
     pub builtin: Option<baa_launch::Builtin>,
+    /// The step's user namespace to join (see [`Confinement::user_namespace`]).
+    pub user_namespace: Option<PathBuf>,
 }
 
 impl Confinement {
@@ -72,6 +78,15 @@ impl Confinement {
                 user.lease(&self.sandbox, &trees, until).map(Some)
             }
             None => Ok(None),
+        }
+    }
+
+    /// The step's user namespace (made at its first use), when the step
+    /// has no dedicated user but may have a namespace of its own.
+    pub fn user_namespace(&self) -> Result<Option<PathBuf>, String> {
+        match &self.namespace {
+            Some(ns) if self.user.is_none() => ns.path().map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -127,9 +142,11 @@ impl Confinement {
                 address_space_bytes: s.address_space_mib.map(|m| m * MIB),
                 file_size_bytes: Some(s.file_size_mib * MIB),
                 open_files: Some(s.open_files),
-                // RLIMIT_NPROC counts every process of the user: meaningful
-                // only for a user that belongs to this step alone.
-                processes: lease.map(|_| s.processes),
+                // RLIMIT_NPROC counts the processes of a user in a user
+                // namespace: meaningful for a user or a namespace that
+                // belongs to this step alone.
+                processes: (lease.is_some() || launch.user_namespace.is_some())
+                    .then_some(s.processes),
             },
             landlock: LandlockSpec {
                 required: s.landlock == LandlockMode::Required,
@@ -155,6 +172,7 @@ impl Confinement {
             kill_grace_ms: s.kill_grace_ms,
             builtin: launch.builtin.clone(),
             views: lease.map(|l| l.views()).unwrap_or_default(),
+            user_namespace: launch.user_namespace.clone(),
         }
     }
 
@@ -204,11 +222,28 @@ impl Confinement {
                 "addressSpaceMib": self.sandbox.address_space_mib,
                 "fileSizeMib": self.sandbox.file_size_mib,
                 "openFiles": self.sandbox.open_files,
-                "processes": self.user.as_ref().map(|_| self.sandbox.processes),
+                "processes": self.process_bound().map(|_| self.sandbox.processes),
                 "core": 0,
             },
             "killGraceMs": self.sandbox.kill_grace_ms,
+            // What bounds the number of the step's processes.
+            "processBound": match self.process_bound() {
+                Some(how) => json!({ "mode": how, "max": self.sandbox.processes }),
+                None => json!({ "mode": "none" }),
+            },
         })
+    }
+
+    /// How the step's process count is bounded: `RLIMIT_NPROC` of its
+    /// dedicated user, or of its user in a namespace of its own.
+    fn process_bound(&self) -> Option<&'static str> {
+        if self.user.is_some() {
+            Some("rlimit-dedicated-user")
+        } else if self.namespace.is_some() {
+            Some("rlimit-user-namespace")
+        } else {
+            None
+        }
     }
 }
 
@@ -254,6 +289,7 @@ pub fn read_only_spec(
         kill_grace_ms: sandbox.kill_grace_ms,
         builtin: None,
         views: Vec::new(),
+        user_namespace: None,
     }
 }
 
@@ -287,6 +323,7 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
             home: worktree.join("home"),
             user,
             lend: vec![worktree.clone()],
+            namespace: None,
             probe: probe.clone(),
         };
         let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -303,6 +340,7 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
                 seconds_left: 10,
                 execute: policy.executables(),
                 builtin: None,
+                user_namespace: None,
             },
             lease.as_deref(),
         );

@@ -22,7 +22,7 @@ struct Binary {
 
 static BINARY: OnceLock<Result<Binary, String>> = OnceLock::new();
 
-fn binary() -> Result<&'static Path, String> {
+pub(super) fn binary() -> Result<&'static Path, String> {
     BINARY
         .get_or_init(|| {
             use rustix::fs::{MemfdFlags, SealFlags};

@@ -16,6 +16,7 @@ pub mod launcher;
 pub mod policy;
 mod process;
 pub mod user;
+pub mod userns;
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -497,6 +498,9 @@ impl Subprocesses {
                 .sync(self.setup.deadline_host.into_std())
                 .map_err(SpawnError::Io)?;
         }
+        let user_namespace = confinement
+            .user_namespace()
+            .map_err(|e| SpawnError::Io(format!("sandbox user namespace: {e}")))?;
         let mut env = self.setup.base_env.clone();
         let home = confinement.home(lease.as_deref()).display().to_string();
         env.insert("TMPDIR".into(), format!("{home}/tmp"));
@@ -528,6 +532,7 @@ impl Subprocesses {
                     Some(executables::needed_to_run(program))
                 },
                 builtin,
+                user_namespace,
             },
             lease.as_deref(),
         );

@@ -1,0 +1,81 @@
+//! The user namespace of one step of a host without root: held by a
+//! `baa-launch --hold-userns` child from the step's first subprocess to its
+//! end, and joined by every launch, so that `RLIMIT_NPROC` (counted per
+//! user and user namespace) bounds the step's processes alone.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+
+use super::launcher;
+
+/// The step's namespace holder, started on first use.
+#[derive(Debug, Default)]
+pub struct StepNamespace {
+    holder: Mutex<Option<Holder>>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    child: Child,
+    path: PathBuf,
+}
+
+impl StepNamespace {
+    /// `/proc/PID/ns/user` of the step's namespace, made now if needed.
+    pub fn path(&self) -> Result<PathBuf, String> {
+        let mut slot = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(holder) = &*slot {
+            return Ok(holder.path.clone());
+        }
+        let holder = hold()?;
+        let path = holder.path.clone();
+        *slot = Some(holder);
+        Ok(path)
+    }
+
+    /// The step is over: the holder exits (the namespace lives on only
+    /// in processes that still use it, which the step's end has killed).
+    pub fn release(&self) {
+        if let Some(mut holder) = self.holder.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            drop(holder.child.stdin.take());
+            let _ = holder.child.kill();
+            let _ = holder.child.wait();
+        }
+    }
+}
+
+impl Drop for StepNamespace {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Start a holder and wait for its namespace. Its pid stays its own while
+/// it is an unreaped child of this process, so the path names its
+/// namespace until [`StepNamespace::release`].
+fn hold() -> Result<Holder, String> {
+    let mut child = std::process::Command::new(launcher::binary()?)
+        .arg("--hold-userns")
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running the launcher: {e}"))?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut line);
+    }
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let out = child.wait_with_output();
+        let why = out
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+            .unwrap_or_default();
+        return Err(format!("the step's user namespace: {why}"));
+    }
+    let path = PathBuf::from(format!("/proc/{}/ns/user", child.id()));
+    Ok(Holder { child, path })
+}

@@ -1,0 +1,115 @@
+//! Every host bounds a step's processes: a root host by the step's
+//! dedicated user, a host without root by a user namespace of the step's
+//! own (`RLIMIT_NPROC` counts per user and namespace). The unprivileged
+//! host here is the real `baa-runner` CLI run as `nobody` on a worktree of
+//! its own, with a fork bomb as the step.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use baa_runner_tests::{git, read_json};
+
+use crate::built_binary;
+
+const NOBODY: u32 = 65534;
+
+/// Forks sleeping children until the kernel refuses, prints how many.
+const FORK_BOMB: &str = "import os, time\n\
+n = 0\n\
+for i in range(200):\n    \
+    try:\n        \
+        pid = os.fork()\n    \
+    except OSError as e:\n        \
+        print('refused:', e.errno)\n        \
+        break\n    \
+    if pid == 0:\n        \
+        time.sleep(2)\n        \
+        os._exit(0)\n    \
+    n += 1\n\
+print('forked', n)\n";
+
+fn chown_tree(root: &Path, uid: u32) {
+    std::os::unix::fs::lchown(root, Some(uid), Some(uid)).unwrap();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.symlink_metadata().unwrap().is_dir() {
+            chown_tree(&path, uid);
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(uid)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_fork_bomb_of_a_host_without_root_is_bounded_by_the_steps_namespace() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!(
+            "SKIPPED a host without root: the test runs the CLI as `nobody` and needs root \
+             to do so (CI runs the tests as root)"
+        );
+        return;
+    }
+    // Everything the unprivileged host needs, in a tree it owns: its
+    // binary (the launcher travels inside it), a worktree, its runs.
+    let dir = tempfile::Builder::new()
+        .prefix("baa-nonroot-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = root.join("baa-runner");
+    std::fs::copy(built_binary("baa-runner"), &bin).unwrap();
+    let repo = root.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("bomb.py"), FORK_BOMB).unwrap();
+    std::fs::write(root.join("baa.toml"), "[sandbox]\nprocesses = 24\n").unwrap();
+    let request = serde_json::json!({
+        "taskId": "t", "stepId": "bomb", "runId": "r", "attempt": 1,
+        "stepName": "fork bomb", "stepKind": "shell", "workerKind": "shell",
+        "timeoutSec": 60,
+        "runtime": { "repoRoot": repo, "worktreePath": repo, "runsRootDir": root.join("runs") },
+        "command": "python3 bomb.py",
+        "checkpoint": { "mode": "disabled" },
+    });
+    std::fs::write(root.join("request.json"), request.to_string()).unwrap();
+    chown_tree(root, NOBODY);
+
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--json", "--config"])
+        .arg(root.join("baa.toml"))
+        .arg(root.join("request.json"))
+        .env_clear()
+        .env("HOME", root)
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("no result: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    let metadata = read_json(result["logPaths"]["metadataPath"].as_str().unwrap());
+    let bound = &metadata["sandbox"]["processBound"];
+    if bound["mode"] == "none" {
+        eprintln!(
+            "SKIPPED the process bound of a host without root: this kernel lets `nobody` \
+             create no user namespace (processBound = {bound})"
+        );
+        return;
+    }
+    assert_eq!(bound["mode"], "rlimit-user-namespace", "{metadata}");
+    assert_eq!(bound["max"], 24);
+    assert_eq!(result["outcome"], "completed", "{}", result["summary"]);
+    let stdout =
+        std::fs::read_to_string(result["logPaths"]["stdoutLogPath"].as_str().unwrap()).unwrap();
+    let forked: u32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("forked "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // 24 processes of the step, the supervisor, python and its children.
+    assert!(stdout.contains("refused: 11"), "{stdout}");
+    assert!((10..24).contains(&forked), "forked {forked}: {stdout}");
+}
