@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -757,120 +756,7 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
             {
                 return Err(("private-dirs", format!("a mount namespace: {}", errno())));
             }
-            // Held open (in this namespace) across hiding the real /tmp.
-            let mut sources = Vec::new();
-            for (path, is_dir) in &p.expose {
-                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(("private-dirs", format!("{path:?}: {}", errno())));
-                }
-                sources.push((OwnedFd::from_raw_fd(fd), path, *is_dir));
-            }
-            // A mount needs its source in this namespace: the directories are
-            // opened again, the same way, and must be the ones checked before.
-            let home = p
-                .private_home
-                .as_deref()
-                .unwrap_or(Path::new("/nonexistent"));
-            let fresh = private_dirs(home, p.user)?;
-            let same = fresh.len() == p.private.len()
-                && fresh
-                    .iter()
-                    .zip(&p.private)
-                    .all(|((a, _), (b, _))| same_inode(a, b));
-            if !same {
-                return Err((
-                    "private-dirs",
-                    "the step's private directories changed while it was being confined".into(),
-                ));
-            }
-            for (source, target) in &fresh {
-                let source = format!("/proc/self/fd/{}\0", source.as_raw_fd());
-                let target_c = format!("{target}\0");
-                if libc::mount(
-                    source.as_ptr().cast(),
-                    target_c.as_ptr().cast(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err((
-                        "private-dirs",
-                        format!("mounting a private {target}: {}", errno()),
-                    ));
-                }
-            }
-            // Directories the step's user may not search, emptied.
-            for mask in &p.masks {
-                let target = cstring(mask.as_os_str().as_bytes(), "a directory")?;
-                if libc::mount(
-                    c"none".as_ptr(),
-                    target.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    c"mode=0755,size=1m,nr_inodes=4k".as_ptr().cast(),
-                ) != 0
-                {
-                    return Err(("views", format!("hiding {}: {}", mask.display(), errno())));
-                }
-            }
-            // What the child needs from the real /tmp (its worktree, say)
-            // and from beneath those directories, bound back at the same paths. The mount points are made in
-            // the step's own directory without following any link in it.
-            for (fd, path, is_dir) in &sources {
-                let under = Path::new(OsStr::from_bytes(path.as_bytes()));
-                let point = p
-                    .private
-                    .iter()
-                    .map(|(_, t)| Path::new(*t))
-                    .chain(p.masks.iter().map(PathBuf::as_path))
-                    .filter(|t| under.starts_with(t))
-                    .max_by_key(|t| t.as_os_str().len())
-                    .ok_or_else(|| {
-                        (
-                            "private-dirs",
-                            format!("{path:?} is under no private directory"),
-                        )
-                    })
-                    .and_then(|target| {
-                        mount_point(target, path.as_bytes(), *is_dir)
-                            .map_err(|e| ("private-dirs", format!("{path:?}: {e}")))
-                    })?;
-                let source = format!("/proc/self/fd/{}\0", fd.as_raw_fd());
-                let target = format!("/proc/self/fd/{}\0", point.as_raw_fd());
-                if libc::mount(
-                    source.as_ptr().cast(),
-                    target.as_ptr().cast(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(("private-dirs", format!("binding {path:?}: {}", errno())));
-                }
-            }
-            // The trees the step writes, over their own paths: idmapped, so
-            // their owner is the step's user here and stays the owner on disk.
-            for (path, userns) in &p.views {
-                let fd = libc::open(
-                    path.as_ptr(),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                );
-                if fd < 0 {
-                    return Err(("views", format!("{path:?}: {}", errno())));
-                }
-                let dir = OwnedFd::from_raw_fd(fd);
-                crate::view::idmapped_tree(&dir, userns)
-                    .and_then(|tree| crate::view::attach(&tree, &dir))
-                    .map_err(|e| ("views", format!("an idmapped view of {path:?}: {e}")))?;
-            }
-            let cwd = open(&p.worktree, libc::O_PATH | libc::O_DIRECTORY)
-                .and_then(|root| open_beneath(&root, &p.rel_cwd));
-            match cwd {
-                Ok(cwd) => p.cwd = cwd,
-                Err(e) => return Err(("cwd", format!("in the private /tmp namespace: {e}"))),
-            }
+            step_mounts(p)?;
         }
         if let Some(user) = p.user {
             if libc::setgroups(0, std::ptr::null()) != 0
@@ -915,6 +801,209 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
             if let Err(e) = seccompiler::apply_filter(filter) {
                 return Err(("seccomp", e.to_string()));
             }
+        }
+    }
+    Ok(())
+}
+
+/// In the child's new mount namespace: the step's private directories over
+/// `/tmp` and the like, an empty tmpfs over each directory above a view the
+/// step's user may not search, what the step needs beneath those bound
+/// back, its views attached, and its working directory opened in them.
+/// Every path is resolved once, before anything the step can write is
+/// mounted, or beneath a descriptor without following links: a step that
+/// renames or links in its own directories redirects nothing.
+///
+/// # Safety
+/// Called in the forked, single-threaded child only.
+unsafe fn step_mounts(p: &mut Prepared) -> Result<(), Failure> {
+    let slash = open(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| ("private-dirs", format!("/: {e}")))?;
+    let beneath_root = |path: &[u8], flags: i32, resolve: u64| {
+        let rel = path.strip_prefix(b"/").unwrap_or(path);
+        let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+        openat2(&slash, rel, flags, resolve | libc::RESOLVE_NO_MAGICLINKS)
+    };
+    // Resolved now, in the host's tree as this namespace still shows it
+    // (what is bound back may be reached through the host's own links; a
+    // view, which the step will own, through none).
+    let mut sources = Vec::new();
+    for (path, is_dir) in &p.expose {
+        let fd = beneath_root(path.as_bytes(), libc::O_PATH, 0)
+            .map_err(|e| ("private-dirs", format!("{path:?}: {e}")))?;
+        sources.push((path.as_bytes().to_vec(), Mount::Bind(fd, *is_dir)));
+    }
+    let mut early = Vec::new();
+    for (path, userns) in &p.views {
+        let dir = beneath_root(
+            path.as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            libc::RESOLVE_NO_SYMLINKS,
+        )
+        .map_err(|e| ("views", format!("{path:?}: {e}")))?;
+        let tree = crate::view::idmapped_tree(&dir, userns)
+            .map_err(|e| ("views", format!("an idmapped view of {path:?}: {e}")))?;
+        early.push((path.as_bytes().to_vec(), dir));
+        sources.push((path.as_bytes().to_vec(), Mount::View(tree)));
+    }
+    let worktree = beneath_root(
+        p.worktree.as_os_str().as_bytes(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        libc::RESOLVE_NO_SYMLINKS,
+    )
+    .map_err(|e| ("cwd", format!("worktree {}: {e}", p.worktree.display())))?;
+    private_mounts(p)?;
+    // Parents first: each is mounted on a point made in the step's own
+    // directory without following links, or beneath a mount made here.
+    sources.sort_by_key(|(path, _)| path.len());
+    let mut roots: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
+    for (path, mount) in sources {
+        let under = |prefix: &[u8]| {
+            path.starts_with(prefix)
+                && (path.len() == prefix.len() || path.get(prefix.len()) == Some(&b'/'))
+        };
+        let is_dir = !matches!(mount, Mount::Bind(_, false));
+        let parent = roots
+            .iter()
+            .filter(|(root, _)| under(root))
+            .max_by_key(|(root, _)| root.len());
+        let target = match parent {
+            Some((root, fd)) if root.len() == path.len() => {
+                fd.try_clone().map_err(|e| ("views", e.to_string()))?
+            }
+            Some((root, fd)) => {
+                let rel = &path[root.len() + 1..];
+                let flags = if is_dir {
+                    libc::O_PATH | libc::O_DIRECTORY
+                } else {
+                    libc::O_PATH
+                };
+                openat2(fd, rel, flags | libc::O_NOFOLLOW, NO_LINKS)
+                    .map_err(|e| ("views", format!("{}: {e}", String::from_utf8_lossy(&path))))?
+            }
+            None => {
+                let covered = p
+                    .private
+                    .iter()
+                    .map(|(_, t)| Path::new(*t))
+                    .chain(p.masks.iter().map(PathBuf::as_path))
+                    .filter(|t| under(t.as_os_str().as_bytes()))
+                    .max_by_key(|t| t.as_os_str().len());
+                match (covered, &mount) {
+                    (Some(t), _) => mount_point(t, &path, is_dir).map_err(|e| {
+                        (
+                            "private-dirs",
+                            format!("{}: {e}", String::from_utf8_lossy(&path)),
+                        )
+                    })?,
+                    // A view in the host's own tree: where it was resolved.
+                    (None, Mount::View(_)) => early
+                        .iter()
+                        .find(|(p, _)| *p == path)
+                        .map(|(_, fd)| fd.try_clone())
+                        .transpose()
+                        .map_err(|e| ("views", e.to_string()))?
+                        .ok_or(("views", "a view without its directory".to_string()))?,
+                    (None, Mount::Bind(..)) => {
+                        return Err((
+                            "private-dirs",
+                            format!(
+                                "{} is under no private directory",
+                                String::from_utf8_lossy(&path)
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        let tree = match mount {
+            Mount::View(tree) => tree,
+            Mount::Bind(source, _) => crate::view::clone_tree(&source).map_err(|e| {
+                (
+                    "private-dirs",
+                    format!("{}: {e}", String::from_utf8_lossy(&path)),
+                )
+            })?,
+        };
+        crate::view::attach(&tree, &target).map_err(|e| {
+            (
+                "views",
+                format!("mounting {}: {e}", String::from_utf8_lossy(&path)),
+            )
+        })?;
+        roots.push((path, tree));
+    }
+    // The working directory, beneath the worktree as the step sees it.
+    let wt = p.worktree.as_os_str().as_bytes();
+    let cwd = match roots.iter().rev().find(|(path, _)| path == wt) {
+        Some((_, root)) => open_beneath(root, &p.rel_cwd),
+        None => open_beneath(&worktree, &p.rel_cwd),
+    };
+    p.cwd = cwd.map_err(|e| ("cwd", format!("in the step's mount namespace: {e}")))?;
+    Ok(())
+}
+
+/// What [`step_mounts`] mounts at a path.
+enum Mount {
+    /// The host's tree there, bound back (a directory or not).
+    Bind(OwnedFd, bool),
+    /// An idmapped view, detached until attached there.
+    View(OwnedFd),
+}
+
+/// The step's private directories over `/tmp` and the like, and an empty
+/// tmpfs over each directory above a view its user may not search.
+///
+/// # Safety
+/// Called in the forked, single-threaded child only.
+unsafe fn private_mounts(p: &Prepared) -> Result<(), Failure> {
+    // A mount needs its source in this namespace: the directories are
+    // opened again, the same way, and must be the ones checked before.
+    let home = p
+        .private_home
+        .as_deref()
+        .unwrap_or(Path::new("/nonexistent"));
+    let fresh = private_dirs(home, p.user)?;
+    let same = fresh.len() == p.private.len()
+        && fresh
+            .iter()
+            .zip(&p.private)
+            .all(|((a, _), (b, _))| same_inode(a, b));
+    if !same {
+        return Err((
+            "private-dirs",
+            "the step's private directories changed while it was being confined".into(),
+        ));
+    }
+    for (source, target) in &fresh {
+        let source = format!("/proc/self/fd/{}\0", source.as_raw_fd());
+        let target_c = format!("{target}\0");
+        if libc::mount(
+            source.as_ptr().cast(),
+            target_c.as_ptr().cast(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err((
+                "private-dirs",
+                format!("mounting a private {target}: {}", errno()),
+            ));
+        }
+    }
+    // Directories the step's user may not search, emptied.
+    for mask in &p.masks {
+        let target = cstring(mask.as_os_str().as_bytes(), "a directory")?;
+        if libc::mount(
+            c"none".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=0755,size=1m,nr_inodes=4k".as_ptr().cast(),
+        ) != 0
+        {
+            return Err(("views", format!("hiding {}: {}", mask.display(), errno())));
         }
     }
     Ok(())

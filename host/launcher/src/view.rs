@@ -118,9 +118,9 @@ fn open(path: &Path, flags: libc::c_int) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A detached copy of the mount tree at `dir` (with every mount beneath
-/// it), idmapped through `userns`, without setuid or device files.
-pub fn idmapped_tree(dir: &OwnedFd, userns: &OwnedFd) -> std::io::Result<OwnedFd> {
+/// A detached copy of the mount tree at `dir` (a directory or a file, with
+/// every mount beneath it): a recursive bind mount, not yet attached.
+pub fn clone_tree(dir: &OwnedFd) -> std::io::Result<OwnedFd> {
     // SAFETY: a valid descriptor and an empty C string; the result is checked.
     let tree = unsafe {
         libc::syscall(
@@ -137,7 +137,15 @@ pub fn idmapped_tree(dir: &OwnedFd, userns: &OwnedFd) -> std::io::Result<OwnedFd
         return Err(errno());
     }
     // SAFETY: just returned by open_tree, owned here.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as i32) })
+}
+
+/// A detached copy of the mount tree at `dir`, its top mount idmapped
+/// through `userns`, without setuid or device files. Mounts beneath it
+/// keep their ids: what another file system holds inside the tree stays
+/// its owners' (as a walk that never crossed devices left it).
+pub fn idmapped_tree(dir: &OwnedFd, userns: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let tree = clone_tree(dir)?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
         attr_clr: 0,
@@ -151,7 +159,7 @@ pub fn idmapped_tree(dir: &OwnedFd, userns: &OwnedFd) -> std::io::Result<OwnedFd
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            (libc::AT_EMPTY_PATH as libc::c_uint) | AT_RECURSIVE,
+            libc::AT_EMPTY_PATH as libc::c_uint,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )

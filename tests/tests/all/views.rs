@@ -377,3 +377,60 @@ fn a_host_killed_mid_step_leaves_the_worktree_usable_without_recover() {
         std::fs::metadata(&sandbox.repo).unwrap().uid()
     );
 }
+
+/// Unmounts what it names when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let path = c_path(&self.0);
+        // SAFETY: a valid path; the result does not matter here.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_system_mounted_inside_the_worktree_keeps_its_owners() {
+    if !crate::privileges::as_root("a mount inside the worktree") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let sub = sandbox.repo.join("cache");
+    std::fs::create_dir(&sub).unwrap();
+    let target = c_path(&sub);
+    // SAFETY: valid C strings; the result is checked.
+    let rc = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"mode=0755,size=1m".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "SKIPPED a mount inside the worktree: cannot mount a tmpfs here ({})",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let _unmount = Unmount(sub.clone());
+    std::fs::write(sub.join("root-owned.txt"), "root's\n").unwrap();
+    let script = "echo made > made.txt; \
+                  (echo pwned >> cache/root-owned.txt) 2>/dev/null && echo sub=written || echo sub=refused";
+    let result = run_shell(&sandbox, script).await;
+    if !views_here("a mount inside the worktree", &result) {
+        return;
+    }
+    let out = stdout_of(&result);
+    assert!(out.contains("sub=refused"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(sub.join("root-owned.txt")).unwrap(),
+        "root's\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.repo.join("made.txt")).unwrap(),
+        "made\n"
+    );
+}

@@ -27,6 +27,9 @@ struct Lent {
     /// How the step sees it as its own.
     #[serde(default)]
     how: Lending,
+    /// When it was lent (a walk's start, see [`walk_start`]).
+    #[serde(default)]
+    since: Option<i128>,
 }
 
 /// How a tree is lent to a step's user.
@@ -48,9 +51,31 @@ impl Lent {
     /// not bounded by any deadline (ownership must come back whole).
     fn hand_back(&self, uid: u32) -> std::io::Result<()> {
         match self.how {
-            Lending::Idmapped => Ok(()),
+            // Nothing changed owner; what the host itself made in a tree of
+            // another owner (the worker's files, through WASI) becomes the
+            // owner's, as it would have in the tree's own hands.
+            Lending::Idmapped => {
+                let host = rustix::process::geteuid().as_raw();
+                match self.since {
+                    Some(since) if self.uid != host => {
+                        let walk = Chown {
+                            from: Some(host),
+                            skip_linked: true,
+                            changed_since: Some(since),
+                            made_since: Some(since),
+                            ..Chown::to(self.uid, self.gid)
+                        };
+                        chown_tree(&self.path, &walk)
+                    }
+                    _ => Ok(()),
+                }
+            }
             Lending::Chown => {
-                chown_tree(&self.path, Some(uid), self.uid, self.gid, false, None, None)
+                let walk = Chown {
+                    from: Some(uid),
+                    ..Chown::to(self.uid, self.gid)
+                };
+                chown_tree(&self.path, &walk)
             }
         }
     }
@@ -210,6 +235,9 @@ impl UserLease {
     /// Hand `path` (a directory) to this user for the step; its owner gets
     /// it back at [`UserLease::release`]. The user must be able to reach it.
     pub fn lend(&self, path: &Path, until: std::time::Instant) -> Result<(), String> {
+        // The launcher resolves a view without following links.
+        let path = path.canonicalize().map_err(io(path.display()))?;
+        let path = path.as_path();
         let mut lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
         if lent.iter().any(|l| l.path == path) {
             return Ok(());
@@ -223,13 +251,14 @@ impl UserLease {
             check_reachable(path, self.user)?;
             self.lock_tree(path, &meta, until)?;
         }
+        let started = walk_start();
         lent.push(Lent {
             path: path.to_path_buf(),
             uid: meta.uid(),
             gid: meta.gid(),
             how,
+            since: Some(started),
         });
-        let started = walk_start();
         // Recorded before the first chown, so a crash leaves a way back.
         // Renamed into place but not fsynced: it only has to outlive the
         // ownership changes it describes, which come after it in the file
@@ -241,17 +270,20 @@ impl UserLease {
         )
         .map_err(io(self.record_path().display()))?;
         if how == Lending::Idmapped {
+            // What the worker creates through WASI from now on is looked
+            // for by the next resync (see `sync`).
+            self.synced_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(started);
             return Ok(());
         }
-        if let Err(e) = chown_tree(
-            path,
-            None,
-            self.user.uid,
-            self.user.gid,
-            true,
-            None,
-            Some(until),
-        ) {
+        let walk = Chown {
+            skip_linked: true,
+            until: Some(until),
+            ..Chown::to(self.user.uid, self.user.gid)
+        };
+        if let Err(e) = chown_tree(path, &walk) {
             // Cut short: the next resync walks every tree whole.
             *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
             return Err(format!(
@@ -306,25 +338,36 @@ impl UserLease {
     }
 
     /// Give the user what appeared in its trees since (files the worker
-    /// wrote through WASI belong to the host).
-    /// Only directories changed since the last walk are looked into (their
-    /// ctime, which no one can set back, says so); the others are only
-    /// passed through.
+    /// wrote through WASI belong to the host): a chowned tree's new entries
+    /// to the user; in a view whose owner is not the host's user, the
+    /// entries the host made since to that owner (the view shows them as
+    /// the step's). Only directories changed since the last walk are looked
+    /// into (their ctime, which no one can set back, says so); the others
+    /// are only passed through.
     pub fn sync(&self, until: std::time::Instant) -> Result<(), String> {
         let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let since = *self.synced_since.lock().unwrap_or_else(|p| p.into_inner());
         let started = walk_start();
-        for l in lent.iter().filter(|l| l.how == Lending::Chown) {
-            chown_tree(
-                &l.path,
-                None,
-                self.user.uid,
-                self.user.gid,
-                true,
-                since,
-                Some(until),
-            )
-            .map_err(|e| format!("{}: {e}", l.path.display()))?;
+        let host = rustix::process::geteuid().as_raw();
+        for l in &lent {
+            let walk = match l.how {
+                Lending::Chown => Chown {
+                    skip_linked: true,
+                    changed_since: since,
+                    until: Some(until),
+                    ..Chown::to(self.user.uid, self.user.gid)
+                },
+                Lending::Idmapped if l.uid != host && since.is_some() => Chown {
+                    from: Some(host),
+                    skip_linked: true,
+                    changed_since: since,
+                    made_since: since,
+                    until: Some(until),
+                    ..Chown::to(l.uid, l.gid)
+                },
+                Lending::Idmapped => continue,
+            };
+            chown_tree(&l.path, &walk).map_err(|e| format!("{}: {e}", l.path.display()))?;
         }
         *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         Ok(())
@@ -410,20 +453,50 @@ pub fn check_reachable(path: &Path, user: User) -> Result<(), String> {
     Ok(())
 }
 
-/// Change the owner of `root` and everything beneath it (without following
-/// symlinks or crossing file systems) to `uid:gid`: entries owned by `from`
-/// only when given, else every entry not owned by `uid` yet. Files with
-/// several hard links are left alone when `skip_linked` (one may be a link
-/// to a file outside the tree).
-fn chown_tree(
-    root: &Path,
+/// One ownership walk of [`chown_tree`].
+#[derive(Debug, Clone, Copy)]
+struct Chown {
+    /// Change entries owned by this uid only; `None`: every entry not
+    /// owned by `uid` yet.
     from: Option<u32>,
     uid: u32,
     gid: u32,
+    /// Leave files with several hard links alone (one may be a link to a
+    /// file outside the tree).
     skip_linked: bool,
+    /// Look only into directories changed since (see [`walk_tree`]).
     changed_since: Option<i128>,
+    /// Change only entries whose ctime is not older: made since.
+    made_since: Option<i128>,
     until: Option<std::time::Instant>,
-) -> std::io::Result<()> {
+}
+
+impl Chown {
+    fn to(uid: u32, gid: u32) -> Chown {
+        Chown {
+            from: None,
+            uid,
+            gid,
+            skip_linked: false,
+            changed_since: None,
+            made_since: None,
+            until: None,
+        }
+    }
+}
+
+/// Change the owner of `root` and everything beneath it (without following
+/// symlinks or crossing file systems) as `walk` says.
+fn chown_tree(root: &Path, walk: &Chown) -> std::io::Result<()> {
+    let Chown {
+        from,
+        uid,
+        gid,
+        skip_linked,
+        changed_since,
+        made_since,
+        until,
+    } = *walk;
     let dir = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -434,9 +507,12 @@ fn chown_tree(
         Some(rustix::fs::Uid::from_raw(uid)),
         Some(rustix::fs::Gid::from_raw(gid)),
     );
-    let wanted = |st: &rustix::fs::Stat| match from {
-        Some(f) => st.st_uid == f,
-        None => st.st_uid != uid,
+    let wanted = |st: &rustix::fs::Stat| {
+        let owner = match from {
+            Some(f) => st.st_uid == f,
+            None => st.st_uid != uid,
+        };
+        owner && made_since.is_none_or(|since| ctime_nanos(st) >= since)
     };
     let root_stat = rustix::fs::fstat(&dir)?;
     if wanted(&root_stat) {
