@@ -241,6 +241,16 @@ pub fn self_test(report: &baa_runner::capabilities::subprocess::confinement::Sel
         c["network"],
         c["landlock"].as_str().unwrap_or("?"),
     );
+    println!(
+        "worktree view: {}{}; process bound: {} (max {})",
+        c["worktreeView"].as_str().unwrap_or("?"),
+        match &report.view_fallback {
+            Some(why) => format!(" (no idmapped mount: {why})"),
+            None => String::new(),
+        },
+        c["processBound"]["mode"].as_str().unwrap_or("?"),
+        c["processBound"]["max"],
+    );
     for check in &report.checks {
         println!(
             "  {} {:<40} expected {:<8} got {}",

@@ -304,6 +304,9 @@ pub struct SelfTest {
     pub checks: Vec<baa_launch::Check>,
     /// Every check came out as expected.
     pub confined: bool,
+    /// Why the worktree view is chown lending rather than an idmapped
+    /// mount here (the scratch worktree's file system), if it is.
+    pub view_fallback: Option<String>,
 }
 
 /// Confine a process the way `kind`'s subprocesses are confined under
@@ -321,9 +324,10 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
         let confinement = Confinement {
             sandbox: config.sandbox.clone(),
             home: worktree.join("home"),
-            user,
+            user: user.clone(),
             lend: vec![worktree.clone()],
-            namespace: None,
+            namespace: (user.is_none() && probe.user_namespaces)
+                .then(|| Arc::new(StepNamespace::default())),
             probe: probe.clone(),
         };
         let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -340,7 +344,7 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
                 seconds_left: 10,
                 execute: policy.executables(),
                 builtin: None,
-                user_namespace: None,
+                user_namespace: confinement.user_namespace()?,
             },
             lease.as_deref(),
         );
@@ -352,11 +356,19 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
         if let Some(user) = &confinement.user {
             user.release();
         }
+        if let Some(namespace) = &confinement.namespace {
+            namespace.release();
+        }
+        let view_fallback = match &confinement.user {
+            Some(_) => super::user::lending_verdict(&worktree).1,
+            None => None,
+        };
         Ok(SelfTest {
             probe: probe.clone(),
             confinement: record,
             confined: checks.iter().all(|c| c.ok),
             checks,
+            view_fallback,
         })
     })();
     let _ = std::fs::remove_dir_all(&worktree);

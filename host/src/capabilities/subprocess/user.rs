@@ -1,9 +1,10 @@
 //! Dedicated unprivileged users, one per concurrent step, for a host running
 //! as root: root children would ignore the process limit and could chmod or
 //! chown outside the worktree despite Landlock. A step leases a uid (an
-//! `flock`ed file under the state directory), lends it the worktree and its
-//! write paths (ownership handed over, then back), and at the end every
-//! process of that uid is killed.
+//! `flock`ed file under the state directory) and is lent the worktree and
+//! its write paths: as idmapped views its launches mount (nothing changes
+//! on disk), or by chown where the file system takes no view. At the end
+//! every process of that uid is killed.
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -85,23 +86,30 @@ impl Lent {
 /// where its file system takes one (asked once per file system), else
 /// chown.
 pub fn lending(path: &Path) -> Lending {
-    static BY_DEVICE: Mutex<Vec<(u64, Lending)>> = Mutex::new(Vec::new());
-    let Ok(meta) = std::fs::metadata(path) else {
-        return Lending::Chown;
+    lending_verdict(path).0
+}
+
+/// [`lending`], and why a view is not possible when it is not.
+pub fn lending_verdict(path: &Path) -> (Lending, Option<String>) {
+    type Known = Vec<(u64, Lending, Option<String>)>;
+    static BY_DEVICE: Mutex<Known> = Mutex::new(Vec::new());
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return (Lending::Chown, Some(format!("{}: {e}", path.display()))),
     };
     let mut known = BY_DEVICE.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, how)) = known.iter().find(|(dev, _)| *dev == meta.dev()) {
-        return *how;
+    if let Some((_, how, why)) = known.iter().find(|(dev, _, _)| *dev == meta.dev()) {
+        return (*how, why.clone());
     }
-    let how = match launcher::probe_view(path) {
-        Ok(()) => Lending::Idmapped,
+    let (how, why) = match launcher::probe_view(path) {
+        Ok(()) => (Lending::Idmapped, None),
         Err(why) => {
             tracing::warn!(path = %path.display(), "no idmapped view here, lending by chown: {why}");
-            Lending::Chown
+            (Lending::Chown, Some(why))
         }
     };
-    known.push((meta.dev(), how));
-    how
+    known.push((meta.dev(), how, why.clone()));
+    (how, why)
 }
 
 /// A uid leased for one step. Released (processes killed, trees handed
