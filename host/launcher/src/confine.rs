@@ -599,6 +599,21 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
         deny.insert(libc::SYS_clone, rules);
     }
     setuid_guard(&mut deny).map_err(e)?;
+    // Extended attributes are not set at all: a kind root in a user
+    // namespace of its own could otherwise write `security.capability`
+    // on a file of a view, which the kernel stores as the tree owner's
+    // (root's) capability. Answered "not supported", as a file system
+    // without them would.
+    let mut no_xattrs = filters_for(
+        &[
+            libc::SYS_setxattr,
+            libc::SYS_lsetxattr,
+            libc::SYS_fsetxattr,
+            SYS_SETXATTRAT,
+        ],
+        libc::EOPNOTSUPP,
+    )
+    .map_err(e)?;
     let main = SeccompFilter::new(
         deny,
         SeccompAction::Allow,
@@ -619,10 +634,26 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
         ARCH,
     )
     .map_err(e)?;
-    Ok(vec![
-        main.try_into().map_err(e)?,
-        clone3.try_into().map_err(e)?,
-    ])
+    let mut programs = vec![main.try_into().map_err(e)?, clone3.try_into().map_err(e)?];
+    programs.append(&mut no_xattrs);
+    Ok(programs)
+}
+
+/// `setxattrat` (Linux 6.13), not named by every libc.
+const SYS_SETXATTRAT: libc::c_long = 463;
+
+/// A filter that answers `errno` to each of `calls` and allows the rest.
+fn filters_for(
+    calls: &[libc::c_long],
+    errno: i32,
+) -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
+    let filter = SeccompFilter::new(
+        calls.iter().map(|nr| (*nr, Vec::new())).collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        ARCH,
+    )?;
+    Ok(vec![filter.try_into()?])
 }
 
 /// No subprocess makes a file setuid or setgid: through an idmapped view a
@@ -1162,8 +1193,18 @@ pub fn self_test(spec: &LaunchSpec) -> Result<Vec<baa_launch::Check>, Failure> {
             open_rc(c"/usr", libc::O_RDONLY | libc::O_DIRECTORY),
         );
         let rc = open_rc(c"./.baa-self-test", libc::O_CREAT | libc::O_WRONLY);
-        libc::unlink(c"./.baa-self-test".as_ptr());
         check("write the worktree", true, rc);
+        let rc = libc::setxattr(
+            c"./.baa-self-test".as_ptr(),
+            c"user.baa".as_ptr(),
+            c"x".as_ptr().cast(),
+            1,
+            0,
+        );
+        check("set an extended attribute", false, rc as i64);
+        let rc = libc::chmod(c"./.baa-self-test".as_ptr(), 0o4755);
+        check("make a file setuid", false, rc as i64);
+        libc::unlink(c"./.baa-self-test".as_ptr());
         let rc = open_rc(
             c"/etc/.baa-self-test",
             libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL,

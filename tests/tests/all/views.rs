@@ -434,3 +434,95 @@ async fn a_file_system_mounted_inside_the_worktree_keeps_its_owners() {
         "made\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kind_root_in_its_own_user_namespace_cannot_plant_a_file_capability() {
+    let sandbox = Sandbox::new();
+    // A kind that sandboxes its own children may create user namespaces,
+    // in which it is root over its view's files. A capability written
+    // there would be stored as the tree owner's: root's, on the host.
+    let script = "cp /bin/true tool && unshare -Ur python3 -c \"\
+import os\n\
+cap = bytes([1,0,0,2, 0xc0,0,0,0, 0,0,0,0, 0,0,0,0, 0,0,0,0])\n\
+try:\n    os.setxattr('tool', 'security.capability', cap); print('xattr=set')\n\
+except OSError as e:\n    print('xattr=refused', e.errno)\n\"";
+    let mut config = RunnerConfig::default();
+    config.kinds.insert(
+        "shell".into(),
+        baa_runner::config::KindGrant {
+            programs: vec!["sh".into()],
+            nested_sandbox: true,
+            ..Default::default()
+        },
+    );
+    let runner = Runner::new(config).unwrap();
+    let request = serde_json::from_value(shell_request(&sandbox, script)).unwrap();
+    let result = run(&runner, request).await;
+    if !views_here("no file capability from a nested namespace", &result) {
+        return;
+    }
+    let out = stdout_of(&result);
+    assert!(out.contains("xattr=refused"), "{out}");
+    assert_eq!(
+        xattr(&sandbox.repo.join("tool"), c"security.capability"),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_guest_writes_becomes_the_owners_and_a_bind_mount_inside_is_left_alone() {
+    if !crate::privileges::as_root("the guest's files in a view of another owner") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // Another directory of the same file system, bound into the worktree.
+    let outside = sandbox.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let mnt = sandbox.repo.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // SAFETY: valid C strings; the result is checked.
+    let rc = unsafe {
+        libc::mount(
+            c_path(&outside).as_ptr(),
+            c_path(&mnt).as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "SKIPPED a bind mount inside the worktree: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let _unmount = Unmount(mnt.clone());
+    for entry in walk(&sandbox.repo) {
+        if !entry.starts_with(&mnt) {
+            chown(&entry, 1234, 1234);
+        }
+    }
+    chown(&sandbox.repo, 1234, 1234);
+    // The worker (the host's root, through WASI) writes in the tree and in
+    // the bound directory; the next command and the step's end hand what
+    // it wrote in the tree, and only there, to the tree's owner.
+    let (runner, _) = crate::probe_runner(&sandbox, crate::grant_all());
+    let script = "sh true\n\
+                  write top.txt from-the-worker\n\
+                  write mnt/elsewhere.txt from-the-worker\n\
+                  sh echo appended >> top.txt && echo top=ok\n\
+                  write late.txt after-the-last-command";
+    let result = run(&runner, sandbox.request("probe", script)).await;
+    if !views_here("the guest's files in a view of another owner", &result) {
+        return;
+    }
+    let out = stdout_of(&result);
+    assert!(out.contains("top=ok"), "{out}");
+    for name in ["top.txt", "late.txt"] {
+        let meta = std::fs::metadata(sandbox.repo.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 1234), "{name}");
+    }
+    let meta = std::fs::metadata(outside.join("elsewhere.txt")).unwrap();
+    assert_eq!(meta.uid(), 0, "a file outside the worktree changed owner");
+}

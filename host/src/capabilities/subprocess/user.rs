@@ -541,12 +541,7 @@ fn chown_tree(root: &Path, walk: &Chown) -> std::io::Result<()> {
         // The entry is opened (never followed) and checked as it is opened:
         // what gets a new owner is the inode that was checked, even if the
         // step swaps the name for a link to a file elsewhere meanwhile.
-        let Ok(entry) = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
+        let Ok(entry) = open_here(dir, name, OFlags::PATH | OFlags::NOFOLLOW) else {
             return Ok(());
         };
         let st = rustix::fs::fstat(&entry)?;
@@ -560,6 +555,23 @@ fn chown_tree(root: &Path, walk: &Chown) -> std::io::Result<()> {
         Ok(())
     })?;
     Ok(())
+}
+
+/// Open the entry `name` of `dir` itself: no link followed, no mount
+/// crossed (a bind mount of the same file system included, which `st_dev`
+/// alone would not tell apart).
+fn open_here(dir: &OwnedFd, name: &std::ffi::CStr, flags: OFlags) -> std::io::Result<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    Ok(rustix::fs::openat2(
+        dir,
+        name,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH
+            | ResolveFlags::NO_XDEV
+            | ResolveFlags::NO_SYMLINKS
+            | ResolveFlags::NO_MAGICLINKS,
+    )?)
 }
 
 /// Directory levels a walk holds open at once.
@@ -642,11 +654,10 @@ fn walk(
         }
     }
     for name in subdirs {
-        let Ok(sub) = rustix::fs::openat(
+        let Ok(sub) = open_here(
             dir,
             name.as_c_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
         ) else {
             continue;
         };
