@@ -526,3 +526,69 @@ async fn what_the_guest_writes_becomes_the_owners_and_a_bind_mount_inside_is_lef
     let meta = std::fs::metadata(outside.join("elsewhere.txt")).unwrap();
     assert_eq!(meta.uid(), 0, "a file outside the worktree changed owner");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_steps_share_a_write_path_each_as_its_own_and_leave_it_its_owners() {
+    if !crate::privileges::as_root("a write path shared by concurrent steps") {
+        return;
+    }
+    // One CODEX_HOME-like directory granted to the kind, two steps on two
+    // worktrees at once (two sandbox users).
+    let shared = tempfile::Builder::new()
+        .prefix("baa-shared-home-")
+        .tempdir_in("/run")
+        .unwrap();
+    std::fs::write(shared.path().join("config.toml"), "model = \"x\"\n").unwrap();
+    chown(shared.path(), 1234, 1234);
+    chown(&shared.path().join("config.toml"), 1234, 1234);
+    let mut config = RunnerConfig::default();
+    config.kinds.insert(
+        "shell".into(),
+        baa_runner::config::KindGrant {
+            programs: vec!["sh".into()],
+            write_paths: vec![shared.path().to_path_buf()],
+            ..Default::default()
+        },
+    );
+    let runner = std::sync::Arc::new(Runner::new(config).unwrap());
+    let home = shared.path().display().to_string();
+    let steps: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|name| {
+            let sandbox = Sandbox::new();
+            let script = format!(
+                "for i in 1 2 3 4 5; do echo {name}-$i >> {home}/sessions-{name}.log; \
+                 cat {home}/config.toml > /dev/null; sleep 0.1; done; id -u"
+            );
+            let request = serde_json::from_value(shell_request(&sandbox, &script)).unwrap();
+            let runner = runner.clone();
+            (
+                sandbox,
+                tokio::spawn(async move { runner.run(request, None).await.unwrap() }),
+            )
+        })
+        .collect();
+    let mut uids = Vec::new();
+    for (sandbox, step) in steps {
+        let result = step.await.unwrap();
+        assert_eq!(
+            result.outcome,
+            StepExecutionOutcome::Completed,
+            "{}",
+            result.summary
+        );
+        if !views_here("a write path shared by concurrent steps", &result) {
+            return;
+        }
+        uids.push(stdout_of(&result).trim().to_string());
+        drop(sandbox);
+    }
+    assert_ne!(uids[0], uids[1], "two steps, two sandbox users");
+    for name in ["one", "two"] {
+        let log = shared.path().join(format!("sessions-{name}.log"));
+        let written = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(written.lines().count(), 5, "{name}: {written}");
+        assert_eq!(std::fs::metadata(&log).unwrap().uid(), 1234);
+    }
+    assert_eq!(std::fs::metadata(shared.path()).unwrap().uid(), 1234);
+}
