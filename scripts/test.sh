@@ -16,3 +16,7 @@ cargo build --workspace --locked --bins
 cargo test --workspace --locked
 # The guest SDK's rustdoc example, run natively.
 (cd plugins && cargo test --locked -p baa-worker-sdk --target "$(rustc -vV | sed -n 's/^host: //p')")
+# The confinement suites again as a host without root (nobody).
+if [ "$(id -u)" = 0 ]; then
+    bash "$ROOT/scripts/test-unprivileged.sh"
+fi

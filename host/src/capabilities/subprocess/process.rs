@@ -262,6 +262,10 @@ pub(super) fn start(
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 lifeline.cut();
                 hard_kill = Some(Instant::now() + limits.kill_grace + HARD_KILL_MARGIN);
+                // Nothing past the cap is taken in: its pipes close, so a
+                // writer gets EPIPE even before the tree is stopped.
+                stdout = None;
+                stderr = None;
             }
         }
         live.remove(pgid);

@@ -35,10 +35,14 @@ impl StepNamespace {
         Ok(path)
     }
 
-    /// The step is over: the holder exits (the namespace lives on only
-    /// in processes that still use it, which the step's end has killed).
+    /// The step is over: every process still in its namespace is killed
+    /// (what the step's commands left while they were being stopped), then
+    /// the holder exits.
     pub fn release(&self) {
         if let Some(mut holder) = self.holder.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Ok(ns) = std::fs::read_link(&holder.path) {
+                sweep(&ns, holder.child.id());
+            }
             drop(holder.child.stdin.take());
             let _ = holder.child.kill();
             let _ = holder.child.wait();
@@ -78,4 +82,45 @@ fn hold() -> Result<Holder, String> {
     }
     let path = PathBuf::from(format!("/proc/{}/ns/user", child.id()));
     Ok(Holder { child, path })
+}
+
+/// SIGKILL every process (but the holder) whose user namespace is `ns`
+/// (`user:[inode]`), until none is left. Each is signalled through a pidfd
+/// opened before its namespace is read, so a pid reused meanwhile is not
+/// hit. The step's process limit bounds how many rounds this takes.
+fn sweep(ns: &std::path::Path, holder: u32) {
+    for _ in 0..64 {
+        let mut found = false;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid as u32 == holder {
+                continue;
+            }
+            let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+                continue;
+            };
+            let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+            else {
+                continue;
+            };
+            let same = std::fs::read_link(entry.path().join("ns/user")).is_ok_and(|l| l == ns);
+            if same {
+                found = true;
+                let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
