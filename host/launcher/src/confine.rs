@@ -71,7 +71,7 @@ fn errno() -> std::io::Error {
 }
 
 /// Open `path` (absolute) with `flags | O_CLOEXEC`.
-fn open(path: &Path, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+pub(crate) fn open(path: &Path, flags: libc::c_int) -> std::io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `c` is a valid C string; the result is checked.
@@ -224,15 +224,7 @@ fn masks(spec: &LaunchSpec, private: &[(OwnedFd, &'static str)]) -> Vec<PathBuf>
                 break;
             };
             use std::os::unix::fs::MetadataExt;
-            let mode = meta.mode();
-            let searchable = if meta.uid() == user.uid {
-                mode & 0o100 != 0
-            } else if meta.gid() == user.gid {
-                mode & 0o010 != 0
-            } else {
-                mode & 0o001 != 0
-            };
-            if !searchable {
+            if !user.may_search(meta.uid(), meta.gid(), meta.mode()) {
                 if !out.iter().any(|m| dir.starts_with(m)) {
                     out.retain(|m| !m.starts_with(dir));
                     out.push(dir.to_path_buf());

@@ -108,6 +108,20 @@ pub struct User {
     pub gid: u32,
 }
 
+impl User {
+    /// Whether this user may search a directory of owner `uid`, group
+    /// `gid` and permission bits `mode` (no supplementary groups).
+    pub fn may_search(&self, uid: u32, gid: u32, mode: u32) -> bool {
+        if uid == self.uid {
+            mode & 0o100 != 0
+        } else if gid == self.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        }
+    }
+}
+
 /// Resource limits of the child (`setrlimit`); `None` leaves one unchanged.
 /// Core dumps are always disabled.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -4,9 +4,7 @@
 //! and the view vanishes with the mount namespace. Also the user namespace
 //! a step of a host without root runs in.
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use baa_launch::User;
@@ -92,10 +90,7 @@ pub fn user_namespace(owner: User, user: User) -> std::io::Result<OwnedFd> {
             format!("{proc}/gid_map"),
             format!("{} {} 1\n", owner.gid, user.gid),
         )?;
-        open(
-            Path::new(&format!("{proc}/ns/user")),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
+        crate::confine::open(Path::new(&format!("{proc}/ns/user")), libc::O_RDONLY)
     })();
     drop(done_write);
     // SAFETY: reaping our own child.
@@ -104,18 +99,6 @@ pub fn user_namespace(owner: User, user: User) -> std::io::Result<OwnedFd> {
         libc::waitpid(pid, &mut status, 0);
     }
     result
-}
-
-fn open(path: &Path, flags: libc::c_int) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid C string; the result is checked.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    // SAFETY: `fd` was just opened and is owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A detached copy of the mount tree at `dir` (a directory or a file, with
@@ -194,7 +177,7 @@ pub fn attach(tree: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
 /// of its owner to `probe_user`, and a detached idmapped copy of it (which
 /// is never attached anywhere).
 pub fn probe(path: &Path, probe_user: User) -> Result<(), String> {
-    let dir = open(path, libc::O_PATH | libc::O_DIRECTORY)
+    let dir = crate::confine::open(path, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     // SAFETY: plain data filled in by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

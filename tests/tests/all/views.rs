@@ -35,6 +35,17 @@ fn views_here(what: &str, result: &StepExecutionResult) -> bool {
     true
 }
 
+/// The step completed, and through a view (see [`views_here`]).
+fn completed_in_a_view(what: &str, result: &StepExecutionResult) -> bool {
+    assert_eq!(
+        result.outcome,
+        StepExecutionOutcome::Completed,
+        "{}",
+        result.summary
+    );
+    views_here(what, result)
+}
+
 fn stdout_of(result: &StepExecutionResult) -> String {
     std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap_or_default()
 }
@@ -157,13 +168,7 @@ async fn a_step_changes_no_owner_mode_ctime_or_capability_in_the_worktree() {
         "cat theirs.txt group.txt linked-a && ls -A shared",
     )
     .await;
-    assert_eq!(
-        result.outcome,
-        StepExecutionOutcome::Completed,
-        "{}",
-        result.summary
-    );
-    if !views_here("the worktree is left as it was", &result) {
+    if !completed_in_a_view("the worktree is left as it was", &result) {
         return;
     }
     // The step ran (and so did the host's git-diff snapshot, as its uid).
@@ -207,13 +212,7 @@ async fn what_a_step_creates_belongs_to_the_owner_and_is_never_setuid() {
                   chmod g+s tool 2>/dev/null && echo setgid=granted || echo setgid=refused; \
                   stat -c 'seen-as=%u' new.txt";
     let result = run_shell(&sandbox, script).await;
-    assert_eq!(
-        result.outcome,
-        StepExecutionOutcome::Completed,
-        "{}",
-        result.summary
-    );
-    if !views_here("new files belong to the owner", &result) {
+    if !completed_in_a_view("new files belong to the owner", &result) {
         return;
     }
     let out = stdout_of(&result);
@@ -282,13 +281,7 @@ async fn a_worktree_below_a_directory_the_step_cannot_search_works_and_hides_its
     let script = "echo made > made.txt && pwd && \
                   (test -e ../../secret.txt && echo secret=visible || echo secret=hidden)";
     let result = run_shell(&sandbox, script).await;
-    assert_eq!(
-        result.outcome,
-        StepExecutionOutcome::Completed,
-        "{}",
-        result.summary
-    );
-    if !views_here("a worktree below a 0700 directory", &result) {
+    if !completed_in_a_view("a worktree below a 0700 directory", &result) {
         return;
     }
     let out = stdout_of(&result);

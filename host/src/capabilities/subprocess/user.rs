@@ -151,12 +151,7 @@ impl UserLease {
             .map_err(io(dir.display()))?;
         for uid in config.uid_base..config.uid_base.saturating_add(config.uid_count) {
             let lock_path = dir.join(format!("uid-{uid}.lock"));
-            let lock = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .map_err(io(lock_path.display()))?;
+            let lock = open_lock(&lock_path)?;
             if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
                 .is_err()
             {
@@ -320,12 +315,7 @@ impl UserLease {
         let lock_path = self
             .state_dir
             .join(format!("tree-{}-{}.lock", meta.dev(), meta.ino()));
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(lock_path.display()))?;
+        let lock = open_lock(&lock_path)?;
         while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
             .is_err()
         {
@@ -435,18 +425,22 @@ impl Drop for UserLease {
     }
 }
 
+/// A lock file in the state directory (host-only), made if missing.
+fn open_lock(path: &Path) -> Result<File, String> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io(path.display()))
+}
+
 /// Every directory from `/` down to `path` must let `user` search it.
 pub fn check_reachable(path: &Path, user: User) -> Result<(), String> {
     for dir in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
         let meta = std::fs::metadata(dir).map_err(io(dir.display()))?;
         let mode = meta.mode();
-        let searchable = if meta.uid() == user.uid {
-            mode & 0o100 != 0
-        } else if meta.gid() == user.gid {
-            mode & 0o010 != 0
-        } else {
-            mode & 0o001 != 0
-        };
+        let searchable = user.may_search(meta.uid(), meta.gid(), mode);
         if !searchable && dir != path && meta.is_dir() {
             return Err(format!(
                 "the sandbox user (uid {}) cannot reach {}: {} has mode {:o}; make it searchable (chmod o+x {}) or set [sandbox] user = \"current\"",
