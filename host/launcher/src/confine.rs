@@ -195,7 +195,11 @@ fn views(
         if !view.path.is_absolute() {
             return Err(("views", format!("{} is not absolute", view.path.display())));
         }
-        let userns = crate::view::user_namespace(view.owner, user).map_err(|e| {
+        let made = match &view.user_namespace {
+            Some(path) => open(path, libc::O_RDONLY),
+            None => crate::view::user_namespace(view.owner, user),
+        };
+        let userns = made.map_err(|e| {
             (
                 "views",
                 format!("a user namespace for {}: {e}", view.path.display()),

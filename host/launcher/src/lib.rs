@@ -81,6 +81,10 @@ pub struct View {
     /// Its owner on disk, shown as the step's user (entries of any other
     /// owner appear as the overflow user).
     pub owner: User,
+    /// A user namespace with that mapping already (`/proc/PID/ns/user` of
+    /// a holder the host keeps for the step); else the launcher makes one.
+    #[serde(default)]
+    pub user_namespace: Option<PathBuf>,
 }
 
 /// A file operation the launcher's confined child performs in place of a

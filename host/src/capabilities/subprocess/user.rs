@@ -128,6 +128,9 @@ pub struct UserLease {
     /// Locks on the trees lent by chown (see [`UserLease::lock_tree`]),
     /// released with the lease.
     tree_locks: Mutex<Vec<File>>,
+    /// The user namespace of each view owner's mapping, made at the first
+    /// launch and shared by the rest.
+    view_namespaces: Mutex<Vec<(User, super::userns::Holder)>>,
     _lock: File,
 }
 
@@ -165,6 +168,7 @@ impl UserLease {
                 released: Mutex::new(false),
                 synced_since: Mutex::new(None),
                 tree_locks: Mutex::new(Vec::new()),
+                view_namespaces: Mutex::new(Vec::new()),
                 _lock: lock,
             };
             lease.recover()?;
@@ -377,17 +381,37 @@ impl UserLease {
         lent.iter().any(|l| l.how == Lending::Idmapped)
     }
 
-    /// The trees shown to the step's user through idmapped views.
+    /// The trees shown to the step's user through idmapped views, each
+    /// with the namespace of its mapping (made now if it is the first).
     pub fn views(&self) -> Vec<baa_launch::View> {
         let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self
+            .view_namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         lent.iter()
             .filter(|l| l.how == Lending::Idmapped)
-            .map(|l| baa_launch::View {
-                path: l.path.clone(),
-                owner: User {
+            .map(|l| {
+                let owner = User {
                     uid: l.uid,
                     gid: l.gid,
-                },
+                };
+                if !held.iter().any(|(o, _)| *o == owner) {
+                    match super::userns::Holder::mapping(owner, self.user) {
+                        Ok(holder) => held.push((owner, holder)),
+                        // The launcher makes the mapping itself then.
+                        Err(e) => tracing::debug!("a view's user namespace: {e}"),
+                    }
+                }
+                let user_namespace = held
+                    .iter()
+                    .find(|(o, _)| *o == owner)
+                    .map(|(_, h)| h.path().to_path_buf());
+                baa_launch::View {
+                    path: l.path.clone(),
+                    owner,
+                    user_namespace,
+                }
             })
             .collect()
     }
@@ -416,6 +440,10 @@ impl UserLease {
             let _ = std::fs::remove_file(self.record_path());
         }
         let _ = std::fs::remove_dir_all(&self.home);
+        self.view_namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 

@@ -1,7 +1,8 @@
-//! The user namespace of one step of a host without root: held by a
-//! `baa-launch --hold-userns` child from the step's first subprocess to its
-//! end, and joined by every launch, so that `RLIMIT_NPROC` (counted per
-//! user and user namespace) bounds the step's processes alone.
+//! User namespaces held for a step by `baa-launch --hold-userns` children:
+//! the namespace a step of a host without root runs in, from its first
+//! subprocess to its end (`RLIMIT_NPROC`, counted per user and user
+//! namespace, then bounds the step's processes alone), and on a root host
+//! the mapping of each idmapped view, made once instead of per launch.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -16,10 +17,45 @@ pub struct StepNamespace {
     holder: Mutex<Option<Holder>>,
 }
 
+/// A `baa-launch --hold-userns` child and the path of its namespace; the
+/// child is stopped when this is dropped.
 #[derive(Debug)]
-struct Holder {
+pub struct Holder {
     child: Child,
     path: PathBuf,
+}
+
+impl Holder {
+    /// `/proc/PID/ns/user` of the held namespace.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// A namespace that maps `owner` to `user` (uid and gid): the mapping
+    /// of an idmapped view, made once for all of a step's launches. Needs
+    /// root (the mapping names ids other than the host's own).
+    pub fn mapping(owner: baa_launch::User, user: baa_launch::User) -> Result<Holder, String> {
+        let holder = hold(false)?;
+        let proc = holder.path.parent().and_then(|ns| ns.parent());
+        let proc = proc.ok_or("the holder has no /proc directory")?;
+        let maps = [
+            ("uid_map", format!("{} {} 1\n", owner.uid, user.uid)),
+            ("gid_map", format!("{} {} 1\n", owner.gid, user.gid)),
+        ];
+        for (file, map) in maps {
+            std::fs::write(proc.join(file), map)
+                .map_err(|e| format!("{}: {e}", proc.join(file).display()))?;
+        }
+        Ok(holder)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl StepNamespace {
@@ -29,7 +65,7 @@ impl StepNamespace {
         if let Some(holder) = &*slot {
             return Ok(holder.path.clone());
         }
-        let holder = hold()?;
+        let holder = hold(true)?;
         let path = holder.path.clone();
         *slot = Some(holder);
         Ok(path)
@@ -39,13 +75,10 @@ impl StepNamespace {
     /// (what the step's commands left while they were being stopped), then
     /// the holder exits.
     pub fn release(&self) {
-        if let Some(mut holder) = self.holder.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(holder) = self.holder.lock().unwrap_or_else(|p| p.into_inner()).take() {
             if let Ok(ns) = std::fs::read_link(&holder.path) {
                 sweep(&ns, holder.child.id());
             }
-            drop(holder.child.stdin.take());
-            let _ = holder.child.kill();
-            let _ = holder.child.wait();
         }
     }
 }
@@ -59,9 +92,10 @@ impl Drop for StepNamespace {
 /// Start a holder and wait for its namespace. Its pid stays its own while
 /// it is an unreaped child of this process, so the path names its
 /// namespace until [`StepNamespace::release`].
-fn hold() -> Result<Holder, String> {
+fn hold(mapped: bool) -> Result<Holder, String> {
     let mut child = std::process::Command::new(launcher::binary()?)
         .arg("--hold-userns")
+        .args((!mapped).then_some("--unmapped"))
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
