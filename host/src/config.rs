@@ -83,6 +83,19 @@ pub enum SandboxUser {
     Current,
 }
 
+/// How a step's dedicated user writes the worktree and write paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorktreeView {
+    /// An idmapped view where the file system takes one, chown lending
+    /// elsewhere (the default).
+    #[default]
+    Auto,
+    /// Always chown lending: ownership handed over and back (setuid and
+    /// setgid bits of lent files are cleared by the kernel).
+    Chown,
+}
+
 /// How worker subprocesses are confined (`[sandbox]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -112,6 +125,8 @@ pub struct SandboxConfig {
     pub open_files: u64,
     /// Processes of one step's dedicated user (default 256).
     pub processes: u64,
+    /// How the dedicated user is lent the worktree (default `auto`).
+    pub worktree_view: WorktreeView,
 }
 
 impl Default for SandboxConfig {
@@ -134,6 +149,7 @@ impl Default for SandboxConfig {
             file_size_mib: 1024,
             open_files: 1024,
             processes: 256,
+            worktree_view: WorktreeView::Auto,
         }
     }
 }

@@ -537,7 +537,10 @@ async fn files_the_worker_writes_between_commands_are_the_step_users_and_handed_
     let sandbox = Sandbox::new();
     std::fs::create_dir_all(sandbox.repo.join("deep/a/b")).unwrap();
     std::fs::write(sandbox.repo.join("deep/a/b/old.txt"), "old\n").unwrap();
-    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |_| {});
+    // The chown fallback (file systems without idmapped mounts).
+    let (runner, _) = probe_runner_with(&sandbox, grant_all(), |config| {
+        config.sandbox.worktree_view = baa_runner::config::WorktreeView::Chown;
+    });
     // The first command lends the tree; then the worker (the host's uid,
     // through WASI) creates files deep in it and at the top, and each next
     // command must be able to append to them: the resync between commands
@@ -554,6 +557,8 @@ async fn files_the_worker_writes_between_commands_are_the_step_users_and_handed_
         std::fs::read_to_string(sandbox.repo.join("deep/a/b/new.txt")).unwrap(),
         "from-the-workerappended\n"
     );
+    let metadata = read_json(&result.log_paths.metadata_path);
+    assert_eq!(metadata["sandbox"]["worktreeView"], "chown");
     // Everything is the host's again after the step.
     let me = rustix::process::geteuid().as_raw();
     for path in ["deep/a/b/new.txt", "deep/a/b/old.txt", "top.txt", "deep/a"] {

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::policy::{ExecPolicy, Network};
 use super::user::{StepUser, UserLease};
 use super::userns::StepNamespace;
-use crate::config::{LandlockMode, SandboxConfig};
+use crate::config::{LandlockMode, SandboxConfig, WorktreeView};
 
 /// Device files every subprocess may read and write.
 const DEVICES: &[&str] = &[
@@ -202,6 +202,9 @@ impl Confinement {
             // How the step's user sees the worktree (and write paths) as
             // its own: an idmapped view, chown lending, or no other user.
             "worktreeView": match (&self.user, self.lend.first()) {
+                (Some(_), _) if self.sandbox.worktree_view == WorktreeView::Chown => {
+                    json!(super::user::Lending::Chown)
+                }
                 (Some(_), Some(tree)) => json!(super::user::lending(tree)),
                 _ => json!("direct"),
             },

@@ -131,6 +131,8 @@ pub struct UserLease {
     /// The user namespace of each view owner's mapping, made at the first
     /// launch and shared by the rest.
     view_namespaces: Mutex<Vec<(User, super::userns::Holder)>>,
+    /// The operator chose chown lending everywhere.
+    chown_only: bool,
     _lock: File,
 }
 
@@ -169,6 +171,7 @@ impl UserLease {
                 synced_since: Mutex::new(None),
                 tree_locks: Mutex::new(Vec::new()),
                 view_namespaces: Mutex::new(Vec::new()),
+                chown_only: config.worktree_view == crate::config::WorktreeView::Chown,
                 _lock: lock,
             };
             lease.recover()?;
@@ -249,7 +252,10 @@ impl UserLease {
         if lent.iter().any(|l| l.path == path) {
             return Ok(());
         }
-        let how = lending(path);
+        let how = match self.chown_only {
+            true => Lending::Chown,
+            false => lending(path),
+        };
         // A view is mounted where the user can reach it (the launcher hides
         // the directories above it the user may not search); a chowned
         // tree is reached by its path.
@@ -724,7 +730,8 @@ pub fn recover_abandoned(config: &SandboxConfig) -> Vec<PathBuf> {
             .unwrap_or_default();
         let _ = launcher::sweep(uid);
         for l in lent {
-            if l.hand_back(uid).is_ok() {
+            // A view had nothing to give back but what the guest made.
+            if l.hand_back(uid).is_ok() && l.how == Lending::Chown {
                 handed_back.push(l.path);
             }
         }
