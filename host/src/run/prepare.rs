@@ -251,8 +251,12 @@ fn populate(
     ] {
         fs::create_dir(dir).map_err(Error::io(Path::new(dir)))?;
     }
-    let tmp = Path::new(&log_paths.home_dir).join("tmp");
-    fs::create_dir(&tmp).map_err(Error::io(&tmp))?;
+    // TMPDIR, and the private /tmp, /var/tmp, /dev/shm and /run/lock of a
+    // step that runs in a user namespace of its own (a host without root).
+    for (_, sub) in baa_launch::PRIVATE_DIRS {
+        let dir = Path::new(&log_paths.home_dir).join(sub);
+        fs::create_dir(&dir).map_err(Error::io(&dir))?;
+    }
 
     let now = now_rfc3339();
     let mode = request

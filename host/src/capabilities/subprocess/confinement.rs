@@ -135,8 +135,13 @@ impl Confinement {
             // What every user may write (/tmp, /var/tmp, /dev/shm,
             // /run/lock) becomes the step's own: programs that ignore TMPDIR
             // stay inside, and nothing is left behind (a mount namespace
-            // needs the root a lease implies).
-            private_dirs: lease.map(|l| l.home().to_path_buf()),
+            // needs the root a lease implies, or the step's own user
+            // namespace on a host without root).
+            private_dirs: match (lease, &launch.user_namespace) {
+                (Some(lease), _) => Some(lease.home().to_path_buf()),
+                (None, Some(_)) => Some(self.home.clone()),
+                (None, None) => None,
+            },
             rlimits: Rlimits {
                 cpu_seconds: Some(s.cpu_seconds.unwrap_or(launch.seconds_left.max(1))),
                 address_space_bytes: s.address_space_mib.map(|m| m * MIB),
@@ -320,8 +325,10 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
     let policy = ExecPolicy::intersect(&grant, &grant);
     let worktree = crate::fsutil::new_temp_dir("baa-self-test")
         .map_err(|e| format!("a scratch worktree for the self-test: {e}"))?;
-    std::fs::create_dir(worktree.join("home"))
-        .map_err(|e| format!("{}: {e}", worktree.display()))?;
+    for sub in std::iter::once("").chain(baa_launch::PRIVATE_DIRS.iter().map(|(_, s)| *s)) {
+        std::fs::create_dir(worktree.join("home").join(sub))
+            .map_err(|e| format!("{}: {e}", worktree.display()))?;
+    }
     let result = (|| {
         let user = super::user::dedicated(&config.sandbox)?.then(|| Arc::new(StepUser::default()));
         let confinement = Confinement {
