@@ -166,3 +166,67 @@ async fn codex_ends_blocked_when_it_needs_a_person() {
     assert!(result.summary.contains("API token"), "{}", result.summary);
     assert_eq!(read_json(&result.log_paths.state_path)["status"], "blocked");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_codex_steps_share_one_codex_home_and_leave_it_its_owners() {
+    // Two steps at once on two worktrees (two sandbox users on a root host)
+    // with the one CODEX_HOME the operator granted: each writes its session
+    // there as its own, neither is refused, and the home stays its owner's.
+    let first = Sandbox::new();
+    let second = Sandbox::new();
+    let model = MockModel::start(vec![
+        Reply::answer("completed", "first done", false, json!([])),
+        Reply::answer("completed", "second done", false, json!([])),
+    ]);
+    let runner = std::sync::Arc::new(codex_runner(&first, &model));
+    let home = model.codex_home(first.dir.path());
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&home).unwrap().uid()
+    };
+    let steps: Vec<_> = [&first, &second]
+        .into_iter()
+        .map(|sandbox| {
+            let mut request = codex_request(&first, &model, "say done");
+            request.runtime.worktree_path = sandbox.repo.display().to_string();
+            request.runtime.repo_root = sandbox.repo.display().to_string();
+            request.runtime.runs_root_dir = Some(sandbox.runs.display().to_string());
+            let runner = runner.clone();
+            tokio::spawn(async move { runner.run(request, None).await.unwrap() })
+        })
+        .collect();
+    for step in steps {
+        let result = step.await.unwrap();
+        assert_eq!(
+            result.outcome,
+            StepExecutionOutcome::Completed,
+            "{}\n{:?}",
+            result.summary,
+            result.log_summary.stderr_tail
+        );
+    }
+    // Codex recorded both sessions in the shared home; nothing there
+    // belongs to a sandbox user.
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![home.clone()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().uid(),
+            owner,
+            "{}",
+            dir.display()
+        );
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(meta.uid(), owner, "{}", path.display());
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 1, "codex wrote nothing to its home");
+}
