@@ -11,9 +11,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use baa_launch::{Applied, LaunchSpec, Probe};
+
+use crate::namespace::Namespace;
 use landlock::{
-    Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, NetPort, PathBeneath, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -32,41 +34,55 @@ pub struct Prepared {
     program: OwnedFd,
     program_path: CString,
     cwd: OwnedFd,
+    /// The working directory relative to the worktree, resolved again in
+    /// the namespace (a directory opened outside it is unreachable).
+    rel_cwd: PathBuf,
     argv: Vec<CString>,
     envp: Vec<CString>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     user: Option<baa_launch::User>,
-    /// Private directories to mount: (source, opened without following a
-    /// link, and the system directory it replaces), and the home they are
-    /// in (opened again inside the new mount namespace).
-    private: Vec<(OwnedFd, &'static str)>,
-    private_home: Option<PathBuf>,
-    /// Trees under those mount points the child must still see: (path, is
-    /// a directory).
-    expose: Vec<(CString, bool)>,
-    /// The worktree and the cwd beneath it, resolved again inside a new
-    /// mount namespace (a directory opened outside it is unreachable).
-    worktree: PathBuf,
-    rel_cwd: PathBuf,
-    /// Trees to mount again, idmapped through the user namespace beside
-    /// each (made before the fork, as root).
-    views: Vec<(CString, OwnedFd)>,
-    /// The step's user namespace to join (a host without root).
-    user_namespace: Option<OwnedFd>,
-    /// Directories above a view that the step's user may not search,
-    /// replaced by an empty tmpfs in which what the step needs beneath
-    /// them is mounted again: the view is reached by mount, not by path.
-    masks: Vec<PathBuf>,
+    /// The mount environment to enter (a one-shot launch); `None` inside a
+    /// fork server, which entered it already.
+    namespace: Option<Namespace>,
     ruleset: Option<RulesetCreated>,
     filters: Vec<BpfProgram>,
     pub applied: Applied,
 }
 
-fn cstring(bytes: &[u8], what: &str) -> Result<CString, Failure> {
+/// How the paths of a spec are opened: in this process's mount namespace,
+/// or beneath the host's root as it was before the step's namespace was
+/// entered (a fork server: what the step mounted or planted in its own
+/// directories is never followed).
+#[derive(Clone, Copy)]
+pub enum Resolve<'a> {
+    Direct,
+    InRoot(&'a OwnedFd),
+}
+
+impl Resolve<'_> {
+    pub fn open(self, path: &Path, flags: libc::c_int) -> std::io::Result<OwnedFd> {
+        match self {
+            Resolve::Direct => open(path, flags),
+            Resolve::InRoot(root) => {
+                let rel = path.as_os_str().as_bytes();
+                let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+                let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+                openat2(
+                    root,
+                    rel,
+                    flags,
+                    libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+                )
+            }
+        }
+    }
+}
+
+pub(crate) fn cstring(bytes: &[u8], what: &str) -> Result<CString, Failure> {
     CString::new(bytes).map_err(|_| ("spec", format!("{what} contains a NUL byte")))
 }
 
-fn errno() -> std::io::Error {
+pub(crate) fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
@@ -84,7 +100,7 @@ pub(crate) fn open(path: &Path, flags: libc::c_int) -> std::io::Result<OwnedFd> 
 }
 
 /// `openat2(dir, rel, O_PATH | O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`.
-fn open_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
+pub(crate) fn open_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -99,7 +115,12 @@ fn open_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// `openat2(dir, rel, flags | O_CLOEXEC, resolve)`.
-fn openat2(dir: &OwnedFd, rel: &[u8], flags: i32, resolve: u64) -> std::io::Result<OwnedFd> {
+pub(crate) fn openat2(
+    dir: &OwnedFd,
+    rel: &[u8],
+    flags: i32,
+    resolve: u64,
+) -> std::io::Result<OwnedFd> {
     let c = CString::new(rel).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: open_how is plain data; zeroed is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
@@ -124,124 +145,58 @@ fn openat2(dir: &OwnedFd, rel: &[u8], flags: i32, resolve: u64) -> std::io::Resu
 }
 
 /// Resolution that follows no link at all and stays beneath the directory.
-const NO_LINKS: u64 =
+pub(crate) const NO_LINKS: u64 =
     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
-/// The step's private directories in its home (which the step can write):
-/// each opened beneath the home without following any link, and required
-/// to be a directory of the step's user, with the system directory it
-/// replaces. A step that replaced one by a link gets no subprocess rather
-/// than a mount of what the link names.
-fn private_dirs(
-    home: &Path,
-    user: Option<baa_launch::User>,
-) -> Result<Vec<(OwnedFd, &'static str)>, Failure> {
-    let fail = |what: String| ("private-dirs", what);
-    let home_fd = open(home, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .map_err(|e| fail(format!("the step's home {}: {e}", home.display())))?;
-    let mut out = Vec::new();
-    for (target, sub) in baa_launch::PRIVATE_DIRS {
-        if !Path::new(target).is_dir() {
-            continue;
-        }
-        let fd = openat2(
-            &home_fd,
-            sub.as_bytes(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-            NO_LINKS | libc::RESOLVE_NO_XDEV,
-        )
-        .map_err(|e| {
-            fail(format!(
-                "`{sub}` in the step's home is not a directory of its own (replaced by a link?): {e}"
-            ))
-        })?;
-        // SAFETY: plain data filled in by fstat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid descriptor and a stat buffer.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(fail(format!("`{sub}`: {}", errno())));
-        }
-        if user.is_some_and(|u| u.uid != st.st_uid) {
-            return Err(fail(format!(
-                "`{sub}` in the step's home belongs to uid {}, not the step's",
-                st.st_uid
-            )));
-        }
-        out.push((fd, *target));
-    }
-    Ok(out)
-}
-
-/// The user namespace of each of the spec's views. Views need the step's
-/// own user and mount namespace.
-fn views(
-    spec: &LaunchSpec,
-    private: &[(OwnedFd, &'static str)],
-) -> Result<Vec<(CString, OwnedFd)>, Failure> {
-    if spec.views.is_empty() {
-        return Ok(Vec::new());
-    }
-    let user = match spec.user {
-        Some(user) if !private.is_empty() => user,
-        _ => {
-            return Err((
-                "views",
-                "idmapped views need a dedicated user and private directories".into(),
-            ))
-        }
-    };
-    let mut out = Vec::new();
-    for view in &spec.views {
-        if !view.path.is_absolute() {
-            return Err(("views", format!("{} is not absolute", view.path.display())));
-        }
-        let made = match &view.user_namespace {
-            Some(path) => open(path, libc::O_RDONLY),
-            None => crate::view::user_namespace(view.owner, user),
-        };
-        let userns = made.map_err(|e| {
-            (
-                "views",
-                format!("a user namespace for {}: {e}", view.path.display()),
-            )
-        })?;
-        out.push((cstring(view.path.as_os_str().as_bytes(), "a view")?, userns));
-    }
-    Ok(out)
-}
-
-/// The topmost directory above each view that `spec.user` cannot search
-/// (`/root` above `/root/work/repo`), outside the private directories
-/// (which are rebuilt searchable anyway).
-fn masks(spec: &LaunchSpec, private: &[(OwnedFd, &'static str)]) -> Vec<PathBuf> {
-    let Some(user) = spec.user else {
-        return Vec::new();
-    };
-    let mut out: Vec<PathBuf> = Vec::new();
-    for view in &spec.views {
-        if private.iter().any(|(_, t)| view.path.starts_with(t)) {
-            continue;
-        }
-        let above: Vec<&Path> = view.path.ancestors().skip(1).collect();
-        for dir in above.into_iter().rev() {
-            let Ok(meta) = std::fs::metadata(dir) else {
-                break;
-            };
-            use std::os::unix::fs::MetadataExt;
-            if !user.may_search(meta.uid(), meta.gid(), meta.mode()) {
-                if !out.iter().any(|m| dir.starts_with(m)) {
-                    out.retain(|m| !m.starts_with(dir));
-                    out.push(dir.to_path_buf());
-                }
-                break;
-            }
-        }
-    }
-    out
-}
-
-/// Open, resolve and compile everything the child needs.
+/// Open, resolve and compile everything the child of a one-shot launch
+/// needs: its mount environment too, and the environment this launcher
+/// was started with.
 pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
+    let namespace = Namespace::prepare(&spec.environment())?;
+    let root = open(&spec.worktree, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| ("cwd", format!("worktree {}: {e}", spec.worktree.display())))?;
+    let mut envp = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let mut entry = name.as_bytes().to_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        envp.push(cstring(&entry, "an environment variable")?);
+    }
+    let mut p = command(spec, Resolve::Direct, namespace.private(), &root, envp)?;
+    p.namespace = Some(namespace);
+    Ok(p)
+}
+
+/// What a fork server's child needs for `spec`: the server entered the
+/// step's environment already (`private`, as it was checked; `worktree`,
+/// as the step sees it); the spec's paths are opened beneath the host's
+/// `root`.
+pub fn prepare_in(
+    spec: &LaunchSpec,
+    root: &OwnedFd,
+    private: &[(OwnedFd, &'static str)],
+    worktree: &OwnedFd,
+    env: &[(String, String)],
+) -> Result<Prepared, Failure> {
+    let mut envp = Vec::with_capacity(env.len());
+    for (name, value) in env {
+        envp.push(cstring(
+            format!("{name}={value}").as_bytes(),
+            "an environment variable",
+        )?);
+    }
+    command(spec, Resolve::InRoot(root), private, worktree, envp)
+}
+
+/// The program, its working directory beneath `worktree`, argv, rlimits,
+/// Landlock ruleset and seccomp filters of `spec`.
+fn command(
+    spec: &LaunchSpec,
+    resolve: Resolve,
+    private: &[(OwnedFd, &'static str)],
+    worktree: &OwnedFd,
+    envp: Vec<CString>,
+) -> Result<Prepared, Failure> {
     if !spec.program.is_absolute() || !spec.worktree.is_absolute() {
         return Err(("spec", "program and worktree must be absolute paths".into()));
     }
@@ -250,11 +205,10 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         Some(_) => Path::new("/"),
         None => spec.program.as_path(),
     };
-    let program = open(program_path, libc::O_PATH)
+    let program = resolve
+        .open(program_path, libc::O_PATH)
         .map_err(|e| ("program", format!("{}: {e}", spec.program.display())))?;
-    let root = open(&spec.worktree, libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| ("cwd", format!("worktree {}: {e}", spec.worktree.display())))?;
-    let cwd = open_beneath(&root, &spec.cwd).map_err(|e| {
+    let cwd = open_beneath(worktree, &spec.cwd).map_err(|e| {
         (
             "cwd",
             format!(
@@ -269,14 +223,6 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     for arg in &spec.args {
         argv.push(cstring(arg.as_bytes(), "an argument")?);
     }
-    let mut envp = Vec::new();
-    for (name, value) in std::env::vars_os() {
-        let mut entry = name.as_bytes().to_vec();
-        entry.push(b'=');
-        entry.extend_from_slice(value.as_bytes());
-        envp.push(cstring(&entry, "an environment variable")?);
-    }
-
     let r = &spec.rlimits;
     let mut rlimits = vec![(libc::RLIMIT_CORE, 0)];
     for (resource, value) in [
@@ -290,21 +236,6 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
             rlimits.push((resource, value));
         }
     }
-
-    let private = match &spec.private_dirs {
-        Some(home) => private_dirs(home, spec.user)?,
-        None => Vec::new(),
-    };
-    let views = views(spec, &private)?;
-    let user_namespace = match &spec.user_namespace {
-        Some(path) => Some(open(path, libc::O_RDONLY).map_err(|e| {
-            (
-                "user-namespace",
-                format!("the step's user namespace {}: {e}", path.display()),
-            )
-        })?),
-        None => None,
-    };
     let kernel_abi = landlock_abi();
     let (ruleset, landlock_abi) = if kernel_abi == 0 {
         if spec.landlock.required {
@@ -318,57 +249,22 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
         (None, 0)
     } else {
         (
-            Some(ruleset(spec, &private).map_err(|e| ("landlock", e))?),
+            Some(ruleset(spec, resolve, private).map_err(|e| ("landlock", e))?),
             kernel_abi.min(ABI_TARGET as u32),
         )
     };
     let filters = filters(&spec.seccomp).map_err(|e| ("seccomp", e))?;
     let user = spec.user;
-    let masks = masks(spec, &private);
-    let targets: Vec<&Path> = private
-        .iter()
-        .map(|(_, t)| Path::new(*t))
-        .chain(masks.iter().map(PathBuf::as_path))
-        .collect();
-    let mut expose = Vec::new();
-    if !targets.is_empty() {
-        let l = &spec.landlock;
-        let mut seen: Vec<&Path> = Vec::new();
-        for path in l
-            .read
-            .iter()
-            .chain(&l.write)
-            .chain([&spec.worktree, &spec.program])
-        {
-            if !targets.iter().any(|t| path.starts_with(t) && path != t) {
-                continue;
-            }
-            if seen.iter().any(|s| path.starts_with(s)) {
-                continue;
-            }
-            seen.push(path);
-            if path.exists() {
-                let c = cstring(path.as_os_str().as_bytes(), "a path")?;
-                expose.push((c, path.is_dir()));
-            }
-        }
-    }
     Ok(Prepared {
         program,
         program_path,
         cwd,
+        rel_cwd: spec.cwd.clone(),
         argv,
         envp,
         rlimits,
         user,
-        private,
-        private_home: spec.private_dirs.clone(),
-        expose,
-        worktree: spec.worktree.clone(),
-        rel_cwd: spec.cwd.clone(),
-        views,
-        user_namespace,
-        masks,
+        namespace: None,
         ruleset,
         filters,
         applied: Applied {
@@ -386,7 +282,11 @@ pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     })
 }
 
-fn ruleset(spec: &LaunchSpec, private: &[(OwnedFd, &str)]) -> Result<RulesetCreated, String> {
+fn ruleset(
+    spec: &LaunchSpec,
+    resolve: Resolve,
+    private: &[(OwnedFd, &str)],
+) -> Result<RulesetCreated, String> {
     let abi = ABI_TARGET;
     let err = |e: landlock::RulesetError| e.to_string();
     let mut ruleset = Ruleset::default();
@@ -424,13 +324,13 @@ fn ruleset(spec: &LaunchSpec, private: &[(OwnedFd, &str)]) -> Result<RulesetCrea
             break;
         }
         for path in paths {
-            let fd = match PathFd::new(path) {
+            let fd = match resolve.open(path, libc::O_PATH) {
                 Ok(fd) => fd,
                 // Absent system directories (e.g. /lib32) are skipped.
-                Err(_) if !path.exists() => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(e) => return Err(format!("{}: {e}", path.display())),
             };
-            let access = if path.is_dir() {
+            let access = if is_dir(&fd) {
                 access
             } else {
                 access & AccessFs::from_file(abi)
@@ -457,6 +357,16 @@ fn ruleset(spec: &LaunchSpec, private: &[(OwnedFd, &str)]) -> Result<RulesetCrea
             .map_err(err)?;
     }
     Ok(created)
+}
+
+/// Whether `fd` is a directory.
+fn is_dir(fd: &OwnedFd) -> bool {
+    // SAFETY: plain data filled in by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a stat buffer.
+    unsafe {
+        libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
 }
 
 /// The kernel's Landlock ABI version (0: none).
@@ -742,9 +652,10 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
     // never starts threads); every call is a plain system call on values
     // prepared before the fork.
     unsafe {
-        if let Some(ns) = &p.user_namespace {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
-                return Err(("user-namespace", format!("setns: {}", errno())));
+        if let Some(namespace) = p.namespace.take() {
+            if let Some(worktree) = namespace.enter()? {
+                p.cwd = open_beneath(&worktree, &p.rel_cwd)
+                    .map_err(|e| ("cwd", format!("in the step's mount namespace: {e}")))?;
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -766,24 +677,6 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
             if libc::setrlimit(*resource, &limit) != 0 {
                 return Err(("rlimits", format!("setrlimit({resource}): {}", errno())));
             }
-        }
-        if !p.private.is_empty() {
-            // A mount namespace whose changes do not propagate back, with
-            // the step's own directories as /tmp and the like.
-            // And an IPC namespace of its own: SysV queues and shared
-            // memory die with it, never reaching the next step of the uid.
-            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC) != 0
-                || libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-            {
-                return Err(("private-dirs", format!("a mount namespace: {}", errno())));
-            }
-            step_mounts(p)?;
         }
         if let Some(user) = p.user {
             if libc::setgroups(0, std::ptr::null()) != 0
@@ -831,272 +724,6 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-/// In the child's new mount namespace: the step's private directories over
-/// `/tmp` and the like, an empty tmpfs over each directory above a view the
-/// step's user may not search, what the step needs beneath those bound
-/// back, its views attached, and its working directory opened in them.
-/// Every path is resolved once, before anything the step can write is
-/// mounted, or beneath a descriptor without following links: a step that
-/// renames or links in its own directories redirects nothing.
-///
-/// # Safety
-/// Called in the forked, single-threaded child only.
-unsafe fn step_mounts(p: &mut Prepared) -> Result<(), Failure> {
-    let slash = open(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| ("private-dirs", format!("/: {e}")))?;
-    let beneath_root = |path: &[u8], flags: i32, resolve: u64| {
-        let rel = path.strip_prefix(b"/").unwrap_or(path);
-        let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
-        openat2(&slash, rel, flags, resolve | libc::RESOLVE_NO_MAGICLINKS)
-    };
-    // Resolved now, in the host's tree as this namespace still shows it
-    // (what is bound back may be reached through the host's own links; a
-    // view, which the step will own, through none).
-    let mut sources = Vec::new();
-    for (path, is_dir) in &p.expose {
-        let fd = beneath_root(path.as_bytes(), libc::O_PATH, 0)
-            .map_err(|e| ("private-dirs", format!("{path:?}: {e}")))?;
-        sources.push((path.as_bytes().to_vec(), Mount::Bind(fd, *is_dir)));
-    }
-    let mut early = Vec::new();
-    for (path, userns) in &p.views {
-        let dir = beneath_root(
-            path.as_bytes(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            libc::RESOLVE_NO_SYMLINKS,
-        )
-        .map_err(|e| ("views", format!("{path:?}: {e}")))?;
-        let tree = crate::view::idmapped_tree(&dir, userns)
-            .map_err(|e| ("views", format!("an idmapped view of {path:?}: {e}")))?;
-        early.push((path.as_bytes().to_vec(), dir));
-        sources.push((path.as_bytes().to_vec(), Mount::View(tree)));
-    }
-    let worktree = beneath_root(
-        p.worktree.as_os_str().as_bytes(),
-        libc::O_PATH | libc::O_DIRECTORY,
-        libc::RESOLVE_NO_SYMLINKS,
-    )
-    .map_err(|e| ("cwd", format!("worktree {}: {e}", p.worktree.display())))?;
-    private_mounts(p)?;
-    // Parents first: each is mounted on a point made in the step's own
-    // directory without following links, or beneath a mount made here.
-    sources.sort_by_key(|(path, _)| path.len());
-    let mut roots: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
-    for (path, mount) in sources {
-        let under = |prefix: &[u8]| {
-            path.starts_with(prefix)
-                && (path.len() == prefix.len() || path.get(prefix.len()) == Some(&b'/'))
-        };
-        let is_dir = !matches!(mount, Mount::Bind(_, false));
-        let parent = roots
-            .iter()
-            .filter(|(root, _)| under(root))
-            .max_by_key(|(root, _)| root.len());
-        let target = match parent {
-            Some((root, fd)) if root.len() == path.len() => {
-                fd.try_clone().map_err(|e| ("views", e.to_string()))?
-            }
-            Some((root, fd)) => {
-                let rel = &path[root.len() + 1..];
-                let flags = if is_dir {
-                    libc::O_PATH | libc::O_DIRECTORY
-                } else {
-                    libc::O_PATH
-                };
-                openat2(fd, rel, flags | libc::O_NOFOLLOW, NO_LINKS)
-                    .map_err(|e| ("views", format!("{}: {e}", String::from_utf8_lossy(&path))))?
-            }
-            None => {
-                let covered = p
-                    .private
-                    .iter()
-                    .map(|(_, t)| Path::new(*t))
-                    .chain(p.masks.iter().map(PathBuf::as_path))
-                    .filter(|t| under(t.as_os_str().as_bytes()))
-                    .max_by_key(|t| t.as_os_str().len());
-                match (covered, &mount) {
-                    (Some(t), _) => mount_point(t, &path, is_dir).map_err(|e| {
-                        (
-                            "private-dirs",
-                            format!("{}: {e}", String::from_utf8_lossy(&path)),
-                        )
-                    })?,
-                    // A view in the host's own tree: where it was resolved.
-                    (None, Mount::View(_)) => early
-                        .iter()
-                        .find(|(p, _)| *p == path)
-                        .map(|(_, fd)| fd.try_clone())
-                        .transpose()
-                        .map_err(|e| ("views", e.to_string()))?
-                        .ok_or(("views", "a view without its directory".to_string()))?,
-                    (None, Mount::Bind(..)) => {
-                        return Err((
-                            "private-dirs",
-                            format!(
-                                "{} is under no private directory",
-                                String::from_utf8_lossy(&path)
-                            ),
-                        ))
-                    }
-                }
-            }
-        };
-        let tree = match mount {
-            Mount::View(tree) => tree,
-            Mount::Bind(source, _) => crate::view::clone_tree(&source).map_err(|e| {
-                (
-                    "private-dirs",
-                    format!("{}: {e}", String::from_utf8_lossy(&path)),
-                )
-            })?,
-        };
-        crate::view::attach(&tree, &target).map_err(|e| {
-            (
-                "views",
-                format!("mounting {}: {e}", String::from_utf8_lossy(&path)),
-            )
-        })?;
-        roots.push((path, tree));
-    }
-    // The working directory, beneath the worktree as the step sees it.
-    let wt = p.worktree.as_os_str().as_bytes();
-    let cwd = match roots.iter().rev().find(|(path, _)| path == wt) {
-        Some((_, root)) => open_beneath(root, &p.rel_cwd),
-        None => open_beneath(&worktree, &p.rel_cwd),
-    };
-    p.cwd = cwd.map_err(|e| ("cwd", format!("in the step's mount namespace: {e}")))?;
-    Ok(())
-}
-
-/// What [`step_mounts`] mounts at a path.
-enum Mount {
-    /// The host's tree there, bound back (a directory or not).
-    Bind(OwnedFd, bool),
-    /// An idmapped view, detached until attached there.
-    View(OwnedFd),
-}
-
-/// The step's private directories over `/tmp` and the like, and an empty
-/// tmpfs over each directory above a view its user may not search.
-///
-/// # Safety
-/// Called in the forked, single-threaded child only.
-unsafe fn private_mounts(p: &Prepared) -> Result<(), Failure> {
-    // A mount needs its source in this namespace: the directories are
-    // opened again, the same way, and must be the ones checked before.
-    let home = p
-        .private_home
-        .as_deref()
-        .unwrap_or(Path::new("/nonexistent"));
-    let fresh = private_dirs(home, p.user)?;
-    let same = fresh.len() == p.private.len()
-        && fresh
-            .iter()
-            .zip(&p.private)
-            .all(|((a, _), (b, _))| same_inode(a, b));
-    if !same {
-        return Err((
-            "private-dirs",
-            "the step's private directories changed while it was being confined".into(),
-        ));
-    }
-    for (source, target) in &fresh {
-        let source = format!("/proc/self/fd/{}\0", source.as_raw_fd());
-        let target_c = format!("{target}\0");
-        if libc::mount(
-            source.as_ptr().cast(),
-            target_c.as_ptr().cast(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err((
-                "private-dirs",
-                format!("mounting a private {target}: {}", errno()),
-            ));
-        }
-    }
-    // Directories the step's user may not search, emptied.
-    for mask in &p.masks {
-        let target = cstring(mask.as_os_str().as_bytes(), "a directory")?;
-        if libc::mount(
-            c"none".as_ptr(),
-            target.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            c"mode=0755,size=1m,nr_inodes=4k".as_ptr().cast(),
-        ) != 0
-        {
-            return Err(("views", format!("hiding {}: {}", mask.display(), errno())));
-        }
-    }
-    Ok(())
-}
-
-/// Whether two descriptors refer to the same file.
-fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {
-    let stat = |fd: &OwnedFd| {
-        // SAFETY: plain data filled in by fstat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid descriptor and a stat buffer.
-        (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
-    };
-    matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
-}
-
-/// Make `path` (below the private directory now mounted at `target`, with
-/// its parents) a directory or an empty file to mount on, and open it.
-/// Every component is created and opened beneath its parent without
-/// following a link: the private directory is the step's to fill.
-fn mount_point(target: &Path, path: &[u8], is_dir: bool) -> std::io::Result<OwnedFd> {
-    let rel = path
-        .strip_prefix(target.as_os_str().as_bytes())
-        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let parts: Vec<&[u8]> = rel
-        .split(|b| *b == b'/')
-        .filter(|p| !p.is_empty())
-        .collect();
-    let mut dir = open(target, libc::O_PATH | libc::O_DIRECTORY)?;
-    for (i, part) in parts.iter().enumerate() {
-        let c = CString::new(*part).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        let last = i + 1 == parts.len();
-        // SAFETY: a valid descriptor and C string; results are checked.
-        let rc = unsafe {
-            if last && !is_dir {
-                let fd = libc::openat(
-                    dir.as_raw_fd(),
-                    c.as_ptr(),
-                    libc::O_CREAT
-                        | libc::O_WRONLY
-                        | libc::O_NOFOLLOW
-                        | libc::O_NONBLOCK
-                        | libc::O_CLOEXEC,
-                    0o600,
-                );
-                if fd >= 0 {
-                    libc::close(fd);
-                    0
-                } else {
-                    -1
-                }
-            } else {
-                libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755)
-            }
-        };
-        if rc != 0 && errno().raw_os_error() != Some(libc::EEXIST) {
-            return Err(errno());
-        }
-        let flags = if last && !is_dir {
-            libc::O_PATH | libc::O_NOFOLLOW
-        } else {
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
-        };
-        dir = openat2(&dir, part, flags, NO_LINKS)?;
-    }
-    Ok(dir)
 }
 
 /// What this machine can enforce.

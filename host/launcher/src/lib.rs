@@ -181,15 +181,76 @@ pub struct SeccompSpec {
     pub nested_sandbox: bool,
 }
 
-/// What the launcher writes on [`REPORT_FD`].
+/// What the launcher writes on [`REPORT_FD`], one JSON line each: `started`
+/// or `refused`, then, once the tree is gone, `exited`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "status")]
 pub enum Report {
-    /// The program is running as `pid`, confined as described.
-    Started { pid: i32, applied: Applied },
+    /// The program is running as `pid`, confined as described, below the
+    /// supervisor `supervisor` (which leads its session and group).
+    #[serde(rename_all = "camelCase")]
+    Started {
+        pid: i32,
+        #[serde(default)]
+        supervisor: i32,
+        applied: Applied,
+    },
     /// The program was not started.
     Refused { stage: String, message: String },
+    /// The program ended (its code, or the signal that killed it) and the
+    /// rest of its tree is gone.
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
+
+/// What a step's processes share, made once per step by the fork server
+/// (`baa-launch --zygote`): the mount namespace with the step's private
+/// directories and views, in the step's user namespace if any. Launches
+/// whose [`LaunchSpec::environment`] is equal share one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Environment {
+    pub worktree: PathBuf,
+    pub user: Option<User>,
+    pub private_dirs: Option<PathBuf>,
+    pub views: Vec<View>,
+    pub user_namespace: Option<PathBuf>,
+    /// The Landlock read and write trees: those beneath a private directory
+    /// or a hidden ancestor are mounted back into the namespace.
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+}
+
+impl LaunchSpec {
+    /// The part of this launch that a step's processes share.
+    pub fn environment(&self) -> Environment {
+        Environment {
+            worktree: self.worktree.clone(),
+            user: self.user,
+            private_dirs: self.private_dirs.clone(),
+            views: self.views.clone(),
+            user_namespace: self.user_namespace.clone(),
+            read: self.landlock.read.clone(),
+            write: self.landlock.write.clone(),
+        }
+    }
+}
+
+/// One launch asked of a fork server: sent as a sealed memfd beside the
+/// descriptors of the process (see [`ZYGOTE_FDS`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZygoteRequest {
+    pub spec: LaunchSpec,
+    /// The program's complete environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// The descriptors that come with a [`ZygoteRequest`], in this order; a
+/// sixth, when present, is the program's stdin (else `/dev/null`).
+pub const ZYGOTE_FDS: [&str; 5] = ["request", "stdout", "stderr", "report", "lifeline"];
 
 /// The confinement that took effect.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

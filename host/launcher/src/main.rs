@@ -14,12 +14,16 @@
 //! PATH's file system takes an idmapped view for UID), `baa-launch
 //! --hold-userns [--unmapped]` (a step's user namespace, held until stdin
 //! closes; unmapped: the host writes its maps) or
-//! `baa-launch --sweep UID` (kill every process of a dedicated user).
+//! `baa-launch --sweep UID` (kill every process of a dedicated user), or
+//! `baa-launch --zygote --fds CONTROL ENVIRONMENT-JSON` (a step's fork
+//! server, `zygote.rs`).
 
 mod builtin;
 mod confine;
+mod namespace;
 mod supervise;
 mod view;
+mod zygote;
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -81,6 +85,22 @@ fn main() {
                 }
             }
         }
+        Some("--zygote") => {
+            let control = args.get(3).and_then(|f| f.parse::<i32>().ok());
+            let env = args
+                .get(4)
+                .and_then(|e| serde_json::from_str::<baa_launch::Environment>(e).ok());
+            match (args.get(2).map(String::as_str), control, env) {
+                (Some("--fds"), Some(control), Some(env)) => {
+                    adopt_control(control);
+                    std::process::exit(zygote::serve(env))
+                }
+                _ => {
+                    eprintln!("baa-launch: --zygote --fds CONTROL ENVIRONMENT-JSON");
+                    std::process::exit(2)
+                }
+            }
+        }
         Some("--fds") => {
             let fds = args.get(2).and_then(|f| f.split_once(':'));
             let fds = fds.and_then(|(r, l)| Some((r.parse().ok()?, l.parse().ok()?)));
@@ -126,24 +146,45 @@ fn adopt_descriptors(report_fd: i32, lifeline_fd: i32) {
     }
 }
 
+/// Move the fork server's control socket to its descriptor and close every
+/// other inherited descriptor above stderr.
+fn adopt_control(control: i32) {
+    // SAFETY: plain descriptor system calls on this single-threaded process.
+    unsafe {
+        let fd = libc::fcntl(control, libc::F_DUPFD_CLOEXEC, 10);
+        if fd < 0 || libc::dup3(fd, zygote::CONTROL_FD, libc::O_CLOEXEC) < 0 {
+            eprintln!("baa-launch: the host's control socket is missing");
+            std::process::exit(SETUP_FAILED);
+        }
+        libc::close_range(zygote::CONTROL_FD as u32 + 1, u32::MAX, 0);
+        // Keep the lifeline's number taken: a supervisor moves a launch's
+        // descriptors to 0..=4 over whatever the server holds there, so
+        // what the server opens must come after it.
+        if libc::dup2(zygote::CONTROL_FD, LIFELINE_FD) < 0 {
+            std::process::exit(SETUP_FAILED);
+        }
+    }
+}
+
 fn launch(spec: &str) -> ! {
     let spec: LaunchSpec = match serde_json::from_str(spec) {
         Ok(spec) => spec,
         Err(e) => refuse("spec", &format!("the launch spec is not valid: {e}")),
     };
-    supervise::run(spec)
+    supervise::run(&spec, || confine::prepare(&spec))
 }
 
-/// Write `report` on the report descriptor (stderr when there is none) and
-/// close it.
+/// Write `report` as one line on the report descriptor (stderr when there
+/// is none).
 pub fn report(report: &Report) {
     let line = format!("{}\n", serde_json::to_string(report).unwrap_or_default());
     // SAFETY: fcntl only inspects the descriptor number.
     let open = unsafe { libc::fcntl(REPORT_FD, libc::F_GETFD) } >= 0;
     if open {
-        // SAFETY: the host hands descriptor 3 to the launcher for this report;
-        // nothing else in this process uses it, and it is closed here.
-        let mut pipe = unsafe { std::fs::File::from_raw_fd(REPORT_FD) };
+        // SAFETY: the host hands descriptor 3 to the launcher for its
+        // reports; the copy is not closed here.
+        let pipe = unsafe { std::fs::File::from_raw_fd(REPORT_FD) };
+        let mut pipe = std::mem::ManuallyDrop::new(pipe);
         let _ = pipe.write_all(line.as_bytes());
     } else {
         let _ = std::io::stderr().write_all(line.as_bytes());

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use baa_launch::{LaunchSpec, Report, LIFELINE_FD, SETUP_FAILED};
 
-use crate::confine;
+use crate::confine::{self, Failure, Prepared};
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -22,8 +22,9 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Launch the program described by `spec` and supervise it; never returns.
-pub fn run(spec: LaunchSpec) -> ! {
+/// Launch the program described by `spec` (with what `prepare` opens and
+/// compiles for it) and supervise it; never returns.
+pub fn run(spec: &LaunchSpec, prepare: impl FnOnce() -> Result<Prepared, Failure>) -> ! {
     // SAFETY: plain system calls in a single-threaded process.
     unsafe {
         libc::setsid();
@@ -56,7 +57,7 @@ pub fn run(spec: LaunchSpec) -> ! {
             .then(|| OwnedFd::from_raw_fd(LIFELINE_FD))
     };
 
-    let prepared = match confine::prepare(&spec) {
+    let prepared = match prepare() {
         Ok(p) => p,
         Err((stage, message)) => crate::refuse(stage, &message),
     };
@@ -114,6 +115,7 @@ pub fn run(spec: LaunchSpec) -> ! {
     };
     crate::report(&Report::Started {
         pid: child,
+        supervisor: me,
         applied,
     });
     // The supervisor needs no privileges to signal its own descendants.
@@ -127,6 +129,12 @@ pub fn run(spec: LaunchSpec) -> ! {
     }
     let grace = Duration::from_millis(spec.kill_grace_ms);
     let status = supervise(child, &signals, lifeline.as_ref(), grace);
+    crate::report(&Report::Exited {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status)
+            .then(|| libc::WTERMSIG(status))
+            .or((!libc::WIFEXITED(status)).then_some(libc::SIGKILL)),
+    });
     exit_like(status)
 }
 

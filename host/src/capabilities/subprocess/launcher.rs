@@ -1,16 +1,15 @@
-//! Starting a subprocess through the embedded `baa-launch` launcher
-//! (`host/launcher`): the host forks, the launcher confines and supervises,
-//! and reports on a pipe whether the program started and how it is confined.
-//! The binary is carried inside the host and executed from a sealed memfd.
+//! The embedded `baa-launch` launcher (`host/launcher`), carried inside the
+//! host and executed from a sealed memfd: its probes, the self-test, the
+//! sweep, and one-shot launches of the host's own commands outside a step
+//! (a step's processes come from its fork server, `zygote.rs`).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use baa_launch::{Applied, LaunchSpec, Probe, Report};
-use tokio::io::AsyncReadExt;
 
 static EMBEDDED: &[u8] = include_bytes!(env!("BAA_LAUNCHER_BIN"));
 
@@ -127,27 +126,12 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// A started program: the launcher (its supervisor, which the host waits
-/// for) and the lifeline whose closing stops the whole tree.
-pub struct Launched {
-    pub child: tokio::process::Child,
-    /// Pid of the supervisor, which leads the tree's session and group.
-    pub supervisor: u32,
-    /// Pid of the program itself.
-    pub pid: i32,
-    pub applied: Applied,
-    pub lifeline: OwnedFd,
-}
-
 fn pipe() -> Result<(OwnedFd, OwnedFd), Refusal> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Refusal {
         stage: "launcher".into(),
         message: format!("pipe: {e}"),
     })
 }
-
-/// The capacity asked for the pipes of a subprocess's stdout and stderr.
-const OUTPUT_PIPE_BYTES: usize = 1024 * 1024;
 
 /// The launcher's command for one spec, with the pipe it reports on and
 /// the lifeline whose closing stops the tree. The launcher's ends are
@@ -201,13 +185,14 @@ impl Spawn {
     }
 }
 
-/// The program's pid and confinement from the launcher's report line, or
-/// why it was not started.
+/// The program's pid and confinement from the launcher's first report
+/// line, or why it was not started.
 fn started(report: &[u8]) -> Result<(i32, Applied), Refusal> {
-    match serde_json::from_slice::<Report>(report.trim_ascii_end()) {
-        Ok(Report::Started { pid, applied }) => Ok((pid, applied)),
+    let first = report.split(|b| *b == b'\n').next().unwrap_or_default();
+    match serde_json::from_slice::<Report>(first) {
+        Ok(Report::Started { pid, applied, .. }) => Ok((pid, applied)),
         Ok(Report::Refused { stage, message }) => Err(Refusal { stage, message }),
-        Err(_) => Err(Refusal {
+        Ok(Report::Exited { .. }) | Err(_) => Err(Refusal {
             stage: "launcher".into(),
             message: format!(
                 "the launcher ended without a report: {}",
@@ -215,82 +200,6 @@ fn started(report: &[u8]) -> Result<(i32, Applied), Refusal> {
             ),
         }),
     }
-}
-
-/// Start `spec` with exactly `env` and the given stdin.
-pub async fn launch(
-    spec: &LaunchSpec,
-    env: &std::collections::BTreeMap<String, String>,
-    stdin: bool,
-) -> Result<Launched, Refusal> {
-    let refusal = |stage: &str, message: String| Refusal {
-        stage: stage.into(),
-        message,
-    };
-    let Spawn {
-        cmd,
-        report_read,
-        report_write,
-        lifeline_read,
-        lifeline_write,
-    } = Spawn::new(spec, env)?;
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let spawned = cmd.spawn();
-    drop(report_write);
-    drop(lifeline_read);
-    let child =
-        spawned.map_err(|e| refusal("launcher", format!("cannot start the launcher: {e}")))?;
-    let supervisor = child.id().unwrap_or(0);
-    // Bigger pipes: a fast writer fills 64 KiB before the host has handed
-    // the last chunk to the guest; with room for more it keeps going and
-    // the host moves fewer, larger chunks.
-    for fd in [
-        child.stdout.as_ref().map(|p| p.as_fd()),
-        child.stderr.as_ref().map(|p| p.as_fd()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let _ = rustix::pipe::fcntl_setpipe_size(fd, OUTPUT_PIPE_BYTES);
-    }
-    // One line, then the launcher closes its end (a copy another spawn
-    // inherited meanwhile may keep the pipe open: read to the newline).
-    let mut report = Vec::new();
-    let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(report_read)
-        .map_err(|e| refusal("launcher", format!("report pipe: {e}")))?;
-    let read = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    report.extend_from_slice(&buf[..n]);
-                    if report.contains(&b'\n') {
-                        break;
-                    }
-                }
-            }
-        }
-    })
-    .await;
-    if read.is_err() {
-        return Err(refusal(
-            "launcher",
-            "the launcher did not report within 30 s".into(),
-        ));
-    }
-    let (pid, applied) = started(&report)?;
-    Ok(Launched {
-        child,
-        supervisor,
-        pid,
-        applied,
-        lifeline: lifeline_write,
-    })
 }
 
 /// Run `spec` to its end from code that cannot wait asynchronously (the

@@ -17,6 +17,7 @@ pub mod policy;
 mod process;
 pub mod user;
 pub mod userns;
+mod zygote;
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -203,7 +204,13 @@ pub struct Subprocesses {
     output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
     /// Output read from the step's processes and not yet taken.
     unread: Arc<process::Unread>,
+    /// The step's fork servers, one per environment (usually one).
+    zygotes: Vec<zygote::Zygote>,
 }
+
+/// Most fork servers of one step (environments differ only when a launch
+/// needs other read or write trees): past it, the oldest is stopped.
+const MAX_ZYGOTES: usize = 4;
 
 /// Denials of one step kept for its outcome (every one is an event).
 const MAX_DENIALS: usize = 32;
@@ -221,7 +228,36 @@ impl Subprocesses {
             spawned: 0,
             output_limit_hits: Arc::default(),
             unread: Arc::default(),
+            zygotes: Vec::new(),
         }
+    }
+
+    /// Start `spec` through the fork server of its environment (started
+    /// now if the step has none running for it).
+    async fn start(
+        &mut self,
+        spec: &baa_launch::LaunchSpec,
+        env: &BTreeMap<String, String>,
+        stdin: bool,
+    ) -> Result<zygote::Launched, launcher::Refusal> {
+        let environment = spec.environment();
+        self.zygotes.retain_mut(|z| z.alive());
+        let found = self
+            .zygotes
+            .iter()
+            .position(|z| z.environment() == &environment);
+        let server = match found {
+            Some(i) => self.zygotes.remove(i),
+            None => {
+                if self.zygotes.len() >= MAX_ZYGOTES {
+                    self.zygotes.remove(0);
+                }
+                zygote::Zygote::start(environment)?
+            }
+        };
+        let launched = server.launch(spec, env, stdin).await;
+        self.zygotes.push(server);
+        launched
     }
 
     /// How many subprocesses were killed for exceeding the output cap.
@@ -536,7 +572,7 @@ impl Subprocesses {
             },
             lease.as_deref(),
         );
-        let launched = match launcher::launch(&spec, &env, cmd.stdin.is_some()).await {
+        let launched = match self.start(&spec, &env, cmd.stdin.is_some()).await {
             Ok(launched) => launched,
             Err(refusal) => {
                 let why = format!("{} ({})", refusal.message, refusal.stage);
@@ -606,7 +642,10 @@ impl Subprocesses {
         );
         Ok(process::start(
             process::Started {
-                child: launched.child,
+                stdin: launched.stdin,
+                stdout: launched.stdout,
+                stderr: launched.stderr,
+                report: launched.report,
                 pid,
                 supervisor,
                 lifeline,
@@ -618,7 +657,7 @@ impl Subprocesses {
                 output_cap: self.setup.output_cap,
                 log_output: for_worker,
                 output_limit_hits: self.output_limit_hits.clone(),
-                kill_grace: Duration::from_millis(confinement.sandbox.kill_grace_ms),
+                kill_grace: Duration::from_millis(self.setup.confinement.sandbox.kill_grace_ms),
             },
             self.setup.logs.clone(),
             self.live.clone(),

@@ -87,10 +87,13 @@ impl Lifeline {
     }
 }
 
-/// A program the launcher started.
+/// A program the fork server started.
 pub(super) struct Started {
-    /// The supervisor, which the host waits for.
-    pub child: tokio::process::Child,
+    pub stdin: Option<tokio::net::unix::pipe::Sender>,
+    pub stdout: tokio::net::unix::pipe::Receiver,
+    pub stderr: tokio::net::unix::pipe::Receiver,
+    /// The launch's report pipe, which says when the tree is gone.
+    pub report: super::zygote::Reports,
     /// The program's own pid.
     pub pid: u32,
     /// The supervisor's pid: its session and process group.
@@ -158,7 +161,10 @@ pub(super) fn start(
     unread: Arc<Unread>,
 ) -> ProcessHandle {
     let Started {
-        mut child,
+        stdin: stdin_pipe,
+        stdout,
+        stderr,
+        mut report,
         pid,
         supervisor,
         lifeline,
@@ -166,9 +172,9 @@ pub(super) fn start(
     let handle_lifeline = lifeline.clone();
     let handle_unread = unread.clone();
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), stdin) {
+    let mut stdout = Some(stdout);
+    let mut stderr = Some(stderr);
+    if let (Some(mut pipe), Some(bytes)) = (stdin_pipe, stdin) {
         tokio::spawn(async move {
             let _ = pipe.write_all(&bytes).await;
         });
@@ -234,7 +240,7 @@ pub(super) fn start(
                     }
                 }
                 _ = tokio::time::sleep(ROOM_POLL), if !room && (stdout.is_some() || stderr.is_some()) => {}
-                exit = child.wait(), if status.is_none() => {
+                exit = report.exited(), if status.is_none() => {
                     // The supervisor exits after the tree is gone; anything
                     // left in its group goes too.
                     status = Some(exit);
@@ -269,13 +275,7 @@ pub(super) fn start(
             }
         }
         live.remove(pgid);
-        let (code, signal) = match &status {
-            Some(Ok(s)) => {
-                use std::os::unix::process::ExitStatusExt;
-                (s.code(), s.signal())
-            }
-            _ => (None, None),
-        };
+        let (code, signal) = status.unwrap_or((None, None));
         let exit = ExitStatus {
             code,
             signal,
