@@ -550,32 +550,10 @@ async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
         target: Target::None,
     });
 
-    // 4. git status / git diff through the kinds vs spawned directly.
-    for (kind, command, args, target) in [
-        (
-            "shell",
-            "git status",
-            &["status"][..],
-            Target::RatioAtMost(1.10),
-        ),
-        ("git", "status", &["status"][..], Target::RatioAtMost(2.0)),
-        ("shell", "git diff", &["diff"][..], Target::None),
-        ("git", "diff", &["diff"][..], Target::None),
-    ] {
-        let (mut ours, mut native) = (Vec::new(), Vec::new());
-        for _ in 0..n(100) {
-            ours.push(bench.timed_step_on(&bench.fast, kind, command, false).await);
-            native.push(spawn_direct("git", args, &repo));
-        }
-        rows.push(Row {
-            metric: format!("`git {}` through the {kind} kind", args[0]),
-            unit: "µs",
-            ours: Stats::of(ours),
-            native: Stats::of(native),
-            baseline: "the same git spawned directly",
-            target,
-        });
-    }
+    // 4. git status / git diff through the kinds vs spawned directly, and
+    // what each further subprocess costs.
+    measure_git_kinds(bench, rows).await;
+    measure_subprocess_cost(bench, rows).await;
 
     // 5. Output streaming into the run logs vs a plain pipe.
     let bytes: u64 = 32 * 1024 * 1024;
@@ -705,65 +683,7 @@ async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
     });
 
     // 9. Throughput on 2 cores.
-    let total = n(600);
-    let steps_per_sec = |command: &'static str| async move {
-        let t = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        let bench_runner = bench.fast.clone();
-        let requests: Vec<Value> = (0..total)
-            .map(|_| bench.request("probe", command, false, 60))
-            .collect();
-        let sem = Arc::new(tokio::sync::Semaphore::new(4));
-        for request in requests {
-            let runner = bench_runner.clone();
-            let permit = sem.clone().acquire_owned().await.unwrap();
-            tasks.spawn(async move {
-                let request = serde_json::from_value(request).unwrap();
-                let result = runner.run(request, None).await.unwrap();
-                drop(permit);
-                assert!(result.ok, "{}", result.summary);
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        total as f64 / t.elapsed().as_secs_f64()
-    };
-    let spawns_per_sec = || async move {
-        let t = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        let sem = Arc::new(tokio::sync::Semaphore::new(4));
-        for _ in 0..total {
-            let permit = sem.clone().acquire_owned().await.unwrap();
-            tasks.spawn(async move {
-                let status = tokio::process::Command::new("/bin/true")
-                    .status()
-                    .await
-                    .unwrap();
-                drop(permit);
-                assert!(status.success());
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        total as f64 / t.elapsed().as_secs_f64()
-    };
-    let empty_rate = steps_per_sec("true").await;
-    let true_rate = steps_per_sec("spawn true").await;
-    let spawn_rate = spawns_per_sec().await;
-    rows.push(Row {
-        metric: "throughput: empty steps, 4 in flight (process-crash)".into(),
-        unit: "/s",
-        ours: Stats::one(empty_rate),
-        native: Stats::one(spawn_rate),
-        baseline: "bare /bin/true spawns, 4 in flight",
-        target: Target::None,
-    });
-    rows.push(Row {
-        metric: "throughput: `/bin/true` steps, 4 in flight (process-crash)".into(),
-        unit: "/s",
-        ours: Stats::one(true_rate),
-        native: Stats::one(spawn_rate),
-        baseline: "bare /bin/true spawns, 4 in flight",
-        target: Target::RatioAtLeast(0.8),
-    });
+    measure_throughput(bench, rows).await;
 
     // 10. Memory: RSS per idle concurrent step (its guest waits on a child),
     // and RSS drift over many steps.
@@ -823,6 +743,127 @@ async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
         native: Stats::one(at_warm),
         baseline: "RSS after the warm-up",
         target: Target::P50AtMost(1024.0),
+    });
+}
+
+/// `git status` and `git diff` through the shell and git kinds vs the same
+/// git spawned directly.
+async fn measure_git_kinds(bench: &Bench, rows: &mut Vec<Row>) {
+    let repo = bench.sandbox.repo.clone();
+    for (kind, command, args, target) in [
+        (
+            "shell",
+            "git status",
+            &["status"][..],
+            Target::RatioAtMost(1.10),
+        ),
+        ("git", "status", &["status"][..], Target::RatioAtMost(2.0)),
+        ("shell", "git diff", &["diff"][..], Target::None),
+        ("git", "diff", &["diff"][..], Target::None),
+    ] {
+        let (mut ours, mut native) = (Vec::new(), Vec::new());
+        for _ in 0..n(100) {
+            ours.push(bench.timed_step_on(&bench.fast, kind, command, false).await);
+            native.push(spawn_direct("git", args, &repo));
+        }
+        rows.push(Row {
+            metric: format!("`git {}` through the {kind} kind", args[0]),
+            unit: "µs",
+            ours: Stats::of(ours),
+            native: Stats::of(native),
+            baseline: "the same git spawned directly",
+            target,
+        });
+    }
+}
+
+/// What each further subprocess of a step costs: a probe step spawning
+/// `/bin/true` 21 times against one spawning it once, per extra process,
+/// vs `/bin/true` spawned directly.
+async fn measure_subprocess_cost(bench: &Bench, rows: &mut Vec<Row>) {
+    let extra = 20;
+    let many = vec!["spawn true"; extra + 1].join("\n");
+    let (mut ours, mut native) = (Vec::new(), Vec::new());
+    for _ in 0..n(30) {
+        let one = bench
+            .timed_step_on(&bench.fast, "probe", "spawn true", false)
+            .await;
+        let all = bench
+            .timed_step_on(&bench.fast, "probe", &many, false)
+            .await;
+        ours.push((all - one) / extra as f64);
+        native.push(spawn_direct("true", &[], &bench.sandbox.repo));
+    }
+    rows.push(Row {
+        metric: "per extra subprocess in a step (21 vs 1 `/bin/true` through the probe)".into(),
+        unit: "µs",
+        ours: Stats::of(ours),
+        native: Stats::of(native),
+        baseline: "/bin/true spawned directly",
+        target: Target::P50AtMost(1000.0),
+    });
+}
+
+/// Steps per second on 2 cores, 4 in flight, against bare spawns.
+async fn measure_throughput(bench: &Bench, rows: &mut Vec<Row>) {
+    let total = n(600);
+    let steps_per_sec = |command: &'static str| async move {
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let bench_runner = bench.fast.clone();
+        let requests: Vec<Value> = (0..total)
+            .map(|_| bench.request("probe", command, false, 60))
+            .collect();
+        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        for request in requests {
+            let runner = bench_runner.clone();
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            tasks.spawn(async move {
+                let request = serde_json::from_value(request).unwrap();
+                let result = runner.run(request, None).await.unwrap();
+                drop(permit);
+                assert!(result.ok, "{}", result.summary);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        total as f64 / t.elapsed().as_secs_f64()
+    };
+    let spawns_per_sec = || async move {
+        let t = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        for _ in 0..total {
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            tasks.spawn(async move {
+                let status = tokio::process::Command::new("/bin/true")
+                    .status()
+                    .await
+                    .unwrap();
+                drop(permit);
+                assert!(status.success());
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        total as f64 / t.elapsed().as_secs_f64()
+    };
+    let empty_rate = steps_per_sec("true").await;
+    let true_rate = steps_per_sec("spawn true").await;
+    let spawn_rate = spawns_per_sec().await;
+    rows.push(Row {
+        metric: "throughput: empty steps, 4 in flight (process-crash)".into(),
+        unit: "/s",
+        ours: Stats::one(empty_rate),
+        native: Stats::one(spawn_rate),
+        baseline: "bare /bin/true spawns, 4 in flight",
+        target: Target::None,
+    });
+    rows.push(Row {
+        metric: "throughput: `/bin/true` steps, 4 in flight (process-crash)".into(),
+        unit: "/s",
+        ours: Stats::one(true_rate),
+        native: Stats::one(spawn_rate),
+        baseline: "bare /bin/true spawns, 4 in flight",
+        target: Target::RatioAtLeast(0.8),
     });
 }
 
@@ -1071,6 +1112,14 @@ fn main() {
     }
     if only.is_empty() || only == "worktrees" {
         tokio.block_on(measure_worktrees(&bench, &mut rows));
+    }
+    // BAA_BENCH_ONLY=subprocesses: what launching costs.
+    if only == "subprocesses" {
+        tokio.block_on(async {
+            measure_git_kinds(&bench, &mut rows).await;
+            measure_subprocess_cost(&bench, &mut rows).await;
+            measure_throughput(&bench, &mut rows).await;
+        });
     }
     let table = render(&rows);
     println!("\n{table}");

@@ -253,7 +253,12 @@ fn command(
             kernel_abi.min(ABI_TARGET as u32),
         )
     };
-    let filters = filters(&spec.seccomp).map_err(|e| ("seccomp", e))?;
+    let filters = match resolve {
+        // A fork server runs under the base filters already.
+        Resolve::InRoot(_) => command_filters(&spec.seccomp),
+        Resolve::Direct => filters(&spec.seccomp),
+    }
+    .map_err(|e| ("seccomp", e))?;
     let user = spec.user;
     Ok(Prepared {
         program,
@@ -460,11 +465,53 @@ const NAMESPACE_FLAGS: &[i32] = &[
 ];
 
 fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
+    let mut programs = base_filters()?;
+    programs.append(&mut command_filters(spec)?);
+    Ok(programs)
+}
+
+/// The filters every process of every step gets, whatever its spec: calls
+/// no step makes, setuid bits, extended attributes. A fork server installs
+/// them once on itself (its children inherit them without a second JIT).
+pub fn base_filters() -> Result<Vec<BpfProgram>, String> {
     let e = |e: seccompiler::BackendError| e.to_string();
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for nr in DENIED {
         deny.insert(*nr, Vec::new());
     }
+    setuid_guard(&mut deny).map_err(e)?;
+    let main = SeccompFilter::new(
+        deny,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        ARCH,
+    )
+    .map_err(e)?;
+    // Extended attributes are not set at all: a kind root in a user
+    // namespace of its own could otherwise write `security.capability`
+    // on a file of a view, which the kernel stores as the tree owner's
+    // (root's) capability. Answered "not supported", as a file system
+    // without them would.
+    let mut no_xattrs = filters_for(
+        &[
+            libc::SYS_setxattr,
+            libc::SYS_lsetxattr,
+            libc::SYS_fsetxattr,
+            SYS_SETXATTRAT,
+        ],
+        libc::EOPNOTSUPP,
+    )
+    .map_err(e)?;
+    let mut programs = vec![main.try_into().map_err(e)?];
+    programs.append(&mut no_xattrs);
+    Ok(programs)
+}
+
+/// The filters that depend on the spec: socket families, namespaces, and
+/// the calls whose flags a filter cannot read.
+fn command_filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
+    let e = |e: seccompiler::BackendError| e.to_string();
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // Sockets: UNIX only, plus IPv4/IPv6 for kinds granted the network.
     let mut families = vec![libc::AF_UNIX];
     if spec.inet {
@@ -504,22 +551,6 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
             .map_err(e)?;
         deny.insert(libc::SYS_clone, rules);
     }
-    setuid_guard(&mut deny).map_err(e)?;
-    // Extended attributes are not set at all: a kind root in a user
-    // namespace of its own could otherwise write `security.capability`
-    // on a file of a view, which the kernel stores as the tree owner's
-    // (root's) capability. Answered "not supported", as a file system
-    // without them would.
-    let mut no_xattrs = filters_for(
-        &[
-            libc::SYS_setxattr,
-            libc::SYS_lsetxattr,
-            libc::SYS_fsetxattr,
-            SYS_SETXATTRAT,
-        ],
-        libc::EOPNOTSUPP,
-    )
-    .map_err(e)?;
     let main = SeccompFilter::new(
         deny,
         SeccompAction::Allow,
@@ -540,9 +571,10 @@ fn filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, String> {
         ARCH,
     )
     .map_err(e)?;
-    let mut programs = vec![main.try_into().map_err(e)?, clone3.try_into().map_err(e)?];
-    programs.append(&mut no_xattrs);
-    Ok(programs)
+    Ok(vec![
+        main.try_into().map_err(e)?,
+        clone3.try_into().map_err(e)?,
+    ])
 }
 
 /// `setxattrat` (Linux 6.13), not named by every libc.

@@ -111,6 +111,16 @@ fn enter(env: &Environment) -> Result<Entered, Failure> {
         None => confine::open(&env.worktree, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| ("cwd", format!("worktree {}: {e}", env.worktree.display())))?,
     };
+    // The filters every launch gets, installed once here: each child
+    // inherits them and adds only those of its own spec.
+    // SAFETY: plain prctl; the filters are compiled above it.
+    let base = confine::base_filters().map_err(|e| ("seccomp", e))?;
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(("no-new-privs", confine::errno().to_string()));
+    }
+    for filter in &base {
+        seccompiler::apply_filter(filter).map_err(|e| ("seccomp", e.to_string()))?;
+    }
     Ok(Entered {
         root,
         private,
