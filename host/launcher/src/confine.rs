@@ -480,6 +480,19 @@ pub fn base_filters() -> Result<Vec<BpfProgram>, String> {
         deny.insert(*nr, Vec::new());
     }
     setuid_guard(&mut deny).map_err(e)?;
+    // Limits of another process are not a step's to change: its
+    // supervisor and fork server may run as its user.
+    deny.insert(
+        libc::SYS_prlimit64,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Ne,
+            0,
+        )
+        .map_err(e)?])
+        .map_err(e)?],
+    );
     let main = SeccompFilter::new(
         deny,
         SeccompAction::Allow,

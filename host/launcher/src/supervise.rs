@@ -157,10 +157,16 @@ fn supervise(child: i32, signals: &OwnedFd, lifeline: Option<&OwnedFd>, grace: D
         }
         // SAFETY: `fds` is a valid array of pollfd.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            continue;
-        }
         let mut stop = false;
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // Waiting is impossible (a limit lowered under us): the tree
+            // stops rather than this loop spinning.
+            stop = true;
+            fds.iter_mut().for_each(|fd| fd.revents = 0);
+        }
         if fds[0].revents != 0 {
             // SAFETY: a zeroed siginfo is a valid buffer.
             let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };

@@ -72,7 +72,12 @@ pub fn serve(env: Environment) -> i32 {
         ];
         // SAFETY: `fds` is a valid array of pollfd.
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            continue;
+            if confine::errno().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // Serving is impossible (a limit lowered under us): stop
+            // rather than spin; the host's next launch finds it gone.
+            break;
         }
         if fds[1].revents != 0 {
             drain(&signals);
@@ -111,6 +116,10 @@ fn enter(env: &Environment) -> Result<Entered, Failure> {
         None => confine::open(&env.worktree, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| ("cwd", format!("worktree {}: {e}", env.worktree.display())))?,
     };
+    // Neither the server nor its supervisors (which become the step's
+    // user) can be inspected through /proc by a process of the step.
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // The filters every launch gets, installed once here: each child
     // inherits them and adds only those of its own spec.
     // SAFETY: plain prctl; the filters are compiled above it.

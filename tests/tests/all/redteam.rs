@@ -444,3 +444,38 @@ async fn git_aliases_and_signing_commands_run_no_program() {
         );
     }
 }
+
+/// A step lowers the limits of the processes that serve it: its supervisor
+/// (which becomes the step's user) and, on a host without root, the step's
+/// fork server (same user): `RLIMIT_NOFILE` of 1 made the server's `poll`
+/// fail at once, and it spun on a core until killed. No process of a step
+/// may change another process's limits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_cannot_lower_the_limits_of_its_supervisor_or_fork_server() {
+    let a = Sandbox::new();
+    let runner = runner(&a);
+    let script = r#"python3 -c 'import os, resource
+lowered = []
+for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (1, 1))
+        lowered.append(pid)
+    except OSError:
+        pass
+print("lowered", lowered)'
+echo still-running"#;
+    let result = run(&runner, request(&a, "shell", "prlimit", script)).await;
+    let out = stdout_of(&result);
+    assert!(out.contains("still-running"), "{}: {out}", result.summary);
+    assert!(
+        out.contains("lowered []"),
+        "the step changed the limits of other processes: {out}"
+    );
+    // The step's next launches are served as before.
+    let result = run(
+        &runner,
+        request(&a, "shell", "after-prlimit", "echo served"),
+    )
+    .await;
+    assert!(stdout_of(&result).contains("served"), "{}", result.summary);
+}

@@ -97,25 +97,32 @@ fn add(program: &Path, out: &mut Vec<PathBuf>, depth: usize) {
 }
 
 /// The `PT_INTERP` path of a 64-bit little-endian ELF file, read from its
-/// program headers.
+/// program headers (only they and the path are read, not the file).
 fn elf_interpreter(path: &Path, head: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::fs::FileExt;
     if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 || head[5] != 1 {
         return None;
     }
     let u16_at = |b: &[u8], o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
     let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
     let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
-    let phoff = u64_at(head, 0x20)? as usize;
+    let phoff = u64_at(head, 0x20)?;
     let phentsize = u16_at(head, 0x36)? as usize;
-    let phnum = u16_at(head, 0x38)? as usize;
-    let bytes = std::fs::read(path).ok()?;
-    for i in 0..phnum.min(64) {
-        let ph = phoff + i * phentsize;
-        if u32_at(&bytes, ph)? == 3 {
+    let phnum = (u16_at(head, 0x38)? as usize).min(64);
+    if phentsize < 40 {
+        return None;
+    }
+    let file = std::fs::File::open(path).ok()?;
+    let mut table = vec![0u8; phnum * phentsize];
+    file.read_exact_at(&mut table, phoff).ok()?;
+    for i in 0..phnum {
+        let ph = i * phentsize;
+        if u32_at(&table, ph)? == 3 {
             // PT_INTERP: p_offset at +8, p_filesz at +32.
-            let offset = u64_at(&bytes, ph + 8)? as usize;
-            let size = u64_at(&bytes, ph + 32)? as usize;
-            let raw = bytes.get(offset..offset + size)?;
+            let offset = u64_at(&table, ph + 8)?;
+            let size = (u64_at(&table, ph + 32)? as usize).min(4096);
+            let mut raw = vec![0u8; size];
+            file.read_exact_at(&mut raw, offset).ok()?;
             let raw = raw.split(|b| *b == 0).next()?;
             return Some(PathBuf::from(String::from_utf8_lossy(raw).into_owned()));
         }
