@@ -31,7 +31,8 @@ pub type Failure = (&'static str, String);
 
 /// Everything the child needs, opened and compiled before the fork.
 pub struct Prepared {
-    program: OwnedFd,
+    /// The program, opened (none for a builtin, which executes nothing).
+    program: Option<OwnedFd>,
     program_path: CString,
     cwd: OwnedFd,
     /// The working directory relative to the worktree, resolved again in
@@ -201,13 +202,14 @@ fn command(
         return Err(("spec", "program and worktree must be absolute paths".into()));
     }
     // A builtin executes nothing: its program is never opened.
-    let program_path = match spec.builtin {
-        Some(_) => Path::new("/"),
-        None => spec.program.as_path(),
+    let program = match spec.builtin {
+        Some(_) => None,
+        None => Some(
+            resolve
+                .open(&spec.program, libc::O_PATH)
+                .map_err(|e| ("program", format!("{}: {e}", spec.program.display())))?,
+        ),
     };
-    let program = resolve
-        .open(program_path, libc::O_PATH)
-        .map_err(|e| ("program", format!("{}: {e}", spec.program.display())))?;
     let cwd = open_beneath(worktree, &spec.cwd).map_err(|e| {
         (
             "cwd",
@@ -480,19 +482,23 @@ pub fn base_filters() -> Result<Vec<BpfProgram>, String> {
         deny.insert(*nr, Vec::new());
     }
     setuid_guard(&mut deny).map_err(e)?;
-    // Limits of another process are not a step's to change: its
-    // supervisor and fork server may run as its user.
-    deny.insert(
-        libc::SYS_prlimit64,
-        vec![SeccompRule::new(vec![SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Ne,
-            0,
-        )
-        .map_err(e)?])
-        .map_err(e)?],
-    );
+    // Limits, scheduling and priorities of another process are not a
+    // step's to change: its supervisor, its fork server and (on a host
+    // without root) the host itself may run as its user. Only calls on
+    // the caller itself (pid 0) pass.
+    for (nr, arg) in [
+        (libc::SYS_prlimit64, 0),
+        (libc::SYS_sched_setaffinity, 0),
+        (libc::SYS_sched_setscheduler, 0),
+        (libc::SYS_sched_setparam, 0),
+        (libc::SYS_sched_setattr, 0),
+        (libc::SYS_setpriority, 1),
+        (libc::SYS_ioprio_set, 1),
+    ] {
+        let other =
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, 0).map_err(e)?;
+        deny.insert(nr, vec![SeccompRule::new(vec![other]).map_err(e)?]);
+    }
     let main = SeccompFilter::new(
         deny,
         SeccompAction::Allow,
@@ -670,8 +676,11 @@ pub fn exec(mut p: Prepared) -> Failure {
         argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
         envp.push(std::ptr::null());
+        let Some(program) = &p.program else {
+            return ("exec", "a builtin executes no program".into());
+        };
         libc::execveat(
-            p.program.as_raw_fd(),
+            program.as_raw_fd(),
             c"".as_ptr(),
             argv.as_ptr().cast(),
             envp.as_ptr().cast(),

@@ -346,6 +346,9 @@ fn supervisor(server: i32, entered: &Entered, request: &ZygoteRequest, fds: Vec<
             }
         }
         drop(fds);
+        for fd in [stdin, out, err, report, lifeline] {
+            libc::close(fd);
+        }
         // The control socket and everything above the lifeline: closed at
         // exec (the prepared descriptors live there too).
         libc::close_range(

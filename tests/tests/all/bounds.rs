@@ -113,3 +113,56 @@ fn a_fork_bomb_of_a_host_without_root_is_bounded_by_the_steps_namespace() {
     assert!(stdout.contains("refused: 11"), "{stdout}");
     assert!((10..24).contains(&forked), "forked {forked}: {stdout}");
 }
+
+/// A root host puts each step in a pids cgroup of its own where it may make
+/// one: the fork bomb stops at `[sandbox] processes`, the step's processes
+/// are in the group, and the group is gone once the step is over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_root_hosts_step_runs_in_a_pids_cgroup_of_its_own() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED the step cgroup: only a root host makes one");
+        return;
+    }
+    let sandbox = baa_runner_tests::Sandbox::new();
+    std::fs::write(sandbox.repo.join("bomb.py"), FORK_BOMB).unwrap();
+    let mut config = baa_runner::RunnerConfig::default();
+    config.sandbox.processes = 24;
+    let runner = baa_runner::Runner::new(config).unwrap();
+    let request = sandbox.request_json("shell", "cat /proc/self/cgroup; python3 bomb.py");
+    let result = crate::run(&runner, serde_json::from_value(request).unwrap()).await;
+    let metadata = read_json(result.log_paths.metadata_path.as_str());
+    let bound = &metadata["sandbox"]["processBound"];
+    if bound["mode"] != "pids-cgroup" {
+        eprintln!(
+            "SKIPPED the step cgroup: this machine gives the host no writable pids cgroup \
+             hierarchy (processBound = {bound})"
+        );
+        return;
+    }
+    assert_eq!(bound["max"], 24);
+    let stdout = std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap();
+    let group = stdout
+        .lines()
+        .find_map(|l| l.split_once(":pids:").map(|(_, path)| path.to_string()))
+        .or_else(|| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(group.contains("/baa-runner/step-"), "{stdout}");
+    let forked: u32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("forked "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(stdout.contains("refused: 11"), "{stdout}");
+    assert!(forked < 24, "forked {forked}: {stdout}");
+    // The group is removed once its processes are gone.
+    let dir = Path::new("/sys/fs/cgroup/pids").join(group.trim().trim_start_matches('/'));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while dir.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!dir.exists(), "{} is left", dir.display());
+}

@@ -447,21 +447,29 @@ async fn git_aliases_and_signing_commands_run_no_program() {
 
 /// A step lowers the limits of the processes that serve it: its supervisor
 /// (which becomes the step's user) and, on a host without root, the step's
-/// fork server (same user): `RLIMIT_NOFILE` of 1 made the server's `poll`
-/// fail at once, and it spun on a core until killed. No process of a step
-/// may change another process's limits.
+/// fork server and the host itself (same user): `RLIMIT_NOFILE` of 1 made
+/// the server's `poll` fail at once and spin on a core until killed;
+/// `RLIMIT_FSIZE` of 0 killed the host with SIGXFSZ before it wrote the
+/// result. No process of a step may change another process's limits,
+/// affinity, priority or scheduling class.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_step_cannot_lower_the_limits_of_its_supervisor_or_fork_server() {
+async fn a_step_cannot_change_the_limits_or_scheduling_of_other_processes() {
     let a = Sandbox::new();
     let runner = runner(&a);
     let script = r#"python3 -c 'import os, resource
 lowered = []
 for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:
-    try:
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (1, 1))
-        lowered.append(pid)
-    except OSError:
-        pass
+    for name, change in [
+        ("nofile", lambda: resource.prlimit(pid, resource.RLIMIT_NOFILE, (1, 1))),
+        ("affinity", lambda: os.sched_setaffinity(pid, {0})),
+        ("nice", lambda: os.setpriority(os.PRIO_PROCESS, pid, 19)),
+        ("scheduler", lambda: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))),
+    ]:
+        try:
+            change()
+            lowered.append((name, pid))
+        except OSError:
+            pass
 print("lowered", lowered)'
 echo still-running"#;
     let result = run(&runner, request(&a, "shell", "prlimit", script)).await;

@@ -242,10 +242,13 @@ impl Confinement {
         })
     }
 
-    /// How the step's process count is bounded: `RLIMIT_NPROC` of its
-    /// dedicated user, or of its user in a namespace of its own.
+    /// How the step's process count is bounded: a pids cgroup of its own,
+    /// `RLIMIT_NPROC` of its dedicated user, or of its user in a namespace
+    /// of its own.
     fn process_bound(&self) -> Option<&'static str> {
-        if self.user.is_some() {
+        if super::cgroup::support().limits_pids() {
+            Some("pids-cgroup")
+        } else if self.user.is_some() {
             Some("rlimit-dedicated-user")
         } else if self.namespace.is_some() {
             Some("rlimit-user-namespace")

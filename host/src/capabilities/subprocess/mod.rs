@@ -10,6 +10,7 @@
 //! - `user.rs`: dedicated uids and the trees lent to them;
 //! - `process.rs`: a running process's output, deadline and exit.
 
+pub mod cgroup;
 pub mod confinement;
 pub mod executables;
 pub mod launcher;
@@ -204,13 +205,15 @@ pub struct Subprocesses {
     output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
     /// Output read from the step's processes and not yet taken.
     unread: Arc<process::Unread>,
-    /// The step's fork servers, one per environment (usually one).
+    /// The step's fork servers, one per environment (usually one; another
+    /// only when a launch needs other read or write trees, as a program in
+    /// a directory of its own does). Kept to the step's end: stopping one
+    /// would stop what it runs.
     zygotes: Vec<zygote::Zygote>,
+    /// The step's control groups (made with its first fork server, where
+    /// the host may): dropped after the servers, killing what is left.
+    cgroups: Option<Option<cgroup::StepCgroups>>,
 }
-
-/// Most fork servers of one step (environments differ only when a launch
-/// needs other read or write trees): past it, the oldest is stopped.
-const MAX_ZYGOTES: usize = 4;
 
 /// Denials of one step kept for its outcome (every one is an event).
 const MAX_DENIALS: usize = 32;
@@ -229,6 +232,7 @@ impl Subprocesses {
             output_limit_hits: Arc::default(),
             unread: Arc::default(),
             zygotes: Vec::new(),
+            cgroups: None,
         }
     }
 
@@ -249,10 +253,18 @@ impl Subprocesses {
         let server = match found {
             Some(i) => self.zygotes.remove(i),
             None => {
-                if self.zygotes.len() >= MAX_ZYGOTES {
-                    self.zygotes.remove(0);
+                let server = zygote::Zygote::start(environment)?;
+                let max = self.setup.confinement.sandbox.processes;
+                let cgroups = self
+                    .cgroups
+                    .get_or_insert_with(|| cgroup::StepCgroups::create(max));
+                if let (Some(groups), Some(pid)) = (cgroups.as_ref(), server.pid()) {
+                    groups.join(pid).map_err(|e| launcher::Refusal {
+                        stage: "cgroup".into(),
+                        message: format!("the step's fork server cannot join its cgroup: {e}"),
+                    })?;
                 }
-                zygote::Zygote::start(environment)?
+                server
             }
         };
         let launched = server.launch(spec, env, stdin).await;
