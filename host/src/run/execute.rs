@@ -20,7 +20,9 @@ use crate::capabilities::subprocess::launcher;
 use crate::capabilities::subprocess::policy::Network;
 use crate::capabilities::subprocess::policy::CHILD_PATH;
 use crate::capabilities::subprocess::user::dedicated as dedicated_user;
-use crate::capabilities::subprocess::{Confinement, Denial, ExecPolicy, Setup, Subprocesses};
+use crate::capabilities::subprocess::{
+    Confinement, Denial, ExecPolicy, Servers, Setup, Subprocesses,
+};
 use crate::config::KindGrant;
 use crate::contracts::{
     CheckpointMode, CheckpointSource, CheckpointType, EventLevel, EventSource, FailureReason,
@@ -117,6 +119,7 @@ pub(crate) async fn final_checkpoints(
     prepared: &PreparedStepRun,
     report: &Report,
     deadlines: Deadlines,
+    servers: Servers,
 ) {
     use crate::checkpoints::snapshot;
 
@@ -131,6 +134,7 @@ pub(crate) async fn final_checkpoints(
     if let Some(plan) = plan {
         let diff = match step_subprocesses(shared, prepared, deadlines, ExecPolicy::default()) {
             Ok(mut subprocesses) => {
+                subprocesses.adopt_servers(servers);
                 snapshot::git_diff(&mut subprocesses, &plan, deadlines.host).await
             }
             Err(e) => Err(snapshot::SnapshotError::Failed(e)),
@@ -281,6 +285,7 @@ pub(crate) async fn run_worker(
     prepared: &PreparedStepRun,
     deadlines: Deadlines,
     cancel: &CancellationToken,
+    servers: &mut Servers,
 ) -> Report {
     let request = &prepared.request;
     let logs = prepared.logs.clone();
@@ -402,6 +407,8 @@ pub(crate) async fn run_worker(
             None,
         );
     }
+    // The step's fork servers and cgroup serve its final snapshot too.
+    *servers = store.data_mut().host.subprocesses.take_servers();
     let data = store.data();
     let limits_hit = LimitsHit {
         timed_out,

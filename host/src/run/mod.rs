@@ -234,8 +234,10 @@ impl Runner {
             prepared.request.timeout_sec,
             self.shared.config.limits.timeout_grace_ms,
         );
-        let report = execute::run_worker(&self.shared, &prepared, deadlines, cancel).await;
-        execute::final_checkpoints(&self.shared, &prepared, &report, deadlines).await;
+        let mut servers = Default::default();
+        let report =
+            execute::run_worker(&self.shared, &prepared, deadlines, cancel, &mut servers).await;
+        execute::final_checkpoints(&self.shared, &prepared, &report, deadlines, servers).await;
         finish(prepared, report, started_at, started.into_std())
     }
 

@@ -205,10 +205,17 @@ pub struct Subprocesses {
     output_limit_hits: Arc<std::sync::atomic::AtomicU64>,
     /// Output read from the step's processes and not yet taken.
     unread: Arc<process::Unread>,
-    /// The step's fork servers, one per environment (usually one; another
-    /// only when a launch needs other read or write trees, as a program in
-    /// a directory of its own does). Kept to the step's end: stopping one
-    /// would stop what it runs.
+    servers: Servers,
+}
+
+/// A step's fork servers and control groups: made at its first
+/// subprocess, handed from the worker's capability to the host's final
+/// snapshot, dropped (everything left in them killed) when the step is done.
+#[derive(Default)]
+pub struct Servers {
+    /// One per environment (usually one; another only when a launch needs
+    /// other read or write trees, as a program in a directory of its own
+    /// does). Kept to the step's end: stopping one would stop what it runs.
     zygotes: Vec<zygote::Zygote>,
     /// The step's control groups (made with its first fork server, where
     /// the host may): dropped after the servers, killing what is left.
@@ -231,9 +238,19 @@ impl Subprocesses {
             spawned: 0,
             output_limit_hits: Arc::default(),
             unread: Arc::default(),
-            zygotes: Vec::new(),
-            cgroups: None,
+            servers: Servers::default(),
         }
+    }
+
+    /// Hand the step's fork servers and cgroups over (to its final snapshot).
+    pub fn take_servers(&mut self) -> Servers {
+        std::mem::take(&mut self.servers)
+    }
+
+    /// Serve this capability's launches from `servers` (a step's, when its
+    /// environment matches).
+    pub fn adopt_servers(&mut self, servers: Servers) {
+        self.servers = servers;
     }
 
     /// Start `spec` through the fork server of its environment (started
@@ -245,17 +262,19 @@ impl Subprocesses {
         stdin: bool,
     ) -> Result<zygote::Launched, launcher::Refusal> {
         let environment = spec.environment();
-        self.zygotes.retain_mut(|z| z.alive());
+        self.servers.zygotes.retain_mut(|z| z.alive());
         let found = self
+            .servers
             .zygotes
             .iter()
             .position(|z| z.environment() == &environment);
         let server = match found {
-            Some(i) => self.zygotes.remove(i),
+            Some(i) => self.servers.zygotes.remove(i),
             None => {
                 let server = zygote::Zygote::start(environment)?;
                 let max = self.setup.confinement.sandbox.processes;
                 let cgroups = self
+                    .servers
                     .cgroups
                     .get_or_insert_with(|| cgroup::StepCgroups::create(max));
                 if let (Some(groups), Some(pid)) = (cgroups.as_ref(), server.pid()) {
@@ -268,7 +287,7 @@ impl Subprocesses {
             }
         };
         let launched = server.launch(spec, env, stdin).await;
-        self.zygotes.push(server);
+        self.servers.zygotes.push(server);
         launched
     }
 
