@@ -486,19 +486,31 @@ pub fn base_filters() -> Result<Vec<BpfProgram>, String> {
     // step's to change: its supervisor, its fork server and (on a host
     // without root) the host itself may run as its user. Only calls on
     // the caller itself (pid 0) pass.
-    for (nr, arg) in [
-        (libc::SYS_prlimit64, 0),
-        (libc::SYS_sched_setaffinity, 0),
-        (libc::SYS_sched_setscheduler, 0),
-        (libc::SYS_sched_setparam, 0),
-        (libc::SYS_sched_setattr, 0),
-        (libc::SYS_setpriority, 1),
-        (libc::SYS_ioprio_set, 1),
+    let not = |arg: u8, value: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(e)
+    };
+    for nr in [
+        libc::SYS_prlimit64,
+        libc::SYS_sched_setaffinity,
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setattr,
     ] {
-        let other =
-            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, 0).map_err(e)?;
-        deny.insert(nr, vec![SeccompRule::new(vec![other]).map_err(e)?]);
+        deny.insert(nr, vec![not(0, 0)?]);
     }
+    // (which, who): the caller's own process only, not its process group
+    // or every process of its user.
+    const IOPRIO_WHO_PROCESS: u64 = 1;
+    deny.insert(
+        libc::SYS_setpriority,
+        vec![not(0, libc::PRIO_PROCESS as u64)?, not(1, 0)?],
+    );
+    deny.insert(
+        libc::SYS_ioprio_set,
+        vec![not(0, IOPRIO_WHO_PROCESS)?, not(1, 0)?],
+    );
     let main = SeccompFilter::new(
         deny,
         SeccompAction::Allow,

@@ -407,8 +407,6 @@ pub(crate) async fn run_worker(
             None,
         );
     }
-    // The step's fork servers and cgroup serve its final snapshot too.
-    *servers = store.data_mut().host.subprocesses.take_servers();
     let data = store.data();
     let limits_hit = LimitsHit {
         timed_out,
@@ -420,6 +418,8 @@ pub(crate) async fn run_worker(
     report.artifacts = data.host.artifacts.clone();
     report.plugin = Some(plugin_record);
     report.sandbox = Some(data.host.subprocesses.confinement_record());
+    // The step's fork servers and cgroup serve its final snapshot too.
+    *servers = store.data_mut().host.subprocesses.take_servers();
     refine_failure(&mut report, request.timeout_sec, limits, &limits_hit);
     report
 }

@@ -166,3 +166,61 @@ async fn a_root_hosts_step_runs_in_a_pids_cgroup_of_its_own() {
     }
     assert!(!dir.exists(), "{} is left", dir.display());
 }
+
+/// A second root host in a pid namespace of its own (a container) took the
+/// first host's running step for one a stopped host left — its pid was not
+/// in the second host's `/proc` — and killed it and removed its cgroup.
+/// Groups are named by the host's pid namespace, pid and start time, and
+/// only groups of this namespace whose host is gone are emptied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_in_another_pid_namespace_leaves_a_running_steps_cgroup_alone() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED hosts in two pid namespaces: needs root");
+        return;
+    }
+    if std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        eprintln!("SKIPPED hosts in two pid namespaces: `unshare --pid` is not available here");
+        return;
+    }
+    let first = baa_runner_tests::Sandbox::new();
+    let runner = baa_runner::Runner::new(baa_runner::RunnerConfig::default()).unwrap();
+    let request = first.request_json("shell", "sleep 3; echo survived");
+    let running = tokio::spawn(async move {
+        let result = crate::run(&runner, serde_json::from_value(request).unwrap()).await;
+        (first, result)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    // The second host: the real CLI, in a new pid namespace.
+    let second = baa_runner_tests::Sandbox::new();
+    let path = second.dir.path().join("request.json");
+    std::fs::write(
+        &path,
+        second.request_json("shell", "echo second").to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(crate::built_binary("baa-runner"))
+        .args(["run", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (first, result) = running.await.unwrap();
+    let stdout = std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap();
+    assert!(
+        stdout.contains("survived"),
+        "the first host's step was killed: {} / {stdout}",
+        result.summary
+    );
+    drop(first);
+}

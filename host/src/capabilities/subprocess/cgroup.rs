@@ -46,16 +46,19 @@ pub fn support() -> &'static Support {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
             };
-            let mount_point = left.split(' ').nth(4).unwrap_or_default();
+            let mut mount = left.split(' ');
+            let root = mount.nth(3).unwrap_or_default();
+            let mount_point = mount.next().unwrap_or_default();
             let mut fields = right.split(' ');
             let fstype = fields.next().unwrap_or_default();
             let options = fields.nth(1).unwrap_or_default();
             if fstype == "cgroup" && options.split(',').any(|o| o == "pids") {
-                if let Some(dir) = parent_in(mount_point, own_group(&own, Some("pids"))) {
+                let own = own_group(&own, Some("pids"));
+                if let Some(dir) = parent_in(mount_point, root, own) {
                     support.pids.get_or_insert(dir);
                 }
             } else if fstype == "cgroup2" {
-                if let Some(dir) = parent_in(mount_point, own_group(&own, None)) {
+                if let Some(dir) = parent_in(mount_point, root, own_group(&own, None)) {
                     if support.pids.is_none() && enable_pids(&dir) {
                         support.pids = Some(dir.clone());
                     }
@@ -81,12 +84,19 @@ fn own_group(cgroup: &str, controller: Option<&str>) -> Option<String> {
     })
 }
 
-/// `<mount><own group>/baa-runner`, made if missing; `None` where the host
-/// may not write.
-fn parent_in(mount_point: &str, own: Option<String>) -> Option<PathBuf> {
+/// `<mount point><own group below the mount's root>/baa-runner`, made if
+/// missing; `None` where the host's group is not below that mount or the
+/// host may not write there.
+fn parent_in(mount_point: &str, root: &str, own: Option<String>) -> Option<PathBuf> {
     let own = own?;
+    let below = if root == "/" {
+        own.as_str()
+    } else {
+        own.strip_prefix(root)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))?
+    };
     let dir = Path::new(mount_point)
-        .join(own.trim_start_matches('/'))
+        .join(below.trim_start_matches('/'))
         .join(PARENT);
     match std::fs::create_dir(&dir) {
         Ok(()) => Some(dir),
@@ -112,8 +122,46 @@ fn write(path: &Path, value: &str) -> std::io::Result<()> {
         .write_all(value.as_bytes())
 }
 
-/// Groups of hosts that are no longer running: kill what is in them and
-/// remove them.
+/// Who a host process is, across pid reuse and pid namespaces: its pid
+/// namespace, pid and start time (`<pidns inode>-<pid>-<start ticks>`).
+fn host_identity(pid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let pidns = std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok()?.ino();
+    let start = super::process_start_time(pid)?;
+    Some(format!("{pidns}-{pid}-{start}"))
+}
+
+/// This host's identity (made once).
+fn own_identity() -> &'static str {
+    static OWN: OnceLock<String> = OnceLock::new();
+    OWN.get_or_init(|| {
+        host_identity(std::process::id()).unwrap_or_else(|| format!("0-{}-0", std::process::id()))
+    })
+}
+
+/// Whether the group `name` (`step-<pidns>-<pid>-<start>-<n>`) belongs to
+/// a host of this pid namespace that is no longer running. A group of
+/// another namespace is never judged: its host may be alive.
+fn is_stale(name: &str) -> bool {
+    let mut parts = name.strip_prefix("step-").unwrap_or_default().split('-');
+    let (Some(pidns), Some(pid), Some(start)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let own_pidns = own_identity().split('-').next().unwrap_or_default();
+    if pidns != own_pidns {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    match host_identity(pid) {
+        Some(alive) => alive != format!("{pidns}-{pid}-{start}"),
+        None => true,
+    }
+}
+
+/// Groups of hosts (of this pid namespace) that are no longer running:
+/// kill what is in them and remove them.
 fn sweep_stale(support: &Support) {
     for parent in [&support.pids, &support.unified].into_iter().flatten() {
         let Ok(entries) = std::fs::read_dir(parent) else {
@@ -121,17 +169,10 @@ fn sweep_stale(support: &Support) {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let host = name
-                .strip_prefix("step-")
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok());
-            match host {
-                Some(pid) if !Path::new(&format!("/proc/{pid}")).exists() => {
-                    tracing::warn!(group = %entry.path().display(), "emptying the cgroup of a step a stopped host left");
-                    kill_in(&entry.path(), Instant::now() + Duration::from_secs(2));
-                    let _ = std::fs::remove_dir(entry.path());
-                }
-                _ => {}
+            if is_stale(&name) {
+                tracing::warn!(group = %entry.path().display(), "emptying the cgroup of a step a stopped host left");
+                kill_in(&entry.path(), Instant::now() + Duration::from_secs(2));
+                let _ = std::fs::remove_dir(entry.path());
             }
         }
     }
@@ -147,17 +188,42 @@ fn kill_in(dir: &Path, until: Instant) {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect();
-        if pids.is_empty() || Instant::now() >= until {
+        if pids.is_empty() {
             return;
         }
         if !killed {
             for pid in pids {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+                kill_member(dir, pid);
             }
         }
+        if Instant::now() >= until {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// SIGKILL process `pid` if it is (still) in the group at `dir`: through a
+/// pidfd taken before the check, so a pid reused meanwhile is not hit.
+fn kill_member(dir: &Path, pid: i32) {
+    let Some(raw) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
+    let member = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|groups| {
+            name.is_some_and(|name| {
+                groups
+                    .lines()
+                    .any(|l| l.ends_with(&format!("/{PARENT}/{name}")))
+            })
+        })
+        .unwrap_or(false);
+    if member {
+        let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
     }
 }
 
@@ -173,31 +239,36 @@ impl StepCgroups {
     pub fn create(max: u64) -> Option<StepCgroups> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let support = support();
-        let name = format!(
-            "step-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let pids_parent = support.pids.as_ref()?;
         let mut groups = StepCgroups { dirs: Vec::new() };
-        let mut parents: Vec<&PathBuf> = support.pids.iter().collect();
-        if support.unified.as_ref() != support.pids.as_ref() {
-            parents.extend(support.unified.iter());
-        }
-        for parent in parents {
-            let dir = parent.join(&name);
-            if let Err(e) = std::fs::create_dir(&dir) {
-                tracing::debug!("a step cgroup {}: {e}", dir.display());
-                continue;
-            }
-            groups.dirs.push(dir.clone());
-            if Some(parent) == support.pids.as_ref() {
-                if let Err(e) = write(&dir.join("pids.max"), &max.to_string()) {
-                    tracing::warn!("pids.max of {}: {e}", dir.display());
-                    return None;
+        // A name no other group has (EEXIST: a group left under a reused
+        // identity; another name is taken).
+        let (name, dir) = (0..16).find_map(|_| {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("step-{}-{n}", own_identity());
+            let dir = pids_parent.join(&name);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Some((name, dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => None,
+                Err(e) => {
+                    tracing::warn!("a step cgroup {}: {e}", dir.display());
+                    None
                 }
             }
+        })?;
+        groups.dirs.push(dir.clone());
+        if let Err(e) = write(&dir.join("pids.max"), &max.to_string()) {
+            tracing::warn!("pids.max of {}: {e}", dir.display());
+            return None;
         }
-        (!groups.dirs.is_empty()).then_some(groups)
+        if let Some(unified) = support.unified.as_ref().filter(|u| *u != pids_parent) {
+            let dir = unified.join(&name);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => groups.dirs.push(dir),
+                Err(e) => tracing::debug!("a step cgroup {}: {e}", dir.display()),
+            }
+        }
+        Some(groups)
     }
 
     /// Move process `pid` (and what it starts later) into the groups.
@@ -207,19 +278,16 @@ impl StepCgroups {
         }
         Ok(())
     }
-
-    /// SIGKILL everything in the groups.
-    pub fn kill_all(&self) {
-        let until = Instant::now() + Duration::from_millis(500);
-        for dir in &self.dirs {
-            kill_in(dir, until);
-        }
-    }
 }
 
 impl Drop for StepCgroups {
     fn drop(&mut self) {
-        self.kill_all();
+        // Killed now; waited for (exited processes leave a group a moment
+        // after the kill) and removed off this thread, which may be a
+        // runtime's.
+        for dir in &self.dirs {
+            kill_in(dir, Instant::now());
+        }
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.retain(|dir| std::fs::remove_dir(dir).is_err());
         if dirs.is_empty() {
@@ -228,12 +296,12 @@ impl Drop for StepCgroups {
         let remove = move || {
             let until = Instant::now() + Duration::from_secs(5);
             for dir in dirs {
+                kill_in(&dir, until);
                 while std::fs::remove_dir(&dir).is_err() && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
         };
-        // Exited processes leave a group a moment after the kill.
         std::thread::spawn(remove);
     }
 }

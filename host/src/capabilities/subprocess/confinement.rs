@@ -181,8 +181,12 @@ impl Confinement {
         }
     }
 
-    /// What applies to this step, for its metadata and events.
-    pub fn record(&self, policy: &ExecPolicy) -> serde_json::Value {
+    /// What applies to this step, for its metadata and events. `cgroup`:
+    /// whether the step got its pids cgroup (`None`: it started nothing
+    /// yet; what this host gives a step is recorded).
+    pub fn record(&self, policy: &ExecPolicy, cgroup: Option<bool>) -> serde_json::Value {
+        let bound =
+            self.process_bound(cgroup.unwrap_or_else(|| super::cgroup::support().limits_pids()));
         let p = &self.probe;
         let landlock = if p.landlock_abi == 0 {
             match self.sandbox.landlock {
@@ -230,12 +234,12 @@ impl Confinement {
                 "addressSpaceMib": self.sandbox.address_space_mib,
                 "fileSizeMib": self.sandbox.file_size_mib,
                 "openFiles": self.sandbox.open_files,
-                "processes": self.process_bound().map(|_| self.sandbox.processes),
+                "processes": bound.map(|_| self.sandbox.processes),
                 "core": 0,
             },
             "killGraceMs": self.sandbox.kill_grace_ms,
             // What bounds the number of the step's processes.
-            "processBound": match self.process_bound() {
+            "processBound": match bound {
                 Some(how) => json!({ "mode": how, "max": self.sandbox.processes }),
                 None => json!({ "mode": "none" }),
             },
@@ -245,8 +249,8 @@ impl Confinement {
     /// How the step's process count is bounded: a pids cgroup of its own,
     /// `RLIMIT_NPROC` of its dedicated user, or of its user in a namespace
     /// of its own.
-    fn process_bound(&self) -> Option<&'static str> {
-        if super::cgroup::support().limits_pids() {
+    fn process_bound(&self, cgroup: bool) -> Option<&'static str> {
+        if cgroup {
             Some("pids-cgroup")
         } else if self.user.is_some() {
             Some("rlimit-dedicated-user")
@@ -362,7 +366,7 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
             lease.as_deref(),
         );
         let checks = super::launcher::self_test(&spec)?;
-        let mut record = confinement.record(&policy);
+        let mut record = confinement.record(&policy, None);
         if let Some(lease) = &lease {
             record["user"]["uid"] = lease.user().uid.into();
         }

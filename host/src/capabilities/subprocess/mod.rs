@@ -368,7 +368,8 @@ impl Subprocesses {
 
     /// How this step's subprocesses are confined, for the run's metadata.
     pub fn confinement_record(&self) -> serde_json::Value {
-        self.setup.confinement.record(&self.policy)
+        let cgroup = self.servers.cgroups.as_ref().map(Option::is_some);
+        self.setup.confinement.record(&self.policy, cgroup)
     }
 
     /// The processes to stop when the step ends.
