@@ -12,8 +12,8 @@
 //! `baa-launch --self-test SPEC-JSON` (confine itself, try what must be
 //! refused, print the verdicts), `baa-launch --probe-view PATH UID` (whether
 //! PATH's file system takes an idmapped view for UID), `baa-launch
-//! --hold-userns [--unmapped]` (a step's user namespace, held until stdin
-//! closes; unmapped: the host writes its maps) or
+//! --hold-userns` (a step's user namespace, held until stdin
+//! closes) or
 //! `baa-launch --sweep UID` (kill every process of a dedicated user), or
 //! `baa-launch --zygote --fds CONTROL ENVIRONMENT-JSON` (a step's fork
 //! server, `zygote.rs`).
@@ -72,9 +72,7 @@ fn main() {
                 }
             }
         }
-        Some("--hold-userns") => std::process::exit(view::hold_user_namespace(
-            args.get(2).map(String::as_str) != Some("--unmapped"),
-        )),
+        Some("--hold-userns") => std::process::exit(view::hold_user_namespace()),
         Some("--sweep") => {
             let uid = args.get(2).and_then(|u| u.parse::<u32>().ok());
             match uid {

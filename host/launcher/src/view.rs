@@ -195,12 +195,11 @@ pub fn probe(path: &Path, probe_user: User) -> Result<(), String> {
 }
 
 /// `baa-launch --hold-userns`: become a new user namespace that maps this
-/// user to itself (unless `mapped` is false: a root host then writes the
-/// mapping of an idmapped view), say `ready` on stdout, and hold it until
-/// stdin closes (the host's end of the step). Launches of the step join it,
-/// so that `RLIMIT_NPROC`, counted per user and user namespace, bounds the
-/// step's processes alone; or their views use it. Returns the exit status.
-pub fn hold_user_namespace(mapped: bool) -> i32 {
+/// user to itself, say `ready` on stdout, and hold it until stdin closes
+/// (the host's end of the step). The step's fork server joins it, so that
+/// `RLIMIT_NPROC`, counted per user and user namespace, bounds the step's
+/// processes alone. Returns the exit status.
+pub fn hold_user_namespace() -> i32 {
     // SAFETY: plain system calls in this single-threaded process.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     // SAFETY: as above.
@@ -213,7 +212,7 @@ pub fn hold_user_namespace(mapped: bool) -> i32 {
         ("/proc/self/uid_map", format!("{uid} {uid} 1\n")),
         ("/proc/self/gid_map", format!("{gid} {gid} 1\n")),
     ];
-    for (path, map) in maps.iter().filter(|_| mapped) {
+    for (path, map) in &maps {
         if let Err(e) = std::fs::write(path, map) {
             eprintln!("baa-launch: {path}: {e}");
             return 1;

@@ -128,9 +128,6 @@ pub struct UserLease {
     /// Locks on the trees lent by chown (see [`UserLease::lock_tree`]),
     /// released with the lease.
     tree_locks: Mutex<Vec<File>>,
-    /// The user namespace of each view owner's mapping, made at the first
-    /// launch and shared by the rest.
-    view_namespaces: Mutex<Vec<(User, super::userns::Holder)>>,
     /// The operator chose chown lending everywhere.
     chown_only: bool,
     _lock: File,
@@ -170,7 +167,6 @@ impl UserLease {
                 released: Mutex::new(false),
                 synced_since: Mutex::new(None),
                 tree_locks: Mutex::new(Vec::new()),
-                view_namespaces: Mutex::new(Vec::new()),
                 chown_only: config.worktree_view == crate::config::WorktreeView::Chown,
                 _lock: lock,
             };
@@ -391,33 +387,16 @@ impl UserLease {
     /// with the namespace of its mapping (made now if it is the first).
     pub fn views(&self) -> Vec<baa_launch::View> {
         let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
-        let mut held = self
-            .view_namespaces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         lent.iter()
             .filter(|l| l.how == Lending::Idmapped)
-            .map(|l| {
-                let owner = User {
+            .map(|l| baa_launch::View {
+                path: l.path.clone(),
+                owner: User {
                     uid: l.uid,
                     gid: l.gid,
-                };
-                if !held.iter().any(|(o, _)| *o == owner) {
-                    match super::userns::Holder::mapping(owner, self.user) {
-                        Ok(holder) => held.push((owner, holder)),
-                        // The launcher makes the mapping itself then.
-                        Err(e) => tracing::debug!("a view's user namespace: {e}"),
-                    }
-                }
-                let user_namespace = held
-                    .iter()
-                    .find(|(o, _)| *o == owner)
-                    .map(|(_, h)| h.path().to_path_buf());
-                baa_launch::View {
-                    path: l.path.clone(),
-                    owner,
-                    user_namespace,
-                }
+                },
+                // The step's fork server makes the mapping, once per step.
+                user_namespace: None,
             })
             .collect()
     }
@@ -446,10 +425,6 @@ impl UserLease {
             let _ = std::fs::remove_file(self.record_path());
         }
         let _ = std::fs::remove_dir_all(&self.home);
-        self.view_namespaces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
     }
 }
 

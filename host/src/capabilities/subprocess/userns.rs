@@ -1,8 +1,7 @@
 //! User namespaces held for a step by `baa-launch --hold-userns` children:
 //! the namespace a step of a host without root runs in, from its first
 //! subprocess to its end (`RLIMIT_NPROC`, counted per user and user
-//! namespace, then bounds the step's processes alone), and on a root host
-//! the mapping of each idmapped view, made once instead of per launch.
+//! namespace, then bounds the step's processes alone).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -30,24 +29,6 @@ impl Holder {
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }
-
-    /// A namespace that maps `owner` to `user` (uid and gid): the mapping
-    /// of an idmapped view, made once for all of a step's launches. Needs
-    /// root (the mapping names ids other than the host's own).
-    pub fn mapping(owner: baa_launch::User, user: baa_launch::User) -> Result<Holder, String> {
-        let holder = hold(false)?;
-        let proc = holder.path.parent().and_then(|ns| ns.parent());
-        let proc = proc.ok_or("the holder has no /proc directory")?;
-        let maps = [
-            ("uid_map", format!("{} {} 1\n", owner.uid, user.uid)),
-            ("gid_map", format!("{} {} 1\n", owner.gid, user.gid)),
-        ];
-        for (file, map) in maps {
-            std::fs::write(proc.join(file), map)
-                .map_err(|e| format!("{}: {e}", proc.join(file).display()))?;
-        }
-        Ok(holder)
-    }
 }
 
 impl Drop for Holder {
@@ -65,7 +46,7 @@ impl StepNamespace {
         if let Some(holder) = &*slot {
             return Ok(holder.path.clone());
         }
-        let holder = hold(true)?;
+        let holder = hold()?;
         let path = holder.path.clone();
         *slot = Some(holder);
         Ok(path)
@@ -92,10 +73,9 @@ impl Drop for StepNamespace {
 /// Start a holder and wait for its namespace. Its pid stays its own while
 /// it is an unreaped child of this process, so the path names its
 /// namespace until [`StepNamespace::release`].
-fn hold(mapped: bool) -> Result<Holder, String> {
+fn hold() -> Result<Holder, String> {
     let mut child = std::process::Command::new(launcher::binary()?)
         .arg("--hold-userns")
-        .args((!mapped).then_some("--unmapped"))
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
