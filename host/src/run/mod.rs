@@ -55,7 +55,7 @@ impl Runner {
     /// plugin directories (plus the built-in kinds).
     pub fn new(config: RunnerConfig) -> Result<Self, Error> {
         let admission = admission::Admission::new(&config.concurrency)?;
-        let engine = crate::sandbox::engine(&config.limits)?;
+        let engine = crate::sandbox::engine(&config.limits, config.concurrency.max_steps)?;
         let linker = crate::sandbox::new_linker(&engine)?;
         let plugins = PluginRegistry::discover(&config.plugin_dirs)?;
         let disk = if !config.compiled_cache {

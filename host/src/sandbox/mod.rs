@@ -20,20 +20,26 @@ use state::StepState;
 /// other steps at every tick, and a deadline is noticed within one.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// Worker instances that can be alive at once in one process: the size of
-/// the pooling allocator's slots (component instances, memories, stacks).
+/// Most steps of one runner executing at once (`concurrency.max-steps`).
 pub const POOL_STEPS: u32 = 1000;
 
-/// The process's engine for `limits`: runners whose limits need the same
-/// engine configuration share one (its pools and its epoch ticker).
-pub fn engine(limits: &crate::config::Limits) -> Result<Engine, Error> {
-    static ENGINES: Mutex<Vec<(u64, Engine)>> = Mutex::new(Vec::new());
-    let key = limits.wasm_stack_kib;
+/// Instance slots beyond a runner's steps: its kinds' `describe` calls.
+const DESCRIBE_SLOTS: u32 = 16;
+
+/// The process's engine for `limits` and `max_steps` steps at once:
+/// runners that need the same engine configuration share one (its pools
+/// and its epoch ticker). The pooling allocator reserves a slot per step
+/// (component instance, memories, stack): a one-step CLI reserves a few,
+/// a server the thousand it may run.
+pub fn engine(limits: &crate::config::Limits, max_steps: u32) -> Result<Engine, Error> {
+    static ENGINES: Mutex<Vec<((u64, u32), Engine)>> = Mutex::new(Vec::new());
+    let slots = max_steps.clamp(1, POOL_STEPS) + DESCRIBE_SLOTS;
+    let key = (limits.wasm_stack_kib, slots);
     let mut engines = ENGINES.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, engine)) = engines.iter().find(|(k, _)| *k == key) {
         return Ok(engine.clone());
     }
-    let engine = new_engine(limits)?;
+    let engine = new_engine(limits, slots)?;
     engines.push((key, engine.clone()));
     Ok(engine)
 }
@@ -42,15 +48,15 @@ pub fn engine(limits: &crate::config::Limits) -> Result<Engine, Error> {
 /// no component-model concurrency (it triples call cost and is unused), and
 /// the pooling allocator, so a step's instance, memories, tables and fiber
 /// stack come from slots reserved once instead of fresh mappings.
-pub fn new_engine(limits: &crate::config::Limits) -> Result<Engine, Error> {
+pub fn new_engine(limits: &crate::config::Limits, slots: u32) -> Result<Engine, Error> {
     let stack = (limits.wasm_stack_kib.clamp(64, 64 * 1024) * 1024) as usize;
     let per_component = limits::MAX_INSTANCES as u32;
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(POOL_STEPS)
-        .total_core_instances(4 * POOL_STEPS)
-        .total_memories(POOL_STEPS)
-        .total_tables(2 * POOL_STEPS)
-        .total_stacks(POOL_STEPS)
+    pool.total_component_instances(slots)
+        .total_core_instances(4 * slots)
+        .total_memories(slots)
+        .total_tables(2 * slots)
+        .total_stacks(slots)
         .max_core_instances_per_component(per_component)
         .max_tables_per_component(per_component)
         .max_memories_per_component(limits::MAX_MEMORIES as u32)

@@ -85,9 +85,15 @@ impl Worker for Git {
             }
         }
 
-        let branch = git_quiet(&["symbolic-ref", "--short", "-q", "HEAD"])
+        // Branch, HEAD and changed files in one query.
+        let state = Status::parse(
+            &git_quiet(&["status", "--porcelain=v2", "--branch"]).unwrap_or_default(),
+        );
+        let branch = state
+            .branch
+            .clone()
             .unwrap_or_else(|| "(detached HEAD)".to_string());
-        let head_after = git_quiet(&["rev-parse", "--verify", "-q", "HEAD"]);
+        let head_after = state.head.clone();
         let commits = match (&head_before, &head_after) {
             (Some(before), Some(after)) if before != after => {
                 git_quiet(&["log", "--format=%h %s", &format!("{before}..{after}")])
@@ -95,8 +101,7 @@ impl Worker for Git {
             (None, Some(_)) => git_quiet(&["log", "--format=%h %s"]),
             _ => None,
         };
-        let changed = git_quiet(&["status", "--porcelain"]).unwrap_or_default();
-        let changed_files: Vec<&str> = changed.lines().map(|l| l.get(3..).unwrap_or(l)).collect();
+        let changed_files: Vec<&str> = state.changed.iter().map(String::as_str).collect();
 
         let diff_base = head_before.as_deref().or(head_after.as_deref());
         let diff = match diff_base {
@@ -140,6 +145,47 @@ impl Worker for Git {
             let _ = capture_checkpoint("git-diff", &summary, payload);
         }
         Ok(WorkerOutcome::completed(summary).with_exit_code(Some(0)))
+    }
+}
+
+/// What `git status --porcelain=v2 --branch` says of the worktree.
+#[derive(Debug, Default)]
+struct Status {
+    /// The branch checked out (`None`: detached).
+    branch: Option<String>,
+    /// The commit HEAD names (`None`: no commit yet).
+    head: Option<String>,
+    /// Changed, added, renamed, unmerged and untracked paths.
+    changed: Vec<String>,
+}
+
+impl Status {
+    fn parse(text: &str) -> Status {
+        let mut status = Status::default();
+        for line in text.lines() {
+            if let Some(oid) = line.strip_prefix("# branch.oid ") {
+                status.head = (oid != "(initial)").then(|| oid.to_string());
+            } else if let Some(head) = line.strip_prefix("# branch.head ") {
+                status.branch = (head != "(detached)").then(|| head.to_string());
+            } else if let Some(path) = Self::path(line) {
+                status.changed.push(path.to_string());
+            }
+        }
+        status
+    }
+
+    /// The path of a change entry: after the fixed fields of its kind
+    /// (`1`: 8, `2`: 9, then `path<TAB>orig`; `u`: 10; `?`: 1).
+    fn path(line: &str) -> Option<&str> {
+        let fields = match line.split(' ').next()? {
+            "1" => 8,
+            "2" => 9,
+            "u" => 10,
+            "?" => 1,
+            _ => return None,
+        };
+        let path = line.splitn(fields + 1, ' ').nth(fields)?;
+        Some(path.split('\t').next().unwrap_or(path))
     }
 }
 

@@ -237,6 +237,11 @@ fn runner(cli: &Cli) -> anyhow::Result<Runner> {
         None => RunnerConfig::default(),
     };
     config.plugin_dirs.extend(cli.plugins_dirs.iter().cloned());
+    // Every command but `serve` executes at most one step: the engine
+    // reserves instance slots for that one, not for a server's thousand.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        config.concurrency.max_steps = 1;
+    }
     Ok(Runner::new(config)?)
 }
 
