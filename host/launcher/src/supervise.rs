@@ -237,18 +237,6 @@ impl Tree {
             .collect()
     }
 
-    fn signal_children(sig: i32) -> usize {
-        let kids = Self::children();
-        for pid in &kids {
-            // SAFETY: signalling our own children and their process groups.
-            unsafe {
-                libc::kill(*pid, sig);
-                libc::kill(-*pid, sig);
-            }
-        }
-        kids.len()
-    }
-
     /// Every process below this one: children, their children, and so on.
     fn descendants() -> Vec<i32> {
         // SAFETY: getpid cannot fail.
@@ -297,11 +285,19 @@ impl Tree {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        // SIGKILLed processes cannot fork again; their children come to us.
+        // Every descendant, each pass: SIGKILLed processes cannot fork
+        // again, so a chain that forks (and leaves its process group) as
+        // fast as it can still shrinks by all it has each pass; what it
+        // forked meanwhile comes to us.
         loop {
             self.reap();
-            if Self::signal_children(libc::SIGKILL) == 0 {
+            let all = Self::descendants();
+            if all.is_empty() {
                 break;
+            }
+            for pid in all {
+                // SAFETY: signalling a process below this one.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -20,9 +20,7 @@ use crate::capabilities::subprocess::launcher;
 use crate::capabilities::subprocess::policy::Network;
 use crate::capabilities::subprocess::policy::CHILD_PATH;
 use crate::capabilities::subprocess::user::dedicated as dedicated_user;
-use crate::capabilities::subprocess::{
-    Confinement, Denial, ExecPolicy, Servers, Setup, Subprocesses,
-};
+use crate::capabilities::subprocess::{Confinement, Denial, ExecPolicy, Setup, Subprocesses};
 use crate::config::KindGrant;
 use crate::contracts::{
     CheckpointMode, CheckpointSource, CheckpointType, EventLevel, EventSource, FailureReason,
@@ -119,7 +117,6 @@ pub(crate) async fn final_checkpoints(
     prepared: &PreparedStepRun,
     report: &Report,
     deadlines: Deadlines,
-    servers: Servers,
 ) {
     use crate::checkpoints::snapshot;
 
@@ -134,7 +131,6 @@ pub(crate) async fn final_checkpoints(
     if let Some(plan) = plan {
         let diff = match step_subprocesses(shared, prepared, deadlines, ExecPolicy::default()) {
             Ok(mut subprocesses) => {
-                subprocesses.adopt_servers(servers);
                 snapshot::git_diff(&mut subprocesses, &plan, deadlines.host).await
             }
             Err(e) => Err(snapshot::SnapshotError::Failed(e)),
@@ -285,7 +281,6 @@ pub(crate) async fn run_worker(
     prepared: &PreparedStepRun,
     deadlines: Deadlines,
     cancel: &CancellationToken,
-    servers: &mut Servers,
 ) -> Report {
     let request = &prepared.request;
     let logs = prepared.logs.clone();
@@ -418,8 +413,12 @@ pub(crate) async fn run_worker(
     report.artifacts = data.host.artifacts.clone();
     report.plugin = Some(plugin_record);
     report.sandbox = Some(data.host.subprocesses.confinement_record());
-    // The step's fork servers and cgroup serve its final snapshot too.
-    *servers = store.data_mut().host.subprocesses.take_servers();
+    // Nothing the step started outlives its worker, not even what escaped
+    // its supervisors: its cgroup is emptied (with its fork server) when
+    // the store goes, below, and on a host without root everything in its
+    // user namespace is killed now. The final snapshot then sees the
+    // worktree as the worker left it, from a fork server of its own.
+    prepared.sandbox_namespace.release();
     refine_failure(&mut report, request.timeout_sec, limits, &limits_hit);
     report
 }

@@ -234,10 +234,8 @@ impl Runner {
             prepared.request.timeout_sec,
             self.shared.config.limits.timeout_grace_ms,
         );
-        let mut servers = Default::default();
-        let report =
-            execute::run_worker(&self.shared, &prepared, deadlines, cancel, &mut servers).await;
-        execute::final_checkpoints(&self.shared, &prepared, &report, deadlines, servers).await;
+        let report = execute::run_worker(&self.shared, &prepared, deadlines, cancel).await;
+        execute::final_checkpoints(&self.shared, &prepared, &report, deadlines).await;
         finish(prepared, report, started_at, started.into_std())
     }
 

@@ -493,3 +493,74 @@ echo still-running"#;
     .await;
     assert!(stdout_of(&result).contains("served"), "{}", result.summary);
 }
+
+/// Rule 3 (nothing a step starts outlives it): a chain of processes that
+/// ignore SIGTERM and each leave their process group as they fork outran a
+/// supervisor that killed one generation per pass; once orphaned, one of
+/// them waited for the host's final git-diff snapshot to finish and then
+/// changed the worktree behind it (the snapshot had run while the step's
+/// cgroup was still alive). Everything the step started is gone before
+/// the snapshot: the worktree it records is the one the worker left. (The
+/// attack is a race: four chains made the earlier host lose it about every
+/// second run.)
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_the_step_started_runs_during_or_after_the_final_snapshot() {
+    let a = Sandbox::new();
+    let runner = runner(&a);
+    let chain = r#"import os, signal, time, glob
+for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    signal.signal(s, signal.SIG_IGN)
+wt = os.getcwd()
+def watch():
+    seen = None
+    end = time.time() + 20
+    while time.time() < end:
+        found = glob.glob(os.environ.get("TMPDIR", "/tmp") + "/baa-snapshot-index-*")
+        if found and not seen:
+            seen = found[0]
+        if seen and not os.path.exists(seen):
+            open(os.path.join(wt, "HIDDEN.txt"), "w").write("after the snapshot\n")
+            return
+        time.sleep(0.0005)
+def elected():
+    if os.getppid() == 1:
+        try:
+            os.close(os.open(os.path.join(wt, ".elected"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except OSError:
+            os._exit(0)
+        watch()
+        os._exit(0)
+while True:
+    try:
+        pid = os.fork()
+    except OSError:
+        elected()
+        continue
+    if pid == 0:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        continue
+    break
+while True:
+    time.sleep(0.002)
+    elected()
+"#;
+    std::fs::write(a.repo.join("chain.py"), chain).unwrap();
+    let mut json = request_json(
+        &a,
+        "shell",
+        "chain",
+        "for i in 1 2 3 4; do python3 chain.py </dev/null >/dev/null 2>&1 & done; sleep 1",
+    );
+    json["checkpoint"] = serde_json::json!({ "mode": "capture" });
+    let result = run(&runner, serde_json::from_value(json).unwrap()).await;
+    assert!(result.ok, "{}", result.summary);
+    // Anything left would write within the next moments.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !a.repo.join("HIDDEN.txt").exists(),
+        "a process of the step changed the worktree after the final snapshot"
+    );
+}

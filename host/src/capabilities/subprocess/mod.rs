@@ -208,11 +208,10 @@ pub struct Subprocesses {
     servers: Servers,
 }
 
-/// A step's fork servers and control groups: made at its first
-/// subprocess, handed from the worker's capability to the host's final
-/// snapshot, dropped (everything left in them killed) when the step is done.
+/// The fork servers and control groups of a step's capability: made at its
+/// first subprocess, dropped (everything left in them killed) with it.
 #[derive(Default)]
-pub struct Servers {
+struct Servers {
     /// One per environment (usually one; another only when a launch needs
     /// other read or write trees, as a program in a directory of its own
     /// does). Kept to the step's end: stopping one would stop what it runs.
@@ -240,17 +239,6 @@ impl Subprocesses {
             unread: Arc::default(),
             servers: Servers::default(),
         }
-    }
-
-    /// Hand the step's fork servers and cgroups over (to its final snapshot).
-    pub fn take_servers(&mut self) -> Servers {
-        std::mem::take(&mut self.servers)
-    }
-
-    /// Serve this capability's launches from `servers` (a step's, when its
-    /// environment matches).
-    pub fn adopt_servers(&mut self, servers: Servers) {
-        self.servers = servers;
     }
 
     /// Start `spec` through the fork server of its environment (started
