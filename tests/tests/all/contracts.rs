@@ -1,7 +1,9 @@
 //! The contract as published: the committed JSON Schema equals what the
 //! Rust types generate, and the JSON the host emits (requests, and results
 //! of completed, failed, prepared and interrupted steps) type-checks with
-//! `tsc --strict` against `shared/reference/contracts.ts`.
+//! `tsc --strict` against the conductor's `contracts.ts` (vendored in
+//! `tests/contracts/`, checked against `../shared/reference/` when that sits
+//! beside the repository).
 
 use std::path::{Path, PathBuf};
 
@@ -56,12 +58,7 @@ fn tsc() -> PathBuf {
 /// Type-check `values` (TypeScript type name, JSON) in `dir`; the output of
 /// `tsc` when it fails.
 fn type_check(dir: &Path, values: &[(&str, Value)]) -> Result<(), String> {
-    let contracts = repo_root().join("../shared/reference/contracts.ts");
-    assert!(
-        contracts.is_file(),
-        "{} is missing: the shared/ directory must sit beside the repository",
-        contracts.display()
-    );
+    let contracts = repo_root().join("tests/contracts/contracts.ts");
     std::fs::create_dir_all(dir).unwrap();
     let mut source = String::from(
         "import type { StepExecutionRequest, StepExecutionResult } from \"contracts\";\n",
@@ -104,6 +101,27 @@ fn type_check(dir: &Path, values: &[(&str, Value)]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ))
     }
+}
+
+/// The vendored contract is the conductor's: where `../shared` sits beside
+/// the repository (CI), its `reference/contracts.ts` is the same file.
+#[test]
+fn the_vendored_contract_matches_the_shared_reference() {
+    let shared = repo_root().join("../shared/reference/contracts.ts");
+    let Ok(reference) = std::fs::read_to_string(&shared) else {
+        eprintln!(
+            "SKIPPED the contract drift check: {} is not beside this checkout",
+            shared.display()
+        );
+        return;
+    };
+    let vendored =
+        std::fs::read_to_string(repo_root().join("tests/contracts/contracts.ts")).unwrap();
+    assert!(
+        vendored == reference,
+        "tests/contracts/contracts.ts differs from {}: copy the reference over it and fix what the type check then reports",
+        shared.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
