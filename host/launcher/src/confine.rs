@@ -511,31 +511,24 @@ pub fn base_filters() -> Result<Vec<BpfProgram>, String> {
         libc::SYS_ioprio_set,
         vec![not(0, IOPRIO_WHO_PROCESS)?, not(1, 0)?],
     );
-    let main = SeccompFilter::new(
-        deny,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        ARCH,
-    )
-    .map_err(e)?;
     // Extended attributes are not set at all: a kind root in a user
     // namespace of its own could otherwise write `security.capability`
     // on a file of a view, which the kernel stores as the tree owner's
     // (root's) capability. Answered "not supported", as a file system
     // without them would.
-    let mut no_xattrs = filters_for(
-        &[
-            libc::SYS_setxattr,
-            libc::SYS_lsetxattr,
-            libc::SYS_fsetxattr,
-            SYS_SETXATTRAT,
-        ],
-        libc::EOPNOTSUPP,
-    )
-    .map_err(e)?;
-    let mut programs = vec![main.try_into().map_err(e)?];
-    programs.append(&mut no_xattrs);
-    Ok(programs)
+    let xattrs = [
+        libc::SYS_setxattr,
+        libc::SYS_lsetxattr,
+        libc::SYS_fsetxattr,
+        SYS_SETXATTRAT,
+    ];
+    Ok(vec![
+        program(deny, libc::EPERM)?,
+        program(
+            xattrs.iter().map(|nr| (*nr, Vec::new())).collect(),
+            libc::EOPNOTSUPP,
+        )?,
+    ])
 }
 
 /// The filters that depend on the spec: socket families, namespaces, and
@@ -582,48 +575,36 @@ fn command_filters(spec: &baa_launch::SeccompSpec) -> Result<Vec<BpfProgram>, St
             .map_err(e)?;
         deny.insert(libc::SYS_clone, rules);
     }
-    let main = SeccompFilter::new(
-        deny,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        ARCH,
-    )
-    .map_err(e)?;
     // clone3 and openat2 take their flags in memory a filter cannot read:
     // answer ENOSYS so that the C library falls back to clone and openat,
     // whose flags are checked above.
-    let clone3 = SeccompFilter::new(
-        BTreeMap::from([
-            (libc::SYS_clone3, Vec::new()),
-            (libc::SYS_openat2, Vec::new()),
-        ]),
+    let unreadable = BTreeMap::from([
+        (libc::SYS_clone3, Vec::new()),
+        (libc::SYS_openat2, Vec::new()),
+    ]);
+    Ok(vec![
+        program(deny, libc::EPERM)?,
+        program(unreadable, libc::ENOSYS)?,
+    ])
+}
+
+/// A filter that answers `errno` to the calls `rules` match and allows the
+/// rest.
+fn program(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32) -> Result<BpfProgram, String> {
+    let e = |e: seccompiler::BackendError| e.to_string();
+    SeccompFilter::new(
+        rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
+        SeccompAction::Errno(errno as u32),
         ARCH,
     )
-    .map_err(e)?;
-    Ok(vec![
-        main.try_into().map_err(e)?,
-        clone3.try_into().map_err(e)?,
-    ])
+    .map_err(e)?
+    .try_into()
+    .map_err(e)
 }
 
 /// `setxattrat` (Linux 6.13), not named by every libc.
 const SYS_SETXATTRAT: libc::c_long = 463;
-
-/// A filter that answers `errno` to each of `calls` and allows the rest.
-fn filters_for(
-    calls: &[libc::c_long],
-    errno: i32,
-) -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
-    let filter = SeccompFilter::new(
-        calls.iter().map(|nr| (*nr, Vec::new())).collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(errno as u32),
-        ARCH,
-    )?;
-    Ok(vec![filter.try_into()?])
-}
 
 /// No subprocess makes a file setuid or setgid: through an idmapped view a
 /// file the step creates belongs to the tree's owner on disk (root, often),

@@ -238,7 +238,7 @@ impl LaunchSpec {
     }
 }
 
-/// One launch asked of a fork server: sent as a sealed memfd beside the
+/// One launch asked of a fork server: sent as a memfd beside the
 /// descriptors of the process (see [`ZYGOTE_FDS`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

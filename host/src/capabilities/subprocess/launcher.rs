@@ -37,11 +37,19 @@ pub(super) fn binary() -> Result<&'static Path, String> {
             }
             rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o555))
                 .map_err(|e| format!("fchmod: {e}"))?;
-            rustix::fs::fcntl_add_seals(
-                &fd,
-                SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-            )
-            .map_err(|e| format!("sealing the launcher: {e}"))?;
+            // EBUSY while pages just written are still referenced from
+            // another CPU's page lists (the kernel's pin check): a moment
+            // later they are not.
+            let seals = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL;
+            let mut sealed = rustix::fs::fcntl_add_seals(&fd, seals);
+            for _ in 0..100 {
+                if sealed != Err(rustix::io::Errno::BUSY) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                sealed = rustix::fs::fcntl_add_seals(&fd, seals);
+            }
+            sealed.map_err(|e| format!("sealing the launcher: {e}"))?;
             let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
             Ok(Binary { _fd: fd, path })
         })

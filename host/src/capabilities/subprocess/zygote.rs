@@ -1,6 +1,6 @@
 //! The host's end of a step's fork server (`baa-launch --zygote`): started
 //! once per step environment, it enters the step's namespaces and mounts
-//! once; each launch is a sealed memfd with the spec and environment sent
+//! once; each launch is a memfd with the spec and environment sent
 //! over a `SOCK_SEQPACKET` socket with the process's pipes. The launch's
 //! report pipe carries `started`/`refused`, then `exited`.
 
@@ -120,8 +120,9 @@ impl Zygote {
             spec: spec.clone(),
             env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
-        let request =
-            sealed(&serde_json::to_vec(&request).map_err(|e| refusal("spec", e.to_string()))?)?;
+        let request = request_file(
+            &serde_json::to_vec(&request).map_err(|e| refusal("spec", e.to_string()))?,
+        )?;
         let (out_read, out_write) = pipe_pair()?;
         let (err_read, err_write) = pipe_pair()?;
         let (report_read, report_write) = pipe_pair()?;
@@ -255,23 +256,14 @@ fn pipe_pair() -> Result<(OwnedFd, OwnedFd), Refusal> {
         .map_err(|e| refusal("launcher", format!("pipe: {e}")))
 }
 
-/// A sealed memfd holding `bytes`.
-fn sealed(bytes: &[u8]) -> Result<OwnedFd, Refusal> {
-    use rustix::fs::{MemfdFlags, SealFlags};
+/// A memfd holding `bytes` (only the fork server ever sees it).
+fn request_file(bytes: &[u8]) -> Result<OwnedFd, Refusal> {
     let e = |e: rustix::io::Errno| refusal("launcher", format!("the launch request: {e}"));
-    let fd = rustix::fs::memfd_create(
-        "baa-launch-request",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )
-    .map_err(e)?;
+    let fd = rustix::fs::memfd_create("baa-launch-request", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(e)?;
     let mut written = 0;
     while written < bytes.len() {
         written += rustix::io::write(&fd, &bytes[written..]).map_err(e)?;
     }
-    rustix::fs::fcntl_add_seals(
-        &fd,
-        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-    )
-    .map_err(e)?;
     Ok(fd)
 }
