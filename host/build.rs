@@ -17,6 +17,43 @@ fn main() {
     }
     let launcher = build_launcher();
     println!("cargo:rustc-env=BAA_LAUNCHER_BIN={}", launcher.display());
+    version_info();
+}
+
+/// What `baa-runner --version` reports besides the crate version: the
+/// commit it was built from and the wasmtime it embeds.
+fn version_info() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // Rebuilt when HEAD moves (a commit or a checkout).
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let dir = PathBuf::from(dir);
+        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+        if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={}", dir.join(head_ref).display());
+        }
+    }
+    println!("cargo:rustc-env=BAA_COMMIT={commit}");
+    let lock = root.join("Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let text = std::fs::read_to_string(&lock).unwrap_or_default();
+    let wasmtime = text
+        .split("[[package]]")
+        .find(|p| p.contains("\nname = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=BAA_WASMTIME_VERSION={wasmtime}");
 }
 
 /// Build `host/launcher` in release mode with its own target directory (the

@@ -11,6 +11,9 @@
 //! programs = ["cargo"]
 //! env = ["CARGO_HOME"]
 //!
+//! [kinds.shell]           # a built-in kind: added to its built-in grant
+//! env = ["CI"]            # (`replace = true` would replace it)
+//!
 //! [concurrency]           # steps over a limit wait for a slot
 //! max-steps = 16
 //! kinds = { codex = 2 }
@@ -55,6 +58,72 @@ pub struct KindGrant {
     /// own children (the Codex CLI does); Landlock and seccomp stay in force.
     #[serde(default)]
     pub nested_sandbox: bool,
+    /// In a config file: this entry replaces the kind's built-in grant
+    /// instead of adding to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
+}
+
+/// What a kind requests that its grant does not give it (by name: a
+/// program named in the grant may still be missing from this machine).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingGrants {
+    pub programs: Vec<String>,
+    pub env: Vec<String>,
+    pub network: bool,
+}
+
+impl MissingGrants {
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty() && self.env.is_empty() && !self.network
+    }
+}
+
+impl KindGrant {
+    /// Whether this grant names `program`: by name, or as an absolute path
+    /// whose file name it is.
+    pub fn names_program(&self, program: &str) -> bool {
+        self.programs.iter().any(|g| {
+            g == program
+                || (Path::new(g).is_absolute()
+                    && Path::new(g).file_name().and_then(|n| n.to_str()) == Some(program))
+        })
+    }
+
+    /// What `requested` asks for beyond this grant.
+    pub fn missing(&self, requested: &KindGrant) -> MissingGrants {
+        MissingGrants {
+            programs: (requested.programs.iter())
+                .filter(|p| !self.names_program(p))
+                .cloned()
+                .collect(),
+            env: (requested.env.iter())
+                .filter(|e| !self.env.contains(e))
+                .cloned()
+                .collect(),
+            network: requested.network && !self.network,
+        }
+    }
+
+    /// This grant widened by `more`: lists united, switches or-ed.
+    fn add(&mut self, more: KindGrant) {
+        fn union<T: PartialEq>(into: &mut Vec<T>, more: Vec<T>) {
+            for item in more {
+                if !into.contains(&item) {
+                    into.push(item);
+                }
+            }
+        }
+        union(&mut self.programs, more.programs);
+        union(&mut self.env, more.env);
+        union(&mut self.tcp_connect, more.tcp_connect);
+        union(&mut self.read_paths, more.read_paths);
+        union(&mut self.write_paths, more.write_paths);
+        self.network |= more.network;
+        self.unrestricted_tcp |= more.unrestricted_tcp;
+        self.nested_sandbox |= more.nested_sandbox;
+    }
 }
 
 /// Whether subprocesses may start when the kernel cannot confine them.
@@ -239,7 +308,8 @@ pub struct RunnerConfig {
     #[serde(default)]
     pub limits: Limits,
     /// Grants per worker kind. The built-in kinds have defaults (see
-    /// [`RunnerConfig::default`]); an entry here replaces a kind's default.
+    /// [`RunnerConfig::default`]); a config file's entry adds to a kind's
+    /// default, or replaces it with `replace = true`.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindGrant>,
     /// Confinement of every subprocess.
@@ -279,7 +349,7 @@ fn yes() -> bool {
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: String,
         #[source]
@@ -355,7 +425,8 @@ impl Default for RunnerConfig {
 }
 
 impl RunnerConfig {
-    /// Read a TOML file; entries it names replace the defaults of those kinds.
+    /// Read a TOML file; its `[kinds.X]` entries add to the built-in grants
+    /// of those kinds (or replace them, with `replace = true`).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
@@ -366,7 +437,15 @@ impl RunnerConfig {
             message: e.to_string(),
         })?;
         let mut kinds = RunnerConfig::default().kinds;
-        kinds.extend(file.kinds);
+        for (name, mut grant) in file.kinds {
+            match kinds.get_mut(&name) {
+                Some(builtin) if !grant.replace => builtin.add(grant),
+                _ => {
+                    grant.replace = false;
+                    kinds.insert(name, grant);
+                }
+            }
+        }
         Ok(RunnerConfig {
             plugin_dirs: file.plugin_dirs,
             limits: file.limits,

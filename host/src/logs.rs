@@ -324,6 +324,48 @@ impl LogSession {
         ))
     }
 
+    /// Reopen the log files of an attempt that was only prepared, to append
+    /// to them: its events so far are kept and numbering continues after
+    /// them; the sizes already written count against `budget`.
+    pub fn reopen(
+        session: LocalRunLogSession,
+        observer: Option<Observer>,
+        max_stream_bytes: u64,
+        durability: Durability,
+        budget: DiskBudget,
+    ) -> Result<Arc<Self>, crate::fsutil::RecordError> {
+        fn io(path: &str) -> impl FnOnce(std::io::Error) -> crate::fsutil::RecordError {
+            let path = path.to_string();
+            move |source| crate::fsutil::RecordError::Io { path, source }
+        }
+        let append = |path: &str| OpenOptions::new().append(true).open(path).map_err(io(path));
+        let (earlier, _torn) = crate::fsutil::read_json_lines::<WorkerLifecycleLogEntry>(
+            Path::new(&session.lifecycle_log_path),
+        )?;
+        let lifecycle = append(&session.lifecycle_log_path)?;
+        let stream = |path: &str| -> Result<StreamLog, crate::fsutil::RecordError> {
+            let file = append(path)?;
+            let len = file.metadata().map_err(io(path))?.len();
+            let _ = budget.charge(len);
+            let mut log = StreamLog::new(file, max_stream_bytes);
+            log.bytes = len;
+            Ok(log)
+        };
+        let stdout = stream(&session.stdout_log_path)?;
+        let stderr = stream(&session.stderr_log_path)?;
+        let this = Self::assemble(
+            session, lifecycle, stdout, stderr, observer, durability, budget,
+        );
+        {
+            let mut inner = this.lock();
+            for entry in earlier {
+                inner.events.count = inner.events.count.max(entry.seq.saturating_sub(1));
+                inner.events.keep(entry);
+            }
+        }
+        Ok(this)
+    }
+
     /// A session that records counts but writes to `/dev/null` (for calls
     /// into a worker outside any step, such as `describe`).
     pub fn discard() -> std::io::Result<Arc<Self>> {

@@ -42,6 +42,8 @@ pub(crate) struct RunnerShared {
     pub cache: PluginCache,
     pub config: RunnerConfig,
     pub admission: admission::Admission,
+    /// What looks wrong in the config without making it unusable.
+    pub warnings: Vec<String>,
 }
 
 /// Runs steps: built once (engine, plugins, policy, limits), used for many.
@@ -80,6 +82,10 @@ impl Runner {
                     .ok()
             })
         };
+        let warnings = config_warnings(&config, &plugins);
+        for warning in &warnings {
+            tracing::debug!("config: {warning}");
+        }
         Ok(Runner {
             shared: Arc::new(RunnerShared {
                 engine,
@@ -88,8 +94,41 @@ impl Runner {
                 cache: PluginCache::new(disk),
                 config,
                 admission,
+                warnings,
             }),
         })
+    }
+
+    /// What looks wrong in the configuration without making it unusable:
+    /// grants or limits for kinds no plugin directory has (a misspelling,
+    /// say), each with the nearest known name. Shown by the CLI at start.
+    pub fn warnings(&self) -> &[String] {
+        &self.shared.warnings
+    }
+
+    /// `kind` is one this runner can run: a built-in or a plugin file.
+    /// Otherwise the error names the field, the kinds found, and the
+    /// nearest one.
+    pub fn known_kind(&self, kind: &crate::contracts::WorkerKind) -> Result<(), Error> {
+        match self.shared.plugins.find(kind) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let known: Vec<&str> = self
+                    .shared
+                    .plugins
+                    .entries()
+                    .map(|e| e.kind.as_str())
+                    .collect();
+                let hint = match nearest(kind.as_str(), &known) {
+                    Some(near) => format!("; did you mean `{near}`?"),
+                    None => String::new(),
+                };
+                Err(Error::invalid(
+                    "workerKind",
+                    format!("{e}{hint} (kinds found: {})", known.join(", ")),
+                ))
+            }
+        }
     }
 
     pub fn config(&self) -> &RunnerConfig {
@@ -108,7 +147,42 @@ impl Runner {
         request: StepExecutionRequest,
         observer: Option<Observer>,
     ) -> Result<PreparedStepRun, Error> {
+        // Nothing is written for a step no kind can run.
+        self.known_kind(&request.worker_kind)?;
         prepare::prepare(request, observer, &self.shared.config)
+    }
+
+    /// Check `request` as [`Runner::prepare`] would, and its kind's grants as
+    /// executing it would, writing nothing: bad input is an `Err`; what
+    /// would stop it (an attempt already run, grants missing) is in the
+    /// report.
+    pub async fn dry_run(&self, request: &StepExecutionRequest) -> Result<DryRun, Error> {
+        self.known_kind(&request.worker_kind)?;
+        let step_dir = self.step_dir(request)?;
+        let run_dir = step_dir.join(format!("attempt-{}", request.attempt));
+        let attempt = self.attempt_state(request, request.attempt)?;
+        if let Some(seq) = request.checkpoint.as_ref().and_then(|c| c.resume_from_seq) {
+            crate::checkpoints::StepHistory::load(&step_dir, request.attempt)
+                .resume_from(&step_dir, seq)?;
+        }
+        let kind = match self.kind(request.worker_kind.as_str()).await {
+            Some(kind) => kind,
+            None => {
+                return Err(Error::Host(format!(
+                    "kind {} vanished",
+                    request.worker_kind
+                )))
+            }
+        };
+        let ready =
+            attempt != AttemptState::Taken && kind.error.is_none() && kind.missing.is_empty();
+        Ok(DryRun {
+            ready,
+            run_dir: crate::fsutil::display(&run_dir),
+            attempt: request.attempt,
+            attempt_state: attempt,
+            kind,
+        })
     }
 
     /// The directory holding every attempt of `request`'s step.
@@ -119,6 +193,25 @@ impl Runner {
             .join(&request.task_id)
             .join(&request.run_id)
             .join(&request.step_id))
+    }
+
+    /// How far attempt `n` of `request`'s step got.
+    pub fn attempt_state(
+        &self,
+        request: &StepExecutionRequest,
+        n: u32,
+    ) -> Result<AttemptState, Error> {
+        let run_dir = self.step_dir(request)?.join(format!("attempt-{n}"));
+        let state = crate::fsutil::read_record::<RunStateSnapshot>(&run_dir.join("state.json"));
+        Ok(match state {
+            _ if !run_dir.exists() => AttemptState::Free,
+            Ok(state)
+                if state.status == RunStatus::Prepared && !lock::RunLock::is_held(&run_dir) =>
+            {
+                AttemptState::Prepared
+            }
+            _ => AttemptState::Taken,
+        })
     }
 
     /// The attempt number after the highest one `request`'s step already has.
@@ -429,6 +522,43 @@ fn finish(
     Ok(result)
 }
 
+/// Config entries naming kinds this runner does not know.
+fn config_warnings(config: &RunnerConfig, plugins: &PluginRegistry) -> Vec<String> {
+    let known: Vec<&str> = plugins.entries().map(|e| e.kind.as_str()).collect();
+    let named = (config.kinds.keys().map(|k| ("kinds", k))).chain(
+        config
+            .concurrency
+            .kinds
+            .keys()
+            .map(|k| ("concurrency.kinds", k)),
+    );
+    let mut warnings = Vec::new();
+    for (table, name) in named {
+        if known.contains(&name.as_str()) {
+            continue;
+        }
+        let hint = match nearest(name, &known) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None => format!("kinds found: {}", known.join(", ")),
+        };
+        warnings.push(format!(
+            "config `[{table}.{name}]`: no kind `{name}` is built in or in a plugin directory; {hint}"
+        ));
+    }
+    warnings
+}
+
+/// The known name closest to `name`, when it is close enough to be a
+/// misspelling.
+fn nearest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(name, k), *k))
+        .filter(|(distance, k)| *distance <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| k)
+}
+
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
 }
@@ -441,7 +571,11 @@ pub struct KindInfo {
     pub version: String,
     pub description: String,
     /// What the kind requests.
-    pub capabilities: crate::config::KindGrant,
+    pub capabilities: Requested,
+    /// What the operator grants it (built-in grant plus config).
+    pub granted: GrantInfo,
+    /// What it requests beyond the grant: its steps would be `blocked`.
+    pub missing: crate::config::MissingGrants,
     /// `builtin` or the `.wasm` file.
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -451,6 +585,73 @@ pub struct KindInfo {
     /// Why the kind cannot be loaded, if it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What [`Runner::dry_run`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    /// Whether running the request now would start its worker: the attempt
+    /// is free (or only prepared) and the kind loads and is granted what it
+    /// requests.
+    pub ready: bool,
+    /// The run directory the attempt would use.
+    pub run_dir: String,
+    pub attempt: u32,
+    pub attempt_state: AttemptState,
+    /// The kind, what it requests, what it is granted and what is missing.
+    pub kind: KindInfo,
+}
+
+/// Whether an attempt's run directory exists, and how far it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AttemptState {
+    /// Nothing exists yet.
+    Free,
+    /// `prepare` made it; `run` executes it in place.
+    Prepared,
+    /// It ran (or is running): use the next attempt.
+    Taken,
+}
+
+/// What a kind requests in its `describe`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Requested {
+    pub programs: Vec<String>,
+    pub env: Vec<String>,
+    pub network: bool,
+}
+
+/// An operator's grant as JSON output shows it (camelCase, as every
+/// document the CLI prints).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantInfo {
+    pub programs: Vec<String>,
+    pub env: Vec<String>,
+    pub network: bool,
+    pub tcp_connect: Vec<u16>,
+    pub unrestricted_tcp: bool,
+    pub read_paths: Vec<std::path::PathBuf>,
+    pub write_paths: Vec<std::path::PathBuf>,
+    pub nested_sandbox: bool,
+}
+
+impl From<crate::config::KindGrant> for GrantInfo {
+    fn from(g: crate::config::KindGrant) -> Self {
+        GrantInfo {
+            programs: g.programs,
+            env: g.env,
+            network: g.network,
+            tcp_connect: g.tcp_connect,
+            unrestricted_tcp: g.unrestricted_tcp,
+            read_paths: g.read_paths,
+            write_paths: g.write_paths,
+            nested_sandbox: g.nested_sandbox,
+        }
+    }
 }
 
 impl Runner {
@@ -484,11 +685,14 @@ impl Runner {
 
     async fn kind_info(&self, entry: &crate::plugins::PluginEntry, shadowed: bool) -> KindInfo {
         let shared = &self.shared;
+        let grant = shared.config.grant(entry.kind.as_str());
         let mut info = KindInfo {
             name: entry.kind.to_string(),
             version: String::new(),
             description: String::new(),
             capabilities: Default::default(),
+            granted: grant.clone().into(),
+            missing: Default::default(),
             source: entry.source.describe(),
             sha256: None,
             shadowed,
@@ -502,11 +706,17 @@ impl Runner {
                 }
                 info.version = described.version;
                 info.description = described.description;
-                info.capabilities = crate::config::KindGrant {
+                let requested = crate::config::KindGrant {
                     programs: described.capabilities.programs,
                     env: described.capabilities.env,
                     network: described.capabilities.network,
                     ..Default::default()
+                };
+                info.missing = grant.missing(&requested);
+                info.capabilities = Requested {
+                    programs: requested.programs,
+                    env: requested.env,
+                    network: requested.network,
                 };
             }
             Err(e) => info.error = Some(e),

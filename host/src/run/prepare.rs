@@ -179,20 +179,16 @@ pub fn prepare(
         None => None,
     };
     fs::create_dir_all(parent).map_err(Error::io(parent))?;
-    match fs::create_dir(&run_dir) {
-        Ok(()) => {}
+    let fresh = match fs::create_dir(&run_dir) {
+        Ok(()) => true,
+        // An attempt that `prepare` made and nothing executed yet is run
+        // in place.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::invalid(
-                "attempt",
-                format!(
-                    "attempt {} of this step already has a run directory at {}; use the next attempt number",
-                    request.attempt,
-                    run_dir.display()
-                ),
-            ))
+            only_prepared(&run_dir, request.attempt)?;
+            false
         }
         Err(e) => return Err(Error::io(&run_dir)(e)),
-    }
+    };
     let setup = Setup {
         history,
         resume,
@@ -201,15 +197,49 @@ pub fn prepare(
         disk_budget: DiskBudget::new(limits.step_disk_mib.saturating_mul(1024 * 1024)),
         durability,
         sandbox: config.sandbox.clone(),
+        fresh,
     };
     match populate(request, paths, log_paths, &run_dir, observer, setup) {
         Ok(prepared) => Ok(prepared),
         Err(e) => {
-            // Leave no half-written attempt behind.
-            let _ = fs::remove_dir_all(&run_dir);
+            // Leave no half-written attempt behind (a prepared one stays).
+            if fresh {
+                let _ = fs::remove_dir_all(&run_dir);
+            }
             Err(e)
         }
     }
+}
+
+/// Check that the existing run directory of `attempt` was only prepared:
+/// its state says so and no one holds it.
+fn only_prepared(run_dir: &Path, attempt: u32) -> Result<(), Error> {
+    let taken = |what: String| {
+        Error::invalid(
+            "attempt",
+            format!(
+                "attempt {attempt} of this step already {what} ({}); run the next attempt with `run --next-attempt` (or `--resume` to continue from its latest checkpoint)",
+                run_dir.display()
+            ),
+        )
+    };
+    let state: RunStateSnapshot =
+        crate::fsutil::read_record(&run_dir.join("state.json")).map_err(|e| {
+            taken(format!(
+                "has a run directory whose state cannot be read: {e}"
+            ))
+        })?;
+    if state.status != RunStatus::Prepared {
+        let status = serde_json::to_value(state.status).unwrap_or_default();
+        return Err(taken(format!(
+            "ran (status {})",
+            status.as_str().unwrap_or("?")
+        )));
+    }
+    if RunLock::is_held(run_dir) {
+        return Err(taken("is being run by another process".into()));
+    }
+    Ok(())
 }
 
 /// What populating a run directory needs besides the request: what earlier
@@ -223,6 +253,8 @@ struct Setup {
     disk_budget: DiskBudget,
     durability: Durability,
     sandbox: crate::config::SandboxConfig,
+    /// The run directory is new (else an attempt only prepared, reopened).
+    fresh: bool,
 }
 
 fn populate(
@@ -241,21 +273,34 @@ fn populate(
         disk_budget,
         durability,
         sandbox,
+        fresh,
     } = setup;
     let lock = RunLock::acquire(run_dir)?;
+    // A reopened attempt has them already (nothing ran in it).
+    let create_dir = |dir: &Path| match fs::create_dir(dir) {
+        Err(e) if !fresh && e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map_err(Error::io(dir)),
+    };
     for dir in [
         &log_paths.logs_dir,
         &log_paths.checkpoints_dir,
         &log_paths.artifacts_dir,
         &log_paths.home_dir,
     ] {
-        fs::create_dir(dir).map_err(Error::io(Path::new(dir)))?;
+        create_dir(Path::new(dir))?;
     }
     // TMPDIR, and the private /tmp, /var/tmp, /dev/shm and /run/lock of a
     // step that runs in a user namespace of its own (a host without root).
     for (_, sub) in baa_launch::PRIVATE_DIRS {
-        let dir = Path::new(&log_paths.home_dir).join(sub);
-        fs::create_dir(&dir).map_err(Error::io(&dir))?;
+        create_dir(&Path::new(&log_paths.home_dir).join(sub))?;
+    }
+    if !fresh {
+        // Its `prepared` result is superseded by the one this run writes.
+        let result = Path::new(&log_paths.result_path);
+        match fs::remove_file(result) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(result)(e)),
+            _ => {}
+        }
     }
 
     let now = now_rfc3339();
@@ -303,14 +348,24 @@ fn populate(
         stdout_log_path: log_paths.stdout_log_path.clone(),
         stderr_log_path: log_paths.stderr_log_path.clone(),
     };
-    let logs = LogSession::create(
-        session.clone(),
-        observer,
-        max_stream_bytes,
-        durability,
-        disk_budget,
-    )
-    .map_err(Error::io(Path::new(&log_paths.logs_dir)))?;
+    let logs = if fresh {
+        LogSession::create(
+            session.clone(),
+            observer,
+            max_stream_bytes,
+            durability,
+            disk_budget,
+        )
+        .map_err(Error::io(Path::new(&log_paths.logs_dir)))?
+    } else {
+        LogSession::reopen(
+            session.clone(),
+            observer,
+            max_stream_bytes,
+            durability,
+            disk_budget,
+        )?
+    };
 
     let mut manager = CheckpointManager::new(
         PathBuf::from(&log_paths.checkpoints_dir),
@@ -329,9 +384,18 @@ fn populate(
     let checkpoint = manager.state();
 
     logs.host_info(
-        "run.prepared",
+        if fresh {
+            "run.prepared"
+        } else {
+            "run.reopened"
+        },
         format!(
-            "prepared {} step `{}` (task {}, run {}, attempt {}) in {}",
+            "{} {} step `{}` (task {}, run {}, attempt {}) in {}",
+            if fresh {
+                "prepared"
+            } else {
+                "running the prepared"
+            },
             request.worker_kind,
             request.step_name,
             request.task_id,

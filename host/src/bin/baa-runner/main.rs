@@ -1,79 +1,148 @@
 //! The `baa-runner` command line: run or prepare a step from a request file,
-//! and list the worker kinds found.
-//!
-//! Exit codes: 0 the step completed (or was prepared), 1 it failed, 2 it is
-//! blocked and needs a person, 3 the input (request, config, plugin
-//! directory, arguments) is invalid, 4 the host itself failed.
+//! list the worker kinds found, author kinds, serve steps over a socket.
+//! Exit codes are in [`exit`] and in `--help`.
 
+mod live;
 mod render;
+mod step;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use anyhow::Context;
 use baa_runner::checkpoints::StepHistory;
-use baa_runner::contracts::{StepExecutionOutcome, StepExecutionRequest, StepExecutionResult};
+use baa_runner::contracts::StepExecutionRequest;
 use baa_runner::{Error, Runner, RunnerConfig};
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_BLOCKED: u8 = 2;
-const EXIT_INVALID_INPUT: u8 = 3;
-const EXIT_HOST_ERROR: u8 = 4;
+use render::Paint;
+use step::Attempt;
+
+/// The process's exit codes.
+pub mod exit {
+    /// The step failed (`state.failure.reason` says why), or `check`/`sandbox` found a problem.
+    pub const FAILED: u8 = 1;
+    /// The step is blocked and needs a person (or `--dry-run`: it would be).
+    pub const BLOCKED: u8 = 2;
+    /// Bad input: the request, the config, a plugin, a path or the arguments.
+    pub const INVALID_INPUT: u8 = 3;
+    /// The host itself failed (e.g. the run directory could not be written).
+    pub const HOST_ERROR: u8 = 4;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    the step completed (or was prepared); other commands: success
+  1    the step failed (the result says why); check/sandbox found a problem
+  2    the step is blocked and needs a person
+  3    bad input: the request, the config, a plugin, a path or the arguments
+  4    the host itself failed (e.g. the run directory could not be written)
+  130  interrupted by Ctrl-C (143: SIGTERM); the step's records are written
+
+Config: --config FILE, else $BAA_CONFIG, else $XDG_CONFIG_HOME/baa-runner/config.toml
+(~/.config/…), else /etc/baa-runner/config.toml, else the built-in defaults.";
+
+/// `baa-runner 0.1.0 (commit …, wasmtime …, world baa:worker/worker@…)`.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} (commit {}, wasmtime {}, world {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("BAA_COMMIT"),
+        env!("BAA_WASMTIME_VERSION"),
+        baa_runner::plugins::manifest::host_world(),
+    )
+});
 
 #[derive(Parser)]
 #[command(
     name = "baa-runner",
-    version,
-    about = "Run coding-agent steps inside a WebAssembly sandbox"
+    version = VERSION.as_str(),
+    about = "Run coding-agent steps inside a WebAssembly sandbox",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Operator config file (TOML): plugin directories, grants per kind, limits.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = "BAA_CONFIG")]
     config: Option<PathBuf>,
     /// Add a directory of third-party `<kind>.wasm` worker kinds (repeatable).
     #[arg(long = "plugins-dir", global = true, value_name = "DIR")]
     plugins_dirs: Vec<PathBuf>,
+    /// Colours: on a terminal unless NO_COLOR is set (auto), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// How `run` and `resume` show a step, and which attempt they take.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Print exactly the StepExecutionResult JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Show no live progress; only the summary (or the JSON).
+    #[arg(long, short, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Show every event live, the host's own work and debug detail included.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Check the request, the attempt and the kind's grants; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The StepExecutionRequest JSON file (`-` for stdin).
+    pub request: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Prepare and execute a step; show live progress, then a summary.
+    ///
+    /// An attempt that `prepare` made is executed in place; one that already
+    /// ran is refused: `--next-attempt` takes the next free one.
     Run {
-        /// Print exactly the StepExecutionResult JSON on stdout (progress goes to stderr).
+        #[command(flatten)]
+        args: RunArgs,
+        /// Run the step's next free attempt instead of the request's `attempt`.
         #[arg(long)]
-        json: bool,
-        /// Do not show live progress.
-        #[arg(long, short)]
-        quiet: bool,
-        /// The StepExecutionRequest JSON file (`-` for stdin).
-        request: PathBuf,
+        next_attempt: bool,
+        /// With the next attempt, resume from the step's latest checkpoint.
+        #[arg(long)]
+        resume: bool,
     },
-    /// Only prepare a step: create its run directory, metadata, state and logs.
+    /// Only prepare a step: create its run directory, metadata, state and
+    /// logs; `run` with the same request executes it.
     Prepare {
         /// Print exactly the StepExecutionResult JSON (outcome `prepared`).
         #[arg(long)]
         json: bool,
+        /// Prepare the step's next free attempt instead of the request's `attempt`.
+        #[arg(long)]
+        next_attempt: bool,
         request: PathBuf,
     },
-    /// List the worker kinds found: name, version, requested capabilities, file.
+    /// List the worker kinds found: name, version, what each requests, what
+    /// is granted, what is missing, file.
     Kinds {
         #[arg(long)]
         json: bool,
     },
-    /// Start the next attempt of a request's step, resuming from checkpoint SEQ.
+    /// Start the next attempt of a request's step, resuming from checkpoint
+    /// SEQ (`run --next-attempt --resume` takes the latest).
     Resume {
         /// The checkpoint to resume from (see `checkpoints list`).
         #[arg(long = "from", value_name = "SEQ")]
         from: u32,
-        #[arg(long)]
-        json: bool,
-        #[arg(long, short)]
-        quiet: bool,
-        request: PathBuf,
+        #[command(flatten)]
+        args: RunArgs,
     },
     /// List or show the checkpoints of a step.
     Checkpoints {
@@ -121,10 +190,13 @@ enum Command {
         #[arg(long, default_value = "shell")]
         kind: String,
     },
-    /// Print the JSON Schema of StepExecutionRequest and StepExecutionResult,
-    /// or write them as files into DIR (the repository's `schema/`).
+    /// Print the JSON Schema of StepExecutionRequest or StepExecutionResult,
+    /// or write both as files into DIR (the repository's `schema/`).
     Schema {
-        #[arg(long, value_name = "DIR")]
+        /// Which document to print.
+        #[arg(long, value_enum, required_unless_present = "write")]
+        kind: Option<SchemaKind>,
+        #[arg(long, value_name = "DIR", conflicts_with = "kind")]
         write: Option<PathBuf>,
     },
     /// Serve step requests over a Unix socket (newline-delimited JSON; see
@@ -141,6 +213,18 @@ enum Command {
         json: bool,
         dir: PathBuf,
     },
+    /// Print a completion script: `baa-runner completions bash >
+    /// /etc/bash_completion.d/baa-runner` (or zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SchemaKind {
+    Request,
+    Result,
 }
 
 #[derive(Subcommand)]
@@ -162,43 +246,77 @@ enum CheckpointsCommand {
 }
 
 fn main() -> ExitCode {
-    // Output piped into `head` and the like ends quietly, as for any CLI.
-    // SAFETY: restoring the default action of SIGPIPE at start-up, before
-    // any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
-                EXIT_INVALID_INPUT
+                exit::INVALID_INPUT
             } else {
                 0
             });
         }
     };
+    // Listing commands piped into `head` end quietly, as any CLI's. A step
+    // (and `serve`) is never killed by a closed stdout: output to it is
+    // dropped and the step finishes and writes its records.
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::Resume { .. } | Command::Serve { .. }
+    ) {
+        // SAFETY: restoring the default action of SIGPIPE before any
+        // thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let streams = Streams::new(cli.color);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BAA_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(streams.stderr.enabled())
         .with_writer(std::io::stderr)
         .init();
-    match real_main(cli) {
+    match dispatch(cli, streams) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let invalid = e
                 .downcast_ref::<Error>()
                 .is_some_and(Error::is_invalid_input)
                 || e.downcast_ref::<InvalidInput>().is_some();
-            eprintln!("baa-runner: error: {e:#}");
+            eprintln!("{} {e:#}", streams.stderr.red("baa-runner: error:"));
             ExitCode::from(if invalid {
-                EXIT_INVALID_INPUT
+                exit::INVALID_INPUT
             } else {
-                EXIT_HOST_ERROR
+                exit::HOST_ERROR
             })
+        }
+    }
+}
+
+/// Whether stdout and stderr get colours.
+#[derive(Clone, Copy)]
+pub struct Streams {
+    pub stdout: Paint,
+    pub stderr: Paint,
+}
+
+impl Streams {
+    fn new(choice: ColorChoice) -> Self {
+        // https://no-color.org: set and not empty.
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let paint = |terminal: bool| {
+            Paint::new(match choice {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => terminal && !no_color,
+            })
+        };
+        Streams {
+            stdout: paint(std::io::stdout().is_terminal()),
+            stderr: paint(std::io::stderr().is_terminal()),
         }
     }
 }
@@ -206,7 +324,7 @@ fn main() -> ExitCode {
 /// An input problem found by the CLI itself (unreadable or malformed file).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct InvalidInput(String);
+pub struct InvalidInput(String);
 
 fn read_request(path: &Path) -> anyhow::Result<StepExecutionRequest> {
     use std::io::Read;
@@ -231,9 +349,28 @@ fn read_request(path: &Path) -> anyhow::Result<StepExecutionRequest> {
     })
 }
 
-fn runner(cli: &Cli) -> anyhow::Result<Runner> {
-    let mut config = match &cli.config {
-        Some(path) => RunnerConfig::from_file(path)?,
+/// The config file to read: `--config` or `$BAA_CONFIG` (which must
+/// exist), else the first of the default locations that exists.
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    if let Some(path) = &cli.config {
+        return Some(path.clone());
+    }
+    let xdg = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    xdg.map(|d| d.join("baa-runner/config.toml"))
+        .into_iter()
+        .chain([PathBuf::from("/etc/baa-runner/config.toml")])
+        .find(|p| p.is_file())
+}
+
+fn runner(cli: &Cli, streams: Streams) -> anyhow::Result<Runner> {
+    let mut config = match config_path(cli) {
+        Some(path) => {
+            tracing::debug!("config: {}", path.display());
+            RunnerConfig::from_file(&path).map_err(Error::from)?
+        }
         None => RunnerConfig::default(),
     };
     config.plugin_dirs.extend(cli.plugins_dirs.iter().cloned());
@@ -242,154 +379,107 @@ fn runner(cli: &Cli) -> anyhow::Result<Runner> {
     if !matches!(cli.command, Command::Serve { .. }) {
         config.concurrency.max_steps = 1;
     }
-    Ok(Runner::new(config)?)
-}
-
-fn exit_code(result: &StepExecutionResult) -> u8 {
-    match result.outcome {
-        StepExecutionOutcome::Completed | StepExecutionOutcome::Prepared => 0,
-        StepExecutionOutcome::Failed => EXIT_FAILED,
-        StepExecutionOutcome::Blocked => EXIT_BLOCKED,
+    let runner = Runner::new(config)?;
+    for warning in runner.warnings() {
+        eprintln!(
+            "{} {warning}",
+            streams.stderr.yellow("baa-runner: warning:")
+        );
     }
+    Ok(runner)
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }
 
-/// A step directory from a step directory or one of its attempts.
-fn step_dir_of(dir: &Path) -> PathBuf {
-    let is_attempt = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("attempt-"));
-    match dir.parent() {
-        Some(parent) if is_attempt => parent.to_path_buf(),
-        _ => dir.to_path_buf(),
-    }
-}
-
-fn run_request(
-    runner: &Runner,
-    request: StepExecutionRequest,
-    json: bool,
-    quiet: bool,
-) -> anyhow::Result<u8> {
-    let observer = (!quiet).then(|| render::live_observer(json));
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    // Ctrl-C or SIGTERM cancels the step: its processes are stopped and its
-    // record says `interrupted`.
-    let result = tokio.block_on(async {
-        let prepared = runner.prepare(request, observer)?;
-        let cancel = cancelled_on_signal()?;
-        anyhow::Ok(runner.execute_with(prepared, &cancel).await?)
-    })?;
-    if json {
-        print_json(&result)?;
+/// A plugin file given on the command line must exist.
+fn existing_file(path: &Path) -> anyhow::Result<&Path> {
+    if path.is_file() {
+        Ok(path)
     } else {
-        render::summary(&result);
+        Err(InvalidInput(format!(
+            "{} is not a file: give the path of a worker kind's .wasm file",
+            path.display()
+        ))
+        .into())
     }
-    Ok(exit_code(&result))
 }
 
-/// A token cancelled at the first SIGINT or SIGTERM (within a runtime).
-fn cancelled_on_signal() -> anyhow::Result<baa_runner::CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let token = baa_runner::CancellationToken::new();
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let stop = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
+fn dispatch(cli: Cli, streams: Streams) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "baa-runner",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
         }
-        stop.cancel();
-    });
-    Ok(token)
+        Command::Schema { kind, write } => schema(*kind, write.as_deref()),
+        Command::New { name, lang, dir } => {
+            let project = baa_runner::scaffold::new_project(name, lang, dir)
+                .map_err(|e| InvalidInput(format!("cannot create the project: {e}")))?;
+            println!(
+                "created {}; see its README.md to build, stamp and check it",
+                project.display()
+            );
+            Ok(0)
+        }
+        Command::Checkpoints { command } => checkpoints(command),
+        _ => with_runner(&cli, &runner(&cli, streams)?, streams),
+    }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<u8> {
-    let runner = runner(&cli)?;
+/// The commands that need a runner (engine, plugins, config).
+fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Run {
-            json,
-            quiet,
-            request,
+            args,
+            next_attempt,
+            resume,
         } => {
-            let request = read_request(request)?;
-            run_request(&runner, request, *json, *quiet)
+            let mut request = read_request(&args.request)?;
+            let attempt = if *next_attempt || *resume {
+                Attempt::Next {
+                    resume: *resume,
+                    run_prepared: true,
+                }
+            } else {
+                Attempt::AsRequested
+            };
+            step::choose_attempt(runner, &mut request, attempt)?;
+            step::run(runner, request, args, streams)
         }
-        Command::Resume {
-            from,
+        Command::Resume { from, args } => {
+            let mut request = read_request(&args.request)?;
+            step::choose_attempt(runner, &mut request, Attempt::ResumeFrom(*from))?;
+            step::run(runner, request, args, streams)
+        }
+        Command::Prepare {
             json,
-            quiet,
+            next_attempt,
             request,
         } => {
             let mut request = read_request(request)?;
-            request.attempt = runner.next_attempt(&request)?;
-            request
-                .checkpoint
-                .get_or_insert_with(Default::default)
-                .resume_from_seq = Some(*from);
-            run_request(&runner, request, *json, *quiet)
-        }
-        Command::Checkpoints { command } => {
-            match command {
-                CheckpointsCommand::List { json, dir } => {
-                    let history = StepHistory::load(&step_dir_of(dir), 0);
-                    if *json {
-                        print_json(&history.records)?;
-                    } else {
-                        render::checkpoints(&history);
-                    }
-                }
-                CheckpointsCommand::Show { json, dir, seq } => {
-                    let step_dir = step_dir_of(dir);
-                    let checkpoint =
-                        StepHistory::load(&step_dir, 0).resume_from(&step_dir, *seq)?;
-                    if *json {
-                        print_json(&checkpoint.record)?;
-                    } else {
-                        render::checkpoint(&checkpoint);
-                    }
-                }
+            if *next_attempt {
+                step::choose_attempt(
+                    runner,
+                    &mut request,
+                    Attempt::Next {
+                        resume: false,
+                        run_prepared: false,
+                    },
+                )?;
             }
-            Ok(0)
+            step::prepare(runner, request, *json)
         }
-        Command::Schema { write } => {
-            for (name, schema) in baa_runner::contracts::schema::all() {
-                let text = baa_runner::contracts::schema::render(&schema);
-                match write {
-                    Some(dir) => {
-                        let path = dir.join(name);
-                        std::fs::write(&path, text)
-                            .with_context(|| format!("cannot write {}", path.display()))?;
-                        println!("wrote {}", path.display());
-                    }
-                    None => print!("{text}"),
-                }
-            }
-            Ok(0)
-        }
-        Command::Serve { socket } => {
-            let tokio = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            tokio.block_on(async {
-                let shutdown = cancelled_on_signal()?;
-                eprintln!("baa-runner: serving on {}", socket.display());
-                baa_runner::serve::serve(runner.clone(), socket, shutdown).await?;
-                anyhow::Ok(0)
-            })
-        }
+        Command::Serve { socket } => serve(runner, socket),
         Command::Recover { json, dir } => {
             let report = runner.recover(dir);
             if *json {
@@ -400,49 +490,25 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             Ok(if report.errors.is_empty() {
                 0
             } else {
-                EXIT_HOST_ERROR
+                exit::HOST_ERROR
             })
         }
-        Command::Prepare { json, request } => {
-            let request = read_request(request)?;
-            let prepared = runner.prepare(request, None)?;
-            let result = runner.finish_prepared(prepared)?;
-            if *json {
-                print_json(&result)?;
-            } else {
-                println!("prepared {}", result.log_paths.run_dir);
-            }
-            Ok(0)
-        }
-        Command::New { name, lang, dir } => {
-            let project = baa_runner::scaffold::new_project(name, lang, dir)
-                .map_err(|e| InvalidInput(format!("cannot create the project: {e}")))?;
-            println!(
-                "created {}; see its README.md to build, stamp and check it",
-                project.display()
-            );
-            Ok(0)
-        }
         Command::Inspect { json, file } => {
-            let inspection = runner.inspect(file);
+            let inspection = runner.inspect(existing_file(file)?);
             if *json {
                 print_json(&inspection)?;
             } else {
                 render::inspection(&inspection);
             }
             Ok(if inspection.error.is_some() {
-                EXIT_INVALID_INPUT
+                exit::INVALID_INPUT
             } else {
                 0
             })
         }
         Command::Stamp { file } => {
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let manifest = tokio
-                .block_on(runner.stamp(file))
+            let manifest = step::runtime()?
+                .block_on(runner.stamp(existing_file(file)?))
                 .map_err(|e| InvalidInput(format!("cannot stamp {}: {e}", file.display())))?;
             println!(
                 "stamped {}: {} {} for {}",
@@ -458,17 +524,13 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             command,
             file,
         } => {
-            let tokio = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let report = tokio.block_on(runner.check(file, command));
+            let report = step::runtime()?.block_on(runner.check(existing_file(file)?, command));
             if *json {
                 print_json(&report)?;
             } else {
                 render::check(&report);
             }
-            Ok(if report.passed { 0 } else { EXIT_FAILED })
+            Ok(if report.passed { 0 } else { exit::FAILED })
         }
         Command::Sandbox { json, kind } => {
             let report = runner
@@ -479,20 +541,96 @@ fn real_main(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 render::self_test(&report);
             }
-            Ok(if report.confined { 0 } else { EXIT_FAILED })
+            Ok(if report.confined { 0 } else { exit::FAILED })
         }
         Command::Kinds { json } => {
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            let kinds = tokio.block_on(runner.list_kinds());
+            let kinds = step::runtime()?.block_on(runner.list_kinds());
             if *json {
                 print_json(&kinds)?;
             } else {
-                render::kinds(&kinds);
+                render::kinds(&kinds, streams.stdout);
             }
             Ok(0)
         }
+        Command::Completions { .. }
+        | Command::Schema { .. }
+        | Command::New { .. }
+        | Command::Checkpoints { .. } => unreachable!("dispatched without a runner"),
     }
+}
+
+fn checkpoints(command: &CheckpointsCommand) -> anyhow::Result<u8> {
+    match command {
+        CheckpointsCommand::List { json, dir } => {
+            let history = StepHistory::load(&step::step_dir_of(dir)?, 0);
+            if *json {
+                print_json(&history.records)?;
+            } else {
+                render::checkpoints(&history);
+            }
+        }
+        CheckpointsCommand::Show { json, dir, seq } => {
+            let step_dir = step::step_dir_of(dir)?;
+            let checkpoint = StepHistory::load(&step_dir, 0).resume_from(&step_dir, *seq)?;
+            if *json {
+                print_json(&checkpoint.record)?;
+            } else {
+                render::checkpoint(&checkpoint);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn schema(kind: Option<SchemaKind>, write: Option<&Path>) -> anyhow::Result<u8> {
+    let all = baa_runner::contracts::schema::all();
+    if let Some(dir) = write {
+        for (name, schema) in &all {
+            let path = dir.join(name);
+            std::fs::write(&path, baa_runner::contracts::schema::render(schema))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        return Ok(0);
+    }
+    let wanted = match kind {
+        Some(SchemaKind::Result) => "step-execution-result.schema.json",
+        _ => "step-execution-request.schema.json",
+    };
+    for (name, schema) in &all {
+        if *name == wanted {
+            print!("{}", baa_runner::contracts::schema::render(schema));
+        }
+    }
+    Ok(0)
+}
+
+fn serve(runner: &Runner, socket: &Path) -> anyhow::Result<u8> {
+    let parent = match socket.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => Path::new("/"),
+    };
+    if !parent.is_dir() {
+        return Err(InvalidInput(format!(
+            "--socket {}: directory {} does not exist; create it or choose another path",
+            socket.display(),
+            parent.display()
+        ))
+        .into());
+    }
+    // sun_path holds 107 bytes and a NUL.
+    if socket.as_os_str().len() > 107 {
+        return Err(InvalidInput(format!(
+            "--socket {}: a Unix socket path may have at most 107 bytes; choose a shorter one",
+            socket.display()
+        ))
+        .into());
+    }
+    step::runtime()?.block_on(async {
+        let shutdown = step::cancelled_on_signal(Default::default())?;
+        eprintln!("baa-runner: serving on {}", socket.display());
+        baa_runner::serve::serve(runner.clone(), socket, shutdown).await?;
+        anyhow::Ok(0)
+    })
 }

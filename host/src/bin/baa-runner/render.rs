@@ -1,15 +1,13 @@
-//! How the CLI shows a step to a person: live events and output as they
-//! happen, then a readable summary. Control characters from workers are
-//! shown escaped, never sent raw to the terminal.
+//! How the CLI shows results to a person: a step's summary, kinds,
+//! checkpoints, reports. Control characters from workers are shown
+//! escaped, never sent raw to the terminal.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use baa_runner::checkpoints::{Resume, StepHistory};
-use baa_runner::contracts::{EventLevel, StepExecutionOutcome, StepExecutionResult};
-use baa_runner::logs::{LiveUpdate, Observer, Stream};
+use baa_runner::contracts::{StepExecutionOutcome, StepExecutionResult};
 use baa_runner::run::recover::RecoveryReport;
-use baa_runner::run::KindInfo;
+use baa_runner::run::{AttemptState, DryRun, KindInfo};
 
 /// Replace terminal control characters (escape sequences, carriage returns,
 /// bells, …) with visible escapes; keep newlines and tabs.
@@ -25,135 +23,206 @@ pub fn sanitize(text: &str) -> String {
     out
 }
 
-/// An observer printing events and output live: to stdout, or to stderr
-/// when stdout is reserved for JSON.
-pub fn live_observer(to_stderr: bool) -> Observer {
-    Arc::new(move |update: LiveUpdate<'_>| {
-        let mut out: Box<dyn Write> = if to_stderr {
-            Box::new(std::io::stderr().lock())
+/// Colours for a person's terminal, or none (piped, `NO_COLOR`, `--color
+/// never`).
+#[derive(Debug, Clone, Copy)]
+pub struct Paint(bool);
+
+impl Paint {
+    pub fn new(enabled: bool) -> Self {
+        Paint(enabled)
+    }
+
+    pub fn enabled(self) -> bool {
+        self.0
+    }
+
+    fn style(self, code: &str, text: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
         } else {
-            Box::new(std::io::stdout().lock())
-        };
-        let _ = match update {
-            LiveUpdate::Event(entry) => {
-                let marker = match entry.level {
-                    EventLevel::Error => "✗",
-                    EventLevel::Warn => "!",
-                    _ => "▸",
-                };
-                let time = entry.timestamp.get(11..23).unwrap_or(&entry.timestamp);
-                writeln!(
-                    out,
-                    "{marker} {time} {:<20} {}",
-                    entry.event,
-                    sanitize(entry.message.lines().next().unwrap_or(""))
-                )
-            }
-            LiveUpdate::Output(stream, bytes) => {
-                let text = sanitize(&String::from_utf8_lossy(bytes));
-                match stream {
-                    Stream::Stdout => write!(out, "{text}"),
-                    Stream::Stderr => write!(
-                        out,
-                        "{}",
-                        text.lines()
-                            .map(|l| format!("  stderr| {l}\n"))
-                            .collect::<String>()
-                    ),
-                }
-            }
-        };
-        let _ = out.flush();
-    })
+            text.to_string()
+        }
+    }
+
+    pub fn dim(self, text: &str) -> String {
+        self.style("2", text)
+    }
+    pub fn bold(self, text: &str) -> String {
+        self.style("1", text)
+    }
+    pub fn red(self, text: &str) -> String {
+        self.style("31", text)
+    }
+    pub fn green(self, text: &str) -> String {
+        self.style("32", text)
+    }
+    pub fn yellow(self, text: &str) -> String {
+        self.style("33", text)
+    }
+    pub fn cyan(self, text: &str) -> String {
+        self.style("36", text)
+    }
 }
 
-/// The closing summary of a run.
-pub fn summary(result: &StepExecutionResult) {
+/// The closing summary of a run, on stdout; a closed stdout is not an
+/// error (the step's records are written already).
+pub fn summary(result: &StepExecutionResult, paint: Paint) {
+    let _ = write_summary(&mut std::io::stdout().lock(), result, paint);
+}
+
+fn write_summary(
+    out: &mut impl Write,
+    result: &StepExecutionResult,
+    paint: Paint,
+) -> std::io::Result<()> {
     let verdict = match result.outcome {
-        StepExecutionOutcome::Completed => "COMPLETED",
-        StepExecutionOutcome::Failed => "FAILED",
-        StepExecutionOutcome::Blocked => "BLOCKED (needs a person)",
-        StepExecutionOutcome::Prepared => "PREPARED",
+        StepExecutionOutcome::Completed => paint.green("COMPLETED"),
+        StepExecutionOutcome::Failed => paint.red("FAILED"),
+        StepExecutionOutcome::Blocked => paint.yellow("BLOCKED (needs a person)"),
+        StepExecutionOutcome::Prepared => "PREPARED".to_string(),
     };
-    println!();
-    println!(
-        "── {} · {} · {} ──",
-        result.worker_kind, result.step_id, verdict
-    );
-    println!("{}", sanitize(&result.summary));
+    writeln!(out)?;
+    writeln!(
+        out,
+        "── {} · {} · attempt {} · {} ──",
+        sanitize(result.worker_kind.as_str()),
+        sanitize(&result.step_id),
+        result.attempt,
+        paint.bold(&verdict)
+    )?;
+    writeln!(out, "{}", sanitize(&result.summary))?;
     if let Some(code) = result.state.exit_code {
-        println!("exit code: {code}");
+        writeln!(out, "exit code: {code}")?;
     }
     if let Some(failure) = &result.state.failure {
-        println!(
-            "reason: {}",
-            serde_json::to_value(failure.reason)
-                .map(|v| v.as_str().unwrap_or("").to_string())
-                .unwrap_or_default()
-        );
+        let reason = serde_json::to_value(failure.reason).unwrap_or_default();
+        writeln!(out, "reason: {}", reason.as_str().unwrap_or(""))?;
     }
-    println!(
+    writeln!(
+        out,
         "took {} ms · {} events · {} stdout / {} stderr chunks · {} checkpoint(s)",
         result.metrics.duration_ms,
         result.metrics.lifecycle_event_count,
         result.metrics.stdout_chunk_count,
         result.metrics.stderr_chunk_count,
         result.metrics.checkpoint_count
-    );
+    )?;
     for artifact in result
         .artifacts
         .iter()
         .filter(|a| a.kind == baa_runner::contracts::StepArtifactKind::Artifact)
     {
-        println!("artifact {}: {}", artifact.name, artifact.path);
+        writeln!(
+            out,
+            "artifact {}: {}",
+            sanitize(&artifact.name),
+            sanitize(&artifact.path)
+        )?;
     }
     for followup in &result.suggested_followup {
-        println!(
+        writeln!(
+            out,
             "suggested next: {} ({}): {}",
-            followup.step_name,
+            sanitize(&followup.step_name),
             followup.step_kind,
             sanitize(&followup.reason)
-        );
+        )?;
     }
-    println!("run directory: {}", result.log_paths.run_dir);
+    writeln!(out, "run directory: {}", result.log_paths.run_dir)?;
+    out.flush()
 }
 
-/// The worker kinds table.
-pub fn kinds(kinds: &[KindInfo]) {
+/// The worker kinds table: what each requests, what it is granted, and
+/// what is missing (its steps would be blocked).
+pub fn kinds(kinds: &[KindInfo], paint: Paint) {
     for kind in kinds {
-        match &kind.error {
-            None => {
-                println!(
-                    "{} {} — {}",
-                    kind.name,
-                    kind.version,
-                    sanitize(&kind.description)
-                );
-                println!(
-                    "    programs: [{}] · env: [{}] · network: {}",
-                    kind.capabilities.programs.join(", "),
-                    kind.capabilities.env.join(", "),
-                    kind.capabilities.network
-                );
-            }
-            Some(error) => println!("{} — cannot be loaded: {}", kind.name, sanitize(error)),
-        }
-        println!(
-            "    file: {}{}",
-            kind.source,
-            if kind.shadowed {
-                " (shadowed by an earlier kind of the same name)"
-            } else {
-                ""
-            }
-        );
+        kind_lines(kind, paint);
     }
+}
+
+fn kind_lines(kind: &KindInfo, paint: Paint) {
+    let list = |items: &[String]| sanitize(&items.join(", "));
+    match &kind.error {
+        None => {
+            println!(
+                "{} {} — {}",
+                paint.bold(&kind.name),
+                sanitize(&kind.version),
+                sanitize(&kind.description)
+            );
+            let asks = &kind.capabilities;
+            println!(
+                "    requests: programs [{}] · env [{}] · network {}",
+                list(&asks.programs),
+                list(&asks.env),
+                asks.network
+            );
+            let m = &kind.missing;
+            if m.is_empty() {
+                println!("    granted:  {}", paint.green("everything it requests"));
+            } else {
+                let mut wanted = Vec::new();
+                if !m.programs.is_empty() {
+                    wanted.push(format!("programs [{}]", list(&m.programs)));
+                }
+                if !m.env.is_empty() {
+                    wanted.push(format!("env [{}]", list(&m.env)));
+                }
+                if m.network {
+                    wanted.push("network".to_string());
+                }
+                println!(
+                    "    granted:  {} not granted: {} (its steps are blocked; add them under [kinds.{}] in the config)",
+                    paint.yellow("!"),
+                    wanted.join(" · "),
+                    kind.name
+                );
+            }
+        }
+        Some(error) => println!(
+            "{} — {}: {}",
+            paint.bold(&kind.name),
+            paint.red("cannot be loaded"),
+            sanitize(error)
+        ),
+    }
+    println!(
+        "    file: {}{}",
+        sanitize(&kind.source),
+        if kind.shadowed {
+            " (shadowed by an earlier kind of the same name)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// What `run --dry-run` found.
+pub fn dry_run(report: &DryRun, paint: Paint) {
+    let attempt = match report.attempt_state {
+        AttemptState::Free => "free".to_string(),
+        AttemptState::Prepared => "prepared (run executes it)".to_string(),
+        AttemptState::Taken => paint.yellow("already ran: use --next-attempt"),
+    };
+    println!("request: valid");
+    println!("attempt {}: {attempt}", report.attempt);
+    println!("run directory: {}", report.run_dir);
+    kind_lines(&report.kind, paint);
+    println!(
+        "{}",
+        if report.ready {
+            paint.green("ready: nothing was written")
+        } else {
+            paint.yellow("not ready: nothing was written")
+        }
+    );
 }
 
 /// The checkpoints of a step, one line each.
 pub fn checkpoints(history: &StepHistory) {
     if history.records.is_empty() {
-        println!("no checkpoints");
+        println!("no checkpoints yet");
     }
     for r in &history.records {
         println!(

@@ -299,7 +299,11 @@ pub(super) fn start(
             )
         } else if let Some(code) = code {
             (
-                if code == 0 {
+                // The host's own commands (snapshots) are debug detail,
+                // as their start is.
+                if code == 0 && !limits.log_output {
+                    EventLevel::Debug
+                } else if code == 0 {
                     EventLevel::Info
                 } else {
                     EventLevel::Warn
@@ -325,6 +329,7 @@ pub(super) fn start(
                 "outputLimitExceeded": over_cap,
                 "outputBytes": total,
                 "durationMs": started.elapsed().as_millis() as u64,
+                "forWorker": limits.log_output,
             })),
         );
         let _ = tx.send(Output::Exited(exit));
