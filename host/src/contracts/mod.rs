@@ -6,6 +6,7 @@
 
 pub mod checkpointing;
 pub mod logging;
+mod required;
 pub mod schema;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,8 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Parse a step request from JSON. A body over [`MAX_REQUEST_BYTES`] is
 /// refused unread; a malformed one is an error naming the field at fault
-/// (`runtime.worktreePath`, `checkpoint.mode`, …).
+/// (`runtime.worktreePath`, `checkpoint.mode`, …). A body lacking required
+/// fields names all of them, as dotted paths, the first as the error's field.
 pub fn parse_request(bytes: &[u8]) -> Result<StepExecutionRequest, crate::Error> {
     if bytes.len() > MAX_REQUEST_BYTES {
         return Err(crate::Error::invalid(
@@ -34,6 +36,9 @@ pub fn parse_request(bytes: &[u8]) -> Result<StepExecutionRequest, crate::Error>
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let request: StepExecutionRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if let Some(missing) = required::missing_fields_error(bytes, &e) {
+            return missing;
+        }
         let path = e.path().to_string();
         let field = if path == "." || path.is_empty() {
             "(request)".to_string()
@@ -240,7 +245,8 @@ pub enum StepArtifactKind {
 pub struct StepExecutionRuntime {
     pub repo_root: String,
     pub worktree_path: String,
-    /// Root of all run directories; defaults to `<repoRoot>/.baa/runs`.
+    /// Root of all run directories; defaults to `$XDG_STATE_HOME/baa-runner/runs`,
+    /// else `$HOME/.local/state/baa-runner/runs` (never inside the worktree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_root_dir: Option<String>,
     /// Environment given to the step's subprocesses (never the host's own).

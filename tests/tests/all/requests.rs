@@ -207,3 +207,76 @@ fn absurd_timeouts_ids_and_paths_are_refused() {
     request.runtime.repo_root = "/nonexistent/repo".into();
     expect_invalid(&sandbox, request, "runtime.repoRoot");
 }
+
+#[test]
+fn missing_required_fields_are_all_named() {
+    use baa_runner::contracts::parse_request;
+    let sandbox = Sandbox::new();
+    let invalid = |json: serde_json::Value| match parse_request(json.to_string().as_bytes()) {
+        Err(Error::InvalidRequest { field, message }) => (field, message),
+        other => panic!("expected an invalid request, got {other:?}"),
+    };
+    let required = [
+        "taskId",
+        "stepId",
+        "runId",
+        "attempt",
+        "stepName",
+        "stepKind",
+        "workerKind",
+        "timeoutSec",
+        "runtime",
+    ];
+
+    // An empty object names all of them, the first as the field.
+    let (field, message) = invalid(serde_json::json!({}));
+    assert_eq!(field, "taskId");
+    assert_eq!(
+        message,
+        format!(
+            "missing required fields: {} (see schema/step-execution-request.schema.json)",
+            required.join(", ")
+        )
+    );
+
+    // Two missing: both named, in schema order.
+    let mut json = sandbox.request_json("shell", "true");
+    let object = json.as_object_mut().unwrap();
+    object.remove("timeoutSec");
+    object.remove("stepId");
+    let (field, message) = invalid(json);
+    assert_eq!(field, "stepId");
+    assert!(
+        message.starts_with("missing required fields: stepId, timeoutSec ("),
+        "{message}"
+    );
+
+    // Nested: the dotted path, alone or after missing top-level fields.
+    let mut json = sandbox.request_json("shell", "true");
+    json["checkpoint"] = serde_json::json!({ "summaryHint": "x" });
+    let (field, message) = invalid(json.clone());
+    assert_eq!(field, "checkpoint.mode");
+    assert!(
+        message.starts_with("missing required field: checkpoint.mode ("),
+        "{message}"
+    );
+    json["runtime"].as_object_mut().unwrap().remove("repoRoot");
+    json.as_object_mut().unwrap().remove("attempt");
+    let (field, message) = invalid(json);
+    assert_eq!(field, "attempt");
+    assert!(
+        message.starts_with("missing required fields: attempt, "),
+        "{message}"
+    );
+    for nested in ["checkpoint.mode", "runtime.repoRoot"] {
+        assert!(message.contains(nested), "{message}");
+    }
+    assert!(!message.contains("worktreePath"), "{message}");
+
+    // A body that stops being JSON after the gap still names the field.
+    let (field, _) = match parse_request(br#"{"checkpoint": {}"#) {
+        Err(Error::InvalidRequest { field, message }) => (field, message),
+        other => panic!("expected an invalid request, got {other:?}"),
+    };
+    assert_eq!(field, "checkpoint.mode");
+}
