@@ -12,6 +12,7 @@ mod confinement;
 mod contracts;
 mod embed;
 mod examples;
+mod first_hour;
 mod fuzz;
 mod git;
 mod hostile;
@@ -97,7 +98,10 @@ pub fn probe_plugins_dir(sandbox: &Sandbox) -> PathBuf {
 /// A runner whose plugin directory holds `probe.wasm`, granted `grant`.
 /// The CLI binary.
 pub fn cli() -> std::process::Command {
-    std::process::Command::new(built_binary("baa-runner"))
+    let mut cli = std::process::Command::new(built_binary("baa-runner"));
+    // No operator config of this machine (an empty one: the defaults).
+    cli.env("BAA_CONFIG", "/dev/null");
+    cli
 }
 
 /// Assert the CLI exited with `code`, showing its stderr otherwise.
