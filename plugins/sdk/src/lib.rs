@@ -11,6 +11,12 @@
 //! nowhere else. Build for `wasm32-wasip2`, then `baa-runner stamp` and
 //! `baa-runner check` the `.wasm` file.
 //!
+//! A project made by `baa-runner new` carries a copy of this crate in its
+//! `sdk/` directory (with the WIT in `wit/`) and depends on it by path
+//! (`baa-worker-sdk = { path = "sdk" }`). The README's "Writing a worker
+//! kind" takes such a kind, using [`progress`], [`declare_artifact`] and
+//! [`capture_checkpoint`], through a real step.
+//!
 //! ```
 //! use baa_worker_sdk::*;
 //!

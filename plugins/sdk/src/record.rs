@@ -20,7 +20,10 @@ pub fn progress(message: &str, data: &impl Serialize) {
     }
 }
 
-/// Store `contents` as an artifact of this run; returns its path in the run directory.
+/// Store `contents` as an artifact of this run (`artifacts/<name>` of the run
+/// directory, listed in the step result); returns its path. `name` is a file
+/// name of letters, digits, `.`, `-` and `_` (not starting with `.`),
+/// declared once per step.
 pub fn declare_artifact(
     name: &str,
     description: &str,
@@ -31,7 +34,10 @@ pub fn declare_artifact(
 
 /// Capture a checkpoint; returns its sequence number.
 /// `checkpoint_type` is `summary`, `git-diff`, `log-tail` (the host fills
-/// these payloads) or a worker-defined name carrying `payload`.
+/// these payloads) or a worker-defined name carrying `payload`. A step whose
+/// checkpoints are off (`!step.checkpoints_enabled`) gets
+/// [`CheckpointError::Disabled`]. A later attempt resumed from it receives
+/// it as [`Resume`](crate::Resume), payload included.
 pub fn capture_checkpoint(
     checkpoint_type: &str,
     summary: &str,

@@ -15,6 +15,7 @@ mod examples;
 mod first_hour;
 mod fuzz;
 mod git;
+mod guide;
 mod hostile;
 mod privileges;
 mod redteam;
