@@ -81,11 +81,11 @@ impl MissingGrants {
 }
 
 impl KindGrant {
-    /// Whether this grant names `program`: by name, or as an absolute path
-    /// whose file name it is.
-    pub fn names_program(&self, program: &str) -> bool {
-        self.programs.iter().any(|g| {
-            g == program
+    /// The entry of this grant naming `program`: the name itself, or an
+    /// absolute path whose file name it is.
+    pub fn grant_for(&self, program: &str) -> Option<&String> {
+        self.programs.iter().find(|g| {
+            *g == program
                 || (Path::new(g).is_absolute()
                     && Path::new(g).file_name().and_then(|n| n.to_str()) == Some(program))
         })
@@ -95,7 +95,7 @@ impl KindGrant {
     pub fn missing(&self, requested: &KindGrant) -> MissingGrants {
         MissingGrants {
             programs: (requested.programs.iter())
-                .filter(|p| !self.names_program(p))
+                .filter(|p| self.grant_for(p).is_none())
                 .cloned()
                 .collect(),
             env: (requested.env.iter())

@@ -509,3 +509,60 @@ fn on_a_terminal_a_status_line_shows_the_step_alive() {
         assert!(!plain.contains(colour), "colour with NO_COLOR: {plain:?}");
     }
 }
+
+/// The README followed on a fresh clone with nothing beside it (no
+/// `../shared`): its Quick start block holds the two commands, and the
+/// documented demos of the built-in kinds run from the clone to their
+/// documented outcomes (the codex one against the scripted local model,
+/// with the grant the demo writes). The clone's `target` is this build's,
+/// so nothing is compiled twice.
+#[test]
+fn the_readme_works_from_a_fresh_clone_without_shared() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let outer = tempfile::tempdir().unwrap();
+    let clone = outer.path().join("baa-runner");
+    let status = Command::new("git")
+        .args(["-c", "safe.directory=*", "clone", "-q"])
+        .arg(&root)
+        .arg(&clone)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git clone failed");
+    assert!(!outer.path().join("shared").exists());
+    // <target>/debug/baa-runner: demo.sh uses the clone's target/debug.
+    let bin = crate::built_binary("baa-runner");
+    let target = bin.parent().and_then(Path::parent).unwrap();
+    std::os::unix::fs::symlink(target, clone.join("target")).unwrap();
+
+    let readme = std::fs::read_to_string(clone.join("README.md")).unwrap();
+    assert!(readme.starts_with("# baa-runner\n\n## Quick start\n"));
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let commands: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(commands, ["./scripts/setup.sh", "./scripts/test.sh"]);
+
+    for (kind, says) in [
+        ("shell", "ok - lint"),
+        ("git", "farewell.txt"),
+        ("codex", "suggested next: review the greeting"),
+    ] {
+        assert!(readme.contains(&format!("bash examples/demo.sh {kind}")));
+        let out = Command::new("bash")
+            .arg("examples/demo.sh")
+            .arg(kind)
+            .current_dir(&clone)
+            .env("BAA_CONFIG", "/dev/null")
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert_exit(&out, 0);
+        assert!(
+            stdout.contains("· COMPLETED ──") && stdout.contains(says),
+            "{kind}: {stdout}"
+        );
+        assert!(stdout.contains("result.json"), "{kind}: {stdout}");
+    }
+}

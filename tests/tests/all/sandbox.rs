@@ -260,21 +260,19 @@ async fn a_blocked_worker_needs_a_human() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_unknown_kind_fails_with_invalid_plugin_and_a_full_record() {
+async fn an_unknown_kind_is_refused_before_anything_is_written() {
     let sandbox = Sandbox::new();
     let runner = crate::runner();
-    let result = run(&runner, sandbox.request("nosuchkind", "x")).await;
-    assert_eq!(result.outcome, StepExecutionOutcome::Failed);
-    assert_eq!(
-        result.state.failure.as_ref().unwrap().reason,
-        FailureReason::InvalidPlugin
-    );
-    assert!(
-        result.summary.contains("nosuchkind.wasm"),
-        "{}",
-        result.summary
-    );
-    assert!(std::path::Path::new(&result.log_paths.result_path).exists());
+    let refused = runner.prepare(sandbox.request("nosuchkind", "x"), None);
+    match refused {
+        Err(baa_runner::Error::InvalidRequest { field, message }) => {
+            assert_eq!(field, "workerKind");
+            assert!(message.contains("nosuchkind.wasm"), "{message}");
+        }
+        Err(other) => panic!("refused with the wrong error: {other}"),
+        Ok(_) => panic!("an unknown kind was prepared"),
+    }
+    assert!(!sandbox.runs.exists(), "something was written");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -63,6 +63,11 @@ async fn serve_runs_streams_and_cancels_steps_for_another_process() {
     let mut bad = run_message(&sandbox, "bad", "true");
     bad["request"].as_object_mut().unwrap().remove("timeoutSec");
     send(&mut write, &bad).await;
+    // A kind no one has is refused before anything is written.
+    let mut unknown = run_message(&sandbox, "unknown", "true");
+    unknown["request"]["workerKind"] = "shel".into();
+    unknown["request"]["stepId"] = "unknown-kind".into();
+    send(&mut write, &unknown).await;
     write.write_all(b"this is not json\n").await.unwrap();
 
     let mut results = std::collections::BTreeMap::new();
@@ -130,7 +135,7 @@ async fn serve_runs_streams_and_cancels_steps_for_another_process() {
         .find(|e| e["id"] == "bad")
         .expect("an error for `bad`");
     assert_eq!(invalid["error"]["kind"], "invalid-request");
-    assert_eq!(invalid["error"]["field"], "(request)");
+    assert_eq!(invalid["error"]["field"], "timeoutSec");
     assert!(
         invalid["error"]["message"]
             .as_str()
@@ -144,6 +149,19 @@ async fn serve_runs_streams_and_cancels_steps_for_another_process() {
             .any(|e| e["error"]["kind"] == "invalid-message"),
         "{errors:?}"
     );
+    let unknown = errors
+        .iter()
+        .find(|e| e["id"] == "unknown")
+        .expect("an error for `unknown`");
+    assert_eq!(unknown["error"]["field"], "workerKind", "{unknown}");
+    assert!(
+        unknown["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `shell`?"),
+        "{unknown}"
+    );
+    assert!(!sandbox.runs.join("task-1/run-1/unknown-kind").exists());
 
     // A client that goes away cancels the steps it started.
     let marker = format!("34.{}", std::process::id());

@@ -441,11 +441,7 @@ impl ExecPolicy {
         for program in &requested.programs {
             // A grant names the program, or gives the absolute path of a
             // program with that file name.
-            let Some(grant) = granted.programs.iter().find(|g| {
-                *g == program
-                    || (Path::new(g).is_absolute()
-                        && Path::new(g).file_name().and_then(|n| n.to_str()) == Some(program))
-            }) else {
+            let Some(grant) = granted.grant_for(program) else {
                 continue;
             };
             match resolve_program(grant) {
