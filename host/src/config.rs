@@ -81,21 +81,24 @@ impl MissingGrants {
 }
 
 impl KindGrant {
-    /// The entry of this grant naming `program`: the name itself, or an
-    /// absolute path whose file name it is.
-    pub fn grant_for(&self, program: &str) -> Option<&String> {
-        self.programs.iter().find(|g| {
-            *g == program
-                || (Path::new(g).is_absolute()
-                    && Path::new(g).file_name().and_then(|n| n.to_str()) == Some(program))
-        })
+    /// The entries of this grant naming `program`: absolute paths whose
+    /// file name it is first (the operator's explicit choice, e.g. one added
+    /// to a built-in grant that names the program), then the name itself.
+    pub fn grants_for<'a>(&'a self, program: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        let path_named = move |g: &&String| {
+            Path::new(g.as_str()).is_absolute()
+                && Path::new(g.as_str()).file_name().and_then(|n| n.to_str()) == Some(program)
+        };
+        let paths = self.programs.iter().filter(path_named);
+        let names = self.programs.iter().filter(move |g| g.as_str() == program);
+        paths.chain(names)
     }
 
     /// What `requested` asks for beyond this grant.
     pub fn missing(&self, requested: &KindGrant) -> MissingGrants {
         MissingGrants {
             programs: (requested.programs.iter())
-                .filter(|p| self.grant_for(p).is_none())
+                .filter(|p| self.grants_for(p).next().is_none())
                 .cloned()
                 .collect(),
             env: (requested.env.iter())

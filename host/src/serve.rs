@@ -42,19 +42,28 @@ enum Incoming {
 /// and serve until `shutdown` fires; then every running step is cancelled
 /// and its record written before this returns.
 pub async fn serve(runner: Runner, path: &Path, shutdown: CancellationToken) -> Result<(), Error> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path).map_err(Error::io(path))?;
-        }
-    }
+    let listener = listen(path)?;
+    serve_on(runner, listener, path, shutdown).await
+}
+
+/// Bind `path` for [`serve_on`], mode 0600 (only this user may hand the
+/// runner work). Call within a tokio runtime.
+pub fn listen(path: &Path) -> Result<UnixListener, Error> {
+    check_socket_path(path)?;
     let listener = UnixListener::bind(path).map_err(Error::io(path))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // Only this user may hand the runner work.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(Error::io(path))?;
-    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(Error::io(path))?;
+    Ok(listener)
+}
+
+/// [`serve`] on a socket [`listen`] bound at `path` (removed at the end).
+pub async fn serve_on(
+    runner: Runner,
+    listener: UnixListener,
+    path: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     tracing::info!(socket = %path.display(), "serving");
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -193,6 +202,29 @@ async fn connection(runner: Runner, stream: UnixStream, stop: CancellationToken)
     tasks.wait().await;
     drop(outbox);
     let _ = writer.await;
+}
+
+/// `path` is free to listen on: nothing there, or the socket of a server
+/// that stopped (removed). A live server's socket, or anything that is not
+/// a socket, is refused: taking it over would cut that server off.
+fn check_socket_path(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let refuse = |why: &str| {
+        Err(Error::Config(crate::config::ConfigError::Setting {
+            setting: "--socket".into(),
+            message: format!("{}: {why}", path.display()),
+        }))
+    };
+    if !meta.file_type().is_socket() {
+        return refuse("exists and is not a socket; choose another path");
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return refuse("another server is listening on it; stop it or choose another path");
+    }
+    std::fs::remove_file(path).map_err(Error::io(path))
 }
 
 /// Read one line of at most [`MAX_REQUEST_BYTES`] plus the envelope.

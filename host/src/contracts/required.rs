@@ -47,7 +47,7 @@ pub(super) fn missing_fields_error(
     Some(crate::Error::invalid(
         first,
         format!(
-            "missing required {noun}: {} (see schema/{file})",
+            "missing required {noun}: {} (see `baa-runner schema --kind request`, or schema/{file})",
             missing.join(", ")
         ),
     ))

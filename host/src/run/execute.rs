@@ -582,7 +582,7 @@ impl Bounds<'_> {
     ) -> Result<T, Report> {
         tokio::select! {
             biased;
-            () = self.cancel.cancelled() => Err(Report::interrupted(format!("cancelled {during}"))),
+            () = self.cancel.cancelled() => Err(Report::interrupted(format!("interrupted (Ctrl-C, SIGTERM or its caller cancelled it) {during}"))),
             () = self.disk.cancelled() => Err(Report::failed(FailureReason::DiskLimit, format!("stopped {during}"))),
             out = tokio::time::timeout_at(self.backstop, call) => {
                 out.map_err(|_| Report::failed(FailureReason::Timeout, format!("interrupted {during}")))

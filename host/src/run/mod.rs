@@ -149,7 +149,29 @@ impl Runner {
     ) -> Result<PreparedStepRun, Error> {
         // Nothing is written for a step no kind can run.
         self.known_kind(&request.worker_kind)?;
-        prepare::prepare(request, observer, &self.shared.config)
+        prepare::prepare(
+            request,
+            observer,
+            &self.shared.config,
+            prepare::Existing::Reopen,
+        )
+    }
+
+    /// Only prepare `request` (outcome `prepared`, written to `result.json`):
+    /// a later [`Runner::prepare`] of the same request executes it. An
+    /// attempt that exists already is refused, a prepared one included.
+    pub fn prepare_only(
+        &self,
+        request: StepExecutionRequest,
+    ) -> Result<StepExecutionResult, Error> {
+        self.known_kind(&request.worker_kind)?;
+        let prepared = prepare::prepare(
+            request,
+            None,
+            &self.shared.config,
+            prepare::Existing::Refuse,
+        )?;
+        self.finish_prepared(prepared)
     }
 
     /// Check `request` as [`Runner::prepare`] would, and its kind's grants as
@@ -492,7 +514,10 @@ fn finish(
             lifecycle_event_count: log_summary.lifecycle_event_count,
             stdout_chunk_count: log_summary.stdout_chunk_count,
             stderr_chunk_count: log_summary.stderr_chunk_count,
-            checkpoint_count: checkpoint.records.len() as u64,
+            // This attempt's (`checkpoint.records` lists the step's).
+            checkpoint_count: (checkpoint.records.iter())
+                .filter(|r| r.attempt == request.attempt)
+                .count() as u64,
         },
         log_summary,
         checkpoint,

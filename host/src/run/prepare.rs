@@ -158,11 +158,21 @@ fn head_commit(worktree: &Path, sandbox: &crate::config::SandboxConfig) -> Optio
 /// How long `git rev-parse HEAD` may take while a step is prepared.
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Whether an attempt that `prepare` made and nothing ran may be taken up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Run it in place (executing a prepared attempt).
+    Reopen,
+    /// Refuse it (preparing twice).
+    Refuse,
+}
+
 /// Validate `request` and create its run records.
 pub fn prepare(
     request: StepExecutionRequest,
     observer: Option<Observer>,
     config: &crate::config::RunnerConfig,
+    existing: Existing,
 ) -> Result<PreparedStepRun, Error> {
     let (limits, durability) = (&config.limits, config.durability);
     let paths = validate(&request)?;
@@ -184,7 +194,8 @@ pub fn prepare(
         // An attempt that `prepare` made and nothing executed yet is run
         // in place.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            only_prepared(&run_dir, request.attempt)?;
+            only_prepared(&run_dir, request.attempt, existing)?;
+            same_step(&run_dir, &request, &paths)?;
             false
         }
         Err(e) => return Err(Error::io(&run_dir)(e)),
@@ -213,7 +224,7 @@ pub fn prepare(
 
 /// Check that the existing run directory of `attempt` was only prepared:
 /// its state says so and no one holds it.
-fn only_prepared(run_dir: &Path, attempt: u32) -> Result<(), Error> {
+fn only_prepared(run_dir: &Path, attempt: u32, existing: Existing) -> Result<(), Error> {
     let taken = |what: String| {
         Error::invalid(
             "attempt",
@@ -239,7 +250,67 @@ fn only_prepared(run_dir: &Path, attempt: u32) -> Result<(), Error> {
     if RunLock::is_held(run_dir) {
         return Err(taken("is being run by another process".into()));
     }
+    if existing == Existing::Refuse {
+        return Err(Error::invalid(
+            "attempt",
+            format!(
+                "attempt {attempt} of this step is prepared already ({}); `run` with the same request executes it",
+                run_dir.display()
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// A prepared attempt runs only the step it was prepared for: the request
+/// must agree with its metadata.
+fn same_step(
+    run_dir: &Path,
+    request: &StepExecutionRequest,
+    paths: &ValidPaths,
+) -> Result<(), Error> {
+    let metadata: RunMetadata = crate::fsutil::read_record(&run_dir.join("metadata.json"))?;
+    let mode = request
+        .checkpoint
+        .as_ref()
+        .map(|c| c.mode)
+        .unwrap_or_default();
+    let differs: Vec<&str> = [
+        ("workerKind", metadata.worker_kind == request.worker_kind),
+        ("stepKind", metadata.step_kind == request.step_kind),
+        ("stepName", metadata.step_name == request.step_name),
+        ("command", metadata.command == request.command),
+        (
+            "promptSummary",
+            metadata.prompt_summary == request.prompt_summary,
+        ),
+        ("timeoutSec", metadata.timeout_sec == request.timeout_sec),
+        (
+            "runtime.repoRoot",
+            metadata.repo_root == display(&paths.repo_root),
+        ),
+        (
+            "runtime.worktreePath",
+            metadata.worktree_path == display(&paths.worktree),
+        ),
+        ("checkpoint.mode", metadata.checkpoint_mode == mode),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(field, _)| field)
+    .collect();
+    match differs.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::invalid(
+            first,
+            format!(
+                "attempt {} was prepared ({}) for a different request: {} differ; run it with the request it was prepared for, or use `--next-attempt`",
+                request.attempt,
+                run_dir.display(),
+                differs.join(", ")
+            ),
+        )),
+    }
 }
 
 /// What populating a run directory needs besides the request: what earlier

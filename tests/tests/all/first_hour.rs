@@ -18,6 +18,14 @@ fn request_file(sandbox: &Sandbox, name: &str, json: &Value) -> PathBuf {
     path
 }
 
+/// A file in a directory of its own that lives as long as the test.
+fn sandbox_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 fn config_file(sandbox: &Sandbox, name: &str, text: &str) -> PathBuf {
     let path = sandbox.dir.path().join(name);
     std::fs::write(&path, text).unwrap();
@@ -108,7 +116,7 @@ fn operator_grants_add_to_a_builtin_kinds_and_misspelt_kinds_are_named() {
         .output()
         .unwrap();
     assert!(
-        text(&human.stdout).contains("not granted: programs [sh]"),
+        text(&human.stdout).contains("missing:  ! programs [sh]"),
         "{}",
         text(&human.stdout)
     );
@@ -189,6 +197,26 @@ fn steps_rerun_prepared_attempts_run_and_dry_runs_write_nothing() {
     let prepared: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(prepared["attempt"], 3);
     assert_eq!(prepared["outcome"], "prepared");
+    // Preparing it again, or running another request in it, is refused.
+    let out = cli()
+        .args(["prepare", "--json"])
+        .arg(&request)
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    let mut other = sandbox.request_json("shell", "echo something else");
+    other["attempt"] = 3.into();
+    let out = cli()
+        .args(["run", "--json"])
+        .arg(request_file(&sandbox, "other", &other))
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        text(&out.stderr).contains("`command`") && text(&out.stderr).contains("different request"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run(&["--dry-run", "--next-attempt"]);
     assert_exit(&out, 0);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -344,6 +372,10 @@ fn bad_input_of_every_kind_exits_3() {
             "is not a directory",
         ),
         (vec!["schema".into()], "--kind"),
+        (
+            vec!["recover".into(), "/nonexistent/runs".into()],
+            "is not a directory",
+        ),
     ];
     for (args, says) in cases {
         let out = cli().args(&args).output().unwrap();
@@ -380,6 +412,9 @@ fn conventions_version_completions_schema_and_default_config() {
     let help = cli().arg("--help").output().unwrap();
     assert!(text(&help.stdout).contains("130  interrupted by Ctrl-C"));
 
+    // An empty BAA_CONFIG is no config.
+    let out = cli().env("BAA_CONFIG", "").arg("kinds").output().unwrap();
+    assert_exit(&out, 0);
     for shell in ["bash", "zsh", "fish"] {
         let out = cli().args(["completions", shell]).output().unwrap();
         assert_exit(&out, 0);
@@ -397,6 +432,17 @@ fn conventions_version_completions_schema_and_default_config() {
         })
         .unwrap();
     assert!(check.success(), "the bash completion script does not parse");
+    // It completes a subcommand's options, as bash calls it.
+    let script = sandbox_file("completion.bash", &bash.stdout);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(baa-runner run --js); COMP_CWORD=2; _baa__runner baa-runner --js run; echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "--json", "{}", text(&out.stderr));
 
     for (kind, title) in [
         ("request", "StepExecutionRequest"),
@@ -565,4 +611,59 @@ fn the_readme_works_from_a_fresh_clone_without_shared() {
         );
         assert!(stdout.contains("result.json"), "{kind}: {stdout}");
     }
+}
+
+/// `serve` never takes over a socket a live server listens on, nor a path
+/// that is not a socket; a stale socket of a stopped server is replaced.
+#[test]
+fn serve_refuses_a_live_servers_socket_and_other_files() {
+    let sandbox = Sandbox::new();
+    let socket = sandbox.dir.path().join("s.sock");
+    let mut first = cli()
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "serve never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = cli()
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(text(&out.stderr).contains("another server is listening"));
+    assert!(!text(&out.stderr).contains("serving on"));
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "the first server was cut off"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(first.wait().unwrap().success());
+
+    let file = sandbox.dir.path().join("notes.txt");
+    std::fs::write(&file, "keep me").unwrap();
+    let out = cli()
+        .args(["serve", "--socket"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        text(&out.stderr).contains("is not a socket"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }

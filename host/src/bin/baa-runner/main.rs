@@ -206,11 +206,14 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
     },
-    /// Close attempts a stopped host left running: kill their processes and
-    /// mark them interrupted (DIR: a runs root or any directory below it).
+    /// Close attempts a stopped host left running: mark them interrupted
+    /// (their processes died with that host; leftover sandbox users are
+    /// swept). DIR: a runs root or any directory below it.
     Recover {
+        /// Print the recovery report as JSON.
         #[arg(long)]
         json: bool,
+        /// A runs root, or any directory below it.
         dir: PathBuf,
     },
     /// Print a completion script: `baa-runner completions bash >
@@ -246,6 +249,10 @@ enum CheckpointsCommand {
 }
 
 fn main() -> ExitCode {
+    // An empty BAA_CONFIG is no config file, not a missing value.
+    if std::env::var_os("BAA_CONFIG").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("BAA_CONFIG");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -286,7 +293,11 @@ fn main() -> ExitCode {
                 .downcast_ref::<Error>()
                 .is_some_and(Error::is_invalid_input)
                 || e.downcast_ref::<InvalidInput>().is_some();
-            eprintln!("{} {e:#}", streams.stderr.red("baa-runner: error:"));
+            eprintln!(
+                "{} {}",
+                streams.stderr.red("baa-runner: error:"),
+                causes(&e)
+            );
             ExitCode::from(if invalid {
                 exit::INVALID_INPUT
             } else {
@@ -294,6 +305,22 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// An error and its causes on one line, each cause once (messages that
+/// already quote their cause do not repeat it).
+fn causes(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Whether stdout and stderr get colours.
@@ -413,12 +440,15 @@ fn existing_file(path: &Path) -> anyhow::Result<&Path> {
 fn dispatch(cli: Cli, streams: Streams) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "baa-runner",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "baa-runner", &mut script);
+            let mut script = String::from_utf8_lossy(&script).into_owned();
+            if *shell == clap_complete::Shell::Bash {
+                // clap_complete 4.6 spells the case labels of a hyphenated
+                // binary differently from the names it matches them with.
+                script = script.replace("baa__subcmd__runner", "baa__runner");
+            }
+            print!("{script}");
             Ok(0)
         }
         Command::Schema { kind, write } => schema(*kind, write.as_deref()),
@@ -477,10 +507,17 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
                     },
                 )?;
             }
-            step::prepare(runner, request, *json)
+            step::prepare(runner, request, *json, *next_attempt)
         }
         Command::Serve { socket } => serve(runner, socket),
         Command::Recover { json, dir } => {
+            if !dir.is_dir() {
+                return Err(InvalidInput(format!(
+                    "{} is not a directory: give a runs root or a directory below it",
+                    dir.display()
+                ))
+                .into());
+            }
             let report = runner.recover(dir);
             if *json {
                 print_json(&report)?;
@@ -585,6 +622,7 @@ fn checkpoints(command: &CheckpointsCommand) -> anyhow::Result<u8> {
 fn schema(kind: Option<SchemaKind>, write: Option<&Path>) -> anyhow::Result<u8> {
     let all = baa_runner::contracts::schema::all();
     if let Some(dir) = write {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (name, schema) in &all {
             let path = dir.join(name);
             std::fs::write(&path, baa_runner::contracts::schema::render(schema))
@@ -629,8 +667,9 @@ fn serve(runner: &Runner, socket: &Path) -> anyhow::Result<u8> {
     }
     step::runtime()?.block_on(async {
         let shutdown = step::cancelled_on_signal(Default::default())?;
+        let listener = baa_runner::serve::listen(socket)?;
         eprintln!("baa-runner: serving on {}", socket.display());
-        baa_runner::serve::serve(runner.clone(), socket, shutdown).await?;
+        baa_runner::serve::serve_on(runner.clone(), listener, socket, shutdown).await?;
         anyhow::Ok(0)
     })
 }

@@ -158,9 +158,27 @@ fn kind_lines(kind: &KindInfo, paint: Paint) {
                 list(&asks.env),
                 asks.network
             );
+            let g = &kind.granted;
+            println!(
+                "    granted:  programs [{}] · env [{}] · network {}",
+                list(&g.programs),
+                list(&g.env),
+                match (g.network, g.unrestricted_tcp) {
+                    (false, _) => "false".to_string(),
+                    (true, true) => "any TCP port".to_string(),
+                    (true, false) => format!(
+                        "TCP ports [{}]",
+                        g.tcp_connect
+                            .iter()
+                            .map(u16::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            );
             let m = &kind.missing;
             if m.is_empty() {
-                println!("    granted:  {}", paint.green("everything it requests"));
+                println!("    missing:  {}", paint.green("nothing (its steps run)"));
             } else {
                 let mut wanted = Vec::new();
                 if !m.programs.is_empty() {
@@ -173,7 +191,7 @@ fn kind_lines(kind: &KindInfo, paint: Paint) {
                     wanted.push("network".to_string());
                 }
                 println!(
-                    "    granted:  {} not granted: {} (its steps are blocked; add them under [kinds.{}] in the config)",
+                    "    missing:  {} {} (its steps are blocked; add them under [kinds.{}] in the config)",
                     paint.yellow("!"),
                     wanted.join(" · "),
                     kind.name

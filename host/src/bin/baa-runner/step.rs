@@ -43,6 +43,12 @@ pub fn choose_attempt(
             let last = next - 1;
             request.attempt = match runner.attempt_state(request, last)? {
                 AttemptState::Prepared if run_prepared && last > 0 => last,
+                AttemptState::Prepared if last > 0 => {
+                    return Err(InvalidInput(format!(
+                        "attempt {last} of this step is prepared and has not run: `baa-runner run --next-attempt` executes it"
+                    ))
+                    .into())
+                }
                 _ => next,
             };
             return Ok(());
@@ -127,15 +133,20 @@ pub fn run(
 }
 
 /// `prepare`: the run directory, metadata, state and logs, nothing run.
-pub fn prepare(runner: &Runner, request: StepExecutionRequest, json: bool) -> anyhow::Result<u8> {
-    let prepared = runner.prepare(request, None)?;
-    let result = runner.finish_prepared(prepared)?;
+pub fn prepare(
+    runner: &Runner,
+    request: StepExecutionRequest,
+    json: bool,
+    next_attempt: bool,
+) -> anyhow::Result<u8> {
+    let result = runner.prepare_only(request)?;
     if json {
         crate::print_json(&result)?;
     } else {
         println!(
-            "prepared {}; `baa-runner run` with the same request executes it",
-            result.log_paths.run_dir
+            "prepared {}; `baa-runner run {}REQUEST` executes it",
+            result.log_paths.run_dir,
+            if next_attempt { "--next-attempt " } else { "" }
         );
     }
     Ok(0)

@@ -170,7 +170,7 @@ fn sweep_stale(support: &Support) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if is_stale(&name) {
-                tracing::warn!(group = %entry.path().display(), "emptying the cgroup of a step a stopped host left");
+                tracing::info!(group = %entry.path().display(), "emptying the cgroup of a step a stopped host left");
                 kill_in(&entry.path(), Instant::now() + Duration::from_secs(2));
                 let _ = std::fs::remove_dir(entry.path());
             }
