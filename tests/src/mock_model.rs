@@ -30,6 +30,41 @@ impl Reply {
         })])
     }
 
+    /// The model asks to run `cmd` outside the sandbox (an escalation,
+    /// which `codex exec` with approval policy `never` refuses).
+    pub fn escalation(cmd: &str, justification: &str) -> Reply {
+        Reply::Items(vec![json!({
+            "type": "function_call",
+            "id": "fc_1",
+            "call_id": "call_escalation",
+            "name": "exec_command",
+            "arguments": json!({
+                "cmd": cmd,
+                "sandbox_permissions": "require_escalated",
+                "justification": justification,
+            }).to_string(),
+        })])
+    }
+
+    /// The model asks the user `question` (`request_user_input`).
+    pub fn question(question: &str) -> Reply {
+        Reply::Items(vec![json!({
+            "type": "function_call",
+            "id": "fc_1",
+            "call_id": "call_question",
+            "name": "request_user_input",
+            "arguments": json!({ "questions": [{
+                "id": "q1",
+                "header": "Choice",
+                "question": question,
+                "options": [
+                    { "label": "yes", "description": "go ahead" },
+                    { "label": "no", "description": "stop" },
+                ],
+            }]}).to_string(),
+        })])
+    }
+
     /// The model answers with `text` and ends its turn.
     pub fn message(text: &str) -> Reply {
         Reply::Items(vec![json!({

@@ -4,7 +4,9 @@
 //!
 //! FILE is a JSON array of turns: `{"command": "..."}` (run a shell command),
 //! `{"answer": {"status", "summary", "needsHuman", "followups"}}` (the final
-//! structured answer), `{"message": "..."}`, or `{"status": 500, "message": "..."}`.
+//! structured answer), `{"message": "..."}`, `{"items": [...]}` (raw Responses API
+//! output items, e.g. a tool call with arguments of its own), or
+//! `{"status": 500, "message": "..."}`.
 
 use baa_runner_tests::mock_model::{MockModel, Reply};
 use serde_json::Value;
@@ -29,6 +31,8 @@ fn main() -> Result<(), String> {
         .map(|turn| {
             if let Some(cmd) = turn["command"].as_str() {
                 Ok(Reply::command(cmd))
+            } else if let Some(items) = turn["items"].as_array() {
+                Ok(Reply::Items(items.clone()))
             } else if turn.get("answer").is_some() {
                 Ok(Reply::message(&turn["answer"].to_string()))
             } else if let Some(text) = turn["message"].as_str().filter(|_| turn.get("status").is_none()) {
@@ -36,7 +40,7 @@ fn main() -> Result<(), String> {
             } else if let Some(status) = turn["status"].as_u64() {
                 Ok(Reply::Status(status as u16, turn["message"].as_str().unwrap_or("error").into()))
             } else {
-                Err(format!("{script_path}: a turn must have `command`, `answer`, `message` or `status`: {turn}"))
+                Err(format!("{script_path}: a turn must have `command`, `answer`, `message`, `items` or `status`: {turn}"))
             }
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -9,11 +9,10 @@ use serde_json::json;
 
 use crate::run;
 
-/// A runner granting the codex kind the real CLI, its home (where the
-/// mock's provider is configured) and TCP to the mock model only.
-fn codex_runner(sandbox: &Sandbox, model: &MockModel) -> Runner {
-    let mut config = RunnerConfig::default();
-    let mut grant: KindGrant = config.grant("codex");
+/// The codex kind's grant: the real CLI, its home (where the mock's
+/// provider is configured) and TCP to the mock model only.
+fn codex_grant(sandbox: &Sandbox, model: &MockModel) -> KindGrant {
+    let mut grant: KindGrant = RunnerConfig::default().grant("codex");
     grant.programs = vec![codex_binary().display().to_string()];
     grant.write_paths = vec![sandbox.dir.path().join("codex-home")];
     // The npm package's native binary reads files beside its directory.
@@ -24,7 +23,15 @@ fn codex_runner(sandbox: &Sandbox, model: &MockModel) -> Runner {
         .into_iter()
         .collect();
     grant.tcp_connect = vec![model.port];
-    config.kinds.insert("codex".into(), grant);
+    grant
+}
+
+/// A runner with [`codex_grant`].
+fn codex_runner(sandbox: &Sandbox, model: &MockModel) -> Runner {
+    let mut config = RunnerConfig::default();
+    config
+        .kinds
+        .insert("codex".into(), codex_grant(sandbox, model));
     Runner::new(config).unwrap()
 }
 
@@ -229,4 +236,241 @@ async fn two_codex_steps_share_one_codex_home_and_leave_it_its_owners() {
         }
     }
     assert!(files > 1, "codex wrote nothing to its home");
+}
+
+fn followups(result: &baa_runner::contracts::StepExecutionResult) -> String {
+    result
+        .suggested_followup
+        .iter()
+        .map(|f| format!("{} ({}): {}\n", f.step_name, f.step_kind, f.reason))
+        .collect()
+}
+
+fn assert_blocked_for_a_person(result: &baa_runner::contracts::StepExecutionResult) {
+    assert_eq!(
+        result.outcome,
+        StepExecutionOutcome::Blocked,
+        "{}\n{:?}",
+        result.summary,
+        result.log_summary.stderr_tail
+    );
+    assert!(result.needs_human && result.blocked && !result.ok);
+    assert!(!result.suggested_followup.is_empty());
+}
+
+/// The event `name` of a run, with its data.
+fn event(result: &baa_runner::contracts::StepExecutionResult, name: &str) -> serde_json::Value {
+    read_lifecycle(&result.log_paths.lifecycle_log_path)
+        .into_iter()
+        .find(|e| e["event"] == name)
+        .unwrap_or_else(|| panic!("no {name} event"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_escalation_blocks_the_step_for_a_person() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![
+        Reply::escalation("touch /etc/baa-escalated", "the fix needs /etc"),
+        Reply::answer("completed", "done", false, json!([])),
+    ]);
+    let result = run(
+        &codex_runner(&sandbox, &model),
+        codex_request(&sandbox, &model, "Change the system config"),
+    )
+    .await;
+    assert_blocked_for_a_person(&result);
+    assert!(
+        result.summary.contains("refused 1 command"),
+        "{}",
+        result.summary
+    );
+    assert!(
+        followups(&result).contains("run or allow the commands codex refused"),
+        "{}",
+        followups(&result)
+    );
+    let refused = event(&result, "codex.escalation_rejected");
+    assert!(refused["data"]["line"]
+        .as_str()
+        .unwrap()
+        .contains("reject command"));
+    assert!(!std::path::Path::new("/etc/baa-escalated").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_question_to_the_user_blocks_the_step() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![
+        Reply::question("Which database should I use?"),
+        Reply::answer("completed", "asked about the database", false, json!([])),
+    ]);
+    let result = run(
+        &codex_runner(&sandbox, &model),
+        codex_request(&sandbox, &model, "Add persistence"),
+    )
+    .await;
+    assert_blocked_for_a_person(&result);
+    assert!(
+        followups(&result).contains("answer the model's question"),
+        "{}",
+        followups(&result)
+    );
+    assert!(event(&result, "codex.question")["data"]["line"]
+        .as_str()
+        .unwrap()
+        .contains("request_user_input"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_codex_configuration_blocks_naming_the_setting() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![Reply::answer("completed", "x", false, json!([]))]);
+    let request = codex_request(&sandbox, &model, "Do anything");
+    let config = model.codex_home(sandbox.dir.path()).join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"responses\"", "\"chat\"")).unwrap();
+    let result = run(&codex_runner(&sandbox, &model), request).await;
+    assert_blocked_for_a_person(&result);
+    assert!(
+        result.summary.contains("CODEX_HOME/config.toml"),
+        "{}",
+        result.summary
+    );
+    assert!(followups(&result).contains("fix CODEX_HOME/config.toml"));
+    assert!(model.requests().is_empty(), "the turn started");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_api_key_blocks_naming_the_variable() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![Reply::answer("completed", "x", false, json!([]))]);
+    let mut request = codex_request(&sandbox, &model, "Do anything");
+    request
+        .runtime
+        .env
+        .as_mut()
+        .unwrap()
+        .remove("BAA_CODEX_API_KEY");
+    let result = run(&codex_runner(&sandbox, &model), request).await;
+    assert_blocked_for_a_person(&result);
+    assert!(
+        result.summary.contains("BAA_CODEX_API_KEY"),
+        "{}",
+        result.summary
+    );
+    assert!(
+        followups(&result).contains("runtime.env"),
+        "{}",
+        followups(&result)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ungranted_model_port_blocks_at_once_with_the_grant_to_add() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![Reply::answer("completed", "x", false, json!([]))]);
+    let mut config = RunnerConfig::default();
+    let mut grant = codex_grant(&sandbox, &model);
+    grant.tcp_connect = vec![443];
+    config.kinds.insert("codex".into(), grant);
+    let runner = Runner::new(config).unwrap();
+    let result = run(&runner, codex_request(&sandbox, &model, "Do anything")).await;
+    assert_blocked_for_a_person(&result);
+    let wanted = format!("tcp-connect = [{}]", model.port);
+    assert!(
+        followups(&result).contains(&wanted),
+        "{}",
+        followups(&result)
+    );
+    assert!(
+        result.state.failure.is_none()
+            || result.state.failure.as_ref().unwrap().reason
+                != baa_runner::contracts::FailureReason::Timeout
+    );
+    assert!(model.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_command_is_visible_when_it_starts() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![
+        Reply::command("sleep 1; echo slept"),
+        Reply::answer("completed", "slept", false, json!([])),
+    ]);
+    let result = run(
+        &codex_runner(&sandbox, &model),
+        codex_request(&sandbox, &model, "Sleep a little"),
+    )
+    .await;
+    assert_eq!(
+        result.outcome,
+        StepExecutionOutcome::Completed,
+        "{}",
+        result.summary
+    );
+    let started = event(&result, "codex.command.started");
+    let ended = event(&result, "codex.command");
+    assert!(started["seq"].as_u64() < ended["seq"].as_u64());
+    assert!(started["message"].as_str().unwrap().contains("sleep 1"));
+    assert!(
+        result.summary.contains("1 command(s) run"),
+        "{}",
+        result.summary
+    );
+    // One log-tail checkpoint (the host's), and the thread's.
+    let types: Vec<String> = result
+        .checkpoint
+        .records
+        .iter()
+        .map(|r| r.checkpoint_type.as_str().to_string())
+        .collect();
+    assert_eq!(
+        types.iter().filter(|t| *t == "log-tail").count(),
+        1,
+        "{types:?}"
+    );
+    assert!(
+        types
+            .iter()
+            .any(|t| t == "worker:codex-thread" || t == "codex-thread"),
+        "{types:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_attempt_continues_codexs_thread() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![
+        Reply::answer("completed", "first attempt's answer", false, json!([])),
+        Reply::answer("completed", "second attempt's answer", false, json!([])),
+    ]);
+    let runner = codex_runner(&sandbox, &model);
+    let first = run(&runner, codex_request(&sandbox, &model, "Write the plan")).await;
+    assert_eq!(
+        first.outcome,
+        StepExecutionOutcome::Completed,
+        "{}",
+        first.summary
+    );
+    let mut again = codex_request(&sandbox, &model, "Write the plan");
+    again.attempt = 2;
+    again.checkpoint.as_mut().unwrap().resume_from_seq = Some(first.checkpoint.last_checkpoint_seq);
+    let second = run(&runner, again).await;
+    assert_eq!(
+        second.outcome,
+        StepExecutionOutcome::Completed,
+        "{}",
+        second.summary
+    );
+    assert_eq!(event(&second, "codex.resume")["data"]["continued"], true);
+    // The model's second request carries the first turn: its own answer.
+    let requests = model.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests[1]["input"]
+            .to_string()
+            .contains("first attempt's answer"),
+        "{}",
+        requests[1]["input"]
+    );
 }
