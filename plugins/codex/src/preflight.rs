@@ -1,8 +1,9 @@
 //! Before the turn: `codex doctor --json`, run confined as codex itself
-//! will be, says whether its configuration loads, its provider's key is
-//! set and its provider is reachable through the step's network grant. A
-//! problem ends the step at once instead of after its timeout. A codex
-//! without `doctor` (or whose report is unreadable) is simply not checked.
+//! will be, says whether its provider's key is set and its provider is
+//! reachable through the step's network grant. A problem ends the step at
+//! once instead of after its timeout. A configuration that does not load is
+//! left to `codex exec` (its error is the better one); a codex without
+//! `doctor` (or whose report is unreadable) is simply not checked.
 
 use baa_worker_sdk::*;
 use serde_json::{json, Value};
@@ -79,11 +80,10 @@ fn read(report: &Value) -> Preflight {
             url: origin(url),
             port: port_of(url),
         });
+    // A configuration that does not load is left to `codex exec`, whose
+    // start-up error says why (doctor's does not: "entity not found").
     let problem = if failed("config.load") {
-        Some(Finding::StartUp {
-            problem: StartUp::Config,
-            line: said("config.load"),
-        })
+        None
     } else if failed("auth.credentials") && said("auth.credentials").contains("env var") {
         Some(Finding::StartUp {
             problem: StartUp::MissingVariable,

@@ -474,3 +474,89 @@ async fn a_resumed_attempt_continues_codexs_thread() {
         requests[1]["input"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_codex_home_or_a_plain_directory_blocks_naming_the_setting() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![Reply::answer("completed", "x", false, json!([]))]);
+    let mut request = codex_request(&sandbox, &model, "Do anything");
+    request.runtime.env.as_mut().unwrap().insert(
+        "CODEX_HOME".into(),
+        sandbox
+            .dir
+            .path()
+            .join("codex-home/missing")
+            .display()
+            .to_string(),
+    );
+    let result = run(&codex_runner(&sandbox, &model), request).await;
+    assert_blocked_for_a_person(&result);
+    assert!(
+        result.summary.contains("(CODEX_HOME)"),
+        "{}",
+        result.summary
+    );
+    assert!(
+        followups(&result).contains("fix CODEX_HOME"),
+        "{}",
+        followups(&result)
+    );
+
+    // A worktree that is not a git repository.
+    let plain = sandbox.dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let mut request = codex_request(&sandbox, &model, "Do anything");
+    request.step_id = "plain".into();
+    request.runtime.repo_root = plain.display().to_string();
+    request.runtime.worktree_path = plain.display().to_string();
+    request.checkpoint = None;
+    let result = run(&codex_runner(&sandbox, &model), request).await;
+    assert_blocked_for_a_person(&result);
+    assert!(
+        followups(&result).contains("runtime.worktreePath"),
+        "{}\n{}",
+        result.summary,
+        followups(&result)
+    );
+    assert!(model.requests().is_empty(), "a turn started");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thread_codex_does_not_know_starts_anew_with_the_summary() {
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![
+        Reply::answer("completed", "first attempt's answer", false, json!([])),
+        Reply::answer("completed", "second attempt's answer", false, json!([])),
+    ]);
+    let runner = codex_runner(&sandbox, &model);
+    let first = run(&runner, codex_request(&sandbox, &model, "Write the plan")).await;
+    assert_eq!(
+        first.outcome,
+        StepExecutionOutcome::Completed,
+        "{}",
+        first.summary
+    );
+    // The recorded sessions are gone (another CODEX_HOME, say).
+    let home = model.codex_home(sandbox.dir.path());
+    for entry in std::fs::read_dir(&home).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "config.toml" {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    let mut again = codex_request(&sandbox, &model, "Write the plan");
+    again.attempt = 2;
+    again.checkpoint.as_mut().unwrap().resume_from_seq = Some(first.checkpoint.last_checkpoint_seq);
+    let second = run(&runner, again).await;
+    assert_eq!(
+        second.outcome,
+        StepExecutionOutcome::Completed,
+        "{}",
+        second.summary
+    );
+    assert_eq!(event(&second, "codex.resume")["data"]["continued"], false);
+    let requests = model.requests();
+    assert!(requests[1]["input"]
+        .to_string()
+        .contains("An earlier attempt got this far"));
+}
