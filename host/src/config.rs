@@ -368,7 +368,7 @@ impl Default for RunnerConfig {
     /// The built-in kinds' grants: `shell` may run `sh`; `git` may run `git`
     /// with author/committer identity variables; `codex` may run `codex`
     /// (`$BAA_CODEX_BIN` if set) with its home, API key variables and the
-    /// network.
+    /// network, and `git` with a scratch index for the turn's diff.
     fn default() -> Self {
         let grant = |programs: &[&str], env: &[&str], network| KindGrant {
             programs: programs.iter().map(|s| s.to_string()).collect(),
@@ -399,8 +399,10 @@ impl Default for RunnerConfig {
             .filter(|p| std::path::Path::new(p).is_absolute())
             .unwrap_or_else(|| "codex".into());
         let mut codex_grant = grant(
-            &[codex.as_str()],
+            // git: the diff of the turn, through a scratch index.
+            &[codex.as_str(), "git"],
             &[
+                "GIT_INDEX_FILE",
                 "CODEX_HOME",
                 "OPENAI_API_KEY",
                 "OPENAI_BASE_URL",

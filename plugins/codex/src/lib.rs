@@ -6,6 +6,7 @@
 //! codex's own thread (`codex exec resume`) when it can.
 
 mod diagnose;
+mod diff;
 mod outcome;
 mod preflight;
 mod stream;
@@ -177,6 +178,7 @@ fn drive(step: Step) -> Result<WorkerOutcome, ExecuteError> {
             ))
         })?;
     let pre = preflight::check();
+    let base = diff::head();
     if let Some(problem) = pre.problem {
         let mut diagnostics = Diagnostics::default();
         diagnostics.note(problem);
@@ -218,6 +220,9 @@ fn drive(step: Step) -> Result<WorkerOutcome, ExecuteError> {
         }
         None => run_codex(&exec_args(&schema), &build_prompt(&step, false)?)?,
     };
+    if let Some(base) = &base {
+        diff::declare(base);
+    }
     let thread_note = match &run.turn.thread_id {
         Some(id) => {
             if step.checkpoints_enabled {
@@ -248,6 +253,8 @@ impl Worker for Codex {
             .named("codex")
             .description("Drives the Codex CLI (codex exec --json) in the worktree")
             .program("codex")
+            .program("git")
+            .env("GIT_INDEX_FILE")
             .env("CODEX_HOME")
             .env("OPENAI_API_KEY")
             .env("OPENAI_BASE_URL")

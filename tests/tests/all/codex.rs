@@ -13,7 +13,7 @@ use crate::run;
 /// provider is configured) and TCP to the mock model only.
 fn codex_grant(sandbox: &Sandbox, model: &MockModel) -> KindGrant {
     let mut grant: KindGrant = RunnerConfig::default().grant("codex");
-    grant.programs = vec![codex_binary().display().to_string()];
+    grant.programs = vec![codex_binary().display().to_string(), "git".into()];
     grant.write_paths = vec![sandbox.dir.path().join("codex-home")];
     // The npm package's native binary reads files beside its directory.
     grant.read_paths = codex_binary()
@@ -84,6 +84,14 @@ async fn codex_changes_files_and_completes() {
     );
     assert_eq!(result.suggested_followup.len(), 1);
     assert_eq!(result.suggested_followup[0].step_kind.as_str(), "review");
+    // The turn's changes are an artifact, new files included.
+    let diff = result
+        .artifacts
+        .iter()
+        .find(|a| a.name == "codex.diff")
+        .expect("a codex.diff artifact");
+    let diff = std::fs::read_to_string(&diff.path).unwrap();
+    assert!(diff.contains("+hello, world") && diff.contains("greeting.txt"), "{diff}");
 
     // The model saw a prompt built from the step name and prompt summary.
     let requests = model.requests();
