@@ -70,7 +70,9 @@ fn earlier_thread(resume: &Resume) -> Option<String> {
     let id = match (&resume.payload, resume.checkpoint_type.as_str()) {
         (Some(payload), THREAD_CHECKPOINT) => String::from_utf8_lossy(payload).trim().to_string(),
         _ => {
-            let at = resume.summary.find(THREAD_NOTE)? + THREAD_NOTE.len();
+            // The kind's note ends its summary; a model's words before it
+            // may say anything, so the last mention is the one.
+            let at = resume.summary.rfind(THREAD_NOTE)? + THREAD_NOTE.len();
             resume.summary[at..]
                 .chars()
                 .take_while(|c| c.is_ascii_hexdigit() || *c == '-')

@@ -119,6 +119,9 @@ fn completed_turn(ended: &Ended<'_>, facts: &str) -> WorkerOutcome {
             (turn.last_message.clone()).unwrap_or_else(|| "codex finished without a message".into())
         }
     };
+    // Short enough that the facts and the thread note after it survive the
+    // host's cap on summaries.
+    let said = shorten(&said, SAID_BYTES);
     let escalations = (ended.diagnostics.findings.iter())
         .filter(|f| matches!(f, Finding::RejectedEscalation { .. }))
         .count();
@@ -178,6 +181,20 @@ fn completed_turn(ended: &Ended<'_>, facts: &str) -> WorkerOutcome {
         outcome = outcome.with_followup(&f.step_name, &f.step_kind, &f.reason);
     }
     outcome
+}
+
+/// The most of the model's own summary a step's summary keeps.
+const SAID_BYTES: usize = 4096;
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Codex kept retrying to reach its provider: the port is most likely not

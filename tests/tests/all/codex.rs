@@ -91,7 +91,10 @@ async fn codex_changes_files_and_completes() {
         .find(|a| a.name == "codex.diff")
         .expect("a codex.diff artifact");
     let diff = std::fs::read_to_string(&diff.path).unwrap();
-    assert!(diff.contains("+hello, world") && diff.contains("greeting.txt"), "{diff}");
+    assert!(
+        diff.contains("+hello, world") && diff.contains("greeting.txt"),
+        "{diff}"
+    );
 
     // The model saw a prompt built from the step name and prompt summary.
     let requests = model.requests();

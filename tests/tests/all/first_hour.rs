@@ -373,6 +373,10 @@ fn bad_input_of_every_kind_exits_3() {
         ),
         (vec!["schema".into()], "--kind"),
         (
+            vec!["checkpoints".into(), "list".into(), "/tmp".into()],
+            "is not a step directory",
+        ),
+        (
             vec!["recover".into(), "/nonexistent/runs".into()],
             "is not a directory",
         ),

@@ -234,7 +234,7 @@ fn missing_required_fields_are_all_named() {
     assert_eq!(
         message,
         format!(
-            "missing required fields: {} (see schema/step-execution-request.schema.json)",
+            "missing required fields: {} (see `baa-runner schema --kind request`, or schema/step-execution-request.schema.json)",
             required.join(", ")
         )
     );

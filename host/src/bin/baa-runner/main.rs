@@ -599,7 +599,11 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
 fn checkpoints(command: &CheckpointsCommand) -> anyhow::Result<u8> {
     match command {
         CheckpointsCommand::List { json, dir } => {
-            let history = StepHistory::load(&step::step_dir_of(dir)?, 0);
+            let mut history = StepHistory::load(&step::step_dir_of(dir)?, 0);
+            // One attempt's directory: that attempt's checkpoints.
+            if let Some(attempt) = step::attempt_of(dir) {
+                history.records.retain(|r| r.attempt == attempt);
+            }
             if *json {
                 print_json(&history.records)?;
             } else {
@@ -608,7 +612,17 @@ fn checkpoints(command: &CheckpointsCommand) -> anyhow::Result<u8> {
         }
         CheckpointsCommand::Show { json, dir, seq } => {
             let step_dir = step::step_dir_of(dir)?;
-            let checkpoint = StepHistory::load(&step_dir, 0).resume_from(&step_dir, *seq)?;
+            let history = StepHistory::load(&step_dir, 0);
+            if !history.records.iter().any(|r| r.seq == *seq) {
+                let seqs: Vec<String> = history.records.iter().map(|r| r.seq.to_string()).collect();
+                return Err(InvalidInput(format!(
+                    "{} has no valid checkpoint {seq} (it has: {}); see `baa-runner checkpoints list`",
+                    step_dir.display(),
+                    if seqs.is_empty() { "none".to_string() } else { seqs.join(", ") }
+                ))
+                .into());
+            }
+            let checkpoint = history.resume_from(&step_dir, *seq)?;
             if *json {
                 print_json(&checkpoint.record)?;
             } else {

@@ -292,10 +292,10 @@ pub fn checkpoint(checkpoint: &Resume) {
 /// What a recovery pass did.
 pub fn recovery(report: &RecoveryReport) {
     for run in &report.recovered {
-        println!(
-            "recovered {} (latest valid checkpoint {})",
-            run.run_dir, run.last_checkpoint_seq
-        );
+        match run.last_checkpoint_seq {
+            0 => println!("recovered {} (no valid checkpoint)", run.run_dir),
+            seq => println!("recovered {} (latest valid checkpoint {seq})", run.run_dir),
+        }
     }
     for dir in &report.live {
         println!("still running (left alone): {dir}");

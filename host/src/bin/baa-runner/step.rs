@@ -199,12 +199,29 @@ pub fn step_dir_of(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
         ))
         .into());
     }
-    let is_attempt = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("attempt-"));
-    Ok(match dir.parent() {
-        Some(parent) if is_attempt => parent.to_path_buf(),
+    let step_dir = match dir.parent() {
+        Some(parent) if attempt_of(dir).is_some() => parent.to_path_buf(),
         _ => dir.to_path_buf(),
-    })
+    };
+    // A step directory holds attempt-<n> directories and nothing else.
+    let attempts = std::fs::read_dir(&step_dir)
+        .map(|entries| (entries.flatten()).any(|e| attempt_of(&e.path()).is_some()))
+        .unwrap_or(false);
+    if !attempts {
+        return Err(InvalidInput(format!(
+            "{} is not a step directory (it has no attempt-<n> directories): give <runs root>/<task>/<run>/<step>",
+            step_dir.display()
+        ))
+        .into());
+    }
+    Ok(step_dir)
+}
+
+/// The attempt number of an `attempt-<n>` directory.
+pub fn attempt_of(dir: &Path) -> Option<u32> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("attempt-")?
+        .parse()
+        .ok()
 }
