@@ -55,7 +55,8 @@ read-paths = ["$(dirname "$(dirname "$(dirname "$BAA_CODEX_BIN")")")"]
 TOML
     config=(--config "$demo/baa.toml")
 elif [ "$kind" != shell ] && [ "$kind" != git ]; then
-    out="$here/kinds/out"
+    # Built (and stamped) here when missing; BAA_EXAMPLE_KINDS_OUT names another directory.
+    out="${BAA_EXAMPLE_KINDS_OUT:-$here/kinds/out}"
     if [ ! -f "$out/$kind.wasm" ]; then
         bash "$here/kinds/build.sh" "$out"
         for wasm in "$out"/*.wasm; do "$bin" stamp "$wasm"; done

@@ -81,24 +81,21 @@ impl MissingGrants {
 }
 
 impl KindGrant {
-    /// The entries of this grant naming `program`: absolute paths whose
-    /// file name it is first (the operator's explicit choice, e.g. one added
-    /// to a built-in grant that names the program), then the name itself.
-    pub fn grants_for<'a>(&'a self, program: &'a str) -> impl Iterator<Item = &'a String> + 'a {
-        let path_named = move |g: &&String| {
-            Path::new(g.as_str()).is_absolute()
-                && Path::new(g.as_str()).file_name().and_then(|n| n.to_str()) == Some(program)
-        };
-        let paths = self.programs.iter().filter(path_named);
-        let names = self.programs.iter().filter(move |g| g.as_str() == program);
-        paths.chain(names)
+    /// The first entry of this grant naming `program`: the name itself,
+    /// or an absolute path whose file name it is.
+    pub fn grant_for(&self, program: &str) -> Option<&String> {
+        self.programs.iter().find(|g| {
+            *g == program
+                || (Path::new(g.as_str()).is_absolute()
+                    && Path::new(g.as_str()).file_name().and_then(|n| n.to_str()) == Some(program))
+        })
     }
 
     /// What `requested` asks for beyond this grant.
     pub fn missing(&self, requested: &KindGrant) -> MissingGrants {
         MissingGrants {
             programs: (requested.programs.iter())
-                .filter(|p| self.grants_for(p).next().is_none())
+                .filter(|p| self.grant_for(p).is_none())
                 .cloned()
                 .collect(),
             env: (requested.env.iter())
@@ -109,14 +106,17 @@ impl KindGrant {
         }
     }
 
-    /// This grant widened by `more`: lists united, switches or-ed.
+    /// This grant widened by `more`: lists united (`more`'s entries first,
+    /// so an operator's path for a program is the one used), switches or-ed.
     fn add(&mut self, more: KindGrant) {
         fn union<T: PartialEq>(into: &mut Vec<T>, more: Vec<T>) {
-            for item in more {
-                if !into.contains(&item) {
-                    into.push(item);
+            let mut united = more;
+            for item in std::mem::take(into) {
+                if !united.contains(&item) {
+                    united.push(item);
                 }
             }
+            *into = united;
         }
         union(&mut self.programs, more.programs);
         union(&mut self.env, more.env);
@@ -349,6 +349,33 @@ fn yes() -> bool {
     true
 }
 
+/// An entry that adds to a built-in grant cannot take away from it: a
+/// switch the built-in grant turns on, set to `false`, is refused rather
+/// than silently ignored.
+fn refuse_narrowing(raw: &toml::Table, kind: &str, builtin: &KindGrant) -> Result<(), ConfigError> {
+    let entry = raw
+        .get("kinds")
+        .and_then(|k| k.get(kind))
+        .and_then(|e| e.as_table());
+    let switches = [
+        ("network", builtin.network),
+        ("unrestricted-tcp", builtin.unrestricted_tcp),
+        ("nested-sandbox", builtin.nested_sandbox),
+    ];
+    for (key, on) in switches {
+        let off = entry.and_then(|e| e.get(key)).and_then(|v| v.as_bool()) == Some(false);
+        if on && off {
+            return Err(ConfigError::Setting {
+                setting: format!("kinds.{kind}.{key}"),
+                message: format!(
+                    "`{key} = false` cannot narrow the built-in grant of `{kind}`, which turns it on: an entry adds to the built-in grant; add `replace = true` to write the whole grant yourself"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -441,10 +468,14 @@ impl RunnerConfig {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
+        let raw: toml::Table = toml::from_str(&text).unwrap_or_default();
         let mut kinds = RunnerConfig::default().kinds;
         for (name, mut grant) in file.kinds {
             match kinds.get_mut(&name) {
-                Some(builtin) if !grant.replace => builtin.add(grant),
+                Some(builtin) if !grant.replace => {
+                    refuse_narrowing(&raw, &name, builtin)?;
+                    builtin.add(grant)
+                }
                 _ => {
                     grant.replace = false;
                     kinds.insert(name, grant);
@@ -465,6 +496,8 @@ impl RunnerConfig {
     }
 
     /// The operator's grant for `kind` (empty when none was configured).
+    /// An entry added to a built-in grant comes before the built-in's own
+    /// (the operator's choice of a program's path wins).
     pub fn grant(&self, kind: &str) -> KindGrant {
         self.kinds.get(kind).cloned().unwrap_or_default()
     }

@@ -338,7 +338,14 @@ impl LogSession {
             let path = path.to_string();
             move |source| crate::fsutil::RecordError::Io { path, source }
         }
-        let append = |path: &str| OpenOptions::new().append(true).open(path).map_err(io(path));
+        let append = |path: &str| {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(io(path))
+        };
         let (earlier, _torn) = crate::fsutil::read_json_lines::<WorkerLifecycleLogEntry>(
             Path::new(&session.lifecycle_log_path),
         )?;

@@ -221,10 +221,14 @@ fn check_socket_path(path: &Path) -> Result<(), Error> {
     if !meta.file_type().is_socket() {
         return refuse("exists and is not a socket; choose another path");
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return refuse("another server is listening on it; stop it or choose another path");
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => refuse("another server is listening on it; stop it or choose another path"),
+        // No one listens: the socket of a server that stopped.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(Error::io(path))
+        }
+        Err(e) => refuse(&format!("cannot tell whether a server listens on it ({e})")),
     }
-    std::fs::remove_file(path).map_err(Error::io(path))
 }
 
 /// Read one line of at most [`MAX_REQUEST_BYTES`] plus the envelope.

@@ -20,10 +20,12 @@ impl RunLock {
     /// Take the lock of `run_dir`, or fail at once if someone holds it.
     pub fn acquire(run_dir: &Path) -> Result<RunLock, Error> {
         let path = run_dir.join(LOCK_FILE);
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(Error::io(&path))?;
         match file.try_lock() {

@@ -182,7 +182,12 @@ impl Runner {
         self.known_kind(&request.worker_kind)?;
         let step_dir = self.step_dir(request)?;
         let run_dir = step_dir.join(format!("attempt-{}", request.attempt));
-        let attempt = self.attempt_state(request, request.attempt)?;
+        let mut attempt = self.attempt_state(request, request.attempt)?;
+        if attempt == AttemptState::Prepared
+            && prepare::same_step(&run_dir, request, &validate::validate(request)?).is_err()
+        {
+            attempt = AttemptState::Taken;
+        }
         if let Some(seq) = request.checkpoint.as_ref().and_then(|c| c.resume_from_seq) {
             crate::checkpoints::StepHistory::load(&step_dir, request.attempt)
                 .resume_from(&step_dir, seq)?;

@@ -234,6 +234,10 @@ fn only_prepared(run_dir: &Path, attempt: u32, existing: Existing) -> Result<(),
             ),
         )
     };
+    // Only a directory this host made, as it made it, is taken up: a
+    // runs root others can write must not let them plant an attempt.
+    host_made(run_dir)
+        .map_err(|why| taken(format!("has a run directory this host cannot trust: {why}")))?;
     let state: RunStateSnapshot =
         crate::fsutil::read_record(&run_dir.join("state.json")).map_err(|e| {
             taken(format!(
@@ -262,9 +266,52 @@ fn only_prepared(run_dir: &Path, attempt: u32, existing: Existing) -> Result<(),
     Ok(())
 }
 
+/// What `prepare` leaves in a run directory: real directories and files
+/// (no links) owned by this host's user.
+fn host_made(run_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = rustix::process::geteuid().as_raw();
+    let mut entries: Vec<(PathBuf, bool, bool)> = vec![
+        (run_dir.to_path_buf(), true, true),
+        (run_dir.join("metadata.json"), false, true),
+        (run_dir.join("state.json"), false, true),
+        (run_dir.join("result.json"), false, false),
+        (run_dir.join(super::lock::LOCK_FILE), false, false),
+    ];
+    for dir in ["logs", "checkpoints", "artifacts", "home"] {
+        entries.push((run_dir.join(dir), true, true));
+    }
+    for file in ["lifecycle.jsonl", "stdout.log", "stderr.log"] {
+        entries.push((run_dir.join("logs").join(file), false, true));
+    }
+    for (_, sub) in baa_launch::PRIVATE_DIRS {
+        entries.push((run_dir.join("home").join(sub), true, false));
+    }
+    for (path, dir, required) in entries {
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let why = if meta.file_type().is_symlink() {
+            "is a symbolic link"
+        } else if meta.uid() != euid {
+            "is not owned by this host's user"
+        } else if dir != meta.is_dir() || (!dir && !meta.is_file()) {
+            "is not what prepare made there"
+        } else if !dir && meta.nlink() > 1 {
+            "has other hard links"
+        } else {
+            continue;
+        };
+        return Err(format!("{} {why}", path.display()));
+    }
+    Ok(())
+}
+
 /// A prepared attempt runs only the step it was prepared for: the request
 /// must agree with its metadata.
-fn same_step(
+pub(crate) fn same_step(
     run_dir: &Path,
     request: &StepExecutionRequest,
     paths: &ValidPaths,
@@ -347,6 +394,19 @@ fn populate(
         fresh,
     } = setup;
     let lock = RunLock::acquire(run_dir)?;
+    if !fresh {
+        // Another process may have run it between the check and the lock.
+        let state: RunStateSnapshot = crate::fsutil::read_record(Path::new(&log_paths.state_path))?;
+        if state.status != RunStatus::Prepared {
+            return Err(Error::invalid(
+                "attempt",
+                format!(
+                    "attempt {} of this step was run by another process meanwhile; use `--next-attempt`",
+                    request.attempt
+                ),
+            ));
+        }
+    }
     // A reopened attempt has them already (nothing ran in it).
     let create_dir = |dir: &Path| match fs::create_dir(dir) {
         Err(e) if !fresh && e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),

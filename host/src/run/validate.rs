@@ -63,16 +63,21 @@ fn existing_dir(field: &str, value: &str) -> Result<PathBuf, Error> {
 }
 
 /// The default runs root: `$XDG_STATE_HOME/baa-runner/runs`, else
-/// `$HOME/.local/state/baa-runner/runs`. It is outside every worktree, so a
+/// `$HOME/.local/state/baa-runner/runs`, else (no home, as a service may
+/// run) `/var/lib/baa-runner/runs` for root and the temporary directory's
+/// `baa-runner-<uid>/runs` for others. It is outside every worktree, so a
 /// worker cannot reach its own records.
 pub fn default_runs_root() -> PathBuf {
     if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
         return PathBuf::from(state).join("baa-runner/runs");
     }
-    let home = std::env::var_os("HOME")
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".local/state/baa-runner/runs")
+    if let Some(home) = std::env::var_os("HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(home).join(".local/state/baa-runner/runs");
+    }
+    match rustix::process::geteuid().as_raw() {
+        0 => PathBuf::from("/var/lib/baa-runner/runs"),
+        uid => std::env::temp_dir().join(format!("baa-runner-{uid}/runs")),
+    }
 }
 
 /// Validate every field of `request`; nothing is written.

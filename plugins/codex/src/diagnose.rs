@@ -97,7 +97,7 @@ pub fn recognise(line: &str) -> Option<Finding> {
     if matches!(kind, Kind::Escalation | Kind::Question) && !lower.contains("error") {
         return None;
     }
-    let line = cut(line.trim());
+    let line = cut(line.trim(), LINE_BYTES);
     Some(match *kind {
         Kind::Escalation => Finding::RejectedEscalation { line },
         Kind::Question => Finding::Question { line },
@@ -106,15 +106,16 @@ pub fn recognise(line: &str) -> Option<Finding> {
     })
 }
 
-fn cut(line: &str) -> String {
-    if line.len() <= LINE_BYTES {
-        return line.to_string();
+/// `text` cut to at most `max` bytes (on a character boundary), marked.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
-    let mut end = LINE_BYTES;
-    while !line.is_char_boundary(end) {
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &line[..end])
+    format!("{}…", &text[..end])
 }
 
 /// What stderr and the error events said, accumulated line by line.
@@ -126,6 +127,9 @@ pub struct Diagnostics {
     explaining: Option<usize>,
     /// The last line codex wrote on stderr that looks like an error.
     pub last_error_line: Option<String>,
+    /// Times codex said it waits for the network since the turn last made
+    /// progress (reset by [`Diagnostics::progress`]).
+    pub network_streak: usize,
 }
 
 impl Diagnostics {
@@ -157,7 +161,7 @@ impl Diagnostics {
         }
         let lower = line.to_lowercase();
         if lower.contains("error") {
-            self.last_error_line = Some(cut(line.trim()));
+            self.last_error_line = Some(cut(line.trim(), LINE_BYTES));
         }
         if let Some(finding) = recognise(line) {
             self.note(finding);
@@ -168,7 +172,7 @@ impl Diagnostics {
             if let Some(Finding::StartUp { line: first, .. }) = self.findings.get_mut(i) {
                 if first.len() < 4 * LINE_BYTES {
                     first.push_str(" · ");
-                    first.push_str(&cut(line.trim()));
+                    first.push_str(&cut(line.trim(), LINE_BYTES));
                 }
             }
         }
@@ -214,14 +218,14 @@ impl Diagnostics {
         if matches!(finding, Finding::StartUp { .. }) {
             self.explaining = Some(self.findings.len());
         }
+        if matches!(finding, Finding::NoNetwork { .. }) {
+            self.network_streak += 1;
+        }
         self.findings.push(finding);
     }
 
-    /// How many times codex said it is waiting for the network.
-    pub fn network_waits(&self) -> usize {
-        self.findings
-            .iter()
-            .filter(|f| matches!(f, Finding::NoNetwork { .. }))
-            .count()
+    /// The turn moved on: earlier waits for the network were transient.
+    pub fn progress(&mut self) {
+        self.network_streak = 0;
     }
 }

@@ -23,7 +23,8 @@ const THREAD_CHECKPOINT: &str = "codex-thread";
 /// How a summary names the thread (a resumed attempt looks for it there
 /// when it resumes from a checkpoint of another type).
 const THREAD_NOTE: &str = "codex thread ";
-/// Times codex may say it waits for the network before it is stopped.
+/// Times in a row (without progress between) codex may say it waits for
+/// the network before it is stopped.
 const NETWORK_WAITS: usize = 2;
 
 fn build_prompt(request: &Step, continuing: bool) -> Result<String, ExecuteError> {
@@ -64,24 +65,38 @@ fn build_prompt(request: &Step, continuing: bool) -> Result<String, ExecuteError
     Ok(prompt)
 }
 
-/// The thread an earlier attempt left: its `codex-thread` checkpoint, or
-/// the thread a summary names.
+/// The thread an earlier attempt left: its `codex-thread` checkpoint's
+/// payload, else the last thread note of the step's summary (a host
+/// `summary` checkpoint carries the whole summary in its payload; its own
+/// summary line may be cut).
 fn earlier_thread(resume: &Resume) -> Option<String> {
-    let id = match (&resume.payload, resume.checkpoint_type.as_str()) {
-        (Some(payload), THREAD_CHECKPOINT) => String::from_utf8_lossy(payload).trim().to_string(),
-        _ => {
+    if resume.checkpoint_type == THREAD_CHECKPOINT {
+        let payload = resume.payload.as_deref()?;
+        return uuid(String::from_utf8_lossy(payload).trim());
+    }
+    let payload_summary = (resume.payload.as_deref())
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+        .and_then(|v| v["summary"].as_str().map(str::to_string));
+    let found = [payload_summary.as_deref(), Some(resume.summary.as_str())]
+        .into_iter()
+        .flatten()
+        .find_map(|text| {
             // The kind's note ends its summary; a model's words before it
             // may say anything, so the last mention is the one.
-            let at = resume.summary.rfind(THREAD_NOTE)? + THREAD_NOTE.len();
-            resume.summary[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit() || *c == '-')
-                .collect()
-        }
-    };
-    let valid =
-        (32..=40).contains(&id.len()) && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    valid.then_some(id)
+            let at = text.rfind(THREAD_NOTE)? + THREAD_NOTE.len();
+            uuid(text[at..].get(..36)?)
+        });
+    found
+}
+
+/// `text` when it is a UUID (8-4-4-4-12 hexadecimal digits).
+fn uuid(text: &str) -> Option<String> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let shaped = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    shaped.then(|| text.to_string())
 }
 
 /// One run of codex and what it said.
@@ -111,7 +126,7 @@ fn run_codex(args: &[&str], prompt: &str) -> Result<Run, ExecuteError> {
             Output::Stderr(bytes) => diagnostics.stderr(&bytes),
             Output::Exited(status) => break status,
         }
-        if diagnostics.network_waits() >= NETWORK_WAITS && !turn.completed {
+        if diagnostics.network_streak >= NETWORK_WAITS && !turn.completed {
             emit(
                 Level::Warn,
                 "codex.stopped",
@@ -228,11 +243,19 @@ fn drive(step: Step) -> Result<WorkerOutcome, ExecuteError> {
     let thread_note = match &run.turn.thread_id {
         Some(id) => {
             if step.checkpoints_enabled {
-                let _ = capture_checkpoint(
+                let recorded = capture_checkpoint(
                     THREAD_CHECKPOINT,
-                    &format!("{THREAD_NOTE}{id}: {}", run.turn.facts()),
+                    &format!("{THREAD_NOTE}{id}"),
                     Some(id.as_bytes()),
                 );
+                if let Err(e) = recorded {
+                    emit(
+                        Level::Warn,
+                        "codex.thread",
+                        &format!("the thread was not recorded: {e:?}"),
+                        None,
+                    );
+                }
             }
             format!("; {THREAD_NOTE}{id}")
         }

@@ -74,7 +74,10 @@ pub fn decide(ended: &Ended<'_>) -> WorkerOutcome {
         turn, diagnostics, ..
     } = ended;
     let facts = format!("{}{}", turn.facts(), ended.thread_note);
-    for finding in &diagnostics.findings {
+    // A start-up problem decides only a turn that did not complete (a
+    // warning that merely looks like one must not undo finished work).
+    let findings = diagnostics.findings.iter().filter(|_| !turn.completed);
+    for finding in findings {
         if let Finding::StartUp { problem, line } = finding {
             let summary = format!("codex could not start ({}): {line}", problem.setting());
             return WorkerOutcome::blocked(summary).with_followup(
@@ -84,7 +87,7 @@ pub fn decide(ended: &Ended<'_>) -> WorkerOutcome {
             );
         }
     }
-    if !turn.completed && diagnostics.network_waits() > 0 {
+    if !turn.completed && diagnostics.network_streak > 0 {
         return no_network(ended.provider, diagnostics);
     }
     if let Some(error) = &turn.failed {
@@ -121,7 +124,7 @@ fn completed_turn(ended: &Ended<'_>, facts: &str) -> WorkerOutcome {
     };
     // Short enough that the facts and the thread note after it survive the
     // host's cap on summaries.
-    let said = shorten(&said, SAID_BYTES);
+    let said = crate::diagnose::cut(&said, SAID_BYTES);
     let escalations = (ended.diagnostics.findings.iter())
         .filter(|f| matches!(f, Finding::RejectedEscalation { .. }))
         .count();
@@ -185,17 +188,6 @@ fn completed_turn(ended: &Ended<'_>, facts: &str) -> WorkerOutcome {
 
 /// The most of the model's own summary a step's summary keeps.
 const SAID_BYTES: usize = 4096;
-
-fn shorten(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
 
 /// Codex kept retrying to reach its provider: the port is most likely not
 /// granted (the step was stopped instead of waiting for its timeout).

@@ -60,9 +60,18 @@ impl Turn {
                     Some(&json!({ "threadId": event["thread_id"] }).to_string()),
                 );
             }
-            "turn.started" => self.started = true,
-            "item.started" => self.item_started(&event["item"]),
-            "item.completed" => self.item(&event["item"], diagnostics),
+            "turn.started" => {
+                self.started = true;
+                diagnostics.progress();
+            }
+            "item.started" => {
+                diagnostics.progress();
+                self.item_started(&event["item"]);
+            }
+            "item.completed" => {
+                diagnostics.progress();
+                self.item(&event["item"], diagnostics);
+            }
             "turn.completed" => {
                 self.completed = true;
                 emit(

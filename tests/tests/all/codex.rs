@@ -571,3 +571,42 @@ async fn a_thread_codex_does_not_know_starts_anew_with_the_summary() {
         .to_string()
         .contains("An earlier attempt got this far"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declined_commands_block_the_step_and_are_not_counted_as_run() {
+    // With codex's automatic reviewer, a refused escalation shows up as a
+    // `declined` command (the reviewer is the scripted model too).
+    let sandbox = Sandbox::new();
+    let model = MockModel::start(vec![
+        Reply::escalation("touch /etc/baa-declined", "the fix needs /etc"),
+        Reply::message(
+            &json!({ "outcome": "deny", "rationale": "writes outside the workspace" }).to_string(),
+        ),
+        Reply::answer("completed", "could not change /etc", false, json!([])),
+    ]);
+    let request = codex_request(&sandbox, &model, "Change the system config");
+    let config = model.codex_home(sandbox.dir.path()).join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "approval_policy = \"never\"",
+            "approval_policy = \"on-request\"\napprovals_reviewer = \"auto_review\"",
+        ),
+    )
+    .unwrap();
+    let result = run(&codex_runner(&sandbox, &model), request).await;
+    assert_blocked_for_a_person(&result);
+    assert!(
+        result.summary.contains("0 command(s) run, 1 declined"),
+        "{}",
+        result.summary
+    );
+    assert!(
+        followups(&result).contains("run or allow the declined commands")
+            && followups(&result).contains("touch /etc/baa-declined"),
+        "{}",
+        followups(&result)
+    );
+    assert!(!std::path::Path::new("/etc/baa-declined").exists());
+}

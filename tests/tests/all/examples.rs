@@ -157,4 +157,27 @@ fn the_example_kinds_build_from_source_pass_check_and_run_real_steps() {
     assert_eq!(compiled_how(&lint), "loaded from the compiled cache");
     let again = run_kind(&sandbox, &plugins, "todo-scan", "todo-again", "TODO");
     assert_eq!(compiled_how(&again), "loaded from the compiled cache");
+    the_example_demos_end_as_documented(&plugins);
+}
+
+/// `bash examples/demo.sh KIND` for the example kinds, as the README shows
+/// it, with the kinds this test built: each ends as documented there.
+fn the_example_demos_end_as_documented(plugins: &Path) {
+    let demo = examples_dir().join("../demo.sh");
+    for (kind, code, says) in [
+        ("todo-scan", 0, "1 marked line(s) (TODO, FIXME)"),
+        ("changelog", 0, "COMPLETED"),
+        ("commit-lint", 1, "1 of 1 commit subject(s) to reword"),
+    ] {
+        let out = std::process::Command::new("bash")
+            .arg(&demo)
+            .arg(kind)
+            .env("BAA_EXAMPLE_KINDS_OUT", plugins)
+            .env("BAA_CONFIG", "/dev/null")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_exit(&out, code);
+        assert!(stdout.contains(says), "{kind}: {stdout}");
+    }
 }

@@ -671,3 +671,114 @@ fn serve_refuses_a_live_servers_socket_and_other_files() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
 }
+
+/// A terminal (here a pipe) that stops reading loses lines of the live
+/// view; the step still finishes and writes its records.
+#[test]
+fn a_terminal_that_stops_reading_never_stalls_the_step() {
+    let sandbox = Sandbox::new();
+    let request = request_file(
+        &sandbox,
+        "flood",
+        &sandbox.request_json("shell", "seq 200000; echo done > finished.txt"),
+    );
+    let mut child = cli()
+        .arg("run")
+        .arg(&request)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nothing reads stdout until the result is written.
+    let result = sandbox
+        .runs
+        .join("task-1/run-1/step-1/attempt-1/result.json");
+    let start = Instant::now();
+    while !result.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the step stalled behind its live view"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut shown = String::new();
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut shown)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(read_json(&result)["outcome"], "completed");
+    // The view was shown after all (or a note says what was not).
+    assert!(
+        shown.contains("COMPLETED"),
+        "{}",
+        &shown[shown.len().saturating_sub(2000)..]
+    );
+}
+
+/// An attempt directory this host did not make as it makes them (here a
+/// prepared attempt whose home was replaced by a link) is never taken up.
+#[test]
+fn a_planted_or_tampered_prepared_attempt_is_refused() {
+    let sandbox = Sandbox::new();
+    let request = request_file(&sandbox, "step", &sandbox.request_json("shell", "true"));
+    assert_exit(&cli().arg("prepare").arg(&request).output().unwrap(), 0);
+    let attempt = sandbox.runs.join("task-1/run-1/step-1/attempt-1");
+    std::fs::remove_dir_all(attempt.join("home")).unwrap();
+    std::os::unix::fs::symlink("/", attempt.join("home")).unwrap();
+    let out = cli().arg("run").arg(&request).output().unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        text(&out.stderr).contains("is a symbolic link"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(read_json(attempt.join("state.json"))["status"], "prepared");
+}
+
+/// An entry that adds to a built-in grant cannot take away from it, and an
+/// operator's path for a program comes before the built-in name.
+#[test]
+fn added_grants_cannot_narrow_and_the_operators_path_comes_first() {
+    let sandbox = Sandbox::new();
+    let narrowing = config_file(&sandbox, "narrow.toml", "[kinds.codex]\nnetwork = false\n");
+    let out = cli()
+        .arg("--config")
+        .arg(&narrowing)
+        .arg("kinds")
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        text(&out.stderr).contains("kinds.codex.network")
+            && text(&out.stderr).contains("replace = true"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pinned = config_file(
+        &sandbox,
+        "pinned.toml",
+        "[kinds.shell]\nprograms = [\"/bin/sh\"]\n",
+    );
+    let out = cli()
+        .arg("--config")
+        .arg(&pinned)
+        .args(["kinds", "--json"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let kinds: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shell = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "shell")
+        .unwrap();
+    assert_eq!(
+        shell["granted"]["programs"],
+        serde_json::json!(["/bin/sh", "sh"])
+    );
+}

@@ -1,9 +1,14 @@
 //! The live view of a running step: events and whole lines of output as
 //! they happen, and on a terminal a status line (spinner, step, elapsed
 //! time, latest event) that shows the step is alive while it is quiet.
+//! A writer thread does the terminal writes: a terminal that stops reading
+//! (a paused pager, Ctrl-S) loses lines of the view, never stalls the step.
 
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use baa_runner::contracts::{EventLevel, EventSource, WorkerLifecycleLogEntry};
@@ -25,21 +30,32 @@ pub enum Verbosity {
 
 /// A longer partial line than this is shown without waiting for its end.
 const MAX_PARTIAL_LINE: usize = 8 * 1024;
+/// Pieces of the view waiting for the terminal; past this they are dropped.
+const QUEUED: usize = 4096;
 
 /// The live view of one step.
 pub struct LiveView {
     state: Mutex<State>,
-    bar: Option<ProgressBar>,
     verbosity: Verbosity,
     paint: Paint,
+    /// Pieces the terminal was too slow for.
+    dropped: Arc<AtomicU64>,
 }
 
 struct State {
-    to_stderr: bool,
     /// Unfinished last lines of stdout and stderr.
     partial: [Vec<u8>; 2],
-    /// The stream was closed (`| head`): nothing more is written to it.
-    closed: bool,
+    /// To the writer thread; `None` once finished.
+    queue: Option<SyncSender<Piece>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// What the writer thread shows.
+enum Piece {
+    /// Lines, above the status line.
+    Text(String),
+    /// The status line's message.
+    Status(String),
 }
 
 impl LiveView {
@@ -70,15 +86,20 @@ impl LiveView {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
+        let (queue, pieces) = sync_channel(QUEUED);
+        let writer = std::thread::Builder::new()
+            .name("baa-live-view".into())
+            .spawn(move || write_pieces(pieces, bar, to_stderr))
+            .ok();
         Arc::new(LiveView {
             state: Mutex::new(State {
-                to_stderr,
                 partial: [Vec::new(), Vec::new()],
-                closed: false,
+                queue: writer.is_some().then_some(queue),
+                writer,
             }),
-            bar,
             verbosity,
             paint,
+            dropped: Arc::default(),
         })
     }
 
@@ -88,18 +109,46 @@ impl LiveView {
         Arc::new(move |update: LiveUpdate<'_>| view.update(update))
     }
 
-    /// Show what is left of unfinished lines and remove the status line.
+    /// Show what is left of unfinished lines, wait until everything is
+    /// shown and remove the status line.
     pub fn finish(&self) {
         let mut state = self.lock();
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = std::mem::take(&mut state.partial[index(stream)]);
             if !rest.is_empty() {
                 let text = self.output_line(stream, &rest);
-                self.write(&mut state, &text);
+                self.send(&state, Piece::Text(text));
             }
         }
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            let note = format!(
+                "{} {dropped} piece(s) of the live view were not shown (the terminal was not reading); the run's logs have everything\n",
+                self.paint.yellow("!")
+            );
+            // Waits for room: the step is over.
+            if let Some(queue) = &state.queue {
+                let _ = queue.send(Piece::Text(note));
+            }
+        }
+        state.queue = None;
+        if let Some(writer) = state.writer.take() {
+            let _ = writer.join();
+        }
+    }
+
+    /// Hand `piece` to the writer thread, or drop it when the terminal is
+    /// behind.
+    fn send(&self, state: &State, piece: Piece) {
+        let Some(queue) = &state.queue else {
+            return;
+        };
+        match queue.try_send(piece) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
@@ -114,15 +163,16 @@ impl LiveView {
         let mut state = self.lock();
         match update {
             LiveUpdate::Event(entry) => {
-                if let Some(bar) = &self.bar {
-                    bar.set_message(format!(
+                self.send(
+                    &state,
+                    Piece::Status(format!(
                         "{}: {}",
-                        entry.event,
+                        sanitize(&entry.event),
                         sanitize(first_line(&entry.message)).replace('\t', " ")
-                    ));
-                }
+                    )),
+                );
                 if let Some(line) = self.event_line(entry) {
-                    self.write(&mut state, &line);
+                    self.send(&state, Piece::Text(line));
                 }
             }
             LiveUpdate::Output(stream, bytes) => {
@@ -141,7 +191,7 @@ impl LiveView {
                 }
                 state.partial[i] = rest.to_vec();
                 if !text.is_empty() {
-                    self.write(&mut state, &text);
+                    self.send(&state, Piece::Text(text));
                 }
             }
         }
@@ -189,32 +239,43 @@ impl LiveView {
             sanitize(&entry.event)
         ))
     }
+}
 
-    /// Write `text` above the status line; a closed stream is left alone
-    /// (the step goes on and its records are written).
-    fn write(&self, state: &mut State, text: &str) {
-        if state.closed {
-            return;
+/// The writer thread: show pieces until the view is finished. A closed
+/// stream (`| head`) is left alone; the step goes on and its records are
+/// written.
+fn write_pieces(pieces: Receiver<Piece>, bar: Option<ProgressBar>, to_stderr: bool) {
+    let mut closed = false;
+    let write = |text: &str| -> std::io::Result<()> {
+        if to_stderr {
+            let mut err = std::io::stderr().lock();
+            err.write_all(text.as_bytes())?;
+            err.flush()
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()
         }
-        let to_stderr = state.to_stderr;
-        let write = || -> std::io::Result<()> {
-            if to_stderr {
-                let mut err = std::io::stderr().lock();
-                err.write_all(text.as_bytes())?;
-                err.flush()
-            } else {
-                let mut out = std::io::stdout().lock();
-                out.write_all(text.as_bytes())?;
-                out.flush()
+    };
+    for piece in pieces {
+        match piece {
+            Piece::Status(message) => {
+                if let Some(bar) = &bar {
+                    bar.set_message(message);
+                }
             }
-        };
-        let written = match &self.bar {
-            Some(bar) => bar.suspend(write),
-            None => write(),
-        };
-        if written.is_err() {
-            state.closed = true;
+            Piece::Text(_) if closed => {}
+            Piece::Text(text) => {
+                let written = match &bar {
+                    Some(bar) => bar.suspend(|| write(&text)),
+                    None => write(&text),
+                };
+                closed = written.is_err();
+            }
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
 }
 

@@ -389,7 +389,27 @@ fn config_path(cli: &Cli) -> Option<PathBuf> {
     xdg.map(|d| d.join("baa-runner/config.toml"))
         .into_iter()
         .chain([PathBuf::from("/etc/baa-runner/config.toml")])
-        .find(|p| p.is_file())
+        .filter(|p| p.is_file())
+        .find(|p| trusted_config(p))
+}
+
+/// A config found in a default location grants capabilities: as root, only
+/// one that root owns and no one else may change (nor its directory) is
+/// read — `sudo -E` keeps a user's `$HOME` and `$XDG_CONFIG_HOME`.
+fn trusted_config(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return true;
+    }
+    let safe = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    let trusted = safe(path) && path.parent().is_some_and(safe);
+    if !trusted {
+        eprintln!(
+            "baa-runner: warning: ignoring {}: as root, a default config must be owned by root and writable by no one else (pass --config to use it anyway)",
+            path.display()
+        );
+    }
+    trusted
 }
 
 fn runner(cli: &Cli, streams: Streams) -> anyhow::Result<Runner> {

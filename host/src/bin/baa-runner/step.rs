@@ -54,6 +54,13 @@ pub fn choose_attempt(
             return Ok(());
         }
         Attempt::Next { resume: true, .. } => {
+            let last = runner.next_attempt(request)? - 1;
+            if last > 0 && runner.attempt_state(request, last)? == AttemptState::Prepared {
+                return Err(InvalidInput(format!(
+                    "attempt {last} of this step is prepared and has not run: run it first (`baa-runner run --next-attempt`)"
+                ))
+                .into());
+            }
             let step_dir = runner.step_dir(request)?;
             let latest = StepHistory::load(&step_dir, 0)
                 .records
@@ -126,9 +133,15 @@ pub fn run(
     } else {
         render::summary(&result, streams.stdout);
     }
+    let interrupted = result
+        .state
+        .failure
+        .as_ref()
+        .is_some_and(|f| f.reason == baa_runner::contracts::FailureReason::Interrupted);
     Ok(match signal.load(Ordering::SeqCst) {
-        0 => exit_code(&result),
-        signal => 128 + signal as u8,
+        // A signal that came after the step ended changed nothing.
+        signal if signal != 0 && interrupted => 128 + signal as u8,
+        _ => exit_code(&result),
     })
 }
 

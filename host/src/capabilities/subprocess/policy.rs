@@ -440,24 +440,19 @@ impl ExecPolicy {
         };
         for program in &requested.programs {
             // A grant names the program, or gives the absolute path of a
-            // program with that file name (both, when one was added to a
-            // built-in grant).
-            // The first entry that resolves wins; else the first's reason.
-            let mut first_error = None;
-            for grant in granted.grants_for(program) {
-                match resolve_program(grant) {
-                    Ok(path) => {
-                        policy.programs.insert(program.clone(), path);
-                        first_error = None;
-                        break;
-                    }
-                    Err(why) => {
-                        first_error.get_or_insert(why);
-                    }
+            // program with that file name; the first such entry decides (an
+            // operator's, when it added one to a built-in grant), with no
+            // fallback to another.
+            let Some(grant) = granted.grant_for(program) else {
+                continue;
+            };
+            match resolve_program(grant) {
+                Ok(path) => {
+                    policy.programs.insert(program.clone(), path);
                 }
-            }
-            if let Some(why) = first_error {
-                policy.missing.insert(program.clone(), why);
+                Err(why) => {
+                    policy.missing.insert(program.clone(), why);
+                }
             }
         }
         policy.executes_anything = policy
