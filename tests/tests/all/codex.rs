@@ -448,8 +448,16 @@ async fn a_long_command_is_visible_when_it_starts() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_resumed_attempt_continues_codexs_thread() {
+/// Two attempts of a codex step, the second resuming from the first's
+/// latest checkpoint (after codex's recorded sessions are removed, when
+/// `forget`); the sandbox (its records), the model and the second result.
+async fn resumed(
+    forget: bool,
+) -> (
+    Sandbox,
+    MockModel,
+    baa_runner::contracts::StepExecutionResult,
+) {
     let sandbox = Sandbox::new();
     let model = MockModel::start(vec![
         Reply::answer("completed", "first attempt's answer", false, json!([])),
@@ -463,6 +471,16 @@ async fn a_resumed_attempt_continues_codexs_thread() {
         "{}",
         first.summary
     );
+    if forget {
+        // The recorded sessions are gone (another CODEX_HOME, say).
+        let home = model.codex_home(sandbox.dir.path());
+        for entry in std::fs::read_dir(&home).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap() != "config.toml" {
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+    }
     let mut again = codex_request(&sandbox, &model, "Write the plan");
     again.attempt = 2;
     again.checkpoint.as_mut().unwrap().resume_from_seq = Some(first.checkpoint.last_checkpoint_seq);
@@ -473,6 +491,12 @@ async fn a_resumed_attempt_continues_codexs_thread() {
         "{}",
         second.summary
     );
+    (sandbox, model, second)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_attempt_continues_codexs_thread() {
+    let (_sandbox, model, second) = resumed(false).await;
     assert_eq!(event(&second, "codex.resume")["data"]["continued"], true);
     // The model's second request carries the first turn: its own answer.
     let requests = model.requests();
@@ -534,37 +558,7 @@ async fn a_missing_codex_home_or_a_plain_directory_blocks_naming_the_setting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thread_codex_does_not_know_starts_anew_with_the_summary() {
-    let sandbox = Sandbox::new();
-    let model = MockModel::start(vec![
-        Reply::answer("completed", "first attempt's answer", false, json!([])),
-        Reply::answer("completed", "second attempt's answer", false, json!([])),
-    ]);
-    let runner = codex_runner(&sandbox, &model);
-    let first = run(&runner, codex_request(&sandbox, &model, "Write the plan")).await;
-    assert_eq!(
-        first.outcome,
-        StepExecutionOutcome::Completed,
-        "{}",
-        first.summary
-    );
-    // The recorded sessions are gone (another CODEX_HOME, say).
-    let home = model.codex_home(sandbox.dir.path());
-    for entry in std::fs::read_dir(&home).unwrap() {
-        let path = entry.unwrap().path();
-        if path.file_name().unwrap() != "config.toml" {
-            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-        }
-    }
-    let mut again = codex_request(&sandbox, &model, "Write the plan");
-    again.attempt = 2;
-    again.checkpoint.as_mut().unwrap().resume_from_seq = Some(first.checkpoint.last_checkpoint_seq);
-    let second = run(&runner, again).await;
-    assert_eq!(
-        second.outcome,
-        StepExecutionOutcome::Completed,
-        "{}",
-        second.summary
-    );
+    let (_sandbox, model, second) = resumed(true).await;
     assert_eq!(event(&second, "codex.resume")["data"]["continued"], false);
     let requests = model.requests();
     assert!(requests[1]["input"]

@@ -92,20 +92,7 @@ fn operator_grants_add_to_a_builtin_kinds_and_misspelt_kinds_are_named() {
         "replaced.toml",
         "[kinds.shell]\nreplace = true\nenv = [\"FOO\"]\n",
     );
-    let out = cli()
-        .arg("--config")
-        .arg(&replaced)
-        .args(["kinds", "--json"])
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
-    let kinds: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let shell = kinds
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "shell")
-        .unwrap();
+    let (kinds, shell) = shell_kind(&replaced);
     assert_eq!(shell["missing"]["programs"], serde_json::json!(["sh"]));
     assert_eq!(shell["granted"]["env"], serde_json::json!(["FOO"]));
     assert_no_kebab_keys(&kinds);
@@ -128,6 +115,23 @@ fn operator_grants_add_to_a_builtin_kinds_and_misspelt_kinds_are_named() {
         .output()
         .unwrap();
     assert_exit(&out, 2);
+}
+
+/// `kinds --json` with `config`: all kinds, and the shell kind's entry.
+fn shell_kind(config: &Path) -> (Value, Value) {
+    let out = cli()
+        .arg("--config")
+        .arg(config)
+        .args(["kinds", "--json"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let kinds: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shell = (kinds.as_array().unwrap().iter())
+        .find(|k| k["name"] == "shell")
+        .cloned()
+        .unwrap();
+    (kinds, shell)
 }
 
 /// Every key of every object is camelCase (as all the CLI's JSON is).
@@ -763,20 +767,7 @@ fn added_grants_cannot_narrow_and_the_operators_path_comes_first() {
         "pinned.toml",
         "[kinds.shell]\nprograms = [\"/bin/sh\"]\n",
     );
-    let out = cli()
-        .arg("--config")
-        .arg(&pinned)
-        .args(["kinds", "--json"])
-        .output()
-        .unwrap();
-    assert_exit(&out, 0);
-    let kinds: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let shell = kinds
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "shell")
-        .unwrap();
+    let (_, shell) = shell_kind(&pinned);
     assert_eq!(
         shell["granted"]["programs"],
         serde_json::json!(["/bin/sh", "sh"])
