@@ -502,3 +502,69 @@ impl RunnerConfig {
         self.kinds.get(kind).cloned().unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<RunnerConfig, ConfigError> {
+        let file = tempfile_path(text);
+        let config = RunnerConfig::from_file(&file);
+        let _ = std::fs::remove_file(&file);
+        config
+    }
+
+    fn tempfile_path(text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "baa-config-test-{}-{}.toml",
+            std::process::id(),
+            crate::fsutil::random_name()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_entry_adds_to_a_builtin_grant_its_programs_first() {
+        let config =
+            from_toml("[kinds.shell]\nprograms = [\"/bin/sh\", \"sh\"]\nenv = [\"CI\"]\n").unwrap();
+        let shell = config.grant("shell");
+        assert_eq!(shell.programs, ["/bin/sh", "sh"]);
+        assert_eq!(shell.env, ["CI"]);
+        assert_eq!(shell.grant_for("sh").map(String::as_str), Some("/bin/sh"));
+    }
+
+    #[test]
+    fn replace_replaces_and_narrowing_without_it_is_refused() {
+        let config = from_toml("[kinds.codex]\nreplace = true\nprograms = [\"codex\"]\n").unwrap();
+        let codex = config.grant("codex");
+        assert!(!codex.network && !codex.nested_sandbox && codex.env.is_empty());
+        let refused = from_toml("[kinds.codex]\nnested-sandbox = false\n").unwrap_err();
+        assert!(
+            matches!(&refused, ConfigError::Setting { setting, .. } if setting == "kinds.codex.nested-sandbox"),
+            "{refused}"
+        );
+        // Saying what is already on is no narrowing.
+        assert!(from_toml("[kinds.codex]\nnetwork = true\n").is_ok());
+    }
+
+    #[test]
+    fn missing_lists_what_a_request_asks_beyond_the_grant() {
+        let grant = KindGrant {
+            programs: vec!["/usr/bin/git".into()],
+            env: vec!["A".into()],
+            ..Default::default()
+        };
+        let requested = KindGrant {
+            programs: vec!["git".into(), "curl".into()],
+            env: vec!["A".into(), "B".into()],
+            network: true,
+            ..Default::default()
+        };
+        let missing = grant.missing(&requested);
+        assert_eq!(missing.programs, ["curl"]);
+        assert_eq!(missing.env, ["B"]);
+        assert!(missing.network && !missing.is_empty());
+        assert!(grant.missing(&KindGrant::default()).is_empty());
+    }
+}

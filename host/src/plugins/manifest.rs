@@ -45,113 +45,167 @@ pub fn host_world() -> String {
 
 /// Whether a component built for `world` runs on this host: the same
 /// package and world, and a semver-compatible version (same major; for
-/// 0.x, the same minor).
+/// 0.x, the same minor), as wasmtime's linker matches versioned imports.
 pub fn compatible(world: &str) -> bool {
     let host = host_world();
-    let split = |w: &str| {
+    let split = |w: &str| -> Option<(String, semver::Version)> {
         let (name, version) = w.split_once('@')?;
-        let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
-        Some((name.to_string(), parts.next()??, parts.next()??))
+        Some((name.to_string(), semver::Version::parse(version).ok()?))
     };
     match (split(world), split(&host)) {
-        (Some((name, major, minor)), Some((host_name, host_major, host_minor))) => {
-            name == host_name && major == host_major && (major > 0 || minor == host_minor)
+        (Some((name, wanted)), Some((host_name, have))) => {
+            name == host_name
+                && wanted.major == have.major
+                && (wanted.major > 0 || wanted.minor == have.minor)
         }
         _ => false,
     }
 }
 
-/// A top-level section: its id, its whole extent and its contents.
-type Section = (u8, std::ops::Range<usize>, std::ops::Range<usize>);
+/// A top-level section: its id and the range of its contents.
+type Section = (u8, std::ops::Range<usize>);
 
-/// The top-level sections of a component or module. Errors name the offset
-/// where the binary stops making sense.
+/// The top-level sections of a component or module (nested modules and
+/// components are one section each), read with `wasmparser`.
 fn sections(bytes: &[u8]) -> Result<Vec<Section>, String> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err("not a WebAssembly binary".into());
-    }
     let mut out = Vec::new();
-    let mut at = 8;
-    while at < bytes.len() {
-        let start = at;
-        let id = bytes[at];
-        at += 1;
-        let (size, used) = leb128(&bytes[at..]).ok_or(format!("bad section size at byte {at}"))?;
-        at += used;
-        let end = at
-            .checked_add(size as usize)
-            .filter(|end| *end <= bytes.len())
-            .ok_or(format!("section at byte {start} runs past the end"))?;
-        out.push((id, start..end, at..end));
-        at = end;
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| format!("not a valid WebAssembly binary: {e}"))?;
+        match &payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => {
+                if depth == 0 {
+                    out.extend(payload.as_section());
+                }
+                depth += 1;
+            }
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.extend(payload.as_section()),
+            _ => {}
+        }
     }
     Ok(out)
 }
 
-fn leb128(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, byte) in bytes.iter().take(10).enumerate() {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-fn push_leb128(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 /// The name and payload of a custom section's contents.
-fn custom(contents: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (len, used) = leb128(contents)?;
-    let name_end = used.checked_add(len as usize)?;
-    Some((contents.get(used..name_end)?, contents.get(name_end..)?))
+fn custom(contents: &[u8]) -> Option<(&str, &[u8])> {
+    let reader =
+        wasmparser::CustomSectionReader::new(wasmparser::BinaryReader::new(contents, 0)).ok()?;
+    Some((reader.name(), reader.data()))
 }
 
 /// The manifest of a component, if it carries one.
 pub fn read(bytes: &[u8]) -> Result<Option<Manifest>, String> {
-    for (id, _, contents) in sections(bytes)? {
-        if id != 0 {
-            continue;
-        }
-        if let Some((name, payload)) = custom(&bytes[contents]) {
-            if name == SECTION.as_bytes() {
+    for (id, contents) in sections(bytes)? {
+        match custom(&bytes[contents]) {
+            Some((SECTION, payload)) if id == 0 => {
                 return serde_json::from_slice(payload)
                     .map(Some)
                     .map_err(|e| format!("its `{SECTION}` section is not a valid manifest: {e}"));
             }
+            _ => {}
         }
     }
     Ok(None)
 }
 
-/// `bytes` with `manifest` as its manifest section (replacing any earlier one).
+/// `bytes` with `manifest` as its manifest section (replacing any earlier
+/// one), written with `wasm-encoder`.
 pub fn write(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
-    let mut out = bytes[..8.min(bytes.len())].to_vec();
-    for (id, whole, contents) in sections(bytes)? {
-        let ours =
-            id == 0 && custom(&bytes[contents]).is_some_and(|(n, _)| n == SECTION.as_bytes());
-        if !ours {
-            out.extend_from_slice(&bytes[whole]);
+    use wasm_encoder::Encode;
+    let sections = sections(bytes)?;
+    let mut out = bytes.get(..8).ok_or("not a WebAssembly binary")?.to_vec();
+    for (id, contents) in sections {
+        let data = &bytes[contents];
+        if id == 0 && custom(data).is_some_and(|(name, _)| name == SECTION) {
+            continue;
         }
+        out.push(id);
+        wasm_encoder::RawSection { id, data }.encode(&mut out);
     }
     let payload = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
-    let mut contents = Vec::new();
-    push_leb128(&mut contents, SECTION.len() as u64);
-    contents.extend_from_slice(SECTION.as_bytes());
-    contents.extend_from_slice(&payload);
     out.push(0);
-    push_leb128(&mut out, contents.len() as u64);
-    out.extend_from_slice(&contents);
+    wasm_encoder::CustomSection {
+        name: SECTION.into(),
+        data: payload.into(),
+    }
+    .encode(&mut out);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(world: &str) -> Manifest {
+        Manifest {
+            name: "hello".into(),
+            version: "1.2.3".into(),
+            description: "says hello".into(),
+            world: world.into(),
+            capabilities: Capabilities {
+                programs: vec!["git".into()],
+                env: vec![],
+                network: false,
+            },
+        }
+    }
+
+    /// A minimal component: the preamble and one custom section.
+    fn component() -> Vec<u8> {
+        let mut component = wasm_encoder::Component::new();
+        component.section(&wasm_encoder::CustomSection {
+            name: "other".into(),
+            data: b"kept".as_slice().into(),
+        });
+        component.finish()
+    }
+
+    #[test]
+    fn a_written_manifest_reads_back_and_replaces_an_earlier_one() {
+        let bytes = component();
+        assert_eq!(read(&bytes).unwrap(), None);
+        let first = write(&bytes, &manifest("baa:worker/worker@0.1.0")).unwrap();
+        let mut second_manifest = manifest("baa:worker/worker@0.1.0");
+        second_manifest.version = "2.0.0".into();
+        let second = write(&first, &second_manifest).unwrap();
+        assert_eq!(read(&second).unwrap(), Some(second_manifest));
+        // One manifest section, and the other custom section kept.
+        let names: Vec<String> = sections(&second)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, r)| custom(&second[r]).map(|(n, _)| n.to_string()))
+            .collect();
+        assert_eq!(names, ["other", SECTION]);
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&second)
+            .unwrap();
+    }
+
+    #[test]
+    fn garbage_and_bad_manifests_are_errors_naming_the_problem() {
+        assert!(read(b"not wasm at all")
+            .unwrap_err()
+            .contains("not a valid WebAssembly"));
+        let mut component = wasm_encoder::Component::new();
+        component.section(&wasm_encoder::CustomSection {
+            name: SECTION.into(),
+            data: br#"{"name": 1}"#.as_slice().into(),
+        });
+        let err = read(&component.finish()).unwrap_err();
+        assert!(err.contains("not a valid manifest"), "{err}");
+    }
+
+    #[test]
+    fn worlds_are_compatible_by_semver() {
+        let host = host_world();
+        assert!(compatible(&host));
+        let (name, _) = host.split_once('@').unwrap();
+        assert!(compatible(&format!("{name}@0.1.7")));
+        assert!(!compatible(&format!("{name}@0.2.0")));
+        assert!(!compatible(&format!("{name}@1.1.0")));
+        assert!(!compatible("other:pkg/worker@0.1.0"));
+        assert!(!compatible(&format!("{name}@x.y")));
+    }
 }
