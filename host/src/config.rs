@@ -78,6 +78,26 @@ impl MissingGrants {
     pub fn is_empty(&self) -> bool {
         self.programs.is_empty() && self.env.is_empty() && !self.network
     }
+
+    /// The config lines that would grant what is missing, e.g.
+    /// `programs = ["curl"]`, `network = true`.
+    pub fn config_lines(&self) -> Vec<String> {
+        let quoted = |items: &[String]| {
+            let items: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+            items.join(", ")
+        };
+        let mut lines = Vec::new();
+        if !self.programs.is_empty() {
+            lines.push(format!("programs = [{}]", quoted(&self.programs)));
+        }
+        if !self.env.is_empty() {
+            lines.push(format!("env = [{}]", quoted(&self.env)));
+        }
+        if self.network {
+            lines.push("network = true".to_string());
+        }
+        lines
+    }
 }
 
 impl KindGrant {
@@ -565,6 +585,10 @@ mod tests {
         assert_eq!(missing.programs, ["curl"]);
         assert_eq!(missing.env, ["B"]);
         assert!(missing.network && !missing.is_empty());
+        assert_eq!(
+            missing.config_lines(),
+            ["programs = [\"curl\"]", "env = [\"B\"]", "network = true"]
+        );
         assert!(grant.missing(&KindGrant::default()).is_empty());
     }
 }

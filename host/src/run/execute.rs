@@ -21,7 +21,7 @@ use crate::capabilities::subprocess::policy::Network;
 use crate::capabilities::subprocess::policy::CHILD_PATH;
 use crate::capabilities::subprocess::user::dedicated as dedicated_user;
 use crate::capabilities::subprocess::{Confinement, Denial, ExecPolicy, Setup, Subprocesses};
-use crate::config::KindGrant;
+use crate::config::{KindGrant, MissingGrants};
 use crate::contracts::{
     CheckpointMode, CheckpointSource, CheckpointType, EventLevel, EventSource, FailureReason,
     FailureRecord, PluginRecord, StepArtifact, StepExecutionOutcome, StepKind, SuggestedFollowup,
@@ -725,12 +725,6 @@ async fn call_worker(
     );
     // A kind that requests more than the operator granted (a new version
     // asking for more, say) does not run until the grant is widened.
-    let extra_programs: Vec<&str> = requested
-        .programs
-        .iter()
-        .filter(|p| !policy.grants_program(p))
-        .map(String::as_str)
-        .collect();
     let never: Vec<&str> = requested
         .env
         .iter()
@@ -748,47 +742,14 @@ async fn call_worker(
             ),
         );
     }
-    let extra_env: Vec<&str> = requested
-        .env
-        .iter()
-        .filter(|e| !policy.env_names().contains(e))
-        .map(String::as_str)
-        .collect();
-    let extra_network = requested.network && matches!(policy.network(), Network::None);
-    if !extra_programs.is_empty() || !extra_env.is_empty() || extra_network {
-        let mut wanted = Vec::new();
-        let quoted = |items: &[&str]| {
-            items
-                .iter()
-                .map(|i| format!("\"{i}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if !extra_programs.is_empty() {
-            wanted.push(format!("programs = [{}]", quoted(&extra_programs)));
-        }
-        if !extra_env.is_empty() {
-            wanted.push(format!("env = [{}]", quoted(&extra_env)));
-        }
-        if extra_network {
-            wanted.push("network = true".to_string());
-        }
-        let kind = request.worker_kind.as_str();
-        let message = format!(
-            "{} {} requests more than the operator granted: {}; widen [kinds.{kind}] in the config to run it",
-            info.name,
-            info.version,
-            wanted.join(", ")
+    let missing = granted.missing(&requested);
+    if !missing.is_empty() {
+        return blocked_on(
+            &missing,
+            request.worker_kind.as_str(),
+            &info.name,
+            &info.version,
         );
-        let mut report = Report::failed(FailureReason::PolicyDenied, message.clone());
-        report.outcome = StepExecutionOutcome::Blocked;
-        report.needs_human = true;
-        report.followups.push(SuggestedFollowup {
-            step_name: format!("grant [kinds.{kind}] {}", wanted.join(", ")),
-            step_kind: StepKind::Review,
-            reason: message,
-        });
-        return report;
     }
     store.data_mut().host.subprocesses.set_policy(policy);
 
@@ -1063,4 +1024,22 @@ fn new_store(shared: &RunnerShared, state: StepState, deadline: Instant) -> Stor
         }
     });
     store
+}
+
+/// The report of a kind that requests more than it is granted: blocked,
+/// with the exact lines the operator would add.
+fn blocked_on(missing: &MissingGrants, kind: &str, name: &str, version: &str) -> Report {
+    let wanted = missing.config_lines().join(", ");
+    let message = format!(
+        "{name} {version} requests more than the operator granted: {wanted}; widen [kinds.{kind}] in the config to run it"
+    );
+    let mut report = Report::failed(FailureReason::PolicyDenied, message.clone());
+    report.outcome = StepExecutionOutcome::Blocked;
+    report.needs_human = true;
+    report.followups.push(SuggestedFollowup {
+        step_name: format!("grant [kinds.{kind}] {wanted}"),
+        step_kind: StepKind::Review,
+        reason: message,
+    });
+    report
 }
