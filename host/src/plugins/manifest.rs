@@ -12,6 +12,17 @@ use crate::sandbox::bindings::WIT_PACKAGE;
 /// The custom section's name.
 pub const SECTION: &str = "baa:worker-manifest";
 
+/// Why a manifest could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not a valid WebAssembly binary: {0}")]
+    NotWasm(#[from] wasmparser::BinaryReaderError),
+    #[error("its `{SECTION}` section is not a valid manifest: {0}")]
+    Invalid(#[source] serde_json::Error),
+    #[error("the manifest cannot be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
 /// What a worker kind says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -67,11 +78,11 @@ type Section = (u8, std::ops::Range<usize>);
 
 /// The top-level sections of a component or module (nested modules and
 /// components are one section each), read with `wasmparser`.
-fn sections(bytes: &[u8]) -> Result<Vec<Section>, String> {
+fn sections(bytes: &[u8]) -> Result<Vec<Section>, ManifestError> {
     let mut out = Vec::new();
     let mut depth = 0usize;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
-        let payload = payload.map_err(|e| format!("not a valid WebAssembly binary: {e}"))?;
+        let payload = payload?;
         match &payload {
             wasmparser::Payload::ModuleSection { .. }
             | wasmparser::Payload::ComponentSection { .. } => {
@@ -96,13 +107,13 @@ fn custom(contents: &[u8]) -> Option<(&str, &[u8])> {
 }
 
 /// The manifest of a component, if it carries one.
-pub fn read(bytes: &[u8]) -> Result<Option<Manifest>, String> {
+pub fn read(bytes: &[u8]) -> Result<Option<Manifest>, ManifestError> {
     for (id, contents) in sections(bytes)? {
         match custom(&bytes[contents]) {
             Some((SECTION, payload)) if id == 0 => {
                 return serde_json::from_slice(payload)
                     .map(Some)
-                    .map_err(|e| format!("its `{SECTION}` section is not a valid manifest: {e}"));
+                    .map_err(ManifestError::Invalid);
             }
             _ => {}
         }
@@ -112,10 +123,11 @@ pub fn read(bytes: &[u8]) -> Result<Option<Manifest>, String> {
 
 /// `bytes` with `manifest` as its manifest section (replacing any earlier
 /// one), written with `wasm-encoder`.
-pub fn write(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
+pub fn write(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, ManifestError> {
     use wasm_encoder::Encode;
     let sections = sections(bytes)?;
-    let mut out = bytes.get(..8).ok_or("not a WebAssembly binary")?.to_vec();
+    // `sections` checked the preamble.
+    let mut out = bytes[..8].to_vec();
     for (id, contents) in sections {
         let data = &bytes[contents];
         if id == 0 && custom(data).is_some_and(|(name, _)| name == SECTION) {
@@ -124,7 +136,7 @@ pub fn write(bytes: &[u8], manifest: &Manifest) -> Result<Vec<u8>, String> {
         out.push(id);
         wasm_encoder::RawSection { id, data }.encode(&mut out);
     }
-    let payload = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
+    let payload = serde_json::to_vec(manifest).map_err(ManifestError::Encode)?;
     out.push(0);
     wasm_encoder::CustomSection {
         name: SECTION.into(),
@@ -185,16 +197,16 @@ mod tests {
 
     #[test]
     fn garbage_and_bad_manifests_are_errors_naming_the_problem() {
-        assert!(read(b"not wasm at all")
-            .unwrap_err()
-            .contains("not a valid WebAssembly"));
+        let err = read(b"not wasm at all").unwrap_err().to_string();
+        assert!(err.contains("not a valid WebAssembly"), "{err}");
         let mut component = wasm_encoder::Component::new();
         component.section(&wasm_encoder::CustomSection {
             name: SECTION.into(),
             data: br#"{"name": 1}"#.as_slice().into(),
         });
         let err = read(&component.finish()).unwrap_err();
-        assert!(err.contains("not a valid manifest"), "{err}");
+        assert!(matches!(err, ManifestError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("not a valid manifest"), "{err}");
     }
 
     #[test]

@@ -221,9 +221,9 @@ fn compile(
     let source_name = format!("`{}` ({})", entry.kind, entry.source.describe());
     // The manifest is read before anything is compiled: an incompatible
     // world is refused with both versions named.
-    let manifest = manifest::read(bytes).map_err(|message| PluginError::Invalid {
+    let manifest = manifest::read(bytes).map_err(|e| PluginError::Invalid {
         source_name: source_name.clone(),
-        message,
+        message: e.to_string(),
     })?;
     if let Some(m) = &manifest {
         if !manifest::compatible(&m.world) {

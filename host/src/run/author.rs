@@ -55,6 +55,28 @@ pub struct CheckReport {
 }
 
 /// The plugin at `path`, named by its file name as discovery names it.
+/// Why `stamp` could not write a kind's manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum StampError {
+    /// The file's name is not `<kind>.wasm`.
+    #[error("{0}")]
+    Name(String),
+    /// The kind could not be loaded.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
+    /// Its `describe` failed.
+    #[error("its describe failed: {0}")]
+    Describe(String),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 fn entry_for(path: &Path) -> Result<PluginEntry, String> {
     let stem = path
         .file_stem()
@@ -99,7 +121,7 @@ impl Runner {
         out.sha256 = crate::fsutil::sha256_hex(&bytes);
         match manifest::read(&bytes) {
             Ok(m) => out.manifest = m,
-            Err(e) => out.error = Some(e),
+            Err(e) => out.error = Some(e.to_string()),
         }
         let entry = match entry_for(path) {
             Ok(entry) => entry,
@@ -137,18 +159,17 @@ impl Runner {
 
     /// Ask `path`'s `describe` (in a store without capabilities) and write
     /// the answer into the file as its manifest section.
-    pub async fn stamp(&self, path: &Path) -> Result<Manifest, String> {
-        let entry = entry_for(path)?;
-        let (info, _) = execute::describe(&self.shared, &entry).await?;
+    pub async fn stamp(&self, path: &Path) -> Result<Manifest, StampError> {
+        let entry = entry_for(path).map_err(StampError::Name)?;
+        let (info, _) = execute::describe(&self.shared, &entry)
+            .await
+            .map_err(StampError::Describe)?;
         let shared = &self.shared;
-        let compiled = shared
-            .cache
-            .get(
-                &shared.engine,
-                &entry,
-                shared.config.limits.plugin_file_bytes,
-            )
-            .map_err(|e| e.to_string())?;
+        let compiled = shared.cache.get(
+            &shared.engine,
+            &entry,
+            shared.config.limits.plugin_file_bytes,
+        )?;
         let manifest = Manifest {
             name: info.name,
             version: info.version,
@@ -160,10 +181,13 @@ impl Runner {
                 network: info.capabilities.network,
             },
         };
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let io = |source| StampError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let bytes = std::fs::read(path).map_err(io)?;
         let stamped = manifest::write(&bytes, &manifest)?;
-        crate::fsutil::write_atomic(path, &stamped)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::fsutil::write_atomic(path, &stamped).map_err(io)?;
         // Only a custom section changed: the code compiled for the old bytes
         // is the code of the new ones.
         shared
