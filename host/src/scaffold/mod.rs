@@ -36,27 +36,40 @@ const CARGO_LOCK: &str = include_str!("../../../plugins/Cargo.lock");
 /// The wit-bindgen the built-in kinds are built with.
 const WIT_BINDGEN: &str = "0.63";
 
+/// Why a project could not be scaffolded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    #[error("`{name}` cannot name a worker kind: {why}")]
+    InvalidName { name: String, why: String },
+    #[error("`{0}` is a built-in kind, which would shadow a plugin of that name; choose another")]
+    Builtin(String),
+    #[error("cannot scaffold `{0}` (languages: {langs})", langs = LANGUAGES.join(", "))]
+    Language(String),
+    #[error("{0} already exists; choose another name or directory")]
+    Exists(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Create the project of kind `name` in `parent/name`; returns its path.
-pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf, String> {
-    crate::contracts::WorkerKind::new(name)
-        .map_err(|why| format!("`{name}` cannot name a worker kind: {why}"))?;
+pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf, ScaffoldError> {
+    crate::contracts::WorkerKind::new(name).map_err(|why| ScaffoldError::InvalidName {
+        name: name.to_string(),
+        why,
+    })?;
     if crate::plugins::is_builtin(name) {
-        return Err(format!(
-            "`{name}` is a built-in kind, which would shadow a plugin of that name; choose another"
-        ));
+        return Err(ScaffoldError::Builtin(name.to_string()));
     }
     if !LANGUAGES.contains(&language) {
-        return Err(format!(
-            "cannot scaffold `{language}` (languages: {})",
-            LANGUAGES.join(", ")
-        ));
+        return Err(ScaffoldError::Language(language.to_string()));
     }
     let dir = parent.join(name);
     if dir.exists() {
-        return Err(format!(
-            "{} already exists; choose another name or directory",
-            dir.display()
-        ));
+        return Err(ScaffoldError::Exists(dir.display().to_string()));
     }
     let world_version = crate::sandbox::bindings::WIT_PACKAGE
         .split('@')
@@ -110,13 +123,17 @@ pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf,
     write_files(&dir, files)
 }
 
-fn write_files(dir: &Path, files: Vec<(&str, String)>) -> Result<PathBuf, String> {
+fn write_files(dir: &Path, files: Vec<(&str, String)>) -> Result<PathBuf, ScaffoldError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ScaffoldError::Io { path, source }
+    };
     for (rel, contents) in files {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
-        std::fs::write(&path, contents).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, contents).map_err(io(&path))?;
     }
     Ok(dir.to_path_buf())
 }
