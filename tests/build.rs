@@ -21,6 +21,7 @@ fn main() {
         "baa-testing-redteam",
         "baa-testing-redteam-git",
         "baa-testing-redteam-sh",
+        "baa-testing-world-0-1",
     ]) {
         let name = package
             .trim_start_matches("baa-testing-")

@@ -64,22 +64,29 @@ pub struct KindGrant {
     pub replace: bool,
 }
 
-/// What a kind requests that its grant does not give it (by name: a
-/// program named in the grant may still be missing from this machine).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MissingGrants {
+/// What a kind requests, in its `describe` (every world version) and its
+/// manifest: the operator grants a subset ([`KindGrant`]). The same type
+/// says what a kind requests beyond its grant ([`KindGrant::missing`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Capabilities {
+    /// Programs its subprocesses run (names or absolute paths).
+    #[serde(default)]
     pub programs: Vec<String>,
+    /// Environment variable names passed to its subprocesses.
+    #[serde(default)]
     pub env: Vec<String>,
+    /// Whether its subprocesses need the network.
+    #[serde(default)]
     pub network: bool,
 }
 
-impl MissingGrants {
+impl Capabilities {
     pub fn is_empty(&self) -> bool {
         self.programs.is_empty() && self.env.is_empty() && !self.network
     }
 
-    /// The config lines that would grant what is missing, e.g.
+    /// The config lines that would grant these, e.g.
     /// `programs = ["curl"]`, `network = true`.
     pub fn config_lines(&self) -> Vec<String> {
         let quoted = |items: &[String]| {
@@ -111,9 +118,18 @@ impl KindGrant {
         })
     }
 
+    /// The programs, variables and network of this grant, as a request.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            programs: self.programs.clone(),
+            env: self.env.clone(),
+            network: self.network,
+        }
+    }
+
     /// What `requested` asks for beyond this grant.
-    pub fn missing(&self, requested: &KindGrant) -> MissingGrants {
-        MissingGrants {
+    pub fn missing(&self, requested: &Capabilities) -> Capabilities {
+        Capabilities {
             programs: (requested.programs.iter())
                 .filter(|p| self.grant_for(p).is_none())
                 .cloned()
@@ -315,11 +331,15 @@ pub struct Concurrency {
 impl Default for Concurrency {
     fn default() -> Self {
         Concurrency {
-            max_steps: crate::sandbox::POOL_STEPS,
+            max_steps: POOL_STEPS,
             kinds: BTreeMap::new(),
         }
     }
 }
+
+/// Most steps of one runner executing at once (`concurrency.max-steps`):
+/// the engine reserves an instance slot for each.
+pub const POOL_STEPS: u32 = 1000;
 
 /// The operator's configuration of a runner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,8 +382,11 @@ pub struct RunnerConfig {
 }
 
 fn compiled_cache_max_mib() -> u64 {
-    crate::plugins::cache::DEFAULT_MAX_MIB
+    DEFAULT_CACHE_MAX_MIB
 }
+
+/// The compiled cache's size when `compiled-cache-max-mib` is not set.
+pub const DEFAULT_CACHE_MAX_MIB: u64 = 1024;
 
 fn yes() -> bool {
     true
@@ -575,11 +598,10 @@ mod tests {
             env: vec!["A".into()],
             ..Default::default()
         };
-        let requested = KindGrant {
+        let requested = Capabilities {
             programs: vec!["git".into(), "curl".into()],
             env: vec!["A".into(), "B".into()],
             network: true,
-            ..Default::default()
         };
         let missing = grant.missing(&requested);
         assert_eq!(missing.programs, ["curl"]);
@@ -589,6 +611,6 @@ mod tests {
             missing.config_lines(),
             ["programs = [\"curl\"]", "env = [\"B\"]", "network = true"]
         );
-        assert!(grant.missing(&KindGrant::default()).is_empty());
+        assert!(grant.missing(&Capabilities::default()).is_empty());
     }
 }

@@ -11,7 +11,8 @@
 //! - [`run`]: the lifecycle (validate → prepare → execute → finish), [`Runner`]
 //!   and the [`StepHandle`] of a started step (events, cancellation, result);
 //! - [`serve`]: the same over a Unix socket for conductors not written in Rust;
-//! - [`sandbox`]: engine, linker, store state and limits of the wasm side;
+//! - [`worker`]: the WIT boundary (bindings of every `baa:worker` version,
+//!   host interfaces on per-capability views, engine, store, limits);
 //! - [`capabilities`]: what workers reach through the host (subprocess
 //!   policy and launching, events and artifacts, checkpoints);
 //! - [`plugins`]: finding, loading and checking worker kinds;
@@ -81,9 +82,9 @@ pub mod fsutil;
 pub mod logs;
 pub mod plugins;
 pub mod run;
-pub mod sandbox;
 pub mod scaffold;
 pub mod serve;
+pub mod worker;
 
 pub use config::RunnerConfig;
 pub use error::Error;

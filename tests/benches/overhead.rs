@@ -410,7 +410,8 @@ async fn measure(bench: &Bench, rows: &mut Vec<Row>) {
     });
 
     let engine =
-        baa_runner::sandbox::engine(&Default::default(), baa_runner::sandbox::POOL_STEPS).unwrap();
+        baa_runner::worker::engine::engine(&Default::default(), baa_runner::config::POOL_STEPS)
+            .unwrap();
     let disk = baa_runner::plugins::cache::DiskCache::open(&bench.cache_dir, &engine).unwrap();
     let sha = baa_runner::fsutil::sha256_hex(&probe_bytes);
     let component = wasmtime::component::Component::new(&engine, &probe_bytes).unwrap();

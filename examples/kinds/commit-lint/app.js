@@ -7,9 +7,9 @@
 // commits fail the step, are listed in an artifact, and a follow-up step to
 // reword them is suggested.
 
-import { spawn } from 'baa:worker/subprocess@0.1.0';
-import { emit, declareArtifact } from 'baa:worker/events@0.1.0';
-import { capture } from 'baa:worker/checkpoint@0.1.0';
+import { spawn } from 'baa:worker/subprocess@0.2.0';
+import { emit, declareArtifact } from 'baa:worker/events@0.2.0';
+import { capture } from 'baa:worker/checkpoint@0.2.0';
 
 const DEFAULT_COMMITS = 20;
 const MAX_SUBJECT = 72;

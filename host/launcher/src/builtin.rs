@@ -10,7 +10,8 @@ use std::path::Path;
 
 use baa_launch::Builtin;
 
-use crate::confine::{self, Failure, Prepared};
+use crate::confine::{self, Prepared};
+use crate::sys::Failure;
 
 /// Confine this (forked) child as `p` says, tell the supervisor it started
 /// by closing `started`, perform `op` and exit: 0 when it succeeded, 1 with

@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use baa_launch::{Applied, LaunchSpec, Probe};
 
 use crate::namespace::Namespace;
+use crate::sys::is_dir;
 use landlock::{
     Access, AccessFs, AccessNet, NetPort, PathBeneath, Ruleset, RulesetAttr, RulesetCreated,
     RulesetCreatedAttr, RulesetStatus, Scope, ABI,
@@ -26,8 +27,8 @@ use seccompiler::{
 /// crate degrades them on older kernels and the result is reported.
 const ABI_TARGET: ABI = ABI::V6;
 
-/// A failure before exec: which stage, and why.
-pub type Failure = (&'static str, String);
+use crate::sys::Failure;
+use crate::sys::{cstring, errno, open, open_beneath, openat2};
 
 /// Everything the child needs, opened and compiled before the fork.
 pub struct Prepared {
@@ -78,76 +79,6 @@ impl Resolve<'_> {
         }
     }
 }
-
-pub(crate) fn cstring(bytes: &[u8], what: &str) -> Result<CString, Failure> {
-    CString::new(bytes).map_err(|_| ("spec", format!("{what} contains a NUL byte")))
-}
-
-pub(crate) fn errno() -> std::io::Error {
-    std::io::Error::last_os_error()
-}
-
-/// Open `path` (absolute) with `flags | O_CLOEXEC`.
-pub(crate) fn open(path: &Path, flags: libc::c_int) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid C string; the result is checked.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    // SAFETY: `fd` was just opened and is owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `openat2(dir, rel, O_PATH | O_DIRECTORY, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`.
-pub(crate) fn open_beneath(dir: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    openat2(
-        dir,
-        rel.as_os_str().as_bytes(),
-        libc::O_PATH | libc::O_DIRECTORY,
-        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
-    )
-}
-
-/// `openat2(dir, rel, flags | O_CLOEXEC, resolve)`.
-pub(crate) fn openat2(
-    dir: &OwnedFd,
-    rel: &[u8],
-    flags: i32,
-    resolve: u64,
-) -> std::io::Result<OwnedFd> {
-    let c = CString::new(rel).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain data; zeroed is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = resolve;
-    // SAFETY: arguments are a valid descriptor, a C string and a properly
-    // sized open_how; the result is checked.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(errno());
-    }
-    // SAFETY: `fd` was just opened and is owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Resolution that follows no link at all and stays beneath the directory.
-pub(crate) const NO_LINKS: u64 =
-    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
 /// Open, resolve and compile everything the child of a one-shot launch
 /// needs: its mount environment too, and the environment this launcher
@@ -364,16 +295,6 @@ fn ruleset(
             .map_err(err)?;
     }
     Ok(created)
-}
-
-/// Whether `fd` is a directory.
-fn is_dir(fd: &OwnedFd) -> bool {
-    // SAFETY: plain data filled in by fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and a stat buffer.
-    unsafe {
-        libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
-    }
 }
 
 /// The kernel's Landlock ABI version (0: none).

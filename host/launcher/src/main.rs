@@ -22,6 +22,7 @@ mod builtin;
 mod confine;
 mod namespace;
 mod supervise;
+mod sys;
 mod view;
 mod zygote;
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use baa_launch::Environment;
 
-use crate::confine::{cstring, errno, open, openat2, Failure, NO_LINKS};
+use crate::sys::{cstring, errno, open, openat2, Failure, NO_LINKS};
 
 /// Everything a step's mount environment needs, opened and checked before
 /// it is entered.

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use baa_launch::{LaunchSpec, Report, LIFELINE_FD, SETUP_FAILED};
 
-use crate::confine::{self, Failure, Prepared};
+use crate::confine::{self, Prepared};
+use crate::sys::Failure;
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];

@@ -90,7 +90,7 @@ pub fn user_namespace(owner: User, user: User) -> std::io::Result<OwnedFd> {
             format!("{proc}/gid_map"),
             format!("{} {} 1\n", owner.gid, user.gid),
         )?;
-        crate::confine::open(Path::new(&format!("{proc}/ns/user")), libc::O_RDONLY)
+        crate::sys::open(Path::new(&format!("{proc}/ns/user")), libc::O_RDONLY)
     })();
     drop(done_write);
     // SAFETY: reaping our own child.
@@ -177,7 +177,7 @@ pub fn attach(tree: &OwnedFd, target: &OwnedFd) -> std::io::Result<()> {
 /// of its owner to `probe_user`, and a detached idmapped copy of it (which
 /// is never attached anywhere).
 pub fn probe(path: &Path, probe_user: User) -> Result<(), String> {
-    let dir = crate::confine::open(path, libc::O_PATH | libc::O_DIRECTORY)
+    let dir = crate::sys::open(path, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     // SAFETY: plain data filled in by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

@@ -12,8 +12,9 @@ use std::path::Path;
 
 use baa_launch::{Environment, Report, ZygoteRequest, LIFELINE_FD, REPORT_FD, ZYGOTE_FDS};
 
-use crate::confine::{self, Failure};
+use crate::confine;
 use crate::namespace::Namespace;
+use crate::sys::{self, Failure};
 
 /// Descriptor of the control socket (a `SOCK_SEQPACKET` end).
 pub const CONTROL_FD: i32 = 3;
@@ -72,7 +73,7 @@ pub fn serve(env: Environment) -> i32 {
         ];
         // SAFETY: `fds` is a valid array of pollfd.
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            if confine::errno().raw_os_error() == Some(libc::EINTR) {
+            if sys::errno().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
             // Serving is impossible (a limit lowered under us): stop
@@ -107,13 +108,13 @@ pub fn serve(env: Environment) -> i32 {
 
 /// Enter the step's environment (this process stays in it).
 fn enter(env: &Environment) -> Result<Entered, Failure> {
-    let root = confine::open(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
+    let root = sys::open(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| ("launcher", format!("/: {e}")))?;
     let private = Namespace::prepare(env)?;
     // SAFETY: the server is single-threaded.
     let worktree = match unsafe { private.enter()? } {
         Some(worktree) => worktree,
-        None => confine::open(&env.worktree, libc::O_PATH | libc::O_DIRECTORY)
+        None => sys::open(&env.worktree, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(|e| ("cwd", format!("worktree {}: {e}", env.worktree.display())))?,
     };
     // Neither the server nor its supervisors (which become the step's
@@ -125,7 +126,7 @@ fn enter(env: &Environment) -> Result<Entered, Failure> {
     // SAFETY: plain prctl; the filters are compiled above it.
     let base = confine::base_filters().map_err(|e| ("seccomp", e))?;
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(("no-new-privs", confine::errno().to_string()));
+        return Err(("no-new-privs", sys::errno().to_string()));
     }
     for filter in &base {
         seccompiler::apply_filter(filter).map_err(|e| ("seccomp", e.to_string()))?;

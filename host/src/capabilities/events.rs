@@ -1,13 +1,14 @@
-//! The `events` host interface: worker lifecycle events and artifacts.
-//! Artifacts are stored under the run's `artifacts/` directory.
+//! The events capability: a worker's lifecycle events (kept out of the
+//! host's namespaces) and its artifacts, stored under the run's
+//! `artifacts/` directory and listed in the step's result.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::capabilities::bounds::{self, cut, cut_owned};
 use crate::contracts::{EventLevel, EventSource, StepArtifact, StepArtifactKind};
 use crate::fsutil::{display, write_atomic};
-use crate::sandbox::bindings::baa::worker::events::{ArtifactError, Host, Level};
-use crate::sandbox::state::StepState;
+use crate::logs::LogSession;
 
 /// Largest artifact a worker may store.
 pub const MAX_ARTIFACT_BYTES: usize = 32 * 1024 * 1024;
@@ -48,21 +49,43 @@ fn valid_artifact_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
-impl Host for StepState {
-    async fn emit(
-        &mut self,
-        level: Level,
-        event: String,
-        message: String,
-        data_json: Option<String>,
-    ) -> wasmtime::Result<()> {
-        crate::fault::host_panic(&event);
-        let level = match level {
-            Level::Debug => EventLevel::Debug,
-            Level::Info => EventLevel::Info,
-            Level::Warn => EventLevel::Warn,
-            Level::Error => EventLevel::Error,
-        };
+/// Why an artifact was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ArtifactError {
+    /// The name or the contents are not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The host could not store it.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The events capability of one step.
+pub struct Events {
+    logs: Arc<LogSession>,
+    /// Where artifacts go; `None` outside a step (a `describe`).
+    artifacts_dir: Option<PathBuf>,
+    artifacts: Vec<StepArtifact>,
+}
+
+impl Events {
+    pub fn new(logs: Arc<LogSession>, artifacts_dir: Option<PathBuf>) -> Self {
+        Events {
+            logs,
+            artifacts_dir,
+            artifacts: Vec::new(),
+        }
+    }
+
+    /// The artifacts declared so far.
+    pub fn artifacts(&self) -> &[StepArtifact] {
+        &self.artifacts
+    }
+
+    /// Record a worker's event: its name kept out of the host's namespaces,
+    /// its message and data cut to their caps.
+    pub fn emit(&self, level: EventLevel, event: &str, message: String, data_json: Option<String>) {
+        crate::fault::host_panic(event);
         let data = data_json.map(|json| {
             if json.len() > bounds::EVENT_DATA {
                 serde_json::json!({ "invalid": format!("data-json of {} bytes exceeds {}", json.len(), bounds::EVENT_DATA) })
@@ -71,47 +94,52 @@ impl Host for StepState {
                     .unwrap_or_else(|e| serde_json::json!({ "invalid": format!("data-json is not JSON: {e}") }))
             }
         });
-        self.host.logs.event(
+        self.logs.event(
             EventSource::Worker,
             level,
-            &worker_event_name(&event),
+            &worker_event_name(event),
             cut_owned(message, bounds::EVENT_MESSAGE),
             data,
         );
-        Ok(())
     }
 
-    async fn declare_artifact(
+    /// Store `contents` as artifact `name`; returns its path.
+    pub fn declare_artifact(
         &mut self,
         name: String,
         description: String,
         contents: Vec<u8>,
-    ) -> wasmtime::Result<Result<String, ArtifactError>> {
+    ) -> Result<String, ArtifactError> {
         if !valid_artifact_name(&name) {
-            return Ok(Err(ArtifactError::Invalid(format!(
+            return Err(ArtifactError::Invalid(format!(
                 "artifact name `{}` must be a file name of letters, digits, `.`, `-` and `_`",
                 cut(&name, 128)
-            ))));
+            )));
         }
+        let Some(dir) = &self.artifacts_dir else {
+            return Err(ArtifactError::Io(format!(
+                "artifact `{name}` not stored: there is no step to store it in"
+            )));
+        };
         if contents.len() > MAX_ARTIFACT_BYTES {
-            return Ok(Err(ArtifactError::Invalid(format!(
+            return Err(ArtifactError::Invalid(format!(
                 "artifact `{name}` is {} bytes; the limit is {MAX_ARTIFACT_BYTES}",
                 contents.len()
-            ))));
+            )));
         }
-        if self.host.artifacts.iter().any(|a| a.name == name) {
-            return Ok(Err(ArtifactError::Invalid(format!(
+        if self.artifacts.iter().any(|a| a.name == name) {
+            return Err(ArtifactError::Invalid(format!(
                 "artifact `{name}` was already declared in this step"
-            ))));
+            )));
         }
-        if let Err(e) = self.host.logs.budget().charge(contents.len() as u64) {
-            return Ok(Err(ArtifactError::Io(format!(
+        if let Err(e) = self.logs.budget().charge(contents.len() as u64) {
+            return Err(ArtifactError::Io(format!(
                 "artifact `{name}` not stored: {e}"
-            ))));
+            )));
         }
-        let path = Path::new(&self.host.artifacts_dir).join(&name);
+        let path = Path::new(dir).join(&name);
         if let Err(e) = write_atomic(&path, &contents) {
-            return Ok(Err(ArtifactError::Io(format!("{}: {e}", path.display()))));
+            return Err(ArtifactError::Io(format!("{}: {e}", path.display())));
         }
         let artifact = StepArtifact {
             name: name.clone(),
@@ -119,7 +147,7 @@ impl Host for StepState {
             path: display(&path),
             description: cut_owned(description, bounds::ARTIFACT_DESCRIPTION),
         };
-        self.host.logs.event(
+        self.logs.event(
             EventSource::Host,
             EventLevel::Info,
             "artifact.declared",
@@ -128,7 +156,8 @@ impl Host for StepState {
                 serde_json::json!({ "name": name, "path": artifact.path, "bytes": contents.len() }),
             ),
         );
-        self.host.artifacts.push(artifact.clone());
-        Ok(Ok(artifact.path))
+        let path = artifact.path.clone();
+        self.artifacts.push(artifact);
+        Ok(path)
     }
 }

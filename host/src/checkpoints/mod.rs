@@ -9,7 +9,6 @@
 //! are validated when read.
 
 pub mod history;
-pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 

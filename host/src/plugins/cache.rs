@@ -56,8 +56,7 @@ pub struct DiskCache {
     max_bytes: u64,
 }
 
-/// The default bound of a cache directory (`compiled-cache-max-mib`).
-pub const DEFAULT_MAX_MIB: u64 = 1024;
+use crate::config::DEFAULT_CACHE_MAX_MIB;
 
 /// The default cache directory: `/var/cache/baa-runner/compiled` as root,
 /// else `$XDG_CACHE_HOME/baa-runner/compiled` or `~/.cache/baa-runner/compiled`.
@@ -94,7 +93,7 @@ impl DiskCache {
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             identity: format!("{:016x}", hasher.finish()),
-            max_bytes: DEFAULT_MAX_MIB * 1024 * 1024,
+            max_bytes: DEFAULT_CACHE_MAX_MIB * 1024 * 1024,
         })
     }
 

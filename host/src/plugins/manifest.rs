@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::bindings::WIT_PACKAGE;
+use super::world::World;
+pub use crate::config::Capabilities;
 
 /// The custom section's name.
 pub const SECTION: &str = "baa:worker-manifest";
@@ -31,46 +32,19 @@ pub struct Manifest {
     pub version: String,
     #[serde(default)]
     pub description: String,
-    /// The world it implements, e.g. `baa:worker/worker@0.1.0`.
+    /// The world it implements, e.g. `baa:worker/worker@0.2.0`.
     pub world: String,
     pub capabilities: Capabilities,
 }
 
-/// What the kind requests (the operator grants a subset).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Capabilities {
-    #[serde(default)]
-    pub programs: Vec<String>,
-    #[serde(default)]
-    pub env: Vec<String>,
-    #[serde(default)]
-    pub network: bool,
-}
-
-/// The world this host implements, as a manifest names it.
+/// The world new kinds are built for, as a manifest names it.
 pub fn host_world() -> String {
-    let (package, version) = WIT_PACKAGE.split_once('@').unwrap_or((WIT_PACKAGE, ""));
-    format!("{package}/worker@{version}")
+    World::LATEST.name()
 }
 
-/// Whether a component built for `world` runs on this host: the same
-/// package and world, and a semver-compatible version (same major; for
-/// 0.x, the same minor), as wasmtime's linker matches versioned imports.
+/// Whether a component built for `world` runs on this host.
 pub fn compatible(world: &str) -> bool {
-    let host = host_world();
-    let split = |w: &str| -> Option<(String, semver::Version)> {
-        let (name, version) = w.split_once('@')?;
-        Some((name.to_string(), semver::Version::parse(version).ok()?))
-    };
-    match (split(world), split(&host)) {
-        (Some((name, wanted)), Some((host_name, have))) => {
-            name == host_name
-                && wanted.major == have.major
-                && (wanted.major > 0 || wanted.minor == have.minor)
-        }
-        _ => false,
-    }
+    World::running(world).is_some()
 }
 
 /// A top-level section: its id and the range of its contents.
@@ -207,17 +181,5 @@ mod tests {
         let err = read(&component.finish()).unwrap_err();
         assert!(matches!(err, ManifestError::Invalid(_)), "{err}");
         assert!(err.to_string().contains("not a valid manifest"), "{err}");
-    }
-
-    #[test]
-    fn worlds_are_compatible_by_semver() {
-        let host = host_world();
-        assert!(compatible(&host));
-        let (name, _) = host.split_once('@').unwrap();
-        assert!(compatible(&format!("{name}@0.1.7")));
-        assert!(!compatible(&format!("{name}@0.2.0")));
-        assert!(!compatible(&format!("{name}@1.1.0")));
-        assert!(!compatible("other:pkg/worker@0.1.0"));
-        assert!(!compatible(&format!("{name}@x.y")));
     }
 }

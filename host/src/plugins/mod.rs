@@ -5,9 +5,8 @@
 mod builtin;
 pub mod cache;
 pub mod manifest;
+pub mod world;
 
-use crate::sandbox::bindings::WorkerPre;
-use crate::sandbox::state::StepState;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use wasmtime::Engine;
 
 use crate::contracts::WorkerKind;
 use crate::fsutil::sha256_hex;
-use crate::sandbox::bindings::{EXECUTOR_EXPORT, WIT_PACKAGE};
+pub use world::World;
 
 /// Why a worker kind cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +42,9 @@ pub enum PluginError {
         source_name: String,
         message: String,
     },
-    #[error("plugin {source_name} was built for {found}, but this host implements {WIT_PACKAGE}; rebuild it against {WIT_PACKAGE}")]
+    #[error("plugin {source_name} was built for {found}, but this host runs {}; rebuild it against {}", World::supported(), World::LATEST.package())]
     IncompatibleVersion { source_name: String, found: String },
-    #[error("plugin {source_name} does not export `{EXECUTOR_EXPORT}`; it must implement the `baa:worker` world (exports: {exports})")]
+    #[error("plugin {source_name} does not export `{}`; it must implement the `baa:worker` world (exports: {exports})", World::LATEST.executor_export())]
     MissingExport {
         source_name: String,
         exports: String,
@@ -99,10 +98,8 @@ pub struct LoadedPlugin {
     pub origin: cache::Origin,
     /// What its `baa:worker-manifest` section says, if it carries one.
     pub manifest: Option<manifest::Manifest>,
-    /// The component linked against the runner's linker, made once at the
-    /// first step (imports resolved, types checked): each step only
-    /// instantiates it.
-    pub(crate) pre: std::sync::OnceLock<Result<WorkerPre<StepState>, String>>,
+    /// The version of the world it implements (by its executor export).
+    pub world: World,
 }
 
 /// The worker kinds a runner knows: built-ins first, then plugin directories
@@ -242,17 +239,13 @@ fn compile(
         }
     };
     let (component, origin) = match cached {
-        Ok(component) => {
-            check_exports(engine, &component, &source_name)?;
-            (component, Origin::Cached)
-        }
+        Ok(component) => (component, Origin::Cached),
         Err(stale) => {
             let component =
                 Component::from_binary(engine, bytes).map_err(|e| PluginError::Invalid {
                     source_name: source_name.clone(),
                     message: format!("{e:#}"),
                 })?;
-            check_exports(engine, &component, &source_name)?;
             let stored = match disk.map(|d| d.store(&sha256, &component)) {
                 Some(Ok(())) => true,
                 Some(Err(e)) => {
@@ -269,6 +262,20 @@ fn compile(
             (component, origin)
         }
     };
+    let world = check_exports(engine, &component, &source_name)?;
+    if let Some(m) = manifest
+        .as_ref()
+        .filter(|m| World::running(&m.world) != Some(world))
+    {
+        return Err(PluginError::Invalid {
+            source_name,
+            message: format!(
+                "its manifest says it implements {}, but it exports {}; stamp it again (`baa-runner stamp`)",
+                m.world,
+                world.executor_export()
+            ),
+        });
+    }
     Ok(LoadedPlugin {
         kind: entry.kind.clone(),
         source: entry.source.clone(),
@@ -276,7 +283,7 @@ fn compile(
         component,
         origin,
         manifest,
-        pre: std::sync::OnceLock::new(),
+        world,
     })
 }
 
@@ -296,24 +303,24 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, PluginError> {
     std::fs::read(path).map_err(read_err)
 }
 
-/// The component must export `baa:worker/worker-executor` at this host's version.
+/// The world version the component implements: it must export
+/// `baa:worker/worker-executor` at a version this host runs.
 fn check_exports(
     engine: &Engine,
     component: &Component,
     source_name: &str,
-) -> Result<(), PluginError> {
+) -> Result<World, PluginError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    if exports.iter().any(|e| e == EXECUTOR_EXPORT) {
-        return Ok(());
+    if let Some(world) = World::of_exports(exports.iter().map(String::as_str)) {
+        return Ok(world);
     }
-    let unversioned = EXECUTOR_EXPORT.split('@').next().unwrap_or(EXECUTOR_EXPORT);
     if let Some(other) = exports
         .iter()
-        .find(|e| e.split('@').next() == Some(unversioned))
+        .find(|e| e.split('@').next() == Some("baa:worker/worker-executor"))
     {
         let version = other.split('@').nth(1).unwrap_or("an unversioned package");
         return Err(PluginError::IncompatibleVersion {

@@ -31,7 +31,7 @@ impl Admission {
     /// runner's at most the engine's pool of instance slots.
     pub fn new(config: &Concurrency) -> Result<Self, ConfigError> {
         let setting = |setting: String, message: String| ConfigError::Setting { setting, message };
-        let pool = crate::sandbox::POOL_STEPS;
+        let pool = crate::config::POOL_STEPS;
         if config.max_steps == 0 || config.max_steps > pool {
             return Err(setting(
                 "concurrency.max-steps".into(),

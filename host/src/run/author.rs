@@ -54,7 +54,6 @@ pub struct CheckReport {
     pub passed: bool,
 }
 
-/// The plugin at `path`, named by its file name as discovery names it.
 /// Why `stamp` could not write a kind's manifest.
 #[derive(Debug, thiserror::Error)]
 pub enum StampError {
@@ -77,6 +76,7 @@ pub enum StampError {
     },
 }
 
+/// The plugin at `path`, named by its file name as discovery names it.
 fn entry_for(path: &Path) -> Result<PluginEntry, String> {
     let stem = path
         .file_stem()
@@ -131,25 +131,21 @@ impl Runner {
             }
         };
         match shared.cache.get(
-            &shared.engine,
+            shared.workers.engine(),
             &entry,
             shared.config.limits.plugin_file_bytes,
         ) {
             Ok(plugin) => {
                 let ty = plugin.component.component_type();
                 out.exports = ty
-                    .exports(&shared.engine)
+                    .exports(shared.workers.engine())
                     .map(|(n, _)| n.to_string())
                     .collect();
                 out.imports = ty
-                    .imports(&shared.engine)
+                    .imports(shared.workers.engine())
                     .map(|(n, _)| n.to_string())
                     .collect();
-                out.world = out
-                    .exports
-                    .iter()
-                    .find(|e| e.starts_with("baa:worker/worker-executor"))
-                    .cloned();
+                out.world = Some(plugin.world.name());
                 out.compiled = Some(plugin.origin.describe());
             }
             Err(e) => out.error = Some(e.to_string()),
@@ -163,10 +159,10 @@ impl Runner {
         let entry = entry_for(path).map_err(StampError::Name)?;
         let (info, _) = execute::describe(&self.shared, &entry)
             .await
-            .map_err(StampError::Describe)?;
+            .map_err(|e| StampError::Describe(e.to_string()))?;
         let shared = &self.shared;
         let compiled = shared.cache.get(
-            &shared.engine,
+            shared.workers.engine(),
             &entry,
             shared.config.limits.plugin_file_bytes,
         )?;
@@ -174,12 +170,8 @@ impl Runner {
             name: info.name,
             version: info.version,
             description: info.description,
-            world: manifest::host_world(),
-            capabilities: Capabilities {
-                programs: info.capabilities.programs,
-                env: info.capabilities.env,
-                network: info.capabilities.network,
-            },
+            world: compiled.world.name(),
+            capabilities: info.capabilities,
         };
         let io = |source| StampError::Io {
             path: path.display().to_string(),
@@ -230,26 +222,27 @@ impl Runner {
                 inspection.world.clone().unwrap_or_default()
             ),
         );
-        let described =
-            match async { execute::describe(&self.shared, &entry_for(path)?).await }.await {
-                Ok((info, _)) => {
-                    item(
-                        "describe answers",
-                        "pass",
-                        format!("{} {}: {}", info.name, info.version, info.description),
-                    );
-                    info
-                }
-                Err(e) => {
-                    item("describe answers", "fail", e);
-                    return finish(items, None);
-                }
-            };
-        let requests = Capabilities {
-            programs: described.capabilities.programs.clone(),
-            env: described.capabilities.env.clone(),
-            network: described.capabilities.network,
+        let described = match async {
+            execute::describe(&self.shared, &entry_for(path)?)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await
+        {
+            Ok((info, _)) => {
+                item(
+                    "describe answers",
+                    "pass",
+                    format!("{} {}: {}", info.name, info.version, info.description),
+                );
+                info
+            }
+            Err(e) => {
+                item("describe answers", "fail", e.to_string());
+                return finish(items, None);
+            }
         };
+        let requests = described.capabilities.clone();
         match &inspection.manifest {
             None => item(
                 "carries a manifest",

@@ -1,6 +1,7 @@
-//! Execute a prepared step: load the kind's component, grant what the kind
-//! requests and the operator allows, call `execute` under the step's deadline
-//! and memory limit, and map whatever happens onto an outcome.
+//! Execute a prepared step, phase by phase: load the kind and link it,
+//! build the step's store, instantiate, `describe`, negotiate its grant,
+//! `execute` under the step's deadline and memory limit, stop what is
+//! left, and classify the end ([`super::outcome`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,33 +10,25 @@ use futures_util::FutureExt as _;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime::Store;
 
+use super::outcome::{classify, Report, StepEnd};
 use super::prepare::PreparedStepRun;
 use super::RunnerShared;
-use crate::capabilities::bounds::{self, cut_list, cut_owned};
+use crate::capabilities::checkpoint::Checkpoints;
+use crate::capabilities::events::Events;
 use crate::capabilities::subprocess::launcher;
-use crate::capabilities::subprocess::policy::Network;
-use crate::capabilities::subprocess::policy::CHILD_PATH;
+use crate::capabilities::subprocess::policy::{Network, CHILD_PATH};
 use crate::capabilities::subprocess::user::dedicated as dedicated_user;
-use crate::capabilities::subprocess::{Confinement, Denial, ExecPolicy, Setup, Subprocesses};
-use crate::config::{KindGrant, MissingGrants};
+use crate::capabilities::subprocess::{Confinement, ExecPolicy, Setup, Subprocesses};
+use crate::config::Capabilities;
 use crate::contracts::{
     CheckpointMode, CheckpointSource, CheckpointType, EventLevel, EventSource, FailureReason,
-    FailureRecord, PluginRecord, StepArtifact, StepExecutionOutcome, StepKind, SuggestedFollowup,
+    PluginRecord, StepArtifact,
 };
-use crate::logs::Stream;
-use crate::plugins::PluginError;
-use crate::sandbox::bindings::baa::worker::types::{ResumeCheckpoint, StepRequest};
-use crate::sandbox::bindings::exports::baa::worker::worker_executor::{
-    Capabilities, ExecuteError, Status, WorkerInfo, WorkerOutcome,
-};
-use crate::sandbox::bindings::WorkerPre;
-use crate::sandbox::limits::StepLimits;
-use crate::sandbox::state::{StepHost, StepState};
-use crate::sandbox::stdio::LogOutput;
+use crate::plugins::LoadedPlugin;
+use crate::worker::store::StepCapabilities;
+use crate::worker::{Instance, KindInfo, Linked, ResumeInput, StepInput, StepState};
 
 /// The subprocess capability of a step: its worktree, scratch directory,
 /// scrubbed base environment, deadline and output cap; deny-all until the
@@ -109,171 +102,6 @@ impl Deadlines {
     }
 }
 
-/// The checkpoints the host captures when a step ends in `capture` mode,
-/// whatever the outcome: a `git-diff` of the worktree (when planned), a
-/// `log-tail`, and a `summary` (prefixed by `summaryHint` when given).
-pub(crate) async fn final_checkpoints(
-    shared: &RunnerShared,
-    prepared: &PreparedStepRun,
-    report: &Report,
-    deadlines: Deadlines,
-) {
-    use crate::checkpoints::snapshot;
-
-    if prepared.checkpoint.mode != CheckpointMode::Capture {
-        return;
-    }
-    let logs = &prepared.logs;
-    let config = prepared.request.checkpoint.clone().unwrap_or_default();
-    let plan = prepared.checkpoint.git_diff_plan.clone();
-    let mut captures: Vec<(CheckpointType, String, Vec<u8>, serde_json::Value)> = Vec::new();
-    let mut cut_short = Vec::new();
-    if let Some(plan) = plan {
-        let diff = match step_subprocesses(shared, prepared, deadlines, ExecPolicy::default()) {
-            Ok(mut subprocesses) => {
-                snapshot::git_diff(&mut subprocesses, &plan, deadlines.host).await
-            }
-            Err(e) => Err(snapshot::SnapshotError::Failed(e)),
-        };
-        match diff {
-            Ok(diff) => captures.push((
-                CheckpointType::GitDiff,
-                diff.summary,
-                diff.patch,
-                diff.details,
-            )),
-            Err(snapshot::SnapshotError::CutShort) => {
-                cut_short.push("git-diff");
-                logs.event(
-                    EventSource::Host,
-                    EventLevel::Warn,
-                    "checkpoint.cut-short",
-                    "no git-diff snapshot: the step's deadline (timeoutSec plus limits.timeout-grace-ms) came first",
-                    Some(json!({ "type": "git-diff" })),
-                );
-            }
-            Err(why) => {
-                logs.event(
-                    EventSource::Host,
-                    EventLevel::Warn,
-                    "checkpoint.failed",
-                    format!("no git-diff snapshot: {why}"),
-                    None,
-                );
-            }
-        }
-    }
-    let lines = config
-        .log_tail_lines
-        .map(|n| n as usize)
-        .unwrap_or(snapshot::DEFAULT_LOG_TAIL_LINES);
-    let (tail, details) = snapshot::log_tail(logs, lines);
-    captures.push((
-        CheckpointType::LogTail,
-        format!("last {lines} lines of stdout and stderr"),
-        tail,
-        details,
-    ));
-    let first_line = report.summary.lines().next().unwrap_or_default();
-    let summary = match &config.summary_hint {
-        Some(hint) => format!("{hint} — {}: {first_line}", report.outcome.as_str()),
-        None => format!("{}: {first_line}", report.outcome.as_str()),
-    };
-    let payload = json!({
-        "outcome": report.outcome,
-        "summary": report.summary,
-        "exitCode": report.exit_code,
-        "failure": report.failure,
-        "cutShort": cut_short,
-    });
-    captures.push((
-        CheckpointType::Summary,
-        summary
-            .chars()
-            .take(crate::checkpoints::MAX_SUMMARY_BYTES / 4)
-            .collect(),
-        serde_json::to_vec_pretty(&payload).unwrap_or_default(),
-        json!({ "outcome": report.outcome }),
-    ));
-    let manager_budget = logs.budget();
-    let mut manager = prepared
-        .checkpoint_manager
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    for (kind, summary, payload, details) in captures {
-        manager_budget.record(payload.len() as u64);
-        match manager.capture_with_details(
-            kind,
-            &summary,
-            Some(&payload),
-            Some(details),
-            CheckpointSource::Host,
-        ) {
-            Ok(record) => logs.event(
-                EventSource::Host,
-                EventLevel::Info,
-                "checkpoint.captured",
-                format!("checkpoint {} ({}): {}", record.seq, record.checkpoint_type, record.summary),
-                Some(json!({ "seq": record.seq, "type": record.checkpoint_type, "path": record.path })),
-            ),
-            Err(e) => logs.event(EventSource::Host, EventLevel::Error, "checkpoint.failed", e.to_string(), None),
-        };
-    }
-}
-
-/// How a worker run ended, before it becomes a `StepExecutionResult`.
-pub(crate) struct Report {
-    pub outcome: StepExecutionOutcome,
-    pub summary: String,
-    pub needs_human: bool,
-    pub exit_code: Option<i32>,
-    pub followups: Vec<SuggestedFollowup>,
-    pub failure: Option<FailureRecord>,
-    pub artifacts: Vec<StepArtifact>,
-    pub plugin: Option<PluginRecord>,
-    /// How the step's subprocesses were confined (for the metadata).
-    pub sandbox: Option<serde_json::Value>,
-}
-
-impl Report {
-    fn failed(reason: FailureReason, message: impl Into<String>) -> Self {
-        let message = message.into();
-        Report {
-            outcome: StepExecutionOutcome::Failed,
-            summary: message.clone(),
-            needs_human: false,
-            exit_code: None,
-            followups: Vec::new(),
-            failure: Some(FailureRecord {
-                reason,
-                message,
-                trap_code: None,
-            }),
-            artifacts: Vec::new(),
-            plugin: None,
-            sandbox: None,
-        }
-    }
-
-    /// The step was cancelled by its embedder.
-    pub(crate) fn interrupted(message: impl Into<String>) -> Self {
-        Report::failed(FailureReason::Interrupted, message)
-    }
-
-    /// The worker trapped (or exited) with `code`.
-    fn trapped(code: String, message: impl Into<String>) -> Self {
-        let mut report = Report::failed(FailureReason::Trap, message);
-        if let Some(failure) = report.failure.as_mut() {
-            failure.trap_code = Some(code);
-        }
-        report
-    }
-}
-
-fn engine_error(context: &str, error: impl std::fmt::Display) -> Report {
-    Report::failed(FailureReason::HostError, format!("{context}: {error}"))
-}
-
 /// Run the worker of `prepared` to an outcome. Never fails: every failure
 /// becomes a failed (or blocked) report.
 pub(crate) async fn run_worker(
@@ -282,23 +110,122 @@ pub(crate) async fn run_worker(
     deadlines: Deadlines,
     cancel: &CancellationToken,
 ) -> Report {
-    let request = &prepared.request;
-    let logs = prepared.logs.clone();
-    let limits = &shared.config.limits;
-    let deadline = deadlines.step;
+    let (plugin, linked, mut record) = match load(shared, prepared) {
+        Ok(loaded) => loaded,
+        Err(report) => return *report,
+    };
+    let mut store = match step_store(shared, prepared, deadlines) {
+        Ok(store) => store,
+        Err(report) => return with_plugin(*report, &record),
+    };
+    let live_groups = store.data().subprocesses().live_groups();
+    let bounds = Bounds {
+        backstop: deadlines.guest,
+        cancel,
+        disk: prepared.logs.budget().exceeded(),
+    };
+    // A panic in a host function ends this step as a host error; the
+    // cleanup below still runs, and no other step is affected.
+    let call = call_worker(
+        &mut store,
+        &linked,
+        &plugin,
+        prepared,
+        &mut record,
+        shared,
+        bounds,
+    );
+    let report = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(report) => report,
+        Err(panic) => host_panicked(prepared, panic),
+    };
+    // Measured before anything else: a guest that returns after the
+    // deadline fired is late, whatever it says.
+    let timed_out = Instant::now() >= deadlines.step;
+    // The step is over: nothing it started may outlive it.
+    let grace = Duration::from_millis(shared.config.sandbox.kill_grace_ms);
+    let killed = live_groups.stop_all(grace).await;
+    if killed > 0 {
+        prepared.logs.host_info(
+            "subprocess.cleanup",
+            format!("stopped {killed} process tree(s) left running"),
+            None,
+        );
+    }
+    let end = step_end(shared, prepared, store.data(), timed_out);
+    let mut report = with_plugin(report, &record);
+    report.artifacts = store.data().events().artifacts().to_vec();
+    report.sandbox = Some(store.data().subprocesses().confinement_record());
+    // Nothing the step started outlives its worker, not even what escaped
+    // its supervisors: its cgroup is emptied (with its fork server) when
+    // the store goes, below, and on a host without root everything in its
+    // user namespace is killed now. The final snapshot then sees the
+    // worktree as the worker left it, from a fork server of its own.
+    prepared.sandbox_namespace.release();
+    classify(report, &end)
+}
 
-    let entry = match shared.plugins.find(&request.worker_kind) {
-        Ok(entry) => entry.clone(),
-        Err(e) => return Report::failed(FailureReason::InvalidPlugin, e.to_string()),
+fn with_plugin(mut report: Report, record: &PluginRecord) -> Report {
+    report.plugin = Some(record.clone());
+    report
+}
+
+/// The facts of the step's end besides the worker's answer.
+fn step_end(
+    shared: &RunnerShared,
+    prepared: &PreparedStepRun,
+    state: &StepState,
+    timed_out: bool,
+) -> StepEnd {
+    let limits = &shared.config.limits;
+    let logs = &prepared.logs;
+    StepEnd {
+        timed_out,
+        memory: state.memory_hit(),
+        output: state.subprocesses().output_limit_hits() > 0 || logs.truncated(),
+        disk: logs.budget().is_exceeded(),
+        denials: state.subprocesses().denials().to_vec(),
+        timeout_sec: prepared.request.timeout_sec,
+        disk_mib: limits.step_disk_mib,
+        memory_mib: limits.memory_mib,
+    }
+}
+
+fn host_panicked(prepared: &PreparedStepRun, panic: Box<dyn std::any::Any + Send>) -> Report {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    tracing::error!(step = %prepared.log_paths.run_dir, "a host function panicked: {what}");
+    Report::failed(
+        FailureReason::HostError,
+        format!("the host failed while serving the worker (a bug in baa-runner): {what}"),
+    )
+}
+
+/// The step's kind: compiled (or from the cache), linked for its world
+/// version, and the record of which code it is.
+fn load(
+    shared: &RunnerShared,
+    prepared: &PreparedStepRun,
+) -> Result<(Arc<LoadedPlugin>, Arc<Linked>, PluginRecord), Box<Report>> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        Box::new(Report::failed(FailureReason::InvalidPlugin, e.to_string()))
     };
-    let plugin = match shared
+    let entry = shared
+        .plugins
+        .find(&prepared.request.worker_kind)
+        .map_err(|e| invalid(&e))?;
+    let plugin = shared
         .cache
-        .get(&shared.engine, &entry, limits.plugin_file_bytes)
-    {
-        Ok(plugin) => plugin,
-        Err(e) => return Report::failed(FailureReason::InvalidPlugin, e.to_string()),
-    };
-    let mut plugin_record = PluginRecord {
+        .get(
+            shared.workers.engine(),
+            entry,
+            shared.config.limits.plugin_file_bytes,
+        )
+        .map_err(|e| invalid(&e))?;
+    let record = PluginRecord {
         name: plugin.kind.to_string(),
         version: String::new(),
         source: plugin.source.describe(),
@@ -306,259 +233,320 @@ pub(crate) async fn run_worker(
         compiled: Some(plugin.origin.describe()),
         instantiate_micros: None,
     };
-    let with_plugin = |mut report: Report, record: &PluginRecord| {
-        report.plugin = Some(record.clone());
-        report
-    };
-
-    let pre = match worker_pre(shared, &plugin) {
-        Ok(pre) => pre,
+    match shared.workers.linked(&plugin) {
+        Ok(linked) => Ok((plugin, linked, record)),
         Err(e) => {
-            return with_plugin(
-                Report::failed(FailureReason::InvalidPlugin, e),
-                &plugin_record,
-            )
-        }
-    };
-
-    // WASI: the worktree as `.`, stdio into the logs, nothing else.
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.stdout(LogOutput::new(logs.clone(), Stream::Stdout))
-        .stderr(LogOutput::new(logs.clone(), Stream::Stderr))
-        .allow_blocking_current_thread(true);
-    if let Err(e) = wasi.preopened_dir(prepared.worktree(), ".", FsPerms::ReadWrite) {
-        return engine_error("cannot open the worktree for the worker", e);
-    }
-
-    let subprocesses = match step_subprocesses(shared, prepared, deadlines, ExecPolicy::default()) {
-        Ok(subprocesses) => subprocesses,
-        Err(e) => return engine_error("cannot confine subprocesses on this machine", e),
-    };
-    let live_groups = subprocesses.live_groups();
-    let mut table = ResourceTable::new();
-    table.set_max_capacity(limits.resource_table_entries as usize);
-    let state = StepState {
-        wasi: wasi.build(),
-        table,
-        limits: StepLimits::new((limits.memory_mib * 1024 * 1024) as usize),
-        host: StepHost {
-            logs: logs.clone(),
-            subprocesses,
-            checkpoints: prepared.checkpoint_manager.clone(),
-            artifacts: Vec::new(),
-            artifacts_dir: prepared.log_paths.artifacts_dir.clone().into(),
-            log_tail_lines: prepared
-                .request
-                .checkpoint
-                .as_ref()
-                .and_then(|c| c.log_tail_lines)
-                .map(|n| n as usize)
-                .unwrap_or(crate::checkpoints::snapshot::DEFAULT_LOG_TAIL_LINES),
-        },
-    };
-    let mut store = new_store(shared, state, deadline);
-
-    // A panic in a host function ends this step as a host error; the
-    // cleanup below still runs, and no other step is affected.
-    let call = call_worker(
-        &mut store,
-        pre,
-        prepared,
-        &mut plugin_record,
-        plugin.manifest.as_ref(),
-        shared,
-        Bounds {
-            backstop: deadlines.guest,
-            cancel,
-            disk: prepared.logs.budget().exceeded(),
-        },
-    );
-    let mut report = match std::panic::AssertUnwindSafe(call).catch_unwind().await {
-        Ok(report) => report,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            tracing::error!(step = %prepared.log_paths.run_dir, "a host function panicked: {what}");
-            Report::failed(
-                FailureReason::HostError,
-                format!("the host failed while serving the worker (a bug in baa-runner): {what}"),
-            )
-        }
-    };
-
-    // Measured before anything else: a guest that returns after the
-    // deadline fired is late, whatever it says.
-    let timed_out = Instant::now() >= deadline;
-    // The step is over: nothing it started may outlive it.
-    let grace = Duration::from_millis(shared.config.sandbox.kill_grace_ms);
-    let killed = live_groups.stop_all(grace).await;
-    if killed > 0 {
-        logs.host_info(
-            "subprocess.cleanup",
-            format!("stopped {killed} process tree(s) left running"),
-            None,
-        );
-    }
-    let data = store.data();
-    let limits_hit = LimitsHit {
-        timed_out,
-        memory: data.limits.memory_hit,
-        output: data.host.subprocesses.output_limit_hits() > 0 || logs.truncated(),
-        disk: logs.budget().is_exceeded(),
-        denials: data.host.subprocesses.denials().to_vec(),
-    };
-    report.artifacts = data.host.artifacts.clone();
-    report.plugin = Some(plugin_record);
-    report.sandbox = Some(data.host.subprocesses.confinement_record());
-    // Nothing the step started outlives its worker, not even what escaped
-    // its supervisors: its cgroup is emptied (with its fork server) when
-    // the store goes, below, and on a host without root everything in its
-    // user namespace is killed now. The final snapshot then sees the
-    // worktree as the worker left it, from a fork server of its own.
-    prepared.sandbox_namespace.release();
-    refine_failure(&mut report, request.timeout_sec, limits, &limits_hit);
-    report
-}
-
-/// A trap's machine-readable code: `stack-overflow`,
-/// `unreachable-code-reached`, `memory-out-of-bounds`, …
-fn trap_code(trap: &Trap) -> String {
-    let mut code = String::new();
-    for (i, c) in format!("{trap:?}").chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                code.push('-');
-            }
-            code.push(c.to_ascii_lowercase());
-        } else {
-            code.push(c);
+            let error = crate::plugins::PluginError::Link {
+                source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
+                message: e.to_string(),
+            };
+            Err(Box::new(with_plugin(*invalid(&error), &record)))
         }
     }
-    code
 }
 
-/// Which limits a step ran into.
-struct LimitsHit {
-    /// The step's deadline fired before the guest returned.
-    timed_out: bool,
-    memory: bool,
-    output: bool,
-    /// The step's disk budget is used up.
-    disk: bool,
-    denials: Vec<Denial>,
-}
-
-/// Name the limit or policy behind a failure: timeout (whatever the guest
-/// returned after the deadline), the disk budget, memory, output, or a
-/// policy denial, in that order; otherwise the worker's own failure.
-fn refine_failure(
-    report: &mut Report,
-    timeout_sec: f64,
-    limits: &crate::config::Limits,
-    hit: &LimitsHit,
-) {
-    let reason = report.failure.as_ref().map(|f| f.reason);
-    let forced = (hit.timed_out && reason != Some(FailureReason::InvalidPlugin))
-        || (hit.disk && reason != Some(FailureReason::Timeout));
-    if forced && report.outcome != StepExecutionOutcome::Failed {
-        // What the guest claimed after its time or budget ran out does not count.
-        report.outcome = StepExecutionOutcome::Failed;
-        report.needs_human = false;
-        report.failure = None;
-    }
-    if report.outcome != StepExecutionOutcome::Failed {
-        return;
-    }
-    let reason = report.failure.as_ref().map(|f| f.reason);
-    let trapped_or_failed = matches!(
-        reason,
-        None | Some(FailureReason::WorkerFailed) | Some(FailureReason::Trap)
-    );
-    let denials = &hit.denials;
-    let refined = if hit.timed_out && reason != Some(FailureReason::InvalidPlugin) {
-        Some((
-            FailureReason::Timeout,
-            format!("timed out after {timeout_sec}s"),
+/// The step's store: WASI with the worktree as `.`, stdio into the logs,
+/// and the step's capabilities (subprocesses deny-all until the kind's
+/// grant is known).
+fn step_store(
+    shared: &RunnerShared,
+    prepared: &PreparedStepRun,
+    deadlines: Deadlines,
+) -> Result<Store<StepState>, Box<Report>> {
+    let host_error = |context: &str, e: &dyn std::fmt::Display| {
+        Box::new(Report::failed(
+            FailureReason::HostError,
+            format!("{context}: {e}"),
         ))
-    } else if hit.disk {
-        Some((
-            FailureReason::DiskLimit,
+    };
+    let logs = &prepared.logs;
+    let subprocesses = step_subprocesses(shared, prepared, deadlines, ExecPolicy::default())
+        .map_err(|e| host_error("cannot confine subprocesses on this machine", &e))?;
+    let capabilities = StepCapabilities {
+        subprocesses,
+        events: Events::new(
+            logs.clone(),
+            Some(prepared.log_paths.artifacts_dir.clone().into()),
+        ),
+        checkpoints: step_checkpoints(prepared),
+    };
+    let state = StepState::new(
+        Some(prepared.worktree()),
+        logs,
+        capabilities,
+        &shared.config.limits,
+    )
+    .map_err(|e| host_error("cannot open the worktree for the worker", &e))?;
+    Ok(state.into_store(shared.workers.engine(), deadlines.step))
+}
+
+/// The checkpoint capability of a step.
+pub(crate) fn step_checkpoints(prepared: &PreparedStepRun) -> Checkpoints {
+    let lines = prepared
+        .request
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.log_tail_lines)
+        .map(|n| n as usize)
+        .unwrap_or(crate::capabilities::checkpoint::snapshot::DEFAULT_LOG_TAIL_LINES);
+    Checkpoints::new(
+        prepared.logs.clone(),
+        prepared.checkpoint_manager.clone(),
+        lines,
+    )
+}
+
+/// Instantiate, describe, negotiate and execute: the worker's part of the
+/// step, each guest call bounded by `bounds`.
+async fn call_worker(
+    store: &mut Store<StepState>,
+    linked: &Linked,
+    plugin: &LoadedPlugin,
+    prepared: &PreparedStepRun,
+    record: &mut PluginRecord,
+    shared: &RunnerShared,
+    bounds: Bounds<'_>,
+) -> Report {
+    let instantiating = std::time::Instant::now();
+    let during = "while starting";
+    let worker = match bounds.run(linked.instantiate(store), during).await {
+        Ok(Ok(worker)) => worker,
+        Ok(Err(e)) => return Report::guest_error(&e, during),
+        Err(report) => return report,
+    };
+    record.instantiate_micros = Some(instantiating.elapsed().as_micros() as u64);
+    let during = "in describe";
+    let info = match bounds.run(worker.describe(store), during).await {
+        Ok(Ok(info)) => info,
+        Ok(Err(e)) => return Report::guest_error(&e, during),
+        Err(report) => return report,
+    };
+    record.version = info.version.clone();
+    if let Err(report) = check_identity(&info, plugin, prepared, record) {
+        return *report;
+    }
+    let policy = match grant(shared, prepared, &info, record) {
+        Ok(policy) => policy,
+        Err(report) => return *report,
+    };
+    store.data_mut().subprocesses_mut().set_policy(policy);
+    execute(store, &worker, prepared, &bounds).await
+}
+
+/// The worker's `execute` of the step.
+async fn execute(
+    store: &mut Store<StepState>,
+    worker: &Instance,
+    prepared: &PreparedStepRun,
+    bounds: &Bounds<'_>,
+) -> Report {
+    let during = "in execute";
+    match bounds
+        .run(worker.execute(store, step_input(prepared)), during)
+        .await
+    {
+        Ok(Ok(answer)) => Report::answered(answer),
+        Ok(Err(e)) => Report::guest_error(&e, during),
+        Err(report) => report,
+    }
+}
+
+/// What the kind says of itself must match the step's `workerKind` and, if
+/// it carries one, its manifest.
+fn check_identity(
+    info: &KindInfo,
+    plugin: &LoadedPlugin,
+    prepared: &PreparedStepRun,
+    record: &PluginRecord,
+) -> Result<(), Box<Report>> {
+    let kind = &prepared.request.worker_kind;
+    if info.name != kind.as_str() {
+        return Err(Box::new(Report::failed(
+            FailureReason::InvalidPlugin,
             format!(
-                "exceeded the step's disk budget of {} MiB (limits.step-disk-mib)",
-                limits.step_disk_mib
+                "plugin {} describes itself as `{}`, not `{kind}`; rename the file or fix its describe()",
+                record.source, info.name
             ),
-        ))
-    } else if hit.memory && reason == Some(FailureReason::Trap) {
-        Some((
-            FailureReason::MemoryLimit,
-            format!("exceeded the memory limit of {} MiB", limits.memory_mib),
-        ))
-    } else if hit.output && trapped_or_failed {
-        Some((
-            FailureReason::OutputLimit,
-            "exceeded an output limit".to_string(),
-        ))
-    } else if !denials.is_empty() && matches!(reason, None | Some(FailureReason::WorkerFailed)) {
-        let messages: Vec<&str> = denials.iter().map(|d| d.message.as_str()).collect();
-        let grants: Vec<&str> = denials.iter().filter_map(|d| d.grant.as_deref()).collect();
-        if grants.len() == denials.len() {
-            // Every denial is one the operator could lift: a human decides.
-            report.outcome = StepExecutionOutcome::Blocked;
-            report.needs_human = true;
-            report.summary = bounds::cut(
-                &format!("blocked by policy: {}", messages.join("; ")),
-                bounds::SUMMARY,
-            );
-            report.followups.push(SuggestedFollowup {
-                step_name: bounds::cut(
-                    &format!("grant: {}", grants.join("; ")),
-                    bounds::FOLLOWUP_REASON,
-                ),
-                step_kind: StepKind::Review,
-                reason: bounds::cut(
-                    &format!(
-                        "the worker was denied what the operator may allow: {}",
-                        messages.join("; ")
-                    ),
-                    bounds::FOLLOWUP_REASON,
-                ),
-            });
-        }
-        Some((
-            FailureReason::PolicyDenied,
-            bounds::cut(
-                &format!("denied by policy: {}", messages.join("; ")),
-                bounds::FAILURE_MESSAGE,
-            ),
-        ))
-    } else {
-        None
+        )));
+    }
+    let Some(manifest) = &plugin.manifest else {
+        return Ok(());
     };
-    let trap_code = report.failure.as_ref().and_then(|f| f.trap_code.clone());
-    if let Some((reason, message)) = refined {
-        if matches!(
-            reason,
-            FailureReason::Timeout
-                | FailureReason::MemoryLimit
-                | FailureReason::OutputLimit
-                | FailureReason::DiskLimit
-        ) {
-            report.summary = format!("{message}: {}", report.summary);
+    if manifest.name != info.name
+        || manifest.version != info.version
+        || manifest.capabilities != info.capabilities
+    {
+        return Err(Box::new(Report::failed(
+            FailureReason::InvalidPlugin,
+            format!(
+                "the plugin's manifest ({} {}, requests {:?}) differs from what its describe answers ({} {}, requests {:?}); stamp it again (`baa-runner stamp`)",
+                manifest.name, manifest.version, manifest.capabilities, info.name, info.version, info.capabilities
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// The kind's policy: what it requests and the operator grants, announced
+/// in a `plugin.loaded` event; a kind asking for more is blocked.
+fn grant(
+    shared: &RunnerShared,
+    prepared: &PreparedStepRun,
+    info: &KindInfo,
+    record: &PluginRecord,
+) -> Result<ExecPolicy, Box<Report>> {
+    let kind = prepared.request.worker_kind.as_str();
+    let requested = &info.capabilities;
+    let granted = shared.config.grant(kind);
+    let policy = ExecPolicy::intersect(requested, &granted);
+    loaded_event(prepared, info, record, requested, &policy);
+    let refused = match super::grant::negotiate(requested, &granted) {
+        super::grant::Negotiated::Run => return Ok(policy),
+        super::grant::Negotiated::NeverPassed(names) => Report::failed(
+            FailureReason::InvalidPlugin,
+            format!(
+                "{} {} requests environment variables no subprocess ever gets: {}",
+                info.name,
+                info.version,
+                names.join(", ")
+            ),
+        ),
+        super::grant::Negotiated::Blocked(missing) => {
+            Report::blocked_on(&missing, kind, &info.name, &info.version)
         }
-        report.failure = Some(FailureRecord {
-            reason,
-            message: report.summary.clone(),
-            trap_code,
-        });
-    } else if report.failure.is_none() {
-        report.failure = Some(FailureRecord {
-            reason: FailureReason::WorkerFailed,
-            message: report.summary.clone(),
-            trap_code: None,
-        });
+    };
+    Err(Box::new(refused))
+}
+
+/// The `plugin.loaded` event: which code runs, what it requested and
+/// what it was granted.
+fn loaded_event(
+    prepared: &PreparedStepRun,
+    info: &KindInfo,
+    record: &PluginRecord,
+    requested: &Capabilities,
+    policy: &ExecPolicy,
+) {
+    let programs: Vec<String> = policy
+        .programs()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.display()))
+        .collect();
+    let refused: Vec<&str> = requested
+        .programs
+        .iter()
+        .filter(|p| !policy.programs().contains_key(*p))
+        .map(String::as_str)
+        .collect();
+    let not_granted = if refused.is_empty() {
+        String::new()
+    } else {
+        format!("; not granted: {}", refused.join(", "))
+    };
+    prepared.logs.event(
+        EventSource::Host,
+        if refused.is_empty() { EventLevel::Info } else { EventLevel::Warn },
+        "plugin.loaded",
+        format!(
+            "{} {} ({}) granted programs [{}]{not_granted}",
+            info.name,
+            info.version,
+            record.source,
+            programs.join(", "),
+        ),
+        Some(json!({
+            "name": info.name,
+            "version": info.version,
+            "source": record.source,
+            "sha256": record.sha256,
+            "compiled": record.compiled,
+            "requested": requested,
+            "granted": { "programs": policy.programs(), "env": policy.env_names(), "network": !matches!(policy.network(), Network::None) },
+        })),
+    );
+}
+
+/// What the worker is told of its step.
+fn step_input(prepared: &PreparedStepRun) -> StepInput {
+    let request = &prepared.request;
+    StepInput {
+        task_id: request.task_id.clone(),
+        step_id: request.step_id.clone(),
+        run_id: request.run_id.clone(),
+        attempt: request.attempt,
+        step_name: request.step_name.clone(),
+        step_kind: request.step_kind.to_string(),
+        worker_kind: request.worker_kind.to_string(),
+        prompt_summary: request.prompt_summary.clone(),
+        command: request.command.clone(),
+        timeout_ms: (request.timeout_sec * 1000.0) as u64,
+        resume: prepared.resume.as_ref().map(|r| ResumeInput {
+            seq: r.record.seq,
+            checkpoint_type: resume_type(&r.record),
+            summary: r.record.summary.clone(),
+            payload: r.payload.clone(),
+        }),
+        checkpoints_enabled: prepared.checkpoint.mode == CheckpointMode::Capture,
+    }
+}
+
+/// The type a resumed worker is told its checkpoint has: a built-in type
+/// captured by a worker is `worker:<type>`, so it never passes for one of
+/// the host's snapshots.
+fn resume_type(record: &crate::contracts::CheckpointRecord) -> String {
+    let name = record.checkpoint_type.to_string();
+    let builtin = CheckpointType::BUILTIN.contains(&record.checkpoint_type);
+    if builtin && record.source != CheckpointSource::Host {
+        format!("worker:{name}")
+    } else {
+        name
+    }
+}
+
+/// How long a `describe` outside a step may take.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a kind could not be described.
+#[derive(Debug, thiserror::Error)]
+pub enum DescribeError {
+    #[error("{0}")]
+    Plugin(#[from] crate::plugins::PluginError),
+    #[error("{0}")]
+    Link(#[from] crate::worker::LinkError),
+    #[error("{0}")]
+    Host(String),
+    #[error("describe failed: {0}")]
+    Failed(String),
+    #[error("describe did not return in time")]
+    TimedOut,
+}
+
+/// Load `entry` and call its `describe` in a store with no capabilities.
+/// Returns what it says and the component's digest.
+pub(crate) async fn describe(
+    shared: &RunnerShared,
+    entry: &crate::plugins::PluginEntry,
+) -> Result<(KindInfo, String), DescribeError> {
+    let limits = &shared.config.limits;
+    let plugin = shared
+        .cache
+        .get(shared.workers.engine(), entry, limits.plugin_file_bytes)?;
+    let linked = shared.workers.linked(&plugin)?;
+    let logs =
+        crate::logs::LogSession::discard().map_err(|e| DescribeError::Host(e.to_string()))?;
+    let capabilities = StepCapabilities::none(&logs, shared.config.sandbox.clone());
+    let state = StepState::new(None, &logs, capabilities, limits)
+        .map_err(|e| DescribeError::Host(e.to_string()))?;
+    let deadline = Instant::now() + DESCRIBE_TIMEOUT;
+    let mut store = state.into_store(shared.workers.engine(), deadline);
+    let call = async {
+        let worker = linked.instantiate(&mut store).await?;
+        worker.describe(&mut store).await
+    };
+    match tokio::time::timeout_at(deadline + Duration::from_secs(1), call).await {
+        Ok(Ok(info)) => Ok((info, plugin.sha256.clone())),
+        Ok(Err(e)) => Err(DescribeError::Failed(format!("{e:#}"))),
+        Err(_) => Err(DescribeError::TimedOut),
     }
 }
 
@@ -588,273 +576,6 @@ impl Bounds<'_> {
                 out.map_err(|_| Report::failed(FailureReason::Timeout, format!("interrupted {during}")))
             }
         }
-    }
-}
-
-async fn call_worker(
-    store: &mut Store<StepState>,
-    pre: &WorkerPre<StepState>,
-    prepared: &PreparedStepRun,
-    plugin_record: &mut PluginRecord,
-    manifest: Option<&crate::plugins::manifest::Manifest>,
-    shared: &RunnerShared,
-    bounds: Bounds<'_>,
-) -> Report {
-    let logs = prepared.logs.clone();
-    let request = &prepared.request;
-    let trap_report = |e: wasmtime::Error, during: &str| -> Report {
-        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            let mut report = Report::trapped(
-                format!("exit({})", exit.0),
-                format!(
-                    "the worker exited with code {} {during} instead of returning an outcome",
-                    exit.0
-                ),
-            );
-            report.exit_code = Some(exit.0);
-            return report;
-        }
-        match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => {
-                Report::failed(FailureReason::Timeout, format!("interrupted {during}"))
-            }
-            Some(trap) => Report::trapped(
-                trap_code(trap),
-                format!("the worker trapped {during}: {trap}"),
-            ),
-            None => Report::trapped(
-                "host call error".into(),
-                format!("the worker failed {during}: {e:#}"),
-            ),
-        }
-    };
-
-    let instantiating = std::time::Instant::now();
-    let during = "while starting";
-    let worker = match bounds.run(pre.instantiate_async(&mut *store), during).await {
-        Ok(Ok(worker)) => {
-            plugin_record.instantiate_micros = Some(instantiating.elapsed().as_micros() as u64);
-            worker
-        }
-        Ok(Err(e)) => return trap_report(e, during),
-        Err(report) => return report,
-    };
-    let executor = worker.baa_worker_worker_executor();
-    let during = "in describe";
-    let info = match bounds
-        .run(executor.call_describe(&mut *store), during)
-        .await
-    {
-        Ok(Ok(info)) => capped_info(info),
-        Ok(Err(e)) => return trap_report(e, during),
-        Err(report) => return report,
-    };
-    plugin_record.version = info.version.clone();
-    if info.name != request.worker_kind.as_str() {
-        return Report::failed(
-            FailureReason::InvalidPlugin,
-            format!(
-                "plugin {} describes itself as `{}`, not `{}`; rename the file or fix its describe()",
-                plugin_record.source, info.name, request.worker_kind
-            ),
-        );
-    }
-    // A manifest must say what `describe` says.
-    if let Some(manifest) = manifest {
-        let described = crate::plugins::manifest::Capabilities {
-            programs: info.capabilities.programs.clone(),
-            env: info.capabilities.env.clone(),
-            network: info.capabilities.network,
-        };
-        if manifest.name != info.name
-            || manifest.version != info.version
-            || manifest.capabilities != described
-        {
-            return Report::failed(
-                FailureReason::InvalidPlugin,
-                format!(
-                    "the plugin's manifest ({} {}, requests {:?}) differs from what its describe answers ({} {}, requests {:?}); stamp it again (`baa-runner stamp`)",
-                    manifest.name, manifest.version, manifest.capabilities, info.name, info.version, described
-                ),
-            );
-        }
-    }
-    let requested = KindGrant {
-        programs: info.capabilities.programs.clone(),
-        env: info.capabilities.env.clone(),
-        network: info.capabilities.network,
-        ..Default::default()
-    };
-    let granted = shared.config.grant(request.worker_kind.as_str());
-    let policy = ExecPolicy::intersect(&requested, &granted);
-    let programs: Vec<String> = policy
-        .programs()
-        .iter()
-        .map(|(k, v)| format!("{k}={}", v.display()))
-        .collect();
-    let refused: Vec<&String> = requested
-        .programs
-        .iter()
-        .filter(|p| !policy.programs().contains_key(*p))
-        .collect();
-    logs.event(
-        EventSource::Host,
-        if refused.is_empty() { EventLevel::Info } else { EventLevel::Warn },
-        "plugin.loaded",
-        format!(
-            "{} {} ({}) granted programs [{}]{}",
-            info.name,
-            info.version,
-            plugin_record.source,
-            programs.join(", "),
-            if refused.is_empty() {
-                String::new()
-            } else {
-                format!("; not granted: {}", refused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
-            }
-        ),
-        Some(json!({
-            "name": info.name,
-            "version": info.version,
-            "source": plugin_record.source,
-            "sha256": plugin_record.sha256,
-            "compiled": plugin_record.compiled,
-            "requested": { "programs": requested.programs, "env": requested.env, "network": requested.network },
-            "granted": { "programs": policy.programs(), "env": policy.env_names(), "network": !matches!(policy.network(), Network::None) },
-        })),
-    );
-    // A kind that requests more than the operator granted (a new version
-    // asking for more, say) does not run until the grant is widened.
-    let never: Vec<&str> = requested
-        .env
-        .iter()
-        .filter(|e| crate::capabilities::subprocess::policy::is_never_passed(e))
-        .map(String::as_str)
-        .collect();
-    if !never.is_empty() {
-        return Report::failed(
-            FailureReason::InvalidPlugin,
-            format!(
-                "{} {} requests environment variables no subprocess ever gets: {}",
-                info.name,
-                info.version,
-                never.join(", ")
-            ),
-        );
-    }
-    let missing = granted.missing(&requested);
-    if !missing.is_empty() {
-        return blocked_on(
-            &missing,
-            request.worker_kind.as_str(),
-            &info.name,
-            &info.version,
-        );
-    }
-    store.data_mut().host.subprocesses.set_policy(policy);
-
-    let step_request = StepRequest {
-        task_id: request.task_id.clone(),
-        step_id: request.step_id.clone(),
-        run_id: request.run_id.clone(),
-        attempt: request.attempt,
-        step_name: request.step_name.clone(),
-        step_kind: request.step_kind.to_string(),
-        worker_kind: request.worker_kind.to_string(),
-        prompt_summary: request.prompt_summary.clone(),
-        command: request.command.clone(),
-        timeout_ms: (request.timeout_sec * 1000.0) as u64,
-        resume: prepared.resume.as_ref().map(|r| ResumeCheckpoint {
-            seq: r.record.seq,
-            checkpoint_type: resume_type(&r.record),
-            summary: r.record.summary.clone(),
-            payload: r.payload.clone(),
-        }),
-        checkpoints_enabled: prepared.checkpoint.mode == CheckpointMode::Capture,
-    };
-    let during = "in execute";
-    let outcome = match bounds
-        .run(executor.call_execute(&mut *store, &step_request), during)
-        .await
-    {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => return trap_report(e, during),
-        Err(report) => return report,
-    };
-    match outcome {
-        Ok(outcome) => from_worker_outcome(outcome),
-        Err(ExecuteError::InvalidRequest(why)) => Report::failed(
-            FailureReason::InvalidRequest,
-            cut_owned(why, bounds::FAILURE_MESSAGE),
-        ),
-        Err(ExecuteError::Failed(why)) => Report::failed(
-            FailureReason::WorkerFailed,
-            cut_owned(why, bounds::FAILURE_MESSAGE),
-        ),
-    }
-}
-
-/// What a kind says of itself, each string cut to its cap before it is
-/// copied anywhere (a name that long never matches a kind anyway).
-fn capped_info(info: WorkerInfo) -> WorkerInfo {
-    let caps = info.capabilities;
-    WorkerInfo {
-        name: cut_owned(info.name, bounds::KIND_NAME),
-        version: cut_owned(info.version, bounds::KIND_NAME),
-        description: cut_owned(info.description, bounds::DESCRIPTION),
-        capabilities: Capabilities {
-            programs: cut_list(
-                caps.programs,
-                bounds::CAPABILITY_ITEMS,
-                bounds::CAPABILITY_ITEM,
-            ),
-            env: cut_list(caps.env, bounds::CAPABILITY_ITEMS, bounds::CAPABILITY_ITEM),
-            network: caps.network,
-        },
-    }
-}
-
-/// The type a resumed worker is told its checkpoint has: a built-in type
-/// captured by a worker is `worker:<type>`, so it never passes for one of
-/// the host's snapshots.
-fn resume_type(record: &crate::contracts::CheckpointRecord) -> String {
-    let name = record.checkpoint_type.to_string();
-    let builtin = CheckpointType::BUILTIN.contains(&record.checkpoint_type);
-    if builtin && record.source != CheckpointSource::Host {
-        format!("worker:{name}")
-    } else {
-        name
-    }
-}
-
-fn from_worker_outcome(outcome: WorkerOutcome) -> Report {
-    let (step_outcome, needs_human) = match outcome.status {
-        Status::Completed => (StepExecutionOutcome::Completed, outcome.needs_human),
-        Status::Failed => (StepExecutionOutcome::Failed, outcome.needs_human),
-        Status::Blocked => (StepExecutionOutcome::Blocked, true),
-    };
-    let followups = outcome
-        .suggested_followup
-        .into_iter()
-        .take(bounds::FOLLOWUPS)
-        .filter_map(|f| {
-            Some(SuggestedFollowup {
-                step_kind: StepKind::parse(&cut_owned(f.step_kind, bounds::FOLLOWUP_NAME)).ok()?,
-                step_name: cut_owned(f.step_name, bounds::FOLLOWUP_NAME),
-                reason: cut_owned(f.reason, bounds::FOLLOWUP_REASON),
-            })
-        })
-        .collect();
-    Report {
-        outcome: step_outcome,
-        failure: None,
-        summary: cut_owned(outcome.summary, bounds::SUMMARY),
-        needs_human,
-        exit_code: outcome.exit_code,
-        followups,
-        artifacts: Vec::new(),
-        plugin: None,
-        sandbox: None,
     }
 }
 
@@ -907,139 +628,4 @@ pub(crate) fn record_artifacts(prepared: &PreparedStepRun) -> Vec<StepArtifact> 
             "Numbered checkpoint records and payloads",
         ),
     ]
-}
-
-/// Load `entry` and call its `describe` in a store with no capabilities.
-/// Returns what it says and the component's digest.
-pub(crate) async fn describe(
-    shared: &RunnerShared,
-    entry: &crate::plugins::PluginEntry,
-) -> Result<(WorkerInfo, String), String> {
-    let plugin = shared
-        .cache
-        .get(
-            &shared.engine,
-            entry,
-            shared.config.limits.plugin_file_bytes,
-        )
-        .map_err(|e| e.to_string())?;
-    let pre = worker_pre(shared, &plugin)?;
-    let logs = crate::logs::LogSession::discard().map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + DESCRIBE_TIMEOUT;
-    let state = StepState {
-        wasi: WasiCtxBuilder::new().build(),
-        table: ResourceTable::new(),
-        limits: StepLimits::new((shared.config.limits.memory_mib * 1024 * 1024) as usize),
-        host: StepHost {
-            logs: logs.clone(),
-            // Describing runs no subprocess: the policy denies everything.
-            subprocesses: Subprocesses::new(
-                ExecPolicy::default(),
-                Setup {
-                    worktree: std::path::PathBuf::from("/nonexistent"),
-                    base_env: Default::default(),
-                    deadline,
-                    deadline_host: deadline,
-                    output_cap: 0,
-                    max_processes: 0,
-                    logs,
-                    confinement: Confinement {
-                        sandbox: shared.config.sandbox.clone(),
-                        home: std::path::PathBuf::from("/nonexistent"),
-                        user: None,
-                        lend: Vec::new(),
-                        namespace: None,
-                        probe: Default::default(),
-                    },
-                },
-            ),
-            checkpoints: Arc::new(std::sync::Mutex::new(
-                crate::checkpoints::CheckpointManager::disabled(),
-            )),
-            artifacts: Vec::new(),
-            artifacts_dir: "/nonexistent".into(),
-            log_tail_lines: 0,
-        },
-    };
-    let mut store = new_store(shared, state, deadline);
-    let call = async {
-        let worker = pre.instantiate_async(&mut store).await?;
-        worker
-            .baa_worker_worker_executor()
-            .call_describe(&mut store)
-            .await
-    };
-    match tokio::time::timeout_at(deadline + Duration::from_secs(1), call).await {
-        Ok(Ok(info)) => Ok((capped_info(info), plugin.sha256.clone())),
-        Ok(Err(e)) => Err(format!("describe failed: {e:#}")),
-        Err(_) => Err("describe did not return in time".into()),
-    }
-}
-
-/// `plugin` linked against the runner's linker, made at its first use.
-fn worker_pre<'a>(
-    shared: &RunnerShared,
-    plugin: &'a crate::plugins::LoadedPlugin,
-) -> Result<&'a WorkerPre<StepState>, String> {
-    let linked = plugin.pre.get_or_init(|| {
-        let pre = shared
-            .linker
-            .instantiate_pre(&plugin.component)
-            .map_err(|e| {
-                PluginError::Link {
-                    source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
-                    message: format!("{e:#}"),
-                }
-                .to_string()
-            })?;
-        WorkerPre::new(pre).map_err(|e| format!("{e:#}"))
-    });
-    linked.as_ref().map_err(Clone::clone)
-}
-
-/// Epoch ticks a guest may still compute after its deadline.
-const GRACE_TICKS: u32 = 2;
-
-/// How long a `describe` outside a step may take.
-const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A store with the runner's limits whose guest code yields at every epoch
-/// tick and is interrupted once it computes past `deadline`: the first
-/// [`GRACE_TICKS`] ticks after it are a last grace (a guest that just learnt
-/// its subprocess was killed returns its outcome), the next one traps.
-fn new_store(shared: &RunnerShared, state: StepState, deadline: Instant) -> Store<StepState> {
-    let mut store = Store::new(&shared.engine, state);
-    store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(1);
-    let deadline = deadline.into_std();
-    let mut overdue = 0;
-    store.epoch_deadline_callback(move |_| {
-        if std::time::Instant::now() < deadline {
-            Ok(UpdateDeadline::Yield(1))
-        } else if overdue >= GRACE_TICKS {
-            Err(Trap::Interrupt.into())
-        } else {
-            overdue += 1;
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
-    store
-}
-
-/// The report of a kind that requests more than it is granted: blocked,
-/// with the exact lines the operator would add.
-fn blocked_on(missing: &MissingGrants, kind: &str, name: &str, version: &str) -> Report {
-    let wanted = missing.config_lines().join(", ");
-    let message = format!(
-        "{name} {version} requests more than the operator granted: {wanted}; widen [kinds.{kind}] in the config to run it"
-    );
-    let mut report = Report::failed(FailureReason::PolicyDenied, message.clone());
-    report.outcome = StepExecutionOutcome::Blocked;
-    report.needs_human = true;
-    report.followups.push(SuggestedFollowup {
-        step_name: format!("grant [kinds.{kind}] {wanted}"),
-        step_kind: StepKind::Review,
-        reason: message,
-    });
-    report
 }

@@ -4,9 +4,12 @@
 
 mod admission;
 pub mod author;
+mod end;
 mod execute;
+mod grant;
 pub mod handle;
 pub mod lock;
+mod outcome;
 pub mod prepare;
 pub mod recover;
 pub mod validate;
@@ -17,8 +20,6 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::Linker;
-use wasmtime::Engine;
 
 pub use handle::{EventStream, Finished, StepEvent, StepEventBody, StepHandle};
 pub use prepare::PreparedStepRun;
@@ -32,12 +33,11 @@ use crate::error::Error;
 use crate::fsutil::{now_rfc3339, record_bytes, write_all_atomic};
 use crate::logs::Observer;
 use crate::plugins::{PluginCache, PluginRegistry};
-use crate::sandbox::state::StepState;
 
 /// What every step of a runner shares.
 pub(crate) struct RunnerShared {
-    pub engine: Engine,
-    pub linker: Arc<Linker<StepState>>,
+    /// The engine, the linker and the kinds linked against it.
+    pub workers: crate::worker::Workers,
     pub plugins: PluginRegistry,
     pub cache: PluginCache,
     pub config: RunnerConfig,
@@ -57,8 +57,7 @@ impl Runner {
     /// plugin directories (plus the built-in kinds).
     pub fn new(config: RunnerConfig) -> Result<Self, Error> {
         let admission = admission::Admission::new(&config.concurrency)?;
-        let engine = crate::sandbox::engine(&config.limits, config.concurrency.max_steps)?;
-        let linker = crate::sandbox::new_linker(&engine)?;
+        let engine = crate::worker::engine::engine(&config.limits, config.concurrency.max_steps)?;
         let plugins = PluginRegistry::discover(&config.plugin_dirs)?;
         let disk = if !config.compiled_cache {
             None
@@ -88,8 +87,7 @@ impl Runner {
         }
         Ok(Runner {
             shared: Arc::new(RunnerShared {
-                engine,
-                linker,
+                workers: crate::worker::Workers::new(engine)?,
                 plugins,
                 cache: PluginCache::new(disk),
                 config,
@@ -286,17 +284,8 @@ impl Runner {
     /// The result of a step that was only prepared (outcome `prepared`),
     /// written to `result.json`.
     pub fn finish_prepared(&self, prepared: PreparedStepRun) -> Result<StepExecutionResult, Error> {
-        let report = execute::Report {
-            outcome: StepExecutionOutcome::Prepared,
-            summary: format!("prepared; run directory {}", prepared.log_paths.run_dir),
-            needs_human: false,
-            exit_code: None,
-            followups: Vec::new(),
-            failure: None,
-            artifacts: Vec::new(),
-            plugin: None,
-            sandbox: None,
-        };
+        let summary = format!("prepared; run directory {}", prepared.log_paths.run_dir);
+        let report = outcome::Report::prepared(summary);
         finish(prepared, report, now_rfc3339(), std::time::Instant::now())
     }
 
@@ -323,7 +312,7 @@ impl Runner {
             .admit(prepared.request.worker_kind.as_str(), &logs, cancel)
             .await;
         let Some(_permits) = admitted else {
-            let report = execute::Report::interrupted("cancelled while waiting for a slot");
+            let report = outcome::Report::interrupted("cancelled while waiting for a slot");
             return finish(prepared, report, now_rfc3339(), std::time::Instant::now());
         };
         let started_at = now_rfc3339();
@@ -355,7 +344,7 @@ impl Runner {
             self.shared.config.limits.timeout_grace_ms,
         );
         let report = execute::run_worker(&self.shared, &prepared, deadlines, cancel).await;
-        execute::final_checkpoints(&self.shared, &prepared, &report, deadlines).await;
+        end::final_checkpoints(&self.shared, &prepared, &report, deadlines).await;
         finish(prepared, report, started_at, started.into_std())
     }
 
@@ -414,7 +403,7 @@ impl Runner {
 /// Write the final state, metadata and result of a step.
 fn finish(
     mut prepared: PreparedStepRun,
-    report: execute::Report,
+    report: outcome::Report,
     started_at: String,
     started: std::time::Instant,
 ) -> Result<StepExecutionResult, Error> {
@@ -601,11 +590,11 @@ pub struct KindInfo {
     pub version: String,
     pub description: String,
     /// What the kind requests.
-    pub capabilities: Requested,
+    pub capabilities: crate::config::Capabilities,
     /// What the operator grants it (built-in grant plus config).
     pub granted: GrantInfo,
     /// What it requests beyond the grant: its steps would be `blocked`.
-    pub missing: crate::config::MissingGrants,
+    pub missing: crate::config::Capabilities,
     /// `builtin` or the `.wasm` file.
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -643,15 +632,6 @@ pub enum AttemptState {
     Prepared,
     /// It ran (or is running): use the next attempt.
     Taken,
-}
-
-/// What a kind requests in its `describe`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Requested {
-    pub programs: Vec<String>,
-    pub env: Vec<String>,
-    pub network: bool,
 }
 
 /// An operator's grant as JSON output shows it (camelCase, as every
@@ -736,20 +716,10 @@ impl Runner {
                 }
                 info.version = described.version;
                 info.description = described.description;
-                let requested = crate::config::KindGrant {
-                    programs: described.capabilities.programs,
-                    env: described.capabilities.env,
-                    network: described.capabilities.network,
-                    ..Default::default()
-                };
-                info.missing = grant.missing(&requested);
-                info.capabilities = Requested {
-                    programs: requested.programs,
-                    env: requested.env,
-                    network: requested.network,
-                };
+                info.missing = grant.missing(&described.capabilities);
+                info.capabilities = described.capabilities;
             }
-            Err(e) => info.error = Some(e),
+            Err(e) => info.error = Some(e.to_string()),
         }
         info
     }

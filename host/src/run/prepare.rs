@@ -123,7 +123,7 @@ fn git_diff_plan(
 fn head_commit(worktree: &Path, sandbox: &crate::config::SandboxConfig) -> Option<String> {
     use crate::capabilities::subprocess::{confinement, launcher, policy};
     let git = policy::resolve_program("git").ok()?;
-    let mut args: Vec<String> = crate::checkpoints::snapshot::SAFE_GIT
+    let mut args: Vec<String> = crate::capabilities::checkpoint::snapshot::SAFE_GIT
         .iter()
         .map(|a| a.to_string())
         .collect();
@@ -135,7 +135,7 @@ fn head_commit(worktree: &Path, sandbox: &crate::config::SandboxConfig) -> Optio
     ]);
     args.extend(["rev-parse", "--verify", "-q", "HEAD"].map(String::from));
     let spec = confinement::read_only_spec(sandbox, &git, args, worktree);
-    let env = crate::checkpoints::snapshot::safe_git_env();
+    let env = crate::capabilities::checkpoint::snapshot::safe_git_env();
     match launcher::run_sync(&spec, &env, HEAD_TIMEOUT) {
         Ok((status, stdout)) if status.success() => {
             let head = String::from_utf8_lossy(&stdout).trim().to_string();

@@ -71,10 +71,7 @@ pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf,
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir.display().to_string()));
     }
-    let world_version = crate::sandbox::bindings::WIT_PACKAGE
-        .split('@')
-        .nth(1)
-        .unwrap_or_default();
+    let world_version = crate::plugins::World::LATEST.version();
     let fill = |template: &str| {
         template
             .replace("{{name}}", name)

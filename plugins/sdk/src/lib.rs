@@ -78,7 +78,9 @@ pub mod bindings {
 
 pub use bindings::baa::worker::checkpoint::CheckpointError;
 pub use bindings::baa::worker::events::{ArtifactError, Level};
-pub use bindings::baa::worker::subprocess::{Command, ExitStatus, Output, Process, SpawnError};
+pub use bindings::baa::worker::subprocess::{
+    Command, Denial, DenialReason, ExitStatus, Output, Process, SpawnError,
+};
 pub use bindings::baa::worker::types::SuggestedFollowup;
 pub use bindings::exports::baa::worker::worker_executor::{
     Capabilities, ExecuteError, Status, WorkerInfo, WorkerOutcome,

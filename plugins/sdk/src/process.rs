@@ -3,7 +3,7 @@
 //! output into the run's logs and kills what it left behind.
 
 use crate::bindings::baa::worker::subprocess;
-use crate::{Command, ExecuteError, ExitStatus, Output, Process, SpawnError};
+use crate::{Command, DenialReason, ExecuteError, ExitStatus, Output, Process, SpawnError};
 
 impl Command {
     /// `program` with `args`, in the worktree root, with no extra environment.
@@ -133,8 +133,10 @@ pub fn run(cmd: &Command) -> Result<Finished, SpawnError> {
 /// A one-line description of a spawn failure.
 pub fn describe_spawn_error(error: &SpawnError) -> String {
     match error {
-        SpawnError::Denied(why) => format!("denied by policy: {why}"),
-        SpawnError::InvalidCwd(why) => format!("invalid cwd: {why}"),
+        SpawnError::Denied(denial) if denial.reason == DenialReason::Cwd => {
+            format!("invalid cwd: {}", denial.message)
+        }
+        SpawnError::Denied(denial) => format!("denied by policy: {}", denial.message),
         SpawnError::Io(why) => format!("could not start: {why}"),
     }
 }

@@ -58,7 +58,7 @@ fn a_third_party_kind_is_stamped_inspected_and_checked() {
     assert_exit(&out, 0);
     let before = json_of(&out);
     assert!(before["manifest"].is_null());
-    assert_eq!(before["world"], "baa:worker/worker-executor@0.1.0");
+    assert_eq!(before["world"], "baa:worker/worker@0.2.0");
 
     let out = cli().arg("stamp").arg(&file).output().unwrap();
     assert_exit(&out, 0);
@@ -71,7 +71,7 @@ fn a_third_party_kind_is_stamped_inspected_and_checked() {
     assert_exit(&out, 0);
     let after = json_of(&out);
     assert_eq!(after["manifest"]["name"], "probe");
-    assert_eq!(after["manifest"]["world"], "baa:worker/worker@0.1.0");
+    assert_eq!(after["manifest"]["world"], "baa:worker/worker@0.2.0");
     assert_eq!(
         after["manifest"]["capabilities"]["programs"],
         serde_json::json!(["true", "touch", "sh", "python3"])
@@ -146,18 +146,18 @@ fn restamp(file: &Path, change: impl FnOnce(&mut Manifest)) {
 async fn a_manifest_for_another_world_version_is_refused_naming_both() {
     let sandbox = Sandbox::new();
     let (runner, plugin) = probe_runner_with(&sandbox, grant_all(), |_| {});
-    restamp(&plugin, |m| m.world = "baa:worker/worker@0.2.0".into());
+    restamp(&plugin, |m| m.world = "baa:worker/worker@0.9.0".into());
     let inspection = runner.inspect(&plugin);
     let error = inspection.error.unwrap();
     assert!(
-        error.contains("baa:worker/worker@0.2.0") && error.contains("baa:worker@0.1.0"),
+        error.contains("baa:worker/worker@0.9.0") && error.contains("baa:worker@0.2.0"),
         "{error}"
     );
     let result = run(&runner, sandbox.request("probe", "true")).await;
     let failure = result.state.failure.unwrap();
     assert_eq!(failure.reason, FailureReason::InvalidPlugin);
     assert!(
-        failure.message.contains("baa:worker/worker@0.2.0"),
+        failure.message.contains("baa:worker/worker@0.9.0"),
         "{}",
         failure.message
     );

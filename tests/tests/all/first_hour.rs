@@ -413,7 +413,7 @@ fn conventions_version_completions_schema_and_default_config() {
         "baa-runner 0.1.0",
         "commit ",
         "wasmtime 48.",
-        "world baa:worker/worker@0.1.0",
+        "worlds baa:worker@0.1.0 and baa:worker@0.2.0",
     ] {
         assert!(version.contains(part), "{version}");
     }

@@ -223,11 +223,11 @@ async fn malformed_plugins_are_refused_with_a_precise_reason() {
         ("core", "not a valid WebAssembly component"),
         (
             "future",
-            "built for baa:worker@0.2.0, but this host implements baa:worker@0.1.0",
+            "built for baa:worker@0.9.0, but this host runs baa:worker@0.1.0 and baa:worker@0.2.0",
         ),
         (
             "hollow",
-            "does not export `baa:worker/worker-executor@0.1.0`",
+            "does not export `baa:worker/worker-executor@0.2.0`",
         ),
         ("greedy", "needs imports this host does not provide"),
     ] {

@@ -25,6 +25,7 @@ mod serve;
 mod shell;
 mod supply_chain;
 mod views;
+mod worlds;
 
 use std::path::{Path, PathBuf};
 

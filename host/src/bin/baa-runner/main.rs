@@ -44,14 +44,14 @@ Exit codes:
 Config: --config FILE, else $BAA_CONFIG, else $XDG_CONFIG_HOME/baa-runner/config.toml
 (~/.config/…), else /etc/baa-runner/config.toml, else the built-in defaults.";
 
-/// `baa-runner 0.1.0 (commit …, wasmtime …, world baa:worker/worker@…)`.
+/// `baa-runner 0.1.0 (commit …, wasmtime …, worlds baa:worker@0.1.0 and …)`.
 static VERSION: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "{} (commit {}, wasmtime {}, world {})",
+        "{} (commit {}, wasmtime {}, worlds {})",
         env!("CARGO_PKG_VERSION"),
         env!("BAA_COMMIT"),
         env!("BAA_WASMTIME_VERSION"),
-        baa_runner::plugins::manifest::host_world(),
+        baa_runner::plugins::World::supported(),
     )
 });
 

@@ -329,7 +329,7 @@ pub struct SelfTest {
 pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, String> {
     let probe = super::launcher::probe()?;
     let grant = config.grant(kind);
-    let policy = ExecPolicy::intersect(&grant, &grant);
+    let policy = ExecPolicy::intersect(&grant.capabilities(), &grant);
     let worktree = crate::fsutil::new_temp_dir("baa-self-test")
         .map_err(|e| format!("a scratch worktree for the self-test: {e}"))?;
     for sub in std::iter::once("").chain(baa_launch::PRIVATE_DIRS.iter().map(|(_, s)| *s)) {

@@ -7,7 +7,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::policy::SYSTEM_PATH;
+/// Directories where program names are resolved. The host's own `PATH` is
+/// never consulted, and neither is anything inside a worktree.
+pub const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 
 /// File names of programs whose purpose is to run other programs: a kind
 /// granted one of them may execute whatever it can read.

@@ -11,6 +11,7 @@
 //! - `process.rs`: a running process's output, deadline and exit.
 
 pub mod cgroup;
+mod command;
 pub mod confinement;
 pub mod executables;
 pub mod launcher;
@@ -29,13 +30,13 @@ use serde_json::json;
 use tokio::time::Instant;
 
 pub use baa_launch::Builtin;
+pub use command::{Chunk, Denial, DenialReason, ExitInfo, SpawnError, SpawnRequest};
 pub use confinement::Confinement;
 pub use policy::ExecPolicy;
 pub use process::ProcessHandle;
 
 use crate::contracts::{EventLevel, EventSource};
 use crate::logs::LogSession;
-use crate::sandbox::bindings::baa::worker::subprocess::{Command, ExitStatus, Output, SpawnError};
 
 /// The processes of a step that may still be running: their supervisors'
 /// process groups and lifelines.
@@ -135,14 +136,6 @@ pub struct Setup {
     pub confinement: Confinement,
 }
 
-/// A refused spawn, and what the operator could grant to allow it (`None`
-/// when no grant can: the host never allows it).
-#[derive(Debug, Clone)]
-pub struct Denial {
-    pub message: String,
-    pub grant: Option<String>,
-}
-
 /// A command of the host's own, run inside a step's confinement.
 pub struct HostCommand<'a> {
     /// The program (ignored for a builtin).
@@ -172,7 +165,7 @@ impl HostCommand<'_> {
 
 /// How a host command ended and what it wrote.
 pub struct HostOutput {
-    pub status: ExitStatus,
+    pub status: ExitInfo,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
 }
@@ -228,6 +221,33 @@ const MAX_DENIALS: usize = 32;
 pub const MAX_SCRATCH_BYTES: usize = 4 * 1024 * 1024;
 
 impl Subprocesses {
+    /// A capability that refuses every command: a kind's `describe` runs
+    /// with it, outside any step (no worktree, no home, no processes).
+    pub fn deny_all(logs: Arc<LogSession>, sandbox: crate::config::SandboxConfig) -> Self {
+        let nowhere = PathBuf::from("/nonexistent");
+        let now = Instant::now();
+        Subprocesses::new(
+            ExecPolicy::default(),
+            Setup {
+                worktree: nowhere.clone(),
+                base_env: BTreeMap::new(),
+                deadline: now,
+                deadline_host: now,
+                output_cap: 0,
+                max_processes: 0,
+                logs,
+                confinement: Confinement {
+                    sandbox,
+                    home: nowhere,
+                    user: None,
+                    lend: Vec::new(),
+                    namespace: None,
+                    probe: Default::default(),
+                },
+            },
+        )
+    }
+
     pub fn new(policy: ExecPolicy, setup: Setup) -> Self {
         Subprocesses {
             policy,
@@ -301,15 +321,21 @@ impl Subprocesses {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
         if !valid {
-            return Err(SpawnError::Denied(format!(
-                "scratch file name `{}` must be a file name of letters, digits, `.`, `-` and `_`",
-                crate::capabilities::bounds::cut(name, 128)
+            return Err(SpawnError::Denied(Denial::never(
+                DenialReason::Size,
+                format!(
+                    "scratch file name `{}` must be a file name of letters, digits, `.`, `-` and `_`",
+                    crate::capabilities::bounds::cut(name, 128)
+                ),
             )));
         }
         if contents.len() > MAX_SCRATCH_BYTES {
-            return Err(SpawnError::Denied(format!(
-                "scratch file `{name}` is {} bytes; the limit is {MAX_SCRATCH_BYTES}",
-                contents.len()
+            return Err(SpawnError::Denied(Denial::never(
+                DenialReason::Size,
+                format!(
+                    "scratch file `{name}` is {} bytes; the limit is {MAX_SCRATCH_BYTES}",
+                    contents.len()
+                ),
             )));
         }
         let path = self.scratch_dir()?.join(name);
@@ -374,49 +400,41 @@ impl Subprocesses {
         self.spawned
     }
 
-    /// Record a refused spawn as an event and a denial.
-    fn refuse(&mut self, cmd: &Command, why: String, grant: Option<String>) -> String {
+    /// Record a refused spawn as an event and a denial; returns the denial.
+    fn refuse(&mut self, cmd: &SpawnRequest, denial: Denial) -> Denial {
         self.setup.logs.event(
             EventSource::Host,
             EventLevel::Warn,
             "subprocess.denied",
-            format!("denied `{}`: {why}", cmd.program),
+            format!("denied `{}`: {}", cmd.program, denial.message),
             Some(json!({
                 "program": cmd.program,
                 "args": record_args(&cmd.args),
                 "cwd": cmd.cwd,
-                "reason": why,
-                "operatorCanGrant": grant,
+                "reason": denial.message,
+                "denial": denial.reason,
+                "operatorCanGrant": denial.grant,
             })),
         );
         if self.denials.len() < MAX_DENIALS {
-            self.denials.push(Denial {
-                message: why.clone(),
-                grant,
-            });
+            self.denials.push(denial.clone());
         }
-        why
+        denial
     }
 
     /// Check `cmd` against the policy and start it, confined.
-    pub async fn spawn(&mut self, cmd: Command) -> Result<ProcessHandle, SpawnError> {
+    pub async fn spawn(&mut self, cmd: SpawnRequest) -> Result<ProcessHandle, SpawnError> {
         // Refused before anything of it is copied into a record.
         if let Err(why) = check_size(&cmd) {
-            self.denials.push(Denial {
-                message: why.clone(),
-                grant: None,
-            });
-            return Err(SpawnError::Denied(why));
+            let denial = Denial::never(DenialReason::Size, why);
+            if self.denials.len() < MAX_DENIALS {
+                self.denials.push(denial.clone());
+            }
+            return Err(SpawnError::Denied(denial));
         }
         let allowed = match self.policy.check(&cmd.program, &cmd.args, &cmd.env) {
             Ok(allowed) => allowed,
-            Err(denied) => {
-                return Err(SpawnError::Denied(self.refuse(
-                    &cmd,
-                    denied.message,
-                    denied.grant,
-                )))
-            }
+            Err(denial) => return Err(SpawnError::Denied(self.refuse(&cmd, denial))),
         };
         // A program inside the worktree is the worker's to rewrite: never run
         // one, whatever the grant says.
@@ -426,11 +444,15 @@ impl Subprocesses {
                 "program `{}` lies inside the worktree; only programs installed outside it may run",
                 allowed.path.display()
             );
-            return Err(SpawnError::Denied(self.refuse(&cmd, why, None)));
+            let denial = Denial::never(DenialReason::InsideWorktree, why);
+            return Err(SpawnError::Denied(self.refuse(&cmd, denial)));
         }
         let cwd = match resolve_cwd(&self.setup.worktree, cmd.cwd.as_deref()) {
             Ok(cwd) => cwd,
-            Err(why) => return Err(SpawnError::InvalidCwd(self.refuse(&cmd, why, None))),
+            Err(why) => {
+                let denial = Denial::never(DenialReason::Cwd, why);
+                return Err(SpawnError::Denied(self.refuse(&cmd, denial)));
+            }
         };
         let now = Instant::now();
         let deadline = match cmd.timeout_ms {
@@ -438,9 +460,10 @@ impl Subprocesses {
             None => self.setup.deadline,
         };
         if deadline <= now {
-            return Err(SpawnError::Denied(
-                "the step's time is up: no new subprocess may start".into(),
-            ));
+            return Err(SpawnError::Denied(Denial::never(
+                DenialReason::TimeUp,
+                "the step's time is up: no new subprocess may start",
+            )));
         }
         if self.live.len() >= self.setup.max_processes {
             let why = format!(
@@ -448,7 +471,8 @@ impl Subprocesses {
                 self.live.len(),
                 self.setup.max_processes
             );
-            return Err(SpawnError::Denied(self.refuse(&cmd, why, None)));
+            let denial = Denial::never(DenialReason::ProcessLimit, why);
+            return Err(SpawnError::Denied(self.refuse(&cmd, denial)));
         }
         self.setup.logs.event(
             EventSource::Host,
@@ -469,7 +493,7 @@ impl Subprocesses {
     /// program (and that program's helpers), by `command.deadline` at the
     /// latest. Its output is returned, not logged.
     pub async fn run_host(&mut self, command: HostCommand<'_>) -> Result<HostOutput, SpawnError> {
-        let cmd = Command {
+        let cmd = SpawnRequest {
             program: match &command.builtin {
                 Some(op) => format!("baa-launch {}", builtin_name(op)),
                 None => command.program.display().to_string(),
@@ -486,9 +510,10 @@ impl Subprocesses {
         };
         let deadline = command.deadline.min(self.setup.deadline_host);
         if deadline <= Instant::now() {
-            return Err(SpawnError::Denied(
-                "the step's time is up: the host runs nothing more for it".into(),
-            ));
+            return Err(SpawnError::Denied(Denial::never(
+                DenialReason::TimeUp,
+                "the step's time is up: the host runs nothing more for it",
+            )));
         }
         let worktree = self.setup.worktree.clone();
         let mut process = self
@@ -503,9 +528,9 @@ impl Subprocesses {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         loop {
             match process.next().await {
-                Output::Stdout(bytes) => stdout.extend_from_slice(&bytes),
-                Output::Stderr(bytes) => stderr.extend_from_slice(&bytes),
-                Output::Exited(status) => {
+                Chunk::Stdout(bytes) => stdout.extend_from_slice(&bytes),
+                Chunk::Stderr(bytes) => stderr.extend_from_slice(&bytes),
+                Chunk::Exited(status) => {
                     return Ok(HostOutput {
                         status,
                         stdout,
@@ -520,7 +545,7 @@ impl Subprocesses {
         &mut self,
         program: &Path,
         cwd: &Path,
-        cmd: Command,
+        cmd: SpawnRequest,
         deadline: Instant,
         origin: Origin,
     ) -> Result<ProcessHandle, SpawnError> {
@@ -542,11 +567,15 @@ impl Subprocesses {
             // it as root) but fail as soon as it looks at its own path.
             if builtin.is_none() {
                 if let Err(why) = user::check_reachable(program, lease.user()) {
-                    let grant = Some(format!(
-                        "install `{}` where every user can reach it",
-                        program.display()
-                    ));
-                    return Err(SpawnError::Denied(self.refuse(&cmd, why, grant)));
+                    let denial = Denial {
+                        reason: DenialReason::Program,
+                        message: why,
+                        grant: Some(format!(
+                            "install `{}` where every user can reach it",
+                            program.display()
+                        )),
+                    };
+                    return Err(SpawnError::Denied(self.refuse(&cmd, denial)));
                 }
             }
             // Files the worker created through WASI belong to the host.
@@ -597,13 +626,19 @@ impl Subprocesses {
             Err(refusal) => {
                 let why = format!("{} ({})", refusal.message, refusal.stage);
                 return Err(match refusal.stage.as_str() {
-                    "cwd" => SpawnError::InvalidCwd(self.refuse(&cmd, why, None)),
+                    "cwd" => {
+                        SpawnError::Denied(self.refuse(&cmd, Denial::never(DenialReason::Cwd, why)))
+                    }
                     "landlock" => {
-                        let grant = Some(
-                            "[sandbox] landlock = \"optional\" (run subprocesses without Landlock on this kernel)"
-                                .to_string(),
-                        );
-                        SpawnError::Denied(self.refuse(&cmd, why, grant))
+                        let denial = Denial {
+                            reason: DenialReason::Confinement,
+                            message: why,
+                            grant: Some(
+                                "[sandbox] landlock = \"optional\" (run subprocesses without Landlock on this kernel)"
+                                    .to_string(),
+                            ),
+                        };
+                        SpawnError::Denied(self.refuse(&cmd, denial))
                     }
                     _ => {
                         self.setup.logs.event(
@@ -687,7 +722,7 @@ impl Subprocesses {
 }
 
 /// A command within the bounds a worker may hand over.
-fn check_size(cmd: &Command) -> Result<(), String> {
+fn check_size(cmd: &SpawnRequest) -> Result<(), String> {
     use crate::capabilities::bounds::{
         ARG_BYTES, COMMAND_ARGS, COMMAND_BYTES, PATH_BYTES, STDIN_BYTES,
     };
@@ -791,56 +826,4 @@ fn resolve_cwd(worktree: &Path, cwd: Option<&str>) -> Result<PathBuf, String> {
         e => format!("cwd `{rel}`: {e}"),
     })?;
     Ok(worktree.join(rel_path))
-}
-
-mod host {
-    //! The `subprocess` WIT interface, implemented on the step's store data.
-    use wasmtime::component::Resource;
-
-    use super::ProcessHandle;
-    use crate::sandbox::bindings::baa::worker::subprocess::{
-        Command, Host, HostProcess, Output, SpawnError,
-    };
-    use crate::sandbox::state::StepState;
-
-    impl Host for StepState {
-        async fn spawn(
-            &mut self,
-            cmd: Command,
-        ) -> wasmtime::Result<Result<Resource<ProcessHandle>, SpawnError>> {
-            match self.host.subprocesses.spawn(cmd).await {
-                Ok(handle) => Ok(Ok(self.table.push(handle)?)),
-                Err(e) => Ok(Err(e)),
-            }
-        }
-
-        async fn scratch_file(
-            &mut self,
-            name: String,
-            contents: Vec<u8>,
-        ) -> wasmtime::Result<Result<String, SpawnError>> {
-            Ok(self.host.subprocesses.scratch_file(&name, contents).await)
-        }
-    }
-
-    impl HostProcess for StepState {
-        async fn pid(&mut self, process: Resource<ProcessHandle>) -> wasmtime::Result<u32> {
-            Ok(self.table.get(&process)?.pid())
-        }
-
-        async fn next(&mut self, process: Resource<ProcessHandle>) -> wasmtime::Result<Output> {
-            Ok(self.table.get_mut(&process)?.next().await)
-        }
-
-        async fn kill(&mut self, process: Resource<ProcessHandle>) -> wasmtime::Result<()> {
-            self.table.get(&process)?.kill();
-            Ok(())
-        }
-
-        async fn drop(&mut self, process: Resource<ProcessHandle>) -> wasmtime::Result<()> {
-            // Dropping the handle kills the group if it is still running.
-            self.table.delete(process)?;
-            Ok(())
-        }
-    }
 }

@@ -7,11 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::executables;
-use crate::config::KindGrant;
+use super::{Denial, DenialReason};
+use crate::config::{Capabilities, KindGrant};
 
-/// Directories where program names are resolved. The host's own `PATH` is
-/// never consulted, and neither is anything inside a worktree.
-pub const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
+pub use super::executables::SYSTEM_PATH;
 
 /// The `PATH` given to subprocesses.
 pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -351,23 +350,6 @@ pub fn git_env(overrides: bool, view: bool) -> Vec<(String, String)> {
     env
 }
 
-/// A refused command: why, and what the operator could grant to allow it
-/// (`None`: nothing can; the host never allows it).
-#[derive(Debug, Clone)]
-pub struct Denied {
-    pub message: String,
-    pub grant: Option<String>,
-}
-
-impl Denied {
-    fn never(message: String) -> Self {
-        Denied {
-            message,
-            grant: None,
-        }
-    }
-}
-
 /// Whether `name` is a variable a subprocess may never receive.
 pub fn is_never_passed(name: &str) -> bool {
     NEVER_PASSED.iter().any(|p| {
@@ -423,7 +405,7 @@ pub struct Allowed {
 impl ExecPolicy {
     /// The policy for a kind that requested `requested` and was granted
     /// `granted`: only what both name.
-    pub fn intersect(requested: &KindGrant, granted: &KindGrant) -> Self {
+    pub fn intersect(requested: &Capabilities, granted: &KindGrant) -> Self {
         let network = if !(requested.network && granted.network) {
             Network::None
         } else if granted.unrestricted_tcp {
@@ -523,7 +505,7 @@ impl ExecPolicy {
         program: &str,
         args: &[String],
         env: &[(String, String)],
-    ) -> Result<Allowed, Denied> {
+    ) -> Result<Allowed, Denial> {
         let path = if program.contains('/') {
             let candidate = Path::new(program);
             self.programs
@@ -531,22 +513,26 @@ impl ExecPolicy {
                 .find(|p| p.as_path() == candidate)
                 .cloned()
                 .ok_or_else(|| {
-                    Denied::never(format!(
-                        "program `{program}` is not allowed for this worker kind (allowed: {})",
-                        self.allowed_list()
-                    ))
+                    Denial::never(
+                        DenialReason::Program,
+                        format!(
+                            "program `{program}` is not allowed for this worker kind (allowed: {})",
+                            self.allowed_list()
+                        ),
+                    )
                 })?
         } else if let Some(path) = self.programs.get(program) {
             path.clone()
         } else if let Some(why) = self.missing.get(program) {
-            return Err(Denied {
+            return Err(Denial {
+                reason: DenialReason::Program,
                 message: format!("program `{program}` is granted but cannot be used: {why}"),
                 grant: Some(format!("install `{program}` or grant it by absolute path")),
             });
         } else {
             // The kind runs only once everything it requested is granted:
             // this is a program it did not request.
-            return Err(Denied::never(format!(
+            return Err(Denial::never(DenialReason::Program, format!(
                 "program `{program}` is not allowed for this worker kind (allowed: {}); a kind must request a program in its describe, and the operator grant it",
                 self.allowed_list()
             )));
@@ -565,28 +551,30 @@ impl ExecPolicy {
                     r.len() == 2 && !r.starts_with("--") && arg.len() > 2 && arg.starts_with(*r)
                 });
                 if let Some(option) = refused.iter().find(|r| **r == option).or(attached) {
-                    return Err(Denied::never(format!(
+                    return Err(Denial::never(DenialReason::Argument, format!(
                         "argument `{option}` of `{name}` is refused: it can make `{name}` run other programs or read other configuration"
                     )));
                 }
             }
         }
         if file_name == "git" {
-            check_git_subcommand(args).map_err(Denied::never)?;
+            check_git_subcommand(args).map_err(|why| Denial::never(DenialReason::Argument, why))?;
         }
         for (name, _) in env {
             if !is_env_name(name) {
-                return Err(Denied::never(format!(
-                    "environment variable name `{name}` is malformed"
-                )));
+                return Err(Denial::never(
+                    DenialReason::Environment,
+                    format!("environment variable name `{name}` is malformed"),
+                ));
             }
             if is_never_passed(name) {
-                return Err(Denied::never(format!(
-                    "environment variable `{name}` is never passed to subprocesses"
-                )));
+                return Err(Denial::never(
+                    DenialReason::Environment,
+                    format!("environment variable `{name}` is never passed to subprocesses"),
+                ));
             }
             if !self.env.iter().any(|allowed| allowed == name) {
-                return Err(Denied::never(format!(
+                return Err(Denial::never(DenialReason::Environment, format!(
                     "environment variable `{name}` is not allowed for this worker kind (allowed: {}); a kind must request it in its describe, and the operator grant it",
                     if self.env.is_empty() { "none".to_string() } else { self.env.join(", ") }
                 )));

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{kill_group, LiveGroups};
+use super::{Chunk, ExitInfo};
 use crate::contracts::{EventLevel, EventSource};
 use crate::logs::{LogSession, Stream};
-use crate::sandbox::bindings::baa::worker::subprocess::{ExitStatus, Output};
 
 /// How long output is still drained after the child exited and its group
 /// was killed (descendants that left the group may hold the pipes).
@@ -43,10 +43,10 @@ impl Unread {
             .fetch_add(n as u64, std::sync::atomic::Ordering::AcqRel);
     }
 
-    fn taken(&self, output: &Output) {
+    fn taken(&self, output: &Chunk) {
         let n = match output {
-            Output::Stdout(b) | Output::Stderr(b) => b.len() as u64,
-            Output::Exited(_) => 0,
+            Chunk::Stdout(b) | Chunk::Stderr(b) => b.len() as u64,
+            Chunk::Exited(_) => 0,
         };
         self.0.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
     }
@@ -105,9 +105,9 @@ pub(super) struct Started {
 pub struct ProcessHandle {
     pid: u32,
     lifeline: Lifeline,
-    rx: mpsc::UnboundedReceiver<Output>,
+    rx: mpsc::UnboundedReceiver<Chunk>,
     unread: Arc<Unread>,
-    exited: Option<ExitStatus>,
+    exited: Option<ExitInfo>,
 }
 
 impl ProcessHandle {
@@ -116,18 +116,18 @@ impl ProcessHandle {
     }
 
     /// The next chunk, or the exit once all output was delivered.
-    pub async fn next(&mut self) -> Output {
+    pub async fn next(&mut self) -> Chunk {
         if let Some(status) = &self.exited {
-            return Output::Exited(*status);
+            return Chunk::Exited(*status);
         }
-        let output = self.rx.recv().await.unwrap_or(Output::Exited(ExitStatus {
+        let output = self.rx.recv().await.unwrap_or(Chunk::Exited(ExitInfo {
             code: None,
             signal: None,
             timed_out: false,
             output_limit_exceeded: false,
         }));
         self.unread.taken(&output);
-        if let Output::Exited(status) = &output {
+        if let Chunk::Exited(status) = &output {
             self.exited = Some(*status);
         }
         output
@@ -218,7 +218,7 @@ pub(super) fn start(
                             if limits.log_output {
                                 logs.output(Stream::Stdout, &out_buf[..n]);
                             }
-                            if tx.send(Output::Stdout(out_buf[..n].to_vec())).is_ok() {
+                            if tx.send(Chunk::Stdout(out_buf[..n].to_vec())).is_ok() {
                                 unread.add(n);
                             }
                         }
@@ -232,7 +232,7 @@ pub(super) fn start(
                             if limits.log_output {
                                 logs.output(Stream::Stderr, &err_buf[..n]);
                             }
-                            if tx.send(Output::Stderr(err_buf[..n].to_vec())).is_ok() {
+                            if tx.send(Chunk::Stderr(err_buf[..n].to_vec())).is_ok() {
                                 unread.add(n);
                             }
                         }
@@ -276,7 +276,7 @@ pub(super) fn start(
         }
         live.remove(pgid);
         let (code, signal) = status.unwrap_or((None, None));
-        let exit = ExitStatus {
+        let exit = ExitInfo {
             code,
             signal,
             timed_out,
@@ -332,7 +332,7 @@ pub(super) fn start(
                 "forWorker": limits.log_output,
             })),
         );
-        let _ = tx.send(Output::Exited(exit));
+        let _ = tx.send(Chunk::Exited(exit));
     });
     ProcessHandle {
         pid,

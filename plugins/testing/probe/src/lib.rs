@@ -64,6 +64,17 @@ impl Worker for Probe {
                         Err(e) => Err(describe_spawn_error(&e)),
                     }
                 }
+                // The typed refusal of `baa:worker@0.2`: reason|message|grant.
+                "denial" => match spawn(&Command::new(arg(1), words[2..].iter().copied())) {
+                    Err(SpawnError::Denied(d)) => Ok(format!(
+                        "{:?}|{}|{}",
+                        d.reason,
+                        d.message,
+                        d.operator_can_grant.as_deref().unwrap_or("none")
+                    )),
+                    Err(e) => Err(describe_spawn_error(&e)),
+                    Ok(_) => Err("it was allowed".into()),
+                },
                 "connect" => std::net::TcpStream::connect(arg(1))
                     .map(|_| "connected".into())
                     .map_err(|e| e.to_string()),

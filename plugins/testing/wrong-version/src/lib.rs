@@ -1,9 +1,9 @@
-//! Test fixture: a worker kind built against `baa:worker@0.2.0`, a version
+//! Test fixture: a worker kind built against `baa:worker@0.9.0`, a version
 //! this host does not implement. The host must refuse it naming both versions.
 
 wit_bindgen::generate!({
     inline: "
-        package baa:worker@0.2.0;
+        package baa:worker@0.9.0;
         interface worker-executor {
             describe: func() -> string;
         }

@@ -1,27 +1,21 @@
-//! The WebAssembly side of a step: one engine per process (pooling
-//! allocator, epoch ticker for deadlines), the linker with WASI and the
-//! `baa:worker` host interfaces, and the per-step store with its limits.
-
-pub mod bindings;
-pub mod limits;
-pub mod state;
-pub mod stdio;
+//! One engine per process (pooling allocator, epoch ticker for
+//! deadlines) and the linker every worker is instantiated with: WASI and
+//! the host interfaces of every `baa:worker` version this host runs.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::limits;
+use super::store::StepState;
+use crate::config::POOL_STEPS;
 use crate::error::Error;
-use state::StepState;
 
 /// How often the engine's epoch advances: a running guest yields to the
 /// other steps at every tick, and a deadline is noticed within one.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
-
-/// Most steps of one runner executing at once (`concurrency.max-steps`).
-pub const POOL_STEPS: u32 = 1000;
 
 /// Instance slots beyond a runner's steps: its kinds' `describe` calls.
 const DESCRIBE_SLOTS: u32 = 16;
@@ -98,12 +92,13 @@ fn start_epoch_ticker(engine: &Engine) {
 }
 
 /// The linker every worker is instantiated with: WASI 0.2 (configured per
-/// step to grant only the worktree) and the `baa:worker` host interfaces.
+/// step to grant only the worktree) and the host interfaces of every
+/// `baa:worker` version, each under its own versioned names.
 pub fn new_linker(engine: &Engine) -> Result<Arc<Linker<StepState>>, Error> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| Error::Engine(e.to_string()))?;
-    bindings::Worker::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-        .map_err(|e| Error::Engine(e.to_string()))?;
+    super::v0_1::add_to_linker(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
+    super::v0_2::add_to_linker(&mut linker).map_err(|e| Error::Engine(e.to_string()))?;
     Ok(Arc::new(linker))
 }
