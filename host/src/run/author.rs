@@ -216,7 +216,7 @@ impl Runner {
             "loads as a baa:worker component",
             "pass",
             format!(
-                "{} bytes, sha256 {}, exports {}",
+                "{} bytes, sha256 {}, implements {}",
                 inspection.size,
                 inspection.sha256,
                 inspection.world.clone().unwrap_or_default()

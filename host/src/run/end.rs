@@ -56,15 +56,27 @@ pub(crate) async fn final_checkpoints(
         summary(prepared, report, &cut_short),
     ));
     for (kind, snapshot) in captures {
-        // A failure is logged where it happens; the step's outcome stands.
-        let _ = checkpoints.store(
-            kind,
+        let stored = checkpoints.store(
+            kind.clone(),
             &snapshot.summary,
             Some(&snapshot.payload),
             Some(snapshot.details),
             CheckpointSource::Host,
             Budget::Record,
         );
+        // An I/O error was logged where it happened; the outcome stands.
+        match stored {
+            Ok(_) | Err(CaptureError::Io(_)) => {}
+            Err(why) => {
+                prepared.logs.event(
+                    EventSource::Host,
+                    EventLevel::Warn,
+                    "checkpoint.failed",
+                    format!("no {kind} checkpoint: {why}"),
+                    Some(json!({ "type": kind })),
+                );
+            }
+        }
     }
 }
 

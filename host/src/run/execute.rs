@@ -235,13 +235,7 @@ fn load(
     };
     match shared.workers.linked(&plugin) {
         Ok(linked) => Ok((plugin, linked, record)),
-        Err(e) => {
-            let error = crate::plugins::PluginError::Link {
-                source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
-                message: e.to_string(),
-            };
-            Err(Box::new(with_plugin(*invalid(&error), &record)))
-        }
+        Err(e) => Err(Box::new(with_plugin(*invalid(&e), &record))),
     }
 }
 
@@ -511,8 +505,6 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum DescribeError {
     #[error("{0}")]
     Plugin(#[from] crate::plugins::PluginError),
-    #[error("{0}")]
-    Link(#[from] crate::worker::LinkError),
     #[error("{0}")]
     Host(String),
     #[error("describe failed: {0}")]

@@ -6,11 +6,13 @@ mod admission;
 pub mod author;
 mod end;
 mod execute;
+mod finish;
 mod grant;
 pub mod handle;
 pub mod lock;
 mod outcome;
 pub mod prepare;
+mod records;
 pub mod recover;
 pub mod validate;
 
@@ -25,12 +27,9 @@ pub use handle::{EventStream, Finished, StepEvent, StepEventBody, StepHandle};
 pub use prepare::PreparedStepRun;
 
 use crate::config::RunnerConfig;
-use crate::contracts::{
-    EventLevel, EventSource, RunStateSnapshot, RunStatus, StepExecutionMetrics,
-    StepExecutionOutcome, StepExecutionRequest, StepExecutionResult,
-};
+use crate::contracts::{RunStateSnapshot, RunStatus, StepExecutionRequest, StepExecutionResult};
 use crate::error::Error;
-use crate::fsutil::{now_rfc3339, record_bytes, write_all_atomic};
+use crate::fsutil::now_rfc3339;
 use crate::logs::Observer;
 use crate::plugins::{PluginCache, PluginRegistry};
 
@@ -286,7 +285,7 @@ impl Runner {
     pub fn finish_prepared(&self, prepared: PreparedStepRun) -> Result<StepExecutionResult, Error> {
         let summary = format!("prepared; run directory {}", prepared.log_paths.run_dir);
         let report = outcome::Report::prepared(summary);
-        finish(prepared, report, now_rfc3339(), std::time::Instant::now())
+        finish::finish(prepared, report, now_rfc3339(), std::time::Instant::now())
     }
 
     /// Execute a prepared step to its outcome and write the result. Step
@@ -313,7 +312,7 @@ impl Runner {
             .await;
         let Some(_permits) = admitted else {
             let report = outcome::Report::interrupted("cancelled while waiting for a slot");
-            return finish(prepared, report, now_rfc3339(), std::time::Instant::now());
+            return finish::finish(prepared, report, now_rfc3339(), std::time::Instant::now());
         };
         let started_at = now_rfc3339();
         let started = Instant::now();
@@ -331,11 +330,11 @@ impl Runner {
             Some(json!({ "timeoutSec": prepared.request.timeout_sec })),
         );
         prepared.state.lifecycle_event_count = logs.event_count();
-        let state_path = prepared.log_paths.state_path.clone();
-        let state_path = Path::new(&state_path);
-        let bytes = record_bytes(&prepared.state).map_err(Error::io(state_path))?;
-        write_all_atomic(&[(state_path, &bytes)], prepared.durability)
-            .map_err(Error::io(state_path))?;
+        records::write(
+            &prepared.log_paths,
+            prepared.durability,
+            &[records::Record::State(&prepared.state)],
+        )?;
 
         // One deadline for all of the step's work, the host's included.
         let deadlines = execute::Deadlines::new(
@@ -345,7 +344,7 @@ impl Runner {
         );
         let report = execute::run_worker(&self.shared, &prepared, deadlines, cancel).await;
         end::final_checkpoints(&self.shared, &prepared, &report, deadlines).await;
-        finish(prepared, report, started_at, started.into_std())
+        finish::finish(prepared, report, started_at, started.into_std())
     }
 
     /// Prepare `request` and execute it on a task of its own; the handle
@@ -400,147 +399,6 @@ impl Runner {
     }
 }
 
-/// Write the final state, metadata and result of a step.
-fn finish(
-    mut prepared: PreparedStepRun,
-    report: outcome::Report,
-    started_at: String,
-    started: std::time::Instant,
-) -> Result<StepExecutionResult, Error> {
-    let logs = prepared.logs.clone();
-    let finished_at = now_rfc3339();
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let checkpoint = prepared
-        .checkpoint_manager
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .state();
-
-    let level = match report.outcome {
-        StepExecutionOutcome::Completed | StepExecutionOutcome::Prepared => EventLevel::Info,
-        StepExecutionOutcome::Blocked => EventLevel::Warn,
-        StepExecutionOutcome::Failed => EventLevel::Error,
-    };
-    if report.outcome != StepExecutionOutcome::Prepared {
-        logs.event(
-            EventSource::Host,
-            level,
-            "step.finished",
-            format!(
-                "{}: {}",
-                report.outcome.as_str(),
-                first_line(&report.summary)
-            ),
-            Some(json!({
-                "outcome": report.outcome,
-                "exitCode": report.exit_code,
-                "failure": report.failure,
-                "durationMs": duration_ms,
-            })),
-        );
-    }
-    if let Some(error) = logs.write_error() {
-        tracing::error!("a log write failed: {error}");
-    }
-    let log_session = logs.close();
-    let log_summary = logs.summary();
-
-    let status = match report.outcome {
-        StepExecutionOutcome::Prepared => RunStatus::Prepared,
-        StepExecutionOutcome::Completed => RunStatus::Completed,
-        StepExecutionOutcome::Failed => RunStatus::Failed,
-        StepExecutionOutcome::Blocked => RunStatus::Blocked,
-    };
-    let executed = report.outcome != StepExecutionOutcome::Prepared;
-    let state = RunStateSnapshot {
-        status,
-        updated_at: finished_at.clone(),
-        started_at: executed.then(|| started_at.clone()),
-        finished_at: executed.then(|| finished_at.clone()),
-        summary: Some(report.summary.clone()),
-        exit_code: report.exit_code,
-        failure: report.failure.clone(),
-        last_checkpoint_seq: checkpoint.last_checkpoint_seq,
-        lifecycle_event_count: log_summary.lifecycle_event_count,
-    };
-    // The dedicated user's processes are killed and its trees handed back
-    // before the record says the step is over.
-    let mut sandbox = report.sandbox.clone();
-    if let (Some(record), Some(uid)) = (sandbox.as_mut(), prepared.sandbox_user.uid()) {
-        record["user"]["uid"] = uid.into();
-        record["user"]["gid"] = uid.into();
-    }
-    prepared.sandbox_user.release();
-    prepared.sandbox_namespace.release();
-    prepared.metadata.sandbox = sandbox;
-    prepared.metadata.plugin = report.plugin.clone();
-    prepared.metadata.outcome = Some(report.outcome);
-    prepared.metadata.failure = report.failure.clone();
-    prepared.metadata.finished_at = executed.then(|| finished_at.clone());
-
-    let mut artifacts = execute::record_artifacts(&prepared);
-    artifacts.extend(report.artifacts);
-    let request = &prepared.request;
-    let result = StepExecutionResult {
-        ok: matches!(
-            report.outcome,
-            StepExecutionOutcome::Completed | StepExecutionOutcome::Prepared
-        ),
-        outcome: report.outcome,
-        summary: report.summary,
-        needs_human: report.needs_human,
-        blocked: report.outcome == StepExecutionOutcome::Blocked,
-        task_id: request.task_id.clone(),
-        step_id: request.step_id.clone(),
-        run_id: request.run_id.clone(),
-        attempt: request.attempt,
-        worker_kind: request.worker_kind.clone(),
-        started_at,
-        finished_at,
-        duration_ms,
-        metadata: prepared.metadata.clone(),
-        state: state.clone(),
-        log_paths: prepared.log_paths.clone(),
-        log_session,
-        lifecycle_events: logs.events(),
-        metrics: StepExecutionMetrics {
-            duration_ms,
-            lifecycle_event_count: log_summary.lifecycle_event_count,
-            stdout_chunk_count: log_summary.stdout_chunk_count,
-            stderr_chunk_count: log_summary.stderr_chunk_count,
-            // This attempt's (`checkpoint.records` lists the step's).
-            checkpoint_count: (checkpoint.records.iter())
-                .filter(|r| r.attempt == request.attempt)
-                .count() as u64,
-        },
-        log_summary,
-        checkpoint,
-        artifacts,
-        suggested_followup: report.followups,
-    };
-    // The three records in one go (renamed in this order): one fsync each
-    // and one for the run directory.
-    let paths = &prepared.log_paths;
-    let (state_path, metadata_path, result_path) = (
-        Path::new(&paths.state_path),
-        Path::new(&paths.metadata_path),
-        Path::new(&paths.result_path),
-    );
-    let state_bytes = record_bytes(&state).map_err(Error::io(state_path))?;
-    let metadata_bytes = record_bytes(&prepared.metadata).map_err(Error::io(metadata_path))?;
-    let result_bytes = record_bytes(&result).map_err(Error::io(result_path))?;
-    write_all_atomic(
-        &[
-            (state_path, &state_bytes),
-            (metadata_path, &metadata_bytes),
-            (result_path, &result_bytes),
-        ],
-        prepared.durability,
-    )
-    .map_err(Error::io(result_path))?;
-    Ok(result)
-}
-
 /// Config entries naming kinds this runner does not know.
 fn config_warnings(config: &RunnerConfig, plugins: &PluginRegistry) -> Vec<String> {
     let known: Vec<&str> = plugins.entries().map(|e| e.kind.as_str()).collect();
@@ -576,10 +434,6 @@ fn nearest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
         .filter(|(distance, k)| *distance <= 2.max(k.len() / 3))
         .min()
         .map(|(_, k)| k)
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or("")
 }
 
 /// A worker kind as listed by [`Runner::list_kinds`].

@@ -17,7 +17,7 @@ use crate::contracts::{
     RunMetadata, RunStateSnapshot, RunStatus, StepCheckpointState, StepExecutionRequest,
 };
 use crate::error::Error;
-use crate::fsutil::{display, now_rfc3339, record_bytes, sync_dir, write_all_atomic, Durability};
+use crate::fsutil::{display, now_rfc3339, Durability};
 use crate::logs::{LogSession, Observer};
 
 /// Version of the run directory layout written into `metadata.json`.
@@ -395,19 +395,121 @@ fn populate(
     } = setup;
     let lock = RunLock::acquire(run_dir)?;
     if !fresh {
-        // Another process may have run it between the check and the lock.
-        let state: RunStateSnapshot = crate::fsutil::read_record(Path::new(&log_paths.state_path))?;
-        if state.status != RunStatus::Prepared {
-            return Err(Error::invalid(
-                "attempt",
-                format!(
-                    "attempt {} of this step was run by another process meanwhile; use `--next-attempt`",
-                    request.attempt
-                ),
-            ));
-        }
+        still_prepared(&log_paths, request.attempt)?;
     }
-    // A reopened attempt has them already (nothing ran in it).
+    make_dirs(&log_paths, fresh)?;
+    let now = now_rfc3339();
+    let mode = request
+        .checkpoint
+        .as_ref()
+        .map(|c| c.mode)
+        .unwrap_or_default();
+    let metadata = metadata_of(&request, &paths, run_dir, &now, mode, resume.as_ref());
+    let session = LocalRunLogSession {
+        session_id: format!(
+            "{}/{}/{}/{}",
+            request.task_id, request.run_id, request.step_id, request.attempt
+        ),
+        run_dir: display(run_dir),
+        started_at: now.clone(),
+        closed_at: None,
+        status: LogSessionStatus::Open,
+        lifecycle_log_path: log_paths.lifecycle_log_path.clone(),
+        stdout_log_path: log_paths.stdout_log_path.clone(),
+        stderr_log_path: log_paths.stderr_log_path.clone(),
+    };
+    let logs = if fresh {
+        let logs_dir = Path::new(&log_paths.logs_dir);
+        LogSession::create(
+            session.clone(),
+            observer,
+            max_stream_bytes,
+            durability,
+            disk_budget,
+        )
+        .map_err(Error::io(logs_dir))?
+    } else {
+        LogSession::reopen(
+            session.clone(),
+            observer,
+            max_stream_bytes,
+            durability,
+            disk_budget,
+        )?
+    };
+    let mut manager = CheckpointManager::new(
+        PathBuf::from(&log_paths.checkpoints_dir),
+        mode,
+        CheckpointOwner {
+            task_id: request.task_id.clone(),
+            step_id: request.step_id.clone(),
+            run_id: request.run_id.clone(),
+            attempt: request.attempt,
+        },
+        git_diff_plan(&request, &paths.worktree, &sandbox),
+        history.clone(),
+        resume.as_ref().map(|r| r.record.clone()),
+    );
+    manager.set_durability(durability);
+    let checkpoint = manager.state();
+    announce(&logs, &request, run_dir, fresh, mode);
+    announce_history(&logs, &recovered, &history, resume.as_ref());
+    let state = RunStateSnapshot {
+        status: RunStatus::Prepared,
+        updated_at: now_rfc3339(),
+        started_at: None,
+        finished_at: None,
+        summary: None,
+        exit_code: None,
+        failure: None,
+        last_checkpoint_seq: checkpoint.last_checkpoint_seq,
+        lifecycle_event_count: logs.event_count(),
+    };
+    // Both records in one go: one fsync each and one for the run directory.
+    super::records::write(
+        &log_paths,
+        durability,
+        &[
+            super::records::Record::Metadata(&metadata),
+            super::records::Record::State(&state),
+        ],
+    )?;
+    Ok(PreparedStepRun {
+        request,
+        log_paths,
+        log_session: session,
+        metadata,
+        state,
+        checkpoint,
+        checkpoint_manager: Arc::new(Mutex::new(manager)),
+        logs,
+        paths,
+        resume,
+        sandbox_user: Arc::default(),
+        sandbox_namespace: Arc::default(),
+        durability,
+        _lock: lock,
+    })
+}
+
+/// A reopened attempt is still only prepared: another process may have
+/// run it between the first check and the lock.
+fn still_prepared(log_paths: &LocalRunPaths, attempt: u32) -> Result<(), Error> {
+    let state: RunStateSnapshot = crate::fsutil::read_record(Path::new(&log_paths.state_path))?;
+    if state.status == RunStatus::Prepared {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "attempt",
+        format!(
+            "attempt {attempt} of this step was run by another process meanwhile; use `--next-attempt`"
+        ),
+    ))
+}
+
+/// The run directory's subdirectories (a reopened attempt has them
+/// already: nothing ran in it), and no stale `prepared` result.
+fn make_dirs(log_paths: &LocalRunPaths, fresh: bool) -> Result<(), Error> {
     let create_dir = |dir: &Path| match fs::create_dir(dir) {
         Err(e) if !fresh && e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         other => other.map_err(Error::io(dir)),
@@ -433,14 +535,19 @@ fn populate(
             _ => {}
         }
     }
+    Ok(())
+}
 
-    let now = now_rfc3339();
-    let mode = request
-        .checkpoint
-        .as_ref()
-        .map(|c| c.mode)
-        .unwrap_or_default();
-    let metadata = RunMetadata {
+/// The attempt's metadata as prepared.
+fn metadata_of(
+    request: &StepExecutionRequest,
+    paths: &ValidPaths,
+    run_dir: &Path,
+    now: &str,
+    mode: CheckpointMode,
+    resume: Option<&Resume>,
+) -> RunMetadata {
+    RunMetadata {
         schema_version: RUN_SCHEMA_VERSION,
         task_id: request.task_id.clone(),
         step_id: request.step_id.clone(),
@@ -454,79 +561,37 @@ fn populate(
         worktree_path: display(&paths.worktree),
         run_dir: display(run_dir),
         created_at: request.created_at.clone(),
-        prepared_at: now.clone(),
+        prepared_at: now.to_string(),
         checkpoint_mode: mode,
         host: format!("baa-runner {}", env!("CARGO_PKG_VERSION")),
         prompt_summary: request.prompt_summary.clone(),
         command: request.command.clone(),
         plugin: None,
         sandbox: None,
-        resumed_from_seq: resume.as_ref().map(|r| r.record.seq),
+        resumed_from_seq: resume.map(|r| r.record.seq),
         outcome: None,
         failure: None,
         finished_at: None,
-    };
-    let session = LocalRunLogSession {
-        session_id: format!(
-            "{}/{}/{}/{}",
-            request.task_id, request.run_id, request.step_id, request.attempt
-        ),
-        run_dir: display(run_dir),
-        started_at: now.clone(),
-        closed_at: None,
-        status: LogSessionStatus::Open,
-        lifecycle_log_path: log_paths.lifecycle_log_path.clone(),
-        stdout_log_path: log_paths.stdout_log_path.clone(),
-        stderr_log_path: log_paths.stderr_log_path.clone(),
-    };
-    let logs = if fresh {
-        LogSession::create(
-            session.clone(),
-            observer,
-            max_stream_bytes,
-            durability,
-            disk_budget,
-        )
-        .map_err(Error::io(Path::new(&log_paths.logs_dir)))?
+    }
+}
+
+/// The `run.prepared` (or `run.reopened`) event.
+fn announce(
+    logs: &LogSession,
+    request: &StepExecutionRequest,
+    run_dir: &Path,
+    fresh: bool,
+    mode: CheckpointMode,
+) {
+    let (event, what) = if fresh {
+        ("run.prepared", "prepared")
     } else {
-        LogSession::reopen(
-            session.clone(),
-            observer,
-            max_stream_bytes,
-            durability,
-            disk_budget,
-        )?
+        ("run.reopened", "running the prepared")
     };
-
-    let mut manager = CheckpointManager::new(
-        PathBuf::from(&log_paths.checkpoints_dir),
-        mode,
-        CheckpointOwner {
-            task_id: request.task_id.clone(),
-            step_id: request.step_id.clone(),
-            run_id: request.run_id.clone(),
-            attempt: request.attempt,
-        },
-        git_diff_plan(&request, &paths.worktree, &sandbox),
-        history.clone(),
-        resume.as_ref().map(|r| r.record.clone()),
-    );
-    manager.set_durability(durability);
-    let checkpoint = manager.state();
-
     logs.host_info(
-        if fresh {
-            "run.prepared"
-        } else {
-            "run.reopened"
-        },
+        event,
         format!(
-            "{} {} step `{}` (task {}, run {}, attempt {}) in {}",
-            if fresh {
-                "prepared"
-            } else {
-                "running the prepared"
-            },
+            "{what} {} step `{}` (task {}, run {}, attempt {}) in {}",
             request.worker_kind,
             request.step_name,
             request.task_id,
@@ -536,10 +601,21 @@ fn populate(
         ),
         Some(serde_json::json!({ "runDir": display(run_dir), "checkpointMode": mode })),
     );
+}
+
+/// What the attempt inherits from earlier ones: runs a stopped host left
+/// open (now closed), corrupt checkpoints skipped, the checkpoint resumed.
+fn announce_history(
+    logs: &LogSession,
+    recovered: &super::recover::RecoveryReport,
+    history: &StepHistory,
+    resume: Option<&Resume>,
+) {
+    use crate::contracts::{EventLevel, EventSource};
     for run in &recovered.recovered {
         logs.event(
-            crate::contracts::EventSource::Host,
-            crate::contracts::EventLevel::Warn,
+            EventSource::Host,
+            EventLevel::Warn,
             "run.recovered",
             format!(
                 "closed earlier attempt {} that a stopped host left running",
@@ -550,62 +626,22 @@ fn populate(
     }
     for why in &history.corrupt {
         logs.event(
-            crate::contracts::EventSource::Host,
-            crate::contracts::EventLevel::Warn,
+            EventSource::Host,
+            EventLevel::Warn,
             "checkpoint.corrupt",
             format!("skipped a corrupt checkpoint of an earlier attempt: {why}"),
             None,
         );
     }
-    if let Some(resume) = &resume {
+    if let Some(resume) = resume {
+        let record = &resume.record;
         logs.host_info(
             "checkpoint.resumed",
             format!(
                 "resuming from checkpoint {} ({}, attempt {}): {}",
-                resume.record.seq, resume.record.checkpoint_type, resume.record.attempt, resume.record.summary
+                record.seq, record.checkpoint_type, record.attempt, record.summary
             ),
-            Some(serde_json::json!({ "seq": resume.record.seq, "path": resume.record.path, "attempt": resume.record.attempt })),
+            Some(serde_json::json!({ "seq": record.seq, "path": record.path, "attempt": record.attempt })),
         );
     }
-    let state = RunStateSnapshot {
-        status: RunStatus::Prepared,
-        updated_at: now_rfc3339(),
-        started_at: None,
-        finished_at: None,
-        summary: None,
-        exit_code: None,
-        failure: None,
-        last_checkpoint_seq: checkpoint.last_checkpoint_seq,
-        lifecycle_event_count: logs.event_count(),
-    };
-    // Both records in one go: one fsync each and one for the run directory.
-    let metadata_path = Path::new(&log_paths.metadata_path);
-    let state_path = Path::new(&log_paths.state_path);
-    let metadata_bytes = record_bytes(&metadata).map_err(Error::io(metadata_path))?;
-    let state_bytes = record_bytes(&state).map_err(Error::io(state_path))?;
-    write_all_atomic(
-        &[(metadata_path, &metadata_bytes), (state_path, &state_bytes)],
-        durability,
-    )
-    .map_err(Error::io(run_dir))?;
-    if durability == Durability::PowerLoss && metadata_path.parent() != Some(run_dir) {
-        sync_dir(run_dir).map_err(Error::io(run_dir))?;
-    }
-
-    Ok(PreparedStepRun {
-        request,
-        log_paths,
-        log_session: session,
-        metadata,
-        state,
-        checkpoint,
-        checkpoint_manager: Arc::new(Mutex::new(manager)),
-        logs,
-        paths,
-        resume,
-        sandbox_user: Arc::default(),
-        sandbox_namespace: Arc::default(),
-        durability,
-        _lock: lock,
-    })
 }

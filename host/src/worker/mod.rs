@@ -13,13 +13,13 @@ mod v0_1;
 mod v0_2;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 
 use crate::capabilities::Capabilities;
-use crate::plugins::{LoadedPlugin, World};
+use crate::plugins::{LoadedPlugin, PluginError, World};
 pub use engine::EPOCH_TICK;
 pub use store::StepState;
 
@@ -94,11 +94,6 @@ pub enum ExecuteError {
     Failed(String),
 }
 
-/// A component that cannot be linked against this host.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct LinkError(String);
-
 /// A kind's component linked against the runner's linker (imports
 /// resolved, types checked) for the world version it implements.
 pub enum Linked {
@@ -117,8 +112,8 @@ impl Linked {
         linker: &Linker<StepState>,
         component: &Component,
         world: World,
-    ) -> Result<Self, LinkError> {
-        let link = |e: wasmtime::Error| LinkError(format!("{e:#}"));
+    ) -> Result<Self, String> {
+        let link = |e: wasmtime::Error| format!("{e:#}");
         let pre = linker.instantiate_pre(component).map_err(link)?;
         Ok(match world {
             World::V0_1 => Linked::V0_1(v0_1::WorkerPre::new(pre).map_err(link)?),
@@ -174,8 +169,12 @@ impl Instance {
 pub struct Workers {
     engine: Engine,
     linker: Arc<Linker<StepState>>,
-    linked: Mutex<HashMap<(String, String), Arc<Linked>>>,
+    /// Each kind (by name and digest) linked, once.
+    linked: Mutex<HashMap<(String, String), Arc<LinkSlot>>>,
 }
+
+/// A kind linked, or why it cannot be (it is not tried again).
+type LinkSlot = OnceLock<Result<Arc<Linked>, String>>;
 
 impl Workers {
     pub fn new(engine: Engine) -> Result<Self, crate::error::Error> {
@@ -191,15 +190,23 @@ impl Workers {
         &self.engine
     }
 
-    /// `plugin` linked for its world version, made at its first use.
-    pub fn linked(&self, plugin: &LoadedPlugin) -> Result<Arc<Linked>, LinkError> {
+    /// `plugin` linked for its world version, made at its first use (other
+    /// kinds are not held up meanwhile).
+    pub fn linked(&self, plugin: &LoadedPlugin) -> Result<Arc<Linked>, PluginError> {
         let key = (plugin.kind.to_string(), plugin.sha256.clone());
-        let mut linked = self.linked.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = linked.get(&key) {
-            return Ok(hit.clone());
-        }
-        let made = Arc::new(Linked::new(&self.linker, &plugin.component, plugin.world)?);
-        linked.insert(key, made.clone());
-        Ok(made)
+        let slot = self
+            .linked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let linked = slot.get_or_init(|| {
+            Linked::new(&self.linker, &plugin.component, plugin.world).map(Arc::new)
+        });
+        linked.clone().map_err(|message| PluginError::Link {
+            source_name: format!("`{}` ({})", plugin.kind, plugin.source.describe()),
+            message,
+        })
     }
 }
