@@ -64,48 +64,7 @@ pub struct KindGrant {
     pub replace: bool,
 }
 
-/// What a kind requests, in its `describe` (every world version) and its
-/// manifest: the operator grants a subset ([`KindGrant`]). The same type
-/// says what a kind requests beyond its grant ([`KindGrant::missing`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Capabilities {
-    /// Programs its subprocesses run (names or absolute paths).
-    #[serde(default)]
-    pub programs: Vec<String>,
-    /// Environment variable names passed to its subprocesses.
-    #[serde(default)]
-    pub env: Vec<String>,
-    /// Whether its subprocesses need the network.
-    #[serde(default)]
-    pub network: bool,
-}
-
-impl Capabilities {
-    pub fn is_empty(&self) -> bool {
-        self.programs.is_empty() && self.env.is_empty() && !self.network
-    }
-
-    /// The config lines that would grant these, e.g.
-    /// `programs = ["curl"]`, `network = true`.
-    pub fn config_lines(&self) -> Vec<String> {
-        let quoted = |items: &[String]| {
-            let items: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
-            items.join(", ")
-        };
-        let mut lines = Vec::new();
-        if !self.programs.is_empty() {
-            lines.push(format!("programs = [{}]", quoted(&self.programs)));
-        }
-        if !self.env.is_empty() {
-            lines.push(format!("env = [{}]", quoted(&self.env)));
-        }
-        if self.network {
-            lines.push("network = true".to_string());
-        }
-        lines
-    }
-}
+pub use crate::contracts::Capabilities;
 
 impl KindGrant {
     /// The first entry of this grant naming `program`: the name itself,

@@ -488,13 +488,19 @@ impl LogSession {
     }
 
     /// A host event at `info` level.
-    pub fn host_info(
+    pub fn host_info(&self, message: impl Into<String>, event: crate::contracts::HostEvent) {
+        self.host(EventLevel::Info, message, event);
+    }
+
+    /// Record one of the host's own events: its name and typed data.
+    pub fn host(
         &self,
-        event: &str,
+        level: EventLevel,
         message: impl Into<String>,
-        data: Option<serde_json::Value>,
-    ) {
-        self.event(EventSource::Host, EventLevel::Info, event, message, data);
+        event: crate::contracts::HostEvent,
+    ) -> WorkerLifecycleLogEntry {
+        let (name, data) = event.into_parts();
+        self.event(EventSource::Host, level, &name, message, data)
     }
 
     /// Append a chunk of output. Returns `false` once the stream's log is

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::capabilities::bounds::{self, cut, cut_owned};
-use crate::contracts::{EventLevel, EventSource, StepArtifact, StepArtifactKind};
+use crate::contracts::{EventLevel, EventSource, HostEvent, StepArtifact, StepArtifactKind};
 use crate::fsutil::{display, write_atomic};
 use crate::logs::LogSession;
 
@@ -147,14 +147,13 @@ impl Events {
             path: display(&path),
             description: cut_owned(description, bounds::ARTIFACT_DESCRIPTION),
         };
-        self.logs.event(
-            EventSource::Host,
-            EventLevel::Info,
-            "artifact.declared",
+        self.logs.host_info(
             format!("stored artifact `{name}` ({} bytes)", contents.len()),
-            Some(
-                serde_json::json!({ "name": name, "path": artifact.path, "bytes": contents.len() }),
-            ),
+            HostEvent::ArtifactDeclared {
+                name,
+                path: artifact.path.clone(),
+                bytes: contents.len() as u64,
+            },
         );
         let path = artifact.path.clone();
         self.artifacts.push(artifact);

@@ -106,10 +106,10 @@ pub struct WorkerLifecycleLogEntry {
     /// Position in this attempt's lifecycle log, from 1.
     pub seq: u64,
     pub timestamp: String,
-    /// Dotted event name: `run.prepared`, `step.started`, `plugin.loaded`,
-    /// `subprocess.started`, `subprocess.exited`, `subprocess.denied`,
-    /// `checkpoint.captured`, `artifact.declared`, `step.finished`, or a
-    /// worker's own `<kind>.<what>`.
+    /// Dotted event name. The host's (`source: host`) are those of
+    /// `host-event.schema.json` (`run.prepared`, `step.started`,
+    /// `plugin.loaded`, `subprocess.denied`, `checkpoint.captured`, …), which
+    /// also describes each one's `data`; a worker's are its own `<kind>.<what>`.
     pub event: String,
     pub level: EventLevel,
     pub source: EventSource,

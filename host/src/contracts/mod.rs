@@ -5,6 +5,7 @@
 //! packages are defined in [`logging`] and [`checkpointing`].
 
 pub mod checkpointing;
+pub mod events;
 pub mod logging;
 mod required;
 pub mod schema;
@@ -15,6 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use checkpointing::*;
+pub use events::{Capabilities, DenialReason, HostEvent};
 pub use logging::*;
 
 /// Largest request body accepted; a larger one is refused before parsing.

@@ -4,7 +4,7 @@
 
 use schemars::generate::SchemaSettings;
 
-use super::{StepExecutionRequest, StepExecutionResult};
+use super::{HostEvent, StepExecutionRequest, StepExecutionResult};
 
 /// The published schemas: file name and document.
 pub fn all() -> Vec<(&'static str, serde_json::Value)> {
@@ -21,6 +21,10 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
             generator()
                 .into_root_schema_for::<StepExecutionResult>()
                 .to_value(),
+        ),
+        (
+            "host-event.schema.json",
+            generator().into_root_schema_for::<HostEvent>().to_value(),
         ),
     ]
 }

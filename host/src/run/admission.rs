@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Concurrency, ConfigError};
-use crate::contracts::{EventLevel, EventSource};
+use crate::contracts::HostEvent;
 use crate::logs::LogSession;
 
 /// The semaphores of one runner.
@@ -75,7 +74,11 @@ impl Admission {
                     .take(semaphore, || {
                         (
                             format!("{max} `{kind}` step(s) are running, the most [concurrency.kinds] allows"),
-                            json!({ "limit": "kind", "kind": kind, "max": max }),
+                            HostEvent::StepQueued {
+                                limit: "kind".into(),
+                                kind: Some(kind.to_string()),
+                                max: *max,
+                            },
                         )
                     })
                     .await?;
@@ -88,16 +91,19 @@ impl Admission {
             .take(&self.steps, || {
                 (
                     format!("{max} step(s) are running, the most [concurrency] max-steps allows"),
-                    json!({ "limit": "runner", "max": max }),
+                    HostEvent::StepQueued {
+                        limit: "runner".into(),
+                        kind: None,
+                        max,
+                    },
                 )
             })
             .await?;
         if kind_waited || step_waited {
             let waited_ms = started.elapsed().as_millis() as u64;
             logs.host_info(
-                "step.admitted",
                 format!("admitted after waiting {waited_ms} ms"),
-                Some(json!({ "waitedMs": waited_ms })),
+                HostEvent::StepAdmitted { waited_ms },
             );
         }
         Some(Permits {
@@ -120,19 +126,13 @@ impl Queue<'_> {
     async fn take(
         &self,
         semaphore: &Arc<Semaphore>,
-        why: impl FnOnce() -> (String, serde_json::Value),
+        why: impl FnOnce() -> (String, HostEvent),
     ) -> Option<(OwnedSemaphorePermit, bool)> {
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Some((permit, false));
         }
-        let (message, data) = why();
-        self.logs.event(
-            EventSource::Host,
-            EventLevel::Info,
-            "step.queued",
-            format!("waiting: {message}"),
-            Some(data),
-        );
+        let (message, event) = why();
+        self.logs.host_info(format!("waiting: {message}"), event);
         tokio::select! {
             permit = semaphore.clone().acquire_owned() => permit.ok().map(|p| (p, true)),
             () = self.cancel.cancelled() => None,

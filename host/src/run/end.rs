@@ -11,7 +11,7 @@ use super::prepare::PreparedStepRun;
 use super::RunnerShared;
 use crate::capabilities::checkpoint::{Budget, CaptureError, Checkpoints, Snapshot};
 use crate::capabilities::subprocess::ExecPolicy;
-use crate::contracts::{CheckpointMode, CheckpointSource, CheckpointType, EventLevel, EventSource};
+use crate::contracts::{CheckpointMode, CheckpointSource, CheckpointType, EventLevel, HostEvent};
 
 /// Capture the step's final checkpoints.
 pub(crate) async fn final_checkpoints(
@@ -31,21 +31,21 @@ pub(crate) async fn final_checkpoints(
             Ok(diff) => captures.push((CheckpointType::GitDiff, diff)),
             Err(CaptureError::CutShort) => {
                 cut_short.push("git-diff");
-                prepared.logs.event(
-                    EventSource::Host,
+                prepared.logs.host(
                     EventLevel::Warn,
-                    "checkpoint.cut-short",
                     "no git-diff snapshot: the step's deadline (timeoutSec plus limits.timeout-grace-ms) came first",
-                    Some(json!({ "type": "git-diff" })),
+                    HostEvent::CheckpointCutShort {
+                        checkpoint_type: CheckpointType::GitDiff,
+                    },
                 );
             }
             Err(why) => {
-                prepared.logs.event(
-                    EventSource::Host,
+                prepared.logs.host(
                     EventLevel::Warn,
-                    "checkpoint.failed",
                     format!("no git-diff snapshot: {why}"),
-                    None,
+                    HostEvent::CheckpointFailed {
+                        checkpoint_type: Some(CheckpointType::GitDiff),
+                    },
                 );
             }
         }
@@ -68,12 +68,12 @@ pub(crate) async fn final_checkpoints(
         match stored {
             Ok(_) | Err(CaptureError::Io(_)) => {}
             Err(why) => {
-                prepared.logs.event(
-                    EventSource::Host,
+                prepared.logs.host(
                     EventLevel::Warn,
-                    "checkpoint.failed",
                     format!("no {kind} checkpoint: {why}"),
-                    Some(json!({ "type": kind })),
+                    HostEvent::CheckpointFailed {
+                        checkpoint_type: Some(kind),
+                    },
                 );
             }
         }

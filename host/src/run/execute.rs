@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wasmtime::Store;
@@ -22,8 +21,9 @@ use crate::capabilities::subprocess::policy::{Network, CHILD_PATH};
 use crate::capabilities::subprocess::user::dedicated as dedicated_user;
 use crate::capabilities::subprocess::{Confinement, ExecPolicy, Setup, Subprocesses};
 use crate::config::Capabilities;
+use crate::contracts::events::Granted;
 use crate::contracts::{
-    CheckpointMode, CheckpointSource, CheckpointType, EventLevel, EventSource, FailureReason,
+    CheckpointMode, CheckpointSource, CheckpointType, EventLevel, FailureReason, HostEvent,
     PluginRecord, StepArtifact,
 };
 use crate::plugins::LoadedPlugin;
@@ -147,9 +147,8 @@ pub(crate) async fn run_worker(
     let killed = live_groups.stop_all(grace).await;
     if killed > 0 {
         prepared.logs.host_info(
-            "subprocess.cleanup",
             format!("stopped {killed} process tree(s) left running"),
-            None,
+            HostEvent::SubprocessCleanup { stopped: killed },
         );
     }
     let end = step_end(shared, prepared, store.data(), timed_out);
@@ -437,10 +436,19 @@ fn loaded_event(
     } else {
         format!("; not granted: {}", refused.join(", "))
     };
-    prepared.logs.event(
-        EventSource::Host,
-        if refused.is_empty() { EventLevel::Info } else { EventLevel::Warn },
-        "plugin.loaded",
+    let granted = Granted {
+        programs: (policy.programs().iter())
+            .map(|(name, path)| (name.clone(), path.display().to_string()))
+            .collect(),
+        env: policy.env_names().to_vec(),
+        network: !matches!(policy.network(), Network::None),
+    };
+    prepared.logs.host(
+        if refused.is_empty() {
+            EventLevel::Info
+        } else {
+            EventLevel::Warn
+        },
         format!(
             "{} {} ({}) granted programs [{}]{not_granted}",
             info.name,
@@ -448,15 +456,15 @@ fn loaded_event(
             record.source,
             programs.join(", "),
         ),
-        Some(json!({
-            "name": info.name,
-            "version": info.version,
-            "source": record.source,
-            "sha256": record.sha256,
-            "compiled": record.compiled,
-            "requested": requested,
-            "granted": { "programs": policy.programs(), "env": policy.env_names(), "network": !matches!(policy.network(), Network::None) },
-        })),
+        HostEvent::PluginLoaded {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            source: record.source.clone(),
+            sha256: record.sha256.clone(),
+            compiled: record.compiled.clone(),
+            requested: requested.clone(),
+            granted,
+        },
     );
 }
 

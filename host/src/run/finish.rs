@@ -2,14 +2,12 @@
 //! closed, the dedicated user and namespace released, then the final state,
 //! metadata and `result.json` written in one go ([`super::records`]).
 
-use serde_json::json;
-
 use super::execute::record_artifacts;
 use super::outcome::Report;
 use super::prepare::PreparedStepRun;
 use super::records::{self, Record};
 use crate::contracts::{
-    EventLevel, EventSource, LocalRunLogSummary, RunStateSnapshot, RunStatus, StepCheckpointState,
+    EventLevel, HostEvent, LocalRunLogSummary, RunStateSnapshot, RunStatus, StepCheckpointState,
     StepExecutionMetrics, StepExecutionOutcome, StepExecutionResult,
 };
 use crate::error::Error;
@@ -77,21 +75,19 @@ fn finished_event(prepared: &PreparedStepRun, report: &Report, duration_ms: u64)
     if report.outcome == StepExecutionOutcome::Prepared {
         return;
     }
-    prepared.logs.event(
-        EventSource::Host,
+    prepared.logs.host(
         level,
-        "step.finished",
         format!(
             "{}: {}",
             report.outcome.as_str(),
             report.summary.lines().next().unwrap_or("")
         ),
-        Some(json!({
-            "outcome": report.outcome,
-            "exitCode": report.exit_code,
-            "failure": report.failure,
-            "durationMs": duration_ms,
-        })),
+        HostEvent::StepFinished {
+            outcome: report.outcome,
+            exit_code: report.exit_code,
+            failure: report.failure.clone(),
+            duration_ms,
+        },
     );
 }
 

@@ -19,7 +19,6 @@ pub mod validate;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -320,14 +319,15 @@ impl Runner {
         prepared.state.started_at = Some(started_at.clone());
         prepared.state.updated_at = started_at.clone();
         logs.host_info(
-            "step.started",
             format!(
                 "started `{}` on {} (timeout {}s)",
                 prepared.request.step_name,
                 prepared.request.worker_kind,
                 prepared.request.timeout_sec
             ),
-            Some(json!({ "timeoutSec": prepared.request.timeout_sec })),
+            crate::contracts::HostEvent::StepStarted {
+                timeout_sec: prepared.request.timeout_sec,
+            },
         );
         prepared.state.lifecycle_event_count = logs.event_count();
         records::write(

@@ -13,8 +13,9 @@ use super::validate::{validate, ValidPaths};
 use crate::budget::DiskBudget;
 use crate::checkpoints::{CheckpointManager, CheckpointOwner, Resume, StepHistory};
 use crate::contracts::{
-    CheckpointMode, GitDiffSnapshotPlan, LocalRunLogSession, LocalRunPaths, LogSessionStatus,
-    RunMetadata, RunStateSnapshot, RunStatus, StepCheckpointState, StepExecutionRequest,
+    CheckpointMode, GitDiffSnapshotPlan, HostEvent, LocalRunLogSession, LocalRunPaths,
+    LogSessionStatus, RunMetadata, RunStateSnapshot, RunStatus, StepCheckpointState,
+    StepExecutionRequest,
 };
 use crate::error::Error;
 use crate::fsutil::{display, now_rfc3339, Durability};
@@ -583,13 +584,25 @@ fn announce(
     fresh: bool,
     mode: CheckpointMode,
 ) {
-    let (event, what) = if fresh {
-        ("run.prepared", "prepared")
+    let what = if fresh {
+        "prepared"
     } else {
-        ("run.reopened", "running the prepared")
+        "running the prepared"
+    };
+    let checkpoint_mode = mode;
+    let run_dir_text = display(run_dir);
+    let event = if fresh {
+        HostEvent::RunPrepared {
+            run_dir: run_dir_text,
+            checkpoint_mode,
+        }
+    } else {
+        HostEvent::RunReopened {
+            run_dir: run_dir_text,
+            checkpoint_mode,
+        }
     };
     logs.host_info(
-        event,
         format!(
             "{what} {} step `{}` (task {}, run {}, attempt {}) in {}",
             request.worker_kind,
@@ -599,7 +612,7 @@ fn announce(
             request.attempt,
             run_dir.display()
         ),
-        Some(serde_json::json!({ "runDir": display(run_dir), "checkpointMode": mode })),
+        event,
     );
 }
 
@@ -611,37 +624,41 @@ fn announce_history(
     history: &StepHistory,
     resume: Option<&Resume>,
 ) {
-    use crate::contracts::{EventLevel, EventSource};
+    use crate::contracts::EventLevel;
     for run in &recovered.recovered {
-        logs.event(
-            EventSource::Host,
+        logs.host(
             EventLevel::Warn,
-            "run.recovered",
             format!(
                 "closed earlier attempt {} that a stopped host left running",
                 run.run_dir
             ),
-            Some(serde_json::to_value(run).unwrap_or_default()),
+            HostEvent::RunRecovered {
+                run_dir: run.run_dir.clone(),
+                last_checkpoint_seq: run.last_checkpoint_seq,
+            },
         );
     }
     for why in &history.corrupt {
-        logs.event(
-            EventSource::Host,
+        logs.host(
             EventLevel::Warn,
-            "checkpoint.corrupt",
             format!("skipped a corrupt checkpoint of an earlier attempt: {why}"),
-            None,
+            HostEvent::CheckpointCorrupt {
+                reason: why.clone(),
+            },
         );
     }
     if let Some(resume) = resume {
         let record = &resume.record;
         logs.host_info(
-            "checkpoint.resumed",
             format!(
                 "resuming from checkpoint {} ({}, attempt {}): {}",
                 record.seq, record.checkpoint_type, record.attempt, record.summary
             ),
-            Some(serde_json::json!({ "seq": record.seq, "path": record.path, "attempt": record.attempt })),
+            HostEvent::CheckpointResumed {
+                seq: record.seq,
+                path: record.path.clone(),
+                attempt: record.attempt,
+            },
         );
     }
 }

@@ -13,13 +13,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::{json, Value};
 
 use super::lock::RunLock;
 use crate::checkpoints::StepHistory;
 use crate::contracts::{
-    EventLevel, EventSource, FailureReason, FailureRecord, RunMetadata, RunStateSnapshot,
-    RunStatus, StepExecutionOutcome, WorkerLifecycleLogEntry,
+    EventLevel, EventSource, FailureReason, FailureRecord, HostEvent, RunMetadata,
+    RunStateSnapshot, RunStatus, StepExecutionOutcome, WorkerLifecycleLogEntry,
 };
 use crate::fsutil::{now_rfc3339, read_json_lines, read_record, write_record_atomic};
 
@@ -131,11 +130,15 @@ fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<Recove
         ),
         trap_code: None,
     };
+    let recovered = HostEvent::RunRecovered {
+        run_dir: run_dir.display().to_string(),
+        last_checkpoint_seq: last_seq,
+    };
     append_event(
         &lifecycle,
         events.len() as u64 + 1,
         &failure.message,
-        json!({ "lastCheckpointSeq": last_seq }),
+        recovered,
     )
     .map_err(|e| format!("{}: {e}", lifecycle.display()))?;
 
@@ -166,7 +169,7 @@ fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<Recove
 
 /// Append a `run.recovered` event, first cutting a torn last line (a record
 /// the crash cut short) so that the log stays one JSON object per line.
-fn append_event(path: &Path, seq: u64, message: &str, data: Value) -> std::io::Result<()> {
+fn append_event(path: &Path, seq: u64, message: &str, event: HostEvent) -> std::io::Result<()> {
     let text = std::fs::read(path)?;
     let keep = text
         .iter()
@@ -177,14 +180,15 @@ fn append_event(path: &Path, seq: u64, message: &str, data: Value) -> std::io::R
     if keep < text.len() {
         file.set_len(keep as u64)?;
     }
+    let (name, data) = event.into_parts();
     let entry = WorkerLifecycleLogEntry {
         seq,
         timestamp: now_rfc3339(),
-        event: "run.recovered".into(),
+        event: name,
         level: EventLevel::Warn,
         source: EventSource::Host,
         message: message.to_string(),
-        data: Some(data),
+        data,
     };
     let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
     line.push(b'\n');

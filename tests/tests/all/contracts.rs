@@ -187,3 +187,60 @@ async fn emitted_json_satisfies_the_typescript_contract() {
         assert!(errors.contains(name), "{errors}");
     }
 }
+
+/// Every event the host writes has a name and data of `HostEvent`
+/// (`host-event.schema.json`): steps that queue, resume, get denied, run
+/// subprocesses, capture and fail checkpoints and stop leftovers.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_host_event_written_is_a_typed_host_event() {
+    use baa_runner::contracts::{EventSource, HostEvent, WorkerLifecycleLogEntry};
+    let sandbox = Sandbox::new();
+    let (runner, _) = crate::probe_runner(&sandbox, crate::grant_all());
+    let mut names = std::collections::BTreeSet::new();
+    let capture = serde_json::json!({ "mode": "capture", "logTailLines": 5 });
+    let mut results = Vec::new();
+    for (step, kind, command) in [
+        (
+            "shell",
+            "shell",
+            "echo hi; echo more >> README.md; (sleep 30 &)",
+        ),
+        ("denied", "probe", "spawn cat /etc/passwd"),
+        (
+            "artifact",
+            "probe",
+            "artifact notes.txt hello\ncheckpoint custom one",
+        ),
+    ] {
+        let mut json = sandbox.request_json(kind, command);
+        json["stepId"] = step.into();
+        json["checkpoint"] = capture.clone();
+        let request = serde_json::from_value(json).unwrap();
+        results.push(run(&runner, request).await);
+    }
+    for result in &results {
+        for line in baa_runner_tests::read_lifecycle(&result.log_paths.lifecycle_log_path) {
+            let entry: WorkerLifecycleLogEntry = serde_json::from_value(line).unwrap();
+            if entry.source != EventSource::Host {
+                continue;
+            }
+            let typed = serde_json::json!({ "event": entry.event, "data": entry.data });
+            let parsed: Result<HostEvent, _> = serde_json::from_value(typed.clone());
+            assert!(parsed.is_ok(), "not a HostEvent: {typed} ({parsed:?})");
+            names.insert(entry.event.clone());
+        }
+    }
+    for name in [
+        "run.prepared",
+        "step.started",
+        "plugin.loaded",
+        "subprocess.started",
+        "subprocess.exited",
+        "subprocess.denied",
+        "checkpoint.captured",
+        "artifact.declared",
+        "step.finished",
+    ] {
+        assert!(names.contains(name), "no {name} among {names:?}");
+    }
+}

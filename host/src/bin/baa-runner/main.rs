@@ -190,8 +190,9 @@ enum Command {
         #[arg(long, default_value = "shell")]
         kind: String,
     },
-    /// Print the JSON Schema of StepExecutionRequest or StepExecutionResult,
-    /// or write both as files into DIR (the repository's `schema/`).
+    /// Print the JSON Schema of StepExecutionRequest, StepExecutionResult or
+    /// the host's lifecycle events, or write them all as files into DIR (the
+    /// repository's `schema/`).
     Schema {
         /// Which document to print.
         #[arg(long, value_enum, required_unless_present = "write")]
@@ -228,6 +229,8 @@ enum Command {
 enum SchemaKind {
     Request,
     Result,
+    /// The host's lifecycle events: each `event` name with its `data`.
+    HostEvent,
 }
 
 #[derive(Subcommand)]
@@ -667,6 +670,7 @@ fn schema(kind: Option<SchemaKind>, write: Option<&Path>) -> anyhow::Result<u8> 
     }
     let wanted = match kind {
         Some(SchemaKind::Result) => "step-execution-result.schema.json",
+        Some(SchemaKind::HostEvent) => "host-event.schema.json",
         _ => "step-execution-request.schema.json",
     };
     for (name, schema) in &all {

@@ -6,14 +6,12 @@ pub mod snapshot;
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::capabilities::subprocess::Subprocesses;
 use crate::checkpoints::{CheckpointError as StoreError, CheckpointManager, MAX_SUMMARY_BYTES};
-use crate::contracts::{
-    CheckpointRecord, CheckpointSource, CheckpointType, EventLevel, EventSource,
-};
+use crate::contracts::{CheckpointRecord, CheckpointSource, CheckpointType, EventLevel, HostEvent};
 use crate::logs::LogSession;
 
 /// Why a checkpoint was not captured.
@@ -196,25 +194,27 @@ impl Checkpoints {
                 .capture_with_details(checkpoint_type, summary, payload, details, source);
         match captured {
             Ok(record) => {
-                self.logs.event(
-                    EventSource::Host,
-                    EventLevel::Info,
-                    "checkpoint.captured",
-                    format!("checkpoint {} ({}): {}", record.seq, record.checkpoint_type, record.summary),
-                    Some(json!({ "seq": record.seq, "type": record.checkpoint_type, "path": record.path, "source": record.source })),
+                self.logs.host_info(
+                    format!(
+                        "checkpoint {} ({}): {}",
+                        record.seq, record.checkpoint_type, record.summary
+                    ),
+                    HostEvent::CheckpointCaptured {
+                        seq: record.seq,
+                        checkpoint_type: record.checkpoint_type.clone(),
+                        path: record.path.clone(),
+                        source: record.source,
+                    },
                 );
                 Ok(record)
             }
             Err(StoreError::Disabled) => Err(CaptureError::Disabled),
             Err(StoreError::Invalid(why)) => Err(CaptureError::Invalid(why)),
             Err(e @ StoreError::Io { .. }) => {
-                self.logs.event(
-                    EventSource::Host,
-                    EventLevel::Error,
-                    "checkpoint.failed",
-                    e.to_string(),
-                    None,
-                );
+                let failed = HostEvent::CheckpointFailed {
+                    checkpoint_type: None,
+                };
+                self.logs.host(EventLevel::Error, e.to_string(), failed);
                 Err(CaptureError::Io(e.to_string()))
             }
         }

@@ -2,8 +2,6 @@
 //! why the host refuses, and what a running process yields. The WIT
 //! boundary (`crate::worker`) converts these to and from each world version.
 
-use serde::Serialize;
-
 /// A command a worker asks to run.
 #[derive(Debug, Clone, Default)]
 pub struct SpawnRequest {
@@ -20,29 +18,7 @@ pub struct SpawnRequest {
     pub stdin: Option<Vec<u8>>,
 }
 
-/// What a refused command ran into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DenialReason {
-    /// The program is not granted to this kind, or cannot be used here.
-    Program,
-    /// An argument the host never allows.
-    Argument,
-    /// An environment variable not granted, malformed or never passed.
-    Environment,
-    /// The program lies inside the worktree.
-    InsideWorktree,
-    /// The cwd is not a directory inside the worktree.
-    Cwd,
-    /// The command exceeds the host's size limits.
-    Size,
-    /// Too many subprocesses are running (`limits.max-processes`).
-    ProcessLimit,
-    /// The step's time is up.
-    TimeUp,
-    /// The OS confinement the host requires is not available here.
-    Confinement,
-}
+pub use crate::contracts::DenialReason;
 
 /// A refused command: why, and what the operator could grant to allow it
 /// (`None` when no grant can: the host never allows it).

@@ -35,7 +35,7 @@ pub use confinement::Confinement;
 pub use policy::ExecPolicy;
 pub use process::ProcessHandle;
 
-use crate::contracts::{EventLevel, EventSource};
+use crate::contracts::{EventLevel, HostEvent};
 use crate::logs::LogSession;
 
 /// The processes of a step that may still be running: their supervisors'
@@ -402,19 +402,17 @@ impl Subprocesses {
 
     /// Record a refused spawn as an event and a denial; returns the denial.
     fn refuse(&mut self, cmd: &SpawnRequest, denial: Denial) -> Denial {
-        self.setup.logs.event(
-            EventSource::Host,
+        self.setup.logs.host(
             EventLevel::Warn,
-            "subprocess.denied",
             format!("denied `{}`: {}", cmd.program, denial.message),
-            Some(json!({
-                "program": cmd.program,
-                "args": record_args(&cmd.args),
-                "cwd": cmd.cwd,
-                "reason": denial.message,
-                "denial": denial.reason,
-                "operatorCanGrant": denial.grant,
-            })),
+            HostEvent::SubprocessDenied {
+                program: cmd.program.clone(),
+                args: record_args(&cmd.args),
+                cwd: cmd.cwd.clone(),
+                reason: denial.message.clone(),
+                denial: denial.reason,
+                operator_can_grant: denial.grant.clone(),
+            },
         );
         if self.denials.len() < MAX_DENIALS {
             self.denials.push(denial.clone());
@@ -474,14 +472,14 @@ impl Subprocesses {
             let denial = Denial::never(DenialReason::ProcessLimit, why);
             return Err(SpawnError::Denied(self.refuse(&cmd, denial)));
         }
-        self.setup.logs.event(
-            EventSource::Host,
+        self.setup.logs.host(
             EventLevel::Debug,
-            "subprocess.allowed",
             format!("allowed `{}`", display_command(&allowed.path, &cmd.args)),
-            Some(
-                json!({ "program": allowed.path, "args": record_args(&cmd.args), "cwd": cmd.cwd }),
-            ),
+            HostEvent::SubprocessAllowed {
+                program: allowed.path.display().to_string(),
+                args: record_args(&cmd.args),
+                cwd: cmd.cwd.clone(),
+            },
         );
         self.launch(&allowed.path, &cwd, cmd, deadline, Origin::Worker)
             .await
@@ -641,12 +639,13 @@ impl Subprocesses {
                         SpawnError::Denied(self.refuse(&cmd, denial))
                     }
                     _ => {
-                        self.setup.logs.event(
-                            EventSource::Host,
+                        self.setup.logs.host(
                             EventLevel::Error,
-                            "subprocess.failed",
                             format!("could not start `{}`: {why}", cmd.program),
-                            Some(json!({ "stage": refusal.stage, "message": refusal.message })),
+                            HostEvent::SubprocessFailed {
+                                stage: refusal.stage.clone(),
+                                message: refusal.message.clone(),
+                            },
                         );
                         SpawnError::Io(why)
                     }
@@ -670,30 +669,28 @@ impl Subprocesses {
             (true, policy::Network::Unrestricted) => json!("unrestricted"),
             _ => json!("none"),
         };
-        self.setup.logs.event(
-            EventSource::Host,
+        self.setup.logs.host(
             if for_worker {
                 EventLevel::Info
             } else {
                 EventLevel::Debug
             },
-            "subprocess.started",
             format!(
                 "started `{}` (pid {pid})",
                 display_command(&shown, &cmd.args)
             ),
-            Some(json!({
-                "pid": pid,
-                "supervisorPid": supervisor,
-                "program": shown.display().to_string(),
-                "args": record_args(&cmd.args),
-                "cwd": cwd.display().to_string(),
-                "envNames": env.keys().collect::<Vec<_>>(),
-                "network": network,
-                "confinement": launched.applied,
-                "forWorker": for_worker,
-                "startTime": start_time,
-            })),
+            HostEvent::SubprocessStarted {
+                pid,
+                supervisor_pid: supervisor,
+                program: shown.display().to_string(),
+                args: record_args(&cmd.args),
+                cwd: cwd.display().to_string(),
+                env_names: env.keys().cloned().collect(),
+                network,
+                confinement: serde_json::to_value(&launched.applied).unwrap_or_default(),
+                for_worker,
+                start_time,
+            },
         );
         Ok(process::start(
             process::Started {

@@ -7,14 +7,13 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{kill_group, LiveGroups};
 use super::{Chunk, ExitInfo};
-use crate::contracts::{EventLevel, EventSource};
+use crate::contracts::EventLevel;
 use crate::logs::{LogSession, Stream};
 
 /// How long output is still drained after the child exited and its group
@@ -316,21 +315,19 @@ pub(super) fn start(
                 format!("killed by signal {}", signal.unwrap_or(0)),
             )
         };
-        logs.event(
-            EventSource::Host,
+        logs.host(
             level,
-            "subprocess.exited",
             format!("pid {pid} {how}"),
-            Some(json!({
-                "pid": pid,
-                "exitCode": code,
-                "signal": signal,
-                "timedOut": timed_out,
-                "outputLimitExceeded": over_cap,
-                "outputBytes": total,
-                "durationMs": started.elapsed().as_millis() as u64,
-                "forWorker": limits.log_output,
-            })),
+            crate::contracts::HostEvent::SubprocessExited {
+                pid,
+                exit_code: code,
+                signal,
+                timed_out,
+                output_limit_exceeded: over_cap,
+                output_bytes: total,
+                duration_ms: started.elapsed().as_millis() as u64,
+                for_worker: limits.log_output,
+            },
         );
         let _ = tx.send(Chunk::Exited(exit));
     });
