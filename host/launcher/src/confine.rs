@@ -4,6 +4,7 @@
 //! Everything that allocates or opens paths happens in [`prepare`], before
 //! the fork; [`exec`] only makes system calls.
 
+use baa_launch::Stage;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -85,8 +86,12 @@ impl Resolve<'_> {
 /// was started with.
 pub fn prepare(spec: &LaunchSpec) -> Result<Prepared, Failure> {
     let namespace = Namespace::prepare(&spec.environment())?;
-    let root = open(&spec.worktree, libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| ("cwd", format!("worktree {}: {e}", spec.worktree.display())))?;
+    let root = open(&spec.worktree, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
+        (
+            Stage::Cwd,
+            format!("worktree {}: {e}", spec.worktree.display()),
+        )
+    })?;
     let mut envp = Vec::new();
     for (name, value) in std::env::vars_os() {
         let mut entry = name.as_bytes().to_vec();
@@ -130,7 +135,10 @@ fn command(
     envp: Vec<CString>,
 ) -> Result<Prepared, Failure> {
     if !spec.program.is_absolute() || !spec.worktree.is_absolute() {
-        return Err(("spec", "program and worktree must be absolute paths".into()));
+        return Err((
+            Stage::Spec,
+            "program and worktree must be absolute paths".into(),
+        ));
     }
     // A builtin executes nothing: its program is never opened.
     let program = match spec.builtin {
@@ -138,12 +146,12 @@ fn command(
         None => Some(
             resolve
                 .open(&spec.program, libc::O_PATH)
-                .map_err(|e| ("program", format!("{}: {e}", spec.program.display())))?,
+                .map_err(|e| (Stage::Program, format!("{}: {e}", spec.program.display())))?,
         ),
     };
     let cwd = open_beneath(worktree, &spec.cwd).map_err(|e| {
         (
-            "cwd",
+            Stage::Cwd,
             format!(
                 "`{}` does not resolve to a directory beneath the worktree: {e}",
                 spec.cwd.display()
@@ -173,7 +181,7 @@ fn command(
     let (ruleset, landlock_abi) = if kernel_abi == 0 {
         if spec.landlock.required {
             return Err((
-                "landlock",
+                Stage::Landlock,
                 "this kernel cannot enforce Landlock, so the subprocess would not be confined; \
                  the operator may allow unconfined subprocesses with `[sandbox] landlock = \"optional\"`"
                     .into(),
@@ -182,7 +190,7 @@ fn command(
         (None, 0)
     } else {
         (
-            Some(ruleset(spec, resolve, private).map_err(|e| ("landlock", e))?),
+            Some(ruleset(spec, resolve, private).map_err(|e| (Stage::Landlock, e))?),
             kernel_abi.min(ABI_TARGET as u32),
         )
     };
@@ -191,7 +199,7 @@ fn command(
         Resolve::InRoot(_) => command_filters(&spec.seccomp),
         Resolve::Direct => filters(&spec.seccomp),
     }
-    .map_err(|e| ("seccomp", e))?;
+    .map_err(|e| (Stage::Seccomp, e))?;
     let user = spec.user;
     Ok(Prepared {
         program,
@@ -591,7 +599,7 @@ pub fn exec(mut p: Prepared) -> Failure {
         let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
         envp.push(std::ptr::null());
         let Some(program) = &p.program else {
-            return ("exec", "a builtin executes no program".into());
+            return (Stage::Exec, "a builtin executes no program".into());
         };
         libc::execveat(
             program.as_raw_fd(),
@@ -610,7 +618,7 @@ pub fn exec(mut p: Prepared) -> Failure {
                 envp.as_ptr().cast(),
             );
         }
-        ("exec", first.to_string())
+        (Stage::Exec, first.to_string())
     }
 }
 
@@ -623,7 +631,7 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
         if let Some(namespace) = p.namespace.take() {
             if let Some(worktree) = namespace.enter()? {
                 p.cwd = open_beneath(&worktree, &p.rel_cwd)
-                    .map_err(|e| ("cwd", format!("in the step's mount namespace: {e}")))?;
+                    .map_err(|e| (Stage::Cwd, format!("in the step's mount namespace: {e}")))?;
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -643,7 +651,10 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
                 rlim_max: hard,
             };
             if libc::setrlimit(*resource, &limit) != 0 {
-                return Err(("rlimits", format!("setrlimit({resource}): {}", errno())));
+                return Err((
+                    Stage::Rlimits,
+                    format!("setrlimit({resource}): {}", errno()),
+                ));
             }
         }
         if let Some(user) = p.user {
@@ -652,7 +663,7 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
                 || libc::setresuid(user.uid, user.uid, user.uid) != 0
             {
                 return Err((
-                    "user",
+                    Stage::User,
                     format!(
                         "cannot become uid {} gid {}: {}",
                         user.uid,
@@ -663,14 +674,14 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
             }
         }
         if libc::fchdir(p.cwd.as_raw_fd()) != 0 {
-            return Err(("cwd", format!("fchdir: {}", errno())));
+            return Err((Stage::Cwd, format!("fchdir: {}", errno())));
         }
         // Every descriptor but stdio closes at exec (ours included).
         if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
-            return Err(("descriptors", format!("close_range: {}", errno())));
+            return Err((Stage::Descriptors, format!("close_range: {}", errno())));
         }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(("no-new-privs", errno().to_string()));
+            return Err((Stage::NoNewPrivs, errno().to_string()));
         }
         if let Some(ruleset) = p.ruleset.take() {
             match ruleset.restrict_self() {
@@ -682,12 +693,12 @@ pub fn apply(p: &mut Prepared) -> Result<(), Failure> {
                     }
                     .into()
                 }
-                Err(e) => return Err(("landlock", e.to_string())),
+                Err(e) => return Err((Stage::Landlock, e.to_string())),
             }
         }
         for filter in &p.filters {
             if let Err(e) = seccompiler::apply_filter(filter) {
-                return Err(("seccomp", e.to_string()));
+                return Err((Stage::Seccomp, e.to_string()));
             }
         }
     }

@@ -196,7 +196,7 @@ pub enum Report {
         applied: Applied,
     },
     /// The program was not started.
-    Refused { stage: String, message: String },
+    Refused { stage: Stage, message: String },
     /// The program ended (its code, or the signal that killed it) and the
     /// rest of its tree is gone.
     Exited {
@@ -296,4 +296,96 @@ pub struct Check {
     /// `allowed` or `denied (<error>)`.
     pub outcome: String,
     pub ok: bool,
+}
+
+/// Where starting a command stopped: every refusal names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The launch spec is malformed (a NUL byte, an unknown field).
+    Spec,
+    /// The launcher could not be run, or said nothing readable.
+    Launcher,
+    /// The supervisor of the command's process tree.
+    Supervisor,
+    /// The program could not be opened.
+    Program,
+    /// The working directory is not a directory inside the worktree.
+    Cwd,
+    /// The worktree and granted trees could not be mounted as the step's.
+    Views,
+    /// The step's private /tmp, /var/tmp, /dev/shm and /run/lock.
+    PrivateDirs,
+    /// Switching to the step's user.
+    User,
+    /// Entering the step's user namespace.
+    UserNamespace,
+    /// Landlock is required and this kernel cannot apply it.
+    Landlock,
+    Seccomp,
+    NoNewPrivs,
+    Rlimits,
+    /// Closing the descriptors the program must not inherit.
+    Descriptors,
+    Exec,
+    /// The step's control group.
+    Cgroup,
+    /// The launcher did not report in time.
+    Timeout,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 17] = [
+        Stage::Spec,
+        Stage::Launcher,
+        Stage::Supervisor,
+        Stage::Program,
+        Stage::Cwd,
+        Stage::Views,
+        Stage::PrivateDirs,
+        Stage::User,
+        Stage::UserNamespace,
+        Stage::Landlock,
+        Stage::Seccomp,
+        Stage::NoNewPrivs,
+        Stage::Rlimits,
+        Stage::Descriptors,
+        Stage::Exec,
+        Stage::Cgroup,
+        Stage::Timeout,
+    ];
+
+    /// The stage named `name` (as [`Stage::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Its name in the protocol and in messages: `private-dirs`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Spec => "spec",
+            Stage::Launcher => "launcher",
+            Stage::Supervisor => "supervisor",
+            Stage::Program => "program",
+            Stage::Cwd => "cwd",
+            Stage::Views => "views",
+            Stage::PrivateDirs => "private-dirs",
+            Stage::User => "user",
+            Stage::UserNamespace => "user-namespace",
+            Stage::Landlock => "landlock",
+            Stage::Seccomp => "seccomp",
+            Stage::NoNewPrivs => "no-new-privs",
+            Stage::Rlimits => "rlimits",
+            Stage::Descriptors => "descriptors",
+            Stage::Exec => "exec",
+            Stage::Cgroup => "cgroup",
+            Stage::Timeout => "timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -26,6 +26,7 @@ mod sys;
 mod view;
 mod zygote;
 
+use baa_launch::Stage;
 use std::io::Write;
 use std::os::fd::FromRawFd;
 
@@ -168,7 +169,7 @@ fn adopt_control(control: i32) {
 fn launch(spec: &str) -> ! {
     let spec: LaunchSpec = match serde_json::from_str(spec) {
         Ok(spec) => spec,
-        Err(e) => refuse("spec", &format!("the launch spec is not valid: {e}")),
+        Err(e) => refuse(Stage::Spec, &format!("the launch spec is not valid: {e}")),
     };
     supervise::run(&spec, || confine::prepare(&spec))
 }
@@ -191,9 +192,9 @@ pub fn report(report: &Report) {
 }
 
 /// Report that the program was not started, and exit.
-pub fn refuse(stage: &str, message: &str) -> ! {
+pub fn refuse(stage: Stage, message: &str) -> ! {
     report(&Report::Refused {
-        stage: stage.to_string(),
+        stage,
         message: message.to_string(),
     });
     std::process::exit(SETUP_FAILED)

@@ -5,6 +5,7 @@
 //! Made once per step by the fork server, or per process by a one-shot
 //! launch.
 
+use baa_launch::Stage;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -51,7 +52,7 @@ impl Namespace {
         let user_namespace = match &env.user_namespace {
             Some(path) => Some(open(path, libc::O_RDONLY).map_err(|e| {
                 (
-                    "user-namespace",
+                    Stage::UserNamespace,
                     format!("the step's user namespace {}: {e}", path.display()),
                 )
             })?),
@@ -93,7 +94,7 @@ impl Namespace {
     pub unsafe fn enter(&self) -> Result<Option<OwnedFd>, Failure> {
         if let Some(ns) = &self.user_namespace {
             if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWUSER) != 0 {
-                return Err(("user-namespace", format!("setns: {}", errno())));
+                return Err((Stage::UserNamespace, format!("setns: {}", errno())));
             }
         }
         if self.private.is_empty() {
@@ -112,7 +113,10 @@ impl Namespace {
                 std::ptr::null(),
             ) != 0
         {
-            return Err(("private-dirs", format!("a mount namespace: {}", errno())));
+            return Err((
+                Stage::PrivateDirs,
+                format!("a mount namespace: {}", errno()),
+            ));
         }
         step_mounts(self).map(Some)
     }
@@ -165,7 +169,7 @@ fn private_dirs(
     home: &Path,
     user: Option<baa_launch::User>,
 ) -> Result<Vec<(OwnedFd, &'static str)>, Failure> {
-    let fail = |what: String| ("private-dirs", what);
+    let fail = |what: String| (Stage::PrivateDirs, what);
     let home_fd = open(home, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .map_err(|e| fail(format!("the step's home {}: {e}", home.display())))?;
     let mut out = Vec::new();
@@ -214,7 +218,7 @@ fn views(
         Some(user) if !private.is_empty() => user,
         _ => {
             return Err((
-                "views",
+                Stage::Views,
                 "idmapped views need a dedicated user and private directories".into(),
             ))
         }
@@ -222,7 +226,10 @@ fn views(
     let mut out = Vec::new();
     for view in &spec.views {
         if !view.path.is_absolute() {
-            return Err(("views", format!("{} is not absolute", view.path.display())));
+            return Err((
+                Stage::Views,
+                format!("{} is not absolute", view.path.display()),
+            ));
         }
         let made = match &view.user_namespace {
             Some(path) => open(path, libc::O_RDONLY),
@@ -230,7 +237,7 @@ fn views(
         };
         let userns = made.map_err(|e| {
             (
-                "views",
+                Stage::Views,
                 format!("a user namespace for {}: {e}", view.path.display()),
             )
         })?;
@@ -283,7 +290,7 @@ fn masks(spec: &Environment, private: &[(OwnedFd, &'static str)]) -> Vec<PathBuf
 /// Called in a single-threaded process only, in its new mount namespace.
 unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
     let slash = open(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| ("private-dirs", format!("/: {e}")))?;
+        .map_err(|e| (Stage::PrivateDirs, format!("/: {e}")))?;
     let beneath_root = |path: &[u8], flags: i32, resolve: u64| {
         let rel = path.strip_prefix(b"/").unwrap_or(path);
         let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
@@ -295,7 +302,7 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
     let mut sources = Vec::new();
     for (path, is_dir) in &p.expose {
         let fd = beneath_root(path.as_bytes(), libc::O_PATH, 0)
-            .map_err(|e| ("private-dirs", format!("{path:?}: {e}")))?;
+            .map_err(|e| (Stage::PrivateDirs, format!("{path:?}: {e}")))?;
         sources.push((path.as_bytes().to_vec(), Mount::Bind(fd, *is_dir)));
     }
     let mut early = Vec::new();
@@ -305,9 +312,9 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
             libc::O_PATH | libc::O_DIRECTORY,
             libc::RESOLVE_NO_SYMLINKS,
         )
-        .map_err(|e| ("views", format!("{path:?}: {e}")))?;
+        .map_err(|e| (Stage::Views, format!("{path:?}: {e}")))?;
         let tree = crate::view::idmapped_tree(&dir, userns)
-            .map_err(|e| ("views", format!("an idmapped view of {path:?}: {e}")))?;
+            .map_err(|e| (Stage::Views, format!("an idmapped view of {path:?}: {e}")))?;
         early.push((path.as_bytes().to_vec(), dir));
         sources.push((path.as_bytes().to_vec(), Mount::View(tree)));
     }
@@ -316,7 +323,12 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
         libc::O_PATH | libc::O_DIRECTORY,
         libc::RESOLVE_NO_SYMLINKS,
     )
-    .map_err(|e| ("cwd", format!("worktree {}: {e}", p.worktree.display())))?;
+    .map_err(|e| {
+        (
+            Stage::Cwd,
+            format!("worktree {}: {e}", p.worktree.display()),
+        )
+    })?;
     private_mounts(p)?;
     // Parents first: each is mounted on a point made in the step's own
     // directory without following links, or beneath a mount made here.
@@ -334,7 +346,7 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
             .max_by_key(|(root, _)| root.len());
         let target = match parent {
             Some((root, fd)) if root.len() == path.len() => {
-                fd.try_clone().map_err(|e| ("views", e.to_string()))?
+                fd.try_clone().map_err(|e| (Stage::Views, e.to_string()))?
             }
             Some((root, fd)) => {
                 let rel = &path[root.len() + 1..];
@@ -343,8 +355,12 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
                 } else {
                     libc::O_PATH
                 };
-                openat2(fd, rel, flags | libc::O_NOFOLLOW, NO_LINKS)
-                    .map_err(|e| ("views", format!("{}: {e}", String::from_utf8_lossy(&path))))?
+                openat2(fd, rel, flags | libc::O_NOFOLLOW, NO_LINKS).map_err(|e| {
+                    (
+                        Stage::Views,
+                        format!("{}: {e}", String::from_utf8_lossy(&path)),
+                    )
+                })?
             }
             None => {
                 let covered = p
@@ -357,7 +373,7 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
                 match (covered, &mount) {
                     (Some(t), _) => mount_point(t, &path, is_dir).map_err(|e| {
                         (
-                            "private-dirs",
+                            Stage::PrivateDirs,
                             format!("{}: {e}", String::from_utf8_lossy(&path)),
                         )
                     })?,
@@ -367,11 +383,11 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
                         .find(|(p, _)| *p == path)
                         .map(|(_, fd)| fd.try_clone())
                         .transpose()
-                        .map_err(|e| ("views", e.to_string()))?
-                        .ok_or(("views", "a view without its directory".to_string()))?,
+                        .map_err(|e| (Stage::Views, e.to_string()))?
+                        .ok_or((Stage::Views, "a view without its directory".to_string()))?,
                     (None, Mount::Bind(..)) => {
                         return Err((
-                            "private-dirs",
+                            Stage::PrivateDirs,
                             format!(
                                 "{} is under no private directory",
                                 String::from_utf8_lossy(&path)
@@ -385,14 +401,14 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
             Mount::View(tree) => tree,
             Mount::Bind(source, _) => crate::view::clone_tree(&source).map_err(|e| {
                 (
-                    "private-dirs",
+                    Stage::PrivateDirs,
                     format!("{}: {e}", String::from_utf8_lossy(&path)),
                 )
             })?,
         };
         crate::view::attach(&tree, &target).map_err(|e| {
             (
-                "views",
+                Stage::Views,
                 format!("mounting {}: {e}", String::from_utf8_lossy(&path)),
             )
         })?;
@@ -434,7 +450,7 @@ unsafe fn private_mounts(p: &Namespace) -> Result<(), Failure> {
             .all(|((a, _), (b, _))| same_inode(a, b));
     if !same {
         return Err((
-            "private-dirs",
+            Stage::PrivateDirs,
             "the step's private directories changed while it was being confined".into(),
         ));
     }
@@ -450,7 +466,7 @@ unsafe fn private_mounts(p: &Namespace) -> Result<(), Failure> {
         ) != 0
         {
             return Err((
-                "private-dirs",
+                Stage::PrivateDirs,
                 format!("mounting a private {target}: {}", errno()),
             ));
         }
@@ -466,7 +482,10 @@ unsafe fn private_mounts(p: &Namespace) -> Result<(), Failure> {
             c"mode=0755,size=1m,nr_inodes=4k".as_ptr().cast(),
         ) != 0
         {
-            return Err(("views", format!("hiding {}: {}", mask.display(), errno())));
+            return Err((
+                Stage::Views,
+                format!("hiding {}: {}", mask.display(), errno()),
+            ));
         }
     }
     Ok(())

@@ -5,6 +5,7 @@
 //! and everything is reaped before the supervisor exits with the program's
 //! status.
 
+use baa_launch::Stage;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,7 @@ pub fn run(spec: &LaunchSpec, prepare: impl FnOnce() -> Result<Prepared, Failure
         libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
         if fd < 0 {
-            crate::refuse("supervisor", "signalfd failed");
+            crate::refuse(Stage::Supervisor, "signalfd failed");
         }
         OwnedFd::from_raw_fd(fd)
     };
@@ -65,13 +66,13 @@ pub fn run(spec: &LaunchSpec, prepare: impl FnOnce() -> Result<Prepared, Failure
     let mut applied = prepared.applied.clone();
     let (err_read, err_write) = match pipe() {
         Ok(p) => p,
-        Err(e) => crate::refuse("supervisor", &format!("pipe: {e}")),
+        Err(e) => crate::refuse(Stage::Supervisor, &format!("pipe: {e}")),
     };
     // SAFETY: the launcher is single-threaded, so the child may allocate.
     let me = unsafe { libc::getpid() };
     let child = unsafe { libc::fork() };
     if child < 0 {
-        crate::refuse("supervisor", "fork failed");
+        crate::refuse(Stage::Supervisor, "fork failed");
     }
     if child == 0 {
         drop(err_read);
@@ -100,7 +101,10 @@ pub fn run(spec: &LaunchSpec, prepare: impl FnOnce() -> Result<Prepared, Failure
     let _ = std::io::Read::read_to_end(&mut std::fs::File::from(err_read), &mut buf);
     if !buf.is_empty() {
         let text = String::from_utf8_lossy(&buf);
-        let (stage, message) = text.split_once('\n').unwrap_or(("exec", &text));
+        let (stage, message) = match text.split_once('\n') {
+            Some((stage, message)) => (Stage::parse(stage).unwrap_or(Stage::Exec), message),
+            None => (Stage::Exec, &*text),
+        };
         let mut tree = Tree::new(child);
         tree.terminate(Duration::ZERO);
         crate::refuse(stage, &format!("{}: {message}", spec.program.display()));

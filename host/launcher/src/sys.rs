@@ -3,6 +3,7 @@
 //! resolved descriptor-relative with `openat2` (beneath, no links). The
 //! namespace, view and confinement code all open files through here.
 
+use baa_launch::Stage;
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -10,14 +11,14 @@ use std::path::Path;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 /// A failure before exec: which stage, and why.
-pub type Failure = (&'static str, String);
+pub type Failure = (Stage, String);
 
 /// Resolution that follows no link at all and stays beneath the directory.
 pub(crate) const NO_LINKS: u64 =
     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
 pub(crate) fn cstring(bytes: &[u8], what: &str) -> Result<CString, Failure> {
-    CString::new(bytes).map_err(|_| ("spec", format!("{what} contains a NUL byte")))
+    CString::new(bytes).map_err(|_| (Stage::Spec, format!("{what} contains a NUL byte")))
 }
 
 /// The last OS error (of a call made through `libc`).

@@ -6,6 +6,7 @@
 //! no namespace or mount per process. When the host closes the control
 //! socket, every supervisor stops its tree and the server exits.
 
+use baa_launch::Stage;
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -109,13 +110,17 @@ pub fn serve(env: Environment) -> i32 {
 /// Enter the step's environment (this process stays in it).
 fn enter(env: &Environment) -> Result<Entered, Failure> {
     let root = sys::open(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
-        .map_err(|e| ("launcher", format!("/: {e}")))?;
+        .map_err(|e| (Stage::Launcher, format!("/: {e}")))?;
     let private = Namespace::prepare(env)?;
     // SAFETY: the server is single-threaded.
     let worktree = match unsafe { private.enter()? } {
         Some(worktree) => worktree,
-        None => sys::open(&env.worktree, libc::O_PATH | libc::O_DIRECTORY)
-            .map_err(|e| ("cwd", format!("worktree {}: {e}", env.worktree.display())))?,
+        None => sys::open(&env.worktree, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
+            (
+                Stage::Cwd,
+                format!("worktree {}: {e}", env.worktree.display()),
+            )
+        })?,
     };
     // Neither the server nor its supervisors (which become the step's
     // user) can be inspected through /proc by a process of the step.
@@ -124,12 +129,12 @@ fn enter(env: &Environment) -> Result<Entered, Failure> {
     // The filters every launch gets, installed once here: each child
     // inherits them and adds only those of its own spec.
     // SAFETY: plain prctl; the filters are compiled above it.
-    let base = confine::base_filters().map_err(|e| ("seccomp", e))?;
+    let base = confine::base_filters().map_err(|e| (Stage::Seccomp, e))?;
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(("no-new-privs", sys::errno().to_string()));
+        return Err((Stage::NoNewPrivs, sys::errno().to_string()));
     }
     for filter in &base {
-        seccompiler::apply_filter(filter).map_err(|e| ("seccomp", e.to_string()))?;
+        seccompiler::apply_filter(filter).map_err(|e| (Stage::Seccomp, e.to_string()))?;
     }
     Ok(Entered {
         root,
@@ -272,11 +277,8 @@ fn start(
     fds: Vec<OwnedFd>,
 ) -> Option<i32> {
     let report_fd = fds[2].as_raw_fd();
-    let refuse = |stage: &str, message: String| {
-        let line = Report::Refused {
-            stage: stage.into(),
-            message,
-        };
+    let refuse = |stage: Stage, message: String| {
+        let line = Report::Refused { stage, message };
         let line = format!("{}\n", serde_json::to_string(&line).unwrap_or_default());
         // SAFETY: writing a local buffer to the request's report pipe.
         unsafe { libc::write(report_fd, line.as_ptr().cast(), line.len()) };
@@ -284,15 +286,15 @@ fn start(
     };
     let request: ZygoteRequest = match serde_json::from_slice(data) {
         Ok(request) => request,
-        Err(e) => return refuse("spec", format!("the launch request is not valid: {e}")),
+        Err(e) => return refuse(Stage::Spec, format!("the launch request is not valid: {e}")),
     };
     let entered = match entered {
         Ok(entered) => entered,
-        Err((stage, message)) => return refuse(stage, message.clone()),
+        Err((stage, message)) => return refuse(*stage, message.clone()),
     };
     if request.spec.environment() != *env {
         return refuse(
-            "spec",
+            Stage::Spec,
             "the launch belongs to another environment than this fork server's".into(),
         );
     }
@@ -300,7 +302,7 @@ fn start(
     let me = unsafe { libc::getpid() };
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return refuse("supervisor", "fork failed".into());
+        return refuse(Stage::Supervisor, "fork failed".into());
     }
     if pid > 0 {
         return Some(pid);

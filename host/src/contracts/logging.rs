@@ -214,7 +214,7 @@ pub struct RunMetadata {
     /// How the step's subprocesses were confined: Landlock ABI, seccomp,
     /// user, network, paths, rlimits (set once the step ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<serde_json::Value>,
+    pub sandbox: Option<ConfinementRecord>,
     /// Set when the attempt resumed from an earlier checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_seq: Option<u32>,
@@ -258,4 +258,117 @@ pub struct RunStateSnapshot {
     pub failure: Option<FailureRecord>,
     pub last_checkpoint_seq: u32,
     pub lifecycle_event_count: u64,
+}
+
+/// How a step's subprocesses were confined (`metadata.sandbox`), as the
+/// host set it up on this machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfinementRecord {
+    /// `confined` (Landlock and seccomp both applied) or `degraded`.
+    pub mode: ConfinementMode,
+    pub landlock: LandlockState,
+    /// The kernel's Landlock ABI version (0: none).
+    pub landlock_abi: u32,
+    pub landlock_tcp: bool,
+    pub landlock_scopes: bool,
+    pub seccomp: bool,
+    pub no_new_privs: bool,
+    pub user: StepUserRecord,
+    /// How the step's user sees the worktree (and write paths) as its own.
+    pub worktree_view: WorktreeViewRecord,
+    pub network: NetworkRecord,
+    pub nested_sandbox: bool,
+    /// What the subprocesses may execute: `any`, or exactly these files.
+    pub execute: ExecuteRecord,
+    pub read_paths: Vec<String>,
+    pub write_paths: Vec<String>,
+    pub rlimits: RlimitsRecord,
+    pub kill_grace_ms: u64,
+    /// What bounds the number of the step's processes.
+    pub process_bound: ProcessBoundRecord,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfinementMode {
+    Confined,
+    Degraded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LandlockState {
+    Enforced,
+    /// The kernel has none and `[sandbox] landlock = "required"`: nothing runs.
+    RequiredUnavailable,
+    /// The kernel has none and the operator chose to run without it.
+    UnavailableOptedOut,
+}
+
+/// Whose uid the step's subprocesses run as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum StepUserRecord {
+    /// A uid of its own, from `[sandbox] uid-base` (filled in when known).
+    #[serde(rename_all = "camelCase")]
+    Dedicated {
+        uid_base: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gid: Option<u32>,
+    },
+    /// The host's own uid.
+    Current { uid: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorktreeViewRecord {
+    /// An idmapped view: nothing on disk changes owner.
+    Idmapped,
+    /// Chown lending: entries are chowned to the step's user and back.
+    Chown,
+    /// No other user: the worktree as it is.
+    Direct,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum NetworkRecord {
+    /// `none` or `unrestricted`.
+    Named(String),
+    /// TCP connections to these ports only (UDP cannot be narrowed by port).
+    #[serde(rename_all = "camelCase")]
+    TcpPorts { tcp_connect: Vec<u16>, udp: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum ExecuteRecord {
+    /// `any`: a shell or command runner was granted.
+    Any(String),
+    Only(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RlimitsRecord {
+    pub cpu_seconds: Option<u64>,
+    pub address_space_mib: Option<u64>,
+    pub file_size_mib: u64,
+    pub open_files: u64,
+    /// Set only where something bounds processes per user.
+    pub processes: Option<u64>,
+    pub core: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessBoundRecord {
+    /// `pids-cgroup`, `rlimit-dedicated-user`, `rlimit-user-namespace` or `none`.
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
 }

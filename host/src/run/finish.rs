@@ -120,9 +120,10 @@ fn final_state(
 /// The metadata's final fields; the step's user and namespace are released.
 fn final_metadata(prepared: &mut PreparedStepRun, report: &Report, span: &Span) {
     let mut sandbox = report.sandbox.clone();
-    if let (Some(record), Some(uid)) = (sandbox.as_mut(), prepared.sandbox_user.uid()) {
-        record["user"]["uid"] = uid.into();
-        record["user"]["gid"] = uid.into();
+    if let (Some(record), Some(id)) = (sandbox.as_mut(), prepared.sandbox_user.uid()) {
+        if let crate::contracts::StepUserRecord::Dedicated { uid, gid, .. } = &mut record.user {
+            (*uid, *gid) = (Some(id), Some(id));
+        }
     }
     prepared.sandbox_user.release();
     prepared.sandbox_namespace.release();

@@ -26,7 +26,7 @@ pub(crate) struct Report {
     pub artifacts: Vec<StepArtifact>,
     pub plugin: Option<PluginRecord>,
     /// How the step's subprocesses were confined (for the metadata).
-    pub sandbox: Option<serde_json::Value>,
+    pub sandbox: Option<crate::contracts::ConfinementRecord>,
 }
 
 impl Report {

@@ -320,7 +320,7 @@ pub fn self_test(report: &baa_runner::capabilities::subprocess::confinement::Sel
         yes(p.seccomp),
         yes(p.openat2)
     );
-    let c = &report.confinement;
+    let c = &serde_json::to_value(&report.confinement).unwrap_or_default();
     println!(
         "subprocesses: user {} {}, network {}, landlock {}",
         c["user"]["mode"].as_str().unwrap_or("?"),

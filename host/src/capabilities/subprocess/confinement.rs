@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use baa_launch::{LandlockSpec, LaunchSpec, Probe, Rlimits, SeccompSpec};
-use serde_json::json;
 
 use super::policy::{ExecPolicy, Network};
 use super::user::{StepUser, UserLease};
@@ -184,71 +183,91 @@ impl Confinement {
     /// What applies to this step, for its metadata and events. `cgroup`:
     /// whether the step got its pids cgroup (`None`: it started nothing
     /// yet; what this host gives a step is recorded).
-    pub fn record(&self, policy: &ExecPolicy, cgroup: Option<bool>) -> serde_json::Value {
+    pub fn record(
+        &self,
+        policy: &ExecPolicy,
+        cgroup: Option<bool>,
+    ) -> crate::contracts::ConfinementRecord {
+        use crate::contracts as c;
         let bound =
             self.process_bound(cgroup.unwrap_or_else(|| super::cgroup::support().limits_pids()));
         let p = &self.probe;
-        let landlock = if p.landlock_abi == 0 {
-            match self.sandbox.landlock {
-                LandlockMode::Required => "required-unavailable",
-                LandlockMode::Optional => "unavailable-opted-out",
-            }
-        } else {
-            "enforced"
+        let landlock = match (p.landlock_abi, self.sandbox.landlock) {
+            (0, LandlockMode::Required) => c::LandlockState::RequiredUnavailable,
+            (0, LandlockMode::Optional) => c::LandlockState::UnavailableOptedOut,
+            _ => c::LandlockState::Enforced,
         };
-        json!({
-            "mode": if p.landlock_abi > 0 && p.seccomp { "confined" } else { "degraded" },
-            "landlock": landlock,
-            "landlockAbi": p.landlock_abi,
-            "landlockTcp": p.landlock_tcp,
-            "landlockScopes": p.landlock_scopes,
-            "seccomp": p.seccomp,
-            "noNewPrivs": true,
-            "user": match &self.user {
-                Some(_) => json!({ "mode": "dedicated", "uidBase": self.sandbox.uid_base }),
-                None => json!({ "mode": "current", "uid": rustix::process::geteuid().as_raw() }),
+        let user = match &self.user {
+            Some(_) => c::StepUserRecord::Dedicated {
+                uid_base: self.sandbox.uid_base,
+                uid: None,
+                gid: None,
             },
-            // How the step's user sees the worktree (and write paths) as
-            // its own: an idmapped view, chown lending, or no other user.
-            "worktreeView": match (&self.user, self.lend.first()) {
-                (Some(_), _) if self.sandbox.worktree_view == WorktreeView::Chown => {
-                    json!(super::user::Lending::Chown)
-                }
-                (Some(_), Some(tree)) => json!(super::user::lending(tree)),
-                _ => json!("direct"),
+            None => c::StepUserRecord::Current {
+                uid: rustix::process::geteuid().as_raw(),
             },
-            "network": match policy.network() {
-                Network::None => json!("none"),
-                Network::TcpPorts(ports) => json!({ "tcpConnect": ports, "udp": "unrestricted" }),
-                Network::Unrestricted => json!("unrestricted"),
+        };
+        // How the step's user sees the worktree (and write paths) as its
+        // own: an idmapped view, chown lending, or no other user.
+        let worktree_view = match (&self.user, self.lend.first()) {
+            (Some(_), _) if self.sandbox.worktree_view == WorktreeView::Chown => {
+                c::WorktreeViewRecord::Chown
+            }
+            (Some(_), Some(tree)) => match super::user::lending(tree) {
+                super::user::Lending::Idmapped => c::WorktreeViewRecord::Idmapped,
+                super::user::Lending::Chown => c::WorktreeViewRecord::Chown,
             },
-            "nestedSandbox": policy.nested_sandbox(),
-            "execute": match policy.executables() {
-                None => json!("any"),
-                Some(files) => json!(files),
+            _ => c::WorktreeViewRecord::Direct,
+        };
+        let network = match policy.network() {
+            Network::None => c::NetworkRecord::Named("none".into()),
+            Network::TcpPorts(ports) => c::NetworkRecord::TcpPorts {
+                tcp_connect: ports.clone(),
+                udp: "unrestricted".into(),
             },
-            "readPaths": self.sandbox.read_paths.iter().chain(policy.read_paths()).collect::<Vec<_>>(),
-            "writePaths": policy.write_paths(),
-            "rlimits": {
-                "cpuSeconds": self.sandbox.cpu_seconds,
-                "addressSpaceMib": self.sandbox.address_space_mib,
-                "fileSizeMib": self.sandbox.file_size_mib,
-                "openFiles": self.sandbox.open_files,
-                "processes": bound.map(|_| self.sandbox.processes),
-                "core": 0,
+            Network::Unrestricted => c::NetworkRecord::Named("unrestricted".into()),
+        };
+        let paths = |paths: &mut dyn Iterator<Item = &PathBuf>| {
+            paths.map(|p| p.display().to_string()).collect::<Vec<_>>()
+        };
+        c::ConfinementRecord {
+            mode: if p.landlock_abi > 0 && p.seccomp {
+                c::ConfinementMode::Confined
+            } else {
+                c::ConfinementMode::Degraded
             },
-            "killGraceMs": self.sandbox.kill_grace_ms,
-            // What bounds the number of the step's processes.
-            "processBound": match bound {
-                Some(how) => json!({ "mode": how, "max": self.sandbox.processes }),
-                None => json!({ "mode": "none" }),
+            landlock,
+            landlock_abi: p.landlock_abi,
+            landlock_tcp: p.landlock_tcp,
+            landlock_scopes: p.landlock_scopes,
+            seccomp: p.seccomp,
+            no_new_privs: true,
+            user,
+            worktree_view,
+            network,
+            nested_sandbox: policy.nested_sandbox(),
+            execute: match policy.executables() {
+                None => c::ExecuteRecord::Any("any".into()),
+                Some(files) => c::ExecuteRecord::Only(paths(&mut files.iter())),
             },
-        })
+            read_paths: paths(&mut self.sandbox.read_paths.iter().chain(policy.read_paths())),
+            write_paths: paths(&mut policy.write_paths().iter()),
+            rlimits: c::RlimitsRecord {
+                cpu_seconds: self.sandbox.cpu_seconds,
+                address_space_mib: self.sandbox.address_space_mib,
+                file_size_mib: self.sandbox.file_size_mib,
+                open_files: self.sandbox.open_files,
+                processes: bound.map(|_| self.sandbox.processes),
+                core: 0,
+            },
+            kill_grace_ms: self.sandbox.kill_grace_ms,
+            process_bound: c::ProcessBoundRecord {
+                mode: bound.unwrap_or("none").into(),
+                max: bound.map(|_| self.sandbox.processes),
+            },
+        }
     }
 
-    /// How the step's process count is bounded: a pids cgroup of its own,
-    /// `RLIMIT_NPROC` of its dedicated user, or of its user in a namespace
-    /// of its own.
     fn process_bound(&self, cgroup: bool) -> Option<&'static str> {
         if cgroup {
             Some("pids-cgroup")
@@ -315,7 +334,7 @@ pub fn read_only_spec(
 pub struct SelfTest {
     pub probe: Probe,
     /// The confinement record of the kind tested (as in run metadata).
-    pub confinement: serde_json::Value,
+    pub confinement: crate::contracts::ConfinementRecord,
     pub checks: Vec<baa_launch::Check>,
     /// Every check came out as expected.
     pub confined: bool,
@@ -367,8 +386,10 @@ pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, S
         );
         let checks = super::launcher::self_test(&spec)?;
         let mut record = confinement.record(&policy, None);
-        if let Some(lease) = &lease {
-            record["user"]["uid"] = lease.user().uid.into();
+        if let (Some(lease), crate::contracts::StepUserRecord::Dedicated { uid, .. }) =
+            (&lease, &mut record.user)
+        {
+            *uid = Some(lease.user().uid);
         }
         if let Some(user) = &confinement.user {
             user.release();

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use baa_launch::{Applied, LaunchSpec, Probe, Report};
+use baa_launch::{Applied, LaunchSpec, Probe, Report, Stage};
 
 static EMBEDDED: &[u8] = include_bytes!(env!("BAA_LAUNCHER_BIN"));
 
@@ -128,15 +128,14 @@ pub fn sweep(uid: u32) -> Result<(), String> {
 /// Why a program was not started.
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    /// Where it failed: `spec`, `program`, `cwd`, `landlock`, `seccomp`,
-    /// `user`, `rlimits`, `exec`, `launcher`, …
-    pub stage: String,
+    /// Where it failed.
+    pub stage: Stage,
     pub message: String,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), Refusal> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Refusal {
-        stage: "launcher".into(),
+        stage: Stage::Launcher,
         message: format!("pipe: {e}"),
     })
 }
@@ -161,12 +160,9 @@ impl Spawn {
         spec: &LaunchSpec,
         env: &std::collections::BTreeMap<String, String>,
     ) -> Result<Self, Refusal> {
-        let refusal = |stage: &str, message: String| Refusal {
-            stage: stage.into(),
-            message,
-        };
-        let path = binary().map_err(|e| refusal("launcher", e))?;
-        let json = serde_json::to_string(spec).map_err(|e| refusal("spec", e.to_string()))?;
+        let refusal = |stage: Stage, message: String| Refusal { stage, message };
+        let path = binary().map_err(|e| refusal(Stage::Launcher, e))?;
+        let json = serde_json::to_string(spec).map_err(|e| refusal(Stage::Spec, e.to_string()))?;
         let (report_read, report_write) = pipe()?;
         let (lifeline_read, lifeline_write) = pipe()?;
         let mut cmd = std::process::Command::new(path);
@@ -181,7 +177,7 @@ impl Spawn {
             .envs(env);
         for fd in [&report_write, &lifeline_read] {
             rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())
-                .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
+                .map_err(|e| refusal(Stage::Launcher, format!("fcntl: {e}")))?;
         }
         Ok(Spawn {
             cmd,
@@ -201,7 +197,7 @@ fn started(report: &[u8]) -> Result<(i32, Applied), Refusal> {
         Ok(Report::Started { pid, applied, .. }) => Ok((pid, applied)),
         Ok(Report::Refused { stage, message }) => Err(Refusal { stage, message }),
         Ok(Report::Exited { .. }) | Err(_) => Err(Refusal {
-            stage: "launcher".into(),
+            stage: Stage::Launcher,
             message: format!(
                 "the launcher ended without a report: {}",
                 String::from_utf8_lossy(report)
@@ -220,10 +216,7 @@ pub fn run_sync(
     timeout: Duration,
 ) -> Result<(std::process::ExitStatus, Vec<u8>), Refusal> {
     use std::io::Read;
-    let refusal = |stage: &str, message: String| Refusal {
-        stage: stage.into(),
-        message,
-    };
+    let refusal = |stage: Stage, message: String| Refusal { stage, message };
     let Spawn {
         mut cmd,
         report_read,
@@ -238,7 +231,7 @@ pub fn run_sync(
     drop(report_write);
     drop(lifeline_read);
     let mut child =
-        spawned.map_err(|e| refusal("launcher", format!("cannot start the launcher: {e}")))?;
+        spawned.map_err(|e| refusal(Stage::Launcher, format!("cannot start the launcher: {e}")))?;
     let stdout = child.stdout.take();
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -263,7 +256,7 @@ pub fn run_sync(
         let _ = child.kill();
         let _ = child.wait();
         return Err(refusal(
-            "timeout",
+            Stage::Timeout,
             format!("did not finish within {timeout:?}"),
         ));
     };
@@ -272,7 +265,7 @@ pub fn run_sync(
     // write end another spawn inherited meanwhile may keep it open, so read
     // without waiting).
     rustix::fs::fcntl_setfl(&report_read, rustix::fs::OFlags::NONBLOCK)
-        .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
+        .map_err(|e| refusal(Stage::Launcher, format!("fcntl: {e}")))?;
     let mut report = Vec::new();
     let mut buf = [0u8; 4096];
     while let Ok(n) = rustix::io::read(&report_read, &mut buf) {

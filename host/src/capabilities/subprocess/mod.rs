@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-pub use baa_launch::Builtin;
+pub use baa_launch::{Builtin, Stage};
 pub use command::{Chunk, Denial, DenialReason, ExitInfo, SpawnError, SpawnRequest};
 pub use confinement::Confinement;
 pub use policy::ExecPolicy;
@@ -287,7 +287,7 @@ impl Subprocesses {
                     .get_or_insert_with(|| cgroup::StepCgroups::create(max));
                 if let (Some(groups), Some(pid)) = (cgroups.as_ref(), server.pid()) {
                     groups.join(pid).map_err(|e| launcher::Refusal {
-                        stage: "cgroup".into(),
+                        stage: Stage::Cgroup,
                         message: format!("the step's fork server cannot join its cgroup: {e}"),
                     })?;
                 }
@@ -381,7 +381,7 @@ impl Subprocesses {
     }
 
     /// How this step's subprocesses are confined, for the run's metadata.
-    pub fn confinement_record(&self) -> serde_json::Value {
+    pub fn confinement_record(&self) -> crate::contracts::ConfinementRecord {
         let cgroup = self.servers.cgroups.as_ref().map(Option::is_some);
         self.setup.confinement.record(&self.policy, cgroup)
     }
@@ -623,11 +623,11 @@ impl Subprocesses {
             Ok(launched) => launched,
             Err(refusal) => {
                 let why = format!("{} ({})", refusal.message, refusal.stage);
-                return Err(match refusal.stage.as_str() {
-                    "cwd" => {
+                return Err(match refusal.stage {
+                    Stage::Cwd => {
                         SpawnError::Denied(self.refuse(&cmd, Denial::never(DenialReason::Cwd, why)))
                     }
-                    "landlock" => {
+                    Stage::Landlock => {
                         let denial = Denial {
                             reason: DenialReason::Confinement,
                             message: why,
@@ -643,7 +643,7 @@ impl Subprocesses {
                             EventLevel::Error,
                             format!("could not start `{}`: {why}", cmd.program),
                             HostEvent::SubprocessFailed {
-                                stage: refusal.stage.clone(),
+                                stage: refusal.stage.to_string(),
                                 message: refusal.message.clone(),
                             },
                         );

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::Duration;
 
-use baa_launch::{Applied, Environment, LaunchSpec, Report, ZygoteRequest};
+use baa_launch::{Applied, Environment, LaunchSpec, Report, Stage, ZygoteRequest};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -26,11 +26,8 @@ const OUTPUT_PIPE_BYTES: usize = 1024 * 1024;
 /// How long a launch may take to report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn refusal(stage: &str, message: String) -> Refusal {
-    Refusal {
-        stage: stage.into(),
-        message,
-    }
+fn refusal(stage: Stage, message: String) -> Refusal {
+    Refusal { stage, message }
 }
 
 /// A running fork server of one step environment.
@@ -61,20 +58,20 @@ impl Zygote {
     /// Start a fork server for `environment` (it enters the environment on
     /// its own; a failure there is the refusal of every launch).
     pub fn start(environment: Environment) -> Result<Zygote, Refusal> {
-        let path = binary().map_err(|e| refusal("launcher", e))?;
+        let path = binary().map_err(|e| refusal(Stage::Launcher, e))?;
         let json =
-            serde_json::to_string(&environment).map_err(|e| refusal("spec", e.to_string()))?;
+            serde_json::to_string(&environment).map_err(|e| refusal(Stage::Spec, e.to_string()))?;
         let (ours, theirs) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::SEQPACKET,
             rustix::net::SocketFlags::CLOEXEC,
             None,
         )
-        .map_err(|e| refusal("launcher", format!("socketpair: {e}")))?;
+        .map_err(|e| refusal(Stage::Launcher, format!("socketpair: {e}")))?;
         // Inherited as it is (posix_spawn: no dup2 between fork and exec);
         // the server moves it to its place and closes whatever else it got.
         rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())
-            .map_err(|e| refusal("launcher", format!("fcntl: {e}")))?;
+            .map_err(|e| refusal(Stage::Launcher, format!("fcntl: {e}")))?;
         let mut cmd = tokio::process::Command::new(path);
         cmd.arg("--zygote")
             .arg("--fds")
@@ -86,8 +83,8 @@ impl Zygote {
             .stderr(Stdio::null());
         let child = cmd.spawn();
         drop(theirs);
-        let child =
-            child.map_err(|e| refusal("launcher", format!("cannot start the launcher: {e}")))?;
+        let child = child
+            .map_err(|e| refusal(Stage::Launcher, format!("cannot start the launcher: {e}")))?;
         Ok(Zygote {
             environment,
             control: ours,
@@ -121,7 +118,7 @@ impl Zygote {
             env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
         let request = request_file(
-            &serde_json::to_vec(&request).map_err(|e| refusal("spec", e.to_string()))?,
+            &serde_json::to_vec(&request).map_err(|e| refusal(Stage::Spec, e.to_string()))?,
         )?;
         let (out_read, out_write) = pipe_pair()?;
         let (err_read, err_write) = pipe_pair()?;
@@ -150,7 +147,12 @@ impl Zygote {
             &mut control,
             SendFlags::NOSIGNAL,
         )
-        .map_err(|e| refusal("launcher", format!("the step's fork server is gone: {e}")))?;
+        .map_err(|e| {
+            refusal(
+                Stage::Launcher,
+                format!("the step's fork server is gone: {e}"),
+            )
+        })?;
         drop(fds);
         drop((request, out_write, err_write, report_write, lifeline_read));
         let stdin = match stdin_pipe {
@@ -158,17 +160,23 @@ impl Zygote {
                 drop(read);
                 Some(
                     pipe::Sender::from_owned_fd(write)
-                        .map_err(|e| refusal("launcher", e.to_string()))?,
+                        .map_err(|e| refusal(Stage::Launcher, e.to_string()))?,
                 )
             }
             None => None,
         };
-        let receiver =
-            |fd| pipe::Receiver::from_owned_fd(fd).map_err(|e| refusal("launcher", e.to_string()));
+        let receiver = |fd| {
+            pipe::Receiver::from_owned_fd(fd).map_err(|e| refusal(Stage::Launcher, e.to_string()))
+        };
         let mut report = Reports::new(receiver(report_read)?);
         let first = tokio::time::timeout(REPORT_TIMEOUT, report.next())
             .await
-            .map_err(|_| refusal("launcher", "the launcher did not report within 30 s".into()))?;
+            .map_err(|_| {
+                refusal(
+                    Stage::Launcher,
+                    "the launcher did not report within 30 s".into(),
+                )
+            })?;
         match first {
             Some(Ok(Report::Started {
                 pid,
@@ -186,11 +194,11 @@ impl Zygote {
             }),
             Some(Ok(Report::Refused { stage, message })) => Err(Refusal { stage, message }),
             Some(Ok(Report::Exited { .. })) | None => Err(refusal(
-                "launcher",
+                Stage::Launcher,
                 "the launcher ended without a report".into(),
             )),
             Some(Err(line)) => Err(refusal(
-                "launcher",
+                Stage::Launcher,
                 format!("the launcher's report is not valid: {line}"),
             )),
         }
@@ -253,12 +261,12 @@ fn libc_sigkill() -> i32 {
 
 fn pipe_pair() -> Result<(OwnedFd, OwnedFd), Refusal> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| refusal("launcher", format!("pipe: {e}")))
+        .map_err(|e| refusal(Stage::Launcher, format!("pipe: {e}")))
 }
 
 /// A memfd holding `bytes` (only the fork server ever sees it).
 fn request_file(bytes: &[u8]) -> Result<OwnedFd, Refusal> {
-    let e = |e: rustix::io::Errno| refusal("launcher", format!("the launch request: {e}"));
+    let e = |e: rustix::io::Errno| refusal(Stage::Launcher, format!("the launch request: {e}"));
     let fd = rustix::fs::memfd_create("baa-launch-request", rustix::fs::MemfdFlags::CLOEXEC)
         .map_err(e)?;
     let mut written = 0;
