@@ -97,111 +97,126 @@ async fn connection(runner: Runner, stream: UnixStream, stop: CancellationToken)
             }
         }
     });
-    // Steps of this connection by client id; their tasks end with them.
-    let steps: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
-    let tasks = tokio_util::task::TaskTracker::new();
+    let session = Session {
+        runner,
+        stop,
+        outbox,
+        steps: Arc::default(),
+        tasks: tokio_util::task::TaskTracker::new(),
+    };
     let mut lines = BufReader::new(read);
     let mut line = Vec::new();
     loop {
         line.clear();
         let read = tokio::select! {
-            () = stop.cancelled() => break,
+            () = session.stop.cancelled() => break,
             read = read_line(&mut lines, &mut line) => read,
         };
         match read {
             Ok(0) => break,
             Ok(_) => {}
             Err(message) => {
-                let _ = outbox
-                    .send(error_message(None, "invalid-message", &message, None))
-                    .await;
+                session.error(None, "invalid-message", &message, None).await;
                 break;
             }
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let incoming = match serde_json::from_slice::<Incoming>(&line) {
-            Ok(incoming) => incoming,
+        match serde_json::from_slice::<Incoming>(&line) {
+            Ok(Incoming::Cancel { id }) => session.cancel(&id).await,
+            Ok(Incoming::Run { id, request }) => session.run(id, request).await,
             Err(e) => {
                 let message = format!("not a run or cancel message: {e}");
-                let _ = outbox
-                    .send(error_message(None, "invalid-message", &message, None))
-                    .await;
-                continue;
-            }
-        };
-        match incoming {
-            Incoming::Cancel { id } => {
-                let token = steps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&id)
-                    .cloned();
-                match token {
-                    Some(token) => token.cancel(),
-                    None => {
-                        let message = "no running step has this id";
-                        let _ = outbox
-                            .send(error_message(Some(&id), "unknown-id", message, None))
-                            .await;
-                    }
-                }
-            }
-            Incoming::Run { id, request } => {
-                let known = steps
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains_key(&id);
-                if known {
-                    let message = "a step with this id is still running on this connection";
-                    let _ = outbox
-                        .send(error_message(Some(&id), "duplicate-id", message, None))
-                        .await;
-                    continue;
-                }
-                let started = serde_json::to_vec(&request)
-                    .map_err(|e| Error::invalid("(request)", e.to_string()))
-                    .and_then(|bytes| crate::contracts::parse_request(&bytes))
-                    .and_then(|request| runner.start_with(request, &stop));
-                match started {
-                    Ok(handle) => {
-                        steps
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(id.clone(), handle.cancellation_token());
-                        let _ = outbox
-                            .send(
-                                json!({ "id": id, "type": "accepted", "runDir": handle.run_dir() }),
-                            )
-                            .await;
-                        tasks.spawn(forward(id, handle, outbox.clone(), steps.clone()));
-                    }
-                    Err(e) => {
-                        let (kind, field) = match &e {
-                            Error::InvalidRequest { field, .. } => {
-                                ("invalid-request", Some(field.as_str()))
-                            }
-                            e if e.is_invalid_input() => ("invalid-input", None),
-                            _ => ("host-error", None),
-                        };
-                        let _ = outbox
-                            .send(error_message(Some(&id), kind, &e.to_string(), field))
-                            .await;
-                    }
-                }
+                session.error(None, "invalid-message", &message, None).await;
             }
         }
     }
-    // The client is gone (or the server stops): its steps are cancelled,
-    // and their records written before the connection is done.
-    for token in steps.lock().unwrap_or_else(|p| p.into_inner()).values() {
-        token.cancel();
-    }
-    tasks.close();
-    tasks.wait().await;
-    drop(outbox);
+    session.close().await;
     let _ = writer.await;
+}
+
+/// One client connection: its steps by the client's ids (their tasks end
+/// with them) and the outbox of its messages.
+struct Session {
+    runner: Runner,
+    stop: CancellationToken,
+    outbox: mpsc::Sender<Value>,
+    steps: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Session {
+    async fn error(&self, id: Option<&str>, kind: &str, message: &str, field: Option<&str>) {
+        let _ = self
+            .outbox
+            .send(error_message(id, kind, message, field))
+            .await;
+    }
+
+    fn token(&self, id: &str) -> Option<CancellationToken> {
+        let steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        steps.get(id).cloned()
+    }
+
+    async fn cancel(&self, id: &str) {
+        match self.token(id) {
+            Some(token) => token.cancel(),
+            None => {
+                let message = "no running step has this id";
+                self.error(Some(id), "unknown-id", message, None).await;
+            }
+        }
+    }
+
+    async fn run(&self, id: String, request: Box<Value>) {
+        if self.token(&id).is_some() {
+            let message = "a step with this id is still running on this connection";
+            self.error(Some(&id), "duplicate-id", message, None).await;
+            return;
+        }
+        let started = serde_json::to_vec(&request)
+            .map_err(|e| Error::invalid("(request)", e.to_string()))
+            .and_then(|bytes| crate::contracts::parse_request(&bytes))
+            .and_then(|request| self.runner.start_with(request, &self.stop));
+        let handle = match started {
+            Ok(handle) => handle,
+            Err(e) => {
+                let (kind, field) = match &e {
+                    Error::InvalidRequest { field, .. } => {
+                        ("invalid-request", Some(field.as_str()))
+                    }
+                    e if e.is_invalid_input() => ("invalid-input", None),
+                    _ => ("host-error", None),
+                };
+                self.error(Some(&id), kind, &e.to_string(), field).await;
+                return;
+            }
+        };
+        self.steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), handle.cancellation_token());
+        let accepted = json!({ "id": id, "type": "accepted", "runDir": handle.run_dir() });
+        let _ = self.outbox.send(accepted).await;
+        let forwarded = forward(id, handle, self.outbox.clone(), self.steps.clone());
+        self.tasks.spawn(forwarded);
+    }
+
+    /// The client is gone (or the server stops): its steps are cancelled,
+    /// and their records written before the connection is done.
+    async fn close(self) {
+        for token in self
+            .steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            token.cancel();
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
 }
 
 /// `path` is free to listen on: nothing there, or the socket of a server

@@ -103,6 +103,26 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
             ),
         ));
     }
+    check_texts(request)?;
+    if let Some(checkpoint) = &request.checkpoint {
+        check_checkpoint(checkpoint)?;
+    }
+    let runtime = &request.runtime;
+    let repo_root = existing_dir("runtime.repoRoot", &runtime.repo_root)?;
+    let worktree = existing_dir("runtime.worktreePath", &runtime.worktree_path)?;
+    if let Some(env) = &runtime.env {
+        check_env(env)?;
+    }
+    let runs_root = runs_root(runtime.runs_root_dir.as_deref(), &repo_root, &worktree)?;
+    Ok(ValidPaths {
+        repo_root,
+        worktree,
+        runs_root,
+    })
+}
+
+/// `command` and `promptSummary`: bounded, without NUL bytes.
+fn check_texts(request: &StepExecutionRequest) -> Result<(), Error> {
     for (field, text) in [
         ("command", &request.command),
         ("promptSummary", &request.prompt_summary),
@@ -119,54 +139,63 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
             }
         }
     }
-    if let Some(checkpoint) = &request.checkpoint {
-        if checkpoint.resume_from_seq == Some(0) {
-            return Err(Error::invalid(
-                "checkpoint.resumeFromSeq",
-                "checkpoints are numbered from 1",
-            ));
-        }
-        if checkpoint.log_tail_lines.is_some_and(|n| n > 10_000) {
-            return Err(Error::invalid(
-                "checkpoint.logTailLines",
-                "must be at most 10000",
-            ));
-        }
-        if let Some(base) = &checkpoint.git_diff_base_ref {
-            if base.is_empty()
-                || base.starts_with('-')
-                || base.contains(char::is_whitespace)
-                || base.contains("..")
-            {
-                return Err(Error::invalid(
-                    "checkpoint.gitDiffBaseRef",
-                    format!("`{base}` is not a single git revision"),
-                ));
-            }
-        }
-    }
+    Ok(())
+}
 
-    let runtime = &request.runtime;
-    let repo_root = existing_dir("runtime.repoRoot", &runtime.repo_root)?;
-    let worktree = existing_dir("runtime.worktreePath", &runtime.worktree_path)?;
-    if let Some(env) = &runtime.env {
-        for (name, value) in env {
-            let field = format!("runtime.env.{name}");
-            if !is_env_name(name) {
-                return Err(Error::invalid(
-                    &field,
-                    "is not a valid environment variable name",
-                ));
-            }
-            if is_never_passed(name) {
-                return Err(Error::invalid(&field, "changes how programs load or find their configuration and is never passed to subprocesses; remove it"));
-            }
-            if value.contains('\0') {
-                return Err(Error::invalid(&field, "contains a NUL byte"));
-            }
+fn check_checkpoint(checkpoint: &crate::contracts::StepCheckpointConfig) -> Result<(), Error> {
+    if checkpoint.resume_from_seq == Some(0) {
+        return Err(Error::invalid(
+            "checkpoint.resumeFromSeq",
+            "checkpoints are numbered from 1",
+        ));
+    }
+    if checkpoint.log_tail_lines.is_some_and(|n| n > 10_000) {
+        return Err(Error::invalid(
+            "checkpoint.logTailLines",
+            "must be at most 10000",
+        ));
+    }
+    if let Some(base) = &checkpoint.git_diff_base_ref {
+        if base.is_empty()
+            || base.starts_with('-')
+            || base.contains(char::is_whitespace)
+            || base.contains("..")
+        {
+            return Err(Error::invalid(
+                "checkpoint.gitDiffBaseRef",
+                format!("`{base}` is not a single git revision"),
+            ));
         }
     }
-    let runs_root = match runtime.runs_root_dir.as_deref() {
+    Ok(())
+}
+
+/// `runtime.env`: well-formed names, none that is never passed, no NUL.
+fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<(), Error> {
+    for (name, value) in env {
+        let field = format!("runtime.env.{name}");
+        if !is_env_name(name) {
+            return Err(Error::invalid(
+                &field,
+                "is not a valid environment variable name",
+            ));
+        }
+        if is_never_passed(name) {
+            return Err(Error::invalid(&field, "changes how programs load or find their configuration and is never passed to subprocesses; remove it"));
+        }
+        if value.contains('\0') {
+            return Err(Error::invalid(&field, "contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
+
+/// Where the step's run directories go (`runtime.runsRootDir`, relative to
+/// the repository, or the default), resolved through its longest existing
+/// ancestor: never inside the worktree, where the worker could change its
+/// own records.
+fn runs_root(dir: Option<&str>, repo_root: &Path, worktree: &Path) -> Result<PathBuf, Error> {
+    let runs_root = match dir {
         Some("") => {
             return Err(Error::invalid(
                 "runtime.runsRootDir",
@@ -186,15 +215,11 @@ pub fn validate(request: &StepExecutionRequest) -> Result<ValidPaths, Error> {
                 .map(|c| c.join(runs_root.strip_prefix(a).unwrap_or(Path::new(""))))
         })
         .unwrap_or_else(|| runs_root.clone());
-    if real_root.starts_with(&worktree) {
+    if real_root.starts_with(worktree) {
         return Err(Error::invalid(
             "runtime.runsRootDir",
             format!("`{}` is inside the worktree, where the worker could change its own records; choose a directory outside `{}`", runs_root.display(), worktree.display()),
         ));
     }
-    Ok(ValidPaths {
-        repo_root,
-        worktree,
-        runs_root: real_root,
-    })
+    Ok(real_root)
 }

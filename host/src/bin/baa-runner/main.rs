@@ -492,6 +492,26 @@ fn dispatch(cli: Cli, streams: Streams) -> anyhow::Result<u8> {
 /// The commands that need a runner (engine, plugins, config).
 fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u8> {
     match &cli.command {
+        Command::Run { .. } | Command::Resume { .. } | Command::Prepare { .. } => {
+            step_command(&cli.command, runner, streams)
+        }
+        Command::Inspect { .. } | Command::Stamp { .. } | Command::Check { .. } => {
+            author_command(&cli.command, runner)
+        }
+        Command::Serve { socket } => serve(runner, socket),
+        Command::Recover { .. } | Command::Sandbox { .. } | Command::Kinds { .. } => {
+            host_command(&cli.command, runner, streams)
+        }
+        Command::Completions { .. }
+        | Command::Schema { .. }
+        | Command::New { .. }
+        | Command::Checkpoints { .. } => unreachable!("dispatched without a runner"),
+    }
+}
+
+/// `run`, `resume` and `prepare`: one step.
+fn step_command(command: &Command, runner: &Runner, streams: Streams) -> anyhow::Result<u8> {
+    match command {
         Command::Run {
             args,
             next_attempt,
@@ -532,27 +552,13 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
             }
             step::prepare(runner, request, *json, *next_attempt)
         }
-        Command::Serve { socket } => serve(runner, socket),
-        Command::Recover { json, dir } => {
-            if !dir.is_dir() {
-                return Err(InvalidInput(format!(
-                    "{} is not a directory: give a runs root or a directory below it",
-                    dir.display()
-                ))
-                .into());
-            }
-            let report = runner.recover(dir);
-            if *json {
-                print_json(&report)?;
-            } else {
-                render::recovery(&report);
-            }
-            Ok(if report.errors.is_empty() {
-                0
-            } else {
-                exit::HOST_ERROR
-            })
-        }
+        _ => unreachable!("not a step command"),
+    }
+}
+
+/// `inspect`, `stamp` and `check`: the plugin authors' tools.
+fn author_command(command: &Command, runner: &Runner) -> anyhow::Result<u8> {
+    match command {
         Command::Inspect { json, file } => {
             let inspection = runner.inspect(existing_file(file)?);
             if *json {
@@ -592,6 +598,33 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
             }
             Ok(if report.passed { 0 } else { exit::FAILED })
         }
+        _ => unreachable!("not an authoring command"),
+    }
+}
+
+/// `recover`, `sandbox` and `kinds`: the host and its kinds.
+fn host_command(command: &Command, runner: &Runner, streams: Streams) -> anyhow::Result<u8> {
+    match command {
+        Command::Recover { json, dir } => {
+            if !dir.is_dir() {
+                return Err(InvalidInput(format!(
+                    "{} is not a directory: give a runs root or a directory below it",
+                    dir.display()
+                ))
+                .into());
+            }
+            let report = runner.recover(dir);
+            if *json {
+                print_json(&report)?;
+            } else {
+                render::recovery(&report);
+            }
+            Ok(if report.errors.is_empty() {
+                0
+            } else {
+                exit::HOST_ERROR
+            })
+        }
         Command::Sandbox { json, kind } => {
             let report = runner
                 .sandbox_self_test(kind)
@@ -612,10 +645,7 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
             }
             Ok(0)
         }
-        Command::Completions { .. }
-        | Command::Schema { .. }
-        | Command::New { .. }
-        | Command::Checkpoints { .. } => unreachable!("dispatched without a runner"),
+        _ => unreachable!("not a host command"),
     }
 }
 

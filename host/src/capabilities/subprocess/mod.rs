@@ -548,56 +548,27 @@ impl Subprocesses {
         origin: Origin,
     ) -> Result<ProcessHandle, SpawnError> {
         let for_worker = matches!(origin, Origin::Worker);
-        let is_builtin = matches!(origin, Origin::Host(Some(_)));
         let builtin = match origin {
             Origin::Host(builtin) => builtin,
             Origin::Worker => None,
         };
+        let is_builtin = builtin.is_some();
+        let lease = self.lease_for(program, is_builtin, &cmd)?;
         let confinement = &self.setup.confinement;
-        let lease = confinement
-            .lease(
-                self.policy.write_paths(),
-                self.setup.deadline_host.into_std(),
-            )
-            .map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
-        if let Some(lease) = &lease {
-            // A program the user cannot reach would start (the launcher opens
-            // it as root) but fail as soon as it looks at its own path.
-            if builtin.is_none() {
-                if let Err(why) = user::check_reachable(program, lease.user()) {
-                    let denial = Denial {
-                        reason: DenialReason::Program,
-                        message: why,
-                        grant: Some(format!(
-                            "install `{}` where every user can reach it",
-                            program.display()
-                        )),
-                    };
-                    return Err(SpawnError::Denied(self.refuse(&cmd, denial)));
-                }
-            }
-            // Files the worker created through WASI belong to the host.
-            lease
-                .sync(self.setup.deadline_host.into_std())
-                .map_err(SpawnError::Io)?;
-        }
         let user_namespace = confinement
             .user_namespace()
             .map_err(|e| SpawnError::Io(format!("sandbox user namespace: {e}")))?;
-        let mut env = self.setup.base_env.clone();
-        let home = confinement.home(lease.as_deref()).display().to_string();
-        env.insert("TMPDIR".into(), format!("{home}/tmp"));
-        env.insert("HOME".into(), home);
-        // Whatever the repository configures, the git of the host or of a
-        // kind that may execute only what it was granted runs no program of
-        // the repository's (a kind granted a shell runs what it likes).
-        let view = lease.as_ref().is_some_and(|l| l.has_views());
-        let overrides = !for_worker || self.policy.executables().is_some();
-        env.extend(policy::git_env(overrides, view));
-        env.extend(cmd.env.iter().cloned());
+        let env = self.child_env(lease.as_deref(), for_worker, &cmd);
         let rel_cwd = cwd
             .strip_prefix(&self.setup.worktree)
             .unwrap_or(Path::new(""));
+        let execute = if is_builtin {
+            Some(Vec::new())
+        } else if for_worker {
+            self.policy.executables()
+        } else {
+            Some(executables::needed_to_run(program))
+        };
         let spec = confinement.spec(
             &confinement::Launch {
                 program,
@@ -607,13 +578,7 @@ impl Subprocesses {
                 policy: &self.policy,
                 for_worker,
                 seconds_left: deadline.saturating_duration_since(Instant::now()).as_secs() + 1,
-                execute: if builtin.is_some() {
-                    Some(Vec::new())
-                } else if for_worker {
-                    self.policy.executables()
-                } else {
-                    Some(executables::needed_to_run(program))
-                },
+                execute,
                 builtin,
                 user_namespace,
             },
@@ -621,77 +586,20 @@ impl Subprocesses {
         );
         let launched = match self.start(&spec, &env, cmd.stdin.is_some()).await {
             Ok(launched) => launched,
-            Err(refusal) => {
-                let why = format!("{} ({})", refusal.message, refusal.stage);
-                return Err(match refusal.stage {
-                    Stage::Cwd => {
-                        SpawnError::Denied(self.refuse(&cmd, Denial::never(DenialReason::Cwd, why)))
-                    }
-                    Stage::Landlock => {
-                        let denial = Denial {
-                            reason: DenialReason::Confinement,
-                            message: why,
-                            grant: Some(
-                                "[sandbox] landlock = \"optional\" (run subprocesses without Landlock on this kernel)"
-                                    .to_string(),
-                            ),
-                        };
-                        SpawnError::Denied(self.refuse(&cmd, denial))
-                    }
-                    _ => {
-                        self.setup.logs.host(
-                            EventLevel::Error,
-                            format!("could not start `{}`: {why}", cmd.program),
-                            HostEvent::SubprocessFailed {
-                                stage: refusal.stage.to_string(),
-                                message: refusal.message.clone(),
-                            },
-                        );
-                        SpawnError::Io(why)
-                    }
-                });
-            }
+            Err(refusal) => return Err(self.refused(&cmd, refusal)),
         };
-        let pid = launched.pid.max(0) as u32;
         // A builtin runs no program: it is shown by its name.
         let shown = if is_builtin {
             PathBuf::from(&cmd.program)
         } else {
             program.to_path_buf()
         };
+        self.started_event(&launched, &shown, cwd, &cmd, &env, for_worker);
+        let pid = launched.pid.max(0) as u32;
         let supervisor = launched.supervisor;
-        let start_time = process_start_time(pid);
         self.spawned += 1;
         let lifeline = process::Lifeline::new(launched.lifeline);
         self.live.insert(supervisor as i32, lifeline.clone());
-        let network = match (for_worker, self.policy.network()) {
-            (true, policy::Network::TcpPorts(ports)) => json!({ "tcpConnect": ports }),
-            (true, policy::Network::Unrestricted) => json!("unrestricted"),
-            _ => json!("none"),
-        };
-        self.setup.logs.host(
-            if for_worker {
-                EventLevel::Info
-            } else {
-                EventLevel::Debug
-            },
-            format!(
-                "started `{}` (pid {pid})",
-                display_command(&shown, &cmd.args)
-            ),
-            HostEvent::SubprocessStarted {
-                pid,
-                supervisor_pid: supervisor,
-                program: shown.display().to_string(),
-                args: record_args(&cmd.args),
-                cwd: cwd.display().to_string(),
-                env_names: env.keys().cloned().collect(),
-                network,
-                confinement: serde_json::to_value(&launched.applied).unwrap_or_default(),
-                for_worker,
-                start_time,
-            },
-        );
         Ok(process::start(
             process::Started {
                 stdin: launched.stdin,
@@ -715,6 +623,143 @@ impl Subprocesses {
             self.live.clone(),
             self.unread.clone(),
         ))
+    }
+
+    /// The step's dedicated user for a launch (none without one): its
+    /// trees lent, the files the worker made through WASI handed over, and
+    /// `program` reachable by it (a builtin runs none).
+    fn lease_for(
+        &mut self,
+        program: &Path,
+        is_builtin: bool,
+        cmd: &SpawnRequest,
+    ) -> Result<Option<Arc<user::UserLease>>, SpawnError> {
+        let until = self.setup.deadline_host.into_std();
+        let lease = self
+            .setup
+            .confinement
+            .lease(self.policy.write_paths(), until)
+            .map_err(|e| SpawnError::Io(format!("sandbox user: {e}")))?;
+        let Some(lease) = lease else {
+            return Ok(None);
+        };
+        // A program the user cannot reach would start (the launcher opens
+        // it as root) but fail as soon as it looks at its own path.
+        if !is_builtin {
+            if let Err(why) = user::check_reachable(program, lease.user()) {
+                let denial = Denial {
+                    reason: DenialReason::Program,
+                    message: why.to_string(),
+                    grant: Some(format!(
+                        "install `{}` where every user can reach it",
+                        program.display()
+                    )),
+                };
+                return Err(SpawnError::Denied(self.refuse(cmd, denial)));
+            }
+        }
+        // Files the worker created through WASI belong to the host.
+        lease
+            .sync(until)
+            .map_err(|e| SpawnError::Io(e.to_string()))?;
+        Ok(Some(lease))
+    }
+
+    /// The complete environment of a child: the step's base, its HOME and
+    /// TMPDIR, git's overrides, then the command's own variables.
+    fn child_env(
+        &self,
+        lease: Option<&user::UserLease>,
+        for_worker: bool,
+        cmd: &SpawnRequest,
+    ) -> BTreeMap<String, String> {
+        let mut env = self.setup.base_env.clone();
+        let home = self.setup.confinement.home(lease).display().to_string();
+        env.insert("TMPDIR".into(), format!("{home}/tmp"));
+        env.insert("HOME".into(), home);
+        // Whatever the repository configures, the git of the host or of a
+        // kind that may execute only what it was granted runs no program of
+        // the repository's (a kind granted a shell runs what it likes).
+        let view = lease.is_some_and(|l| l.has_views());
+        let overrides = !for_worker || self.policy.executables().is_some();
+        env.extend(policy::git_env(overrides, view));
+        env.extend(cmd.env.iter().cloned());
+        env
+    }
+
+    /// What the launcher's refusal means for the worker: a bad cwd or a
+    /// kernel without the required Landlock are denials (the second one
+    /// the operator can lift); anything else is an I/O failure, logged.
+    fn refused(&mut self, cmd: &SpawnRequest, refusal: launcher::Refusal) -> SpawnError {
+        let why = format!("{} ({})", refusal.message, refusal.stage);
+        match refusal.stage {
+            Stage::Cwd => {
+                SpawnError::Denied(self.refuse(cmd, Denial::never(DenialReason::Cwd, why)))
+            }
+            Stage::Landlock => {
+                let denial = Denial {
+                    reason: DenialReason::Confinement,
+                    message: why,
+                    grant: Some(
+                        "[sandbox] landlock = \"optional\" (run subprocesses without Landlock on this kernel)"
+                            .to_string(),
+                    ),
+                };
+                SpawnError::Denied(self.refuse(cmd, denial))
+            }
+            _ => {
+                self.setup.logs.host(
+                    EventLevel::Error,
+                    format!("could not start `{}`: {why}", cmd.program),
+                    HostEvent::SubprocessFailed {
+                        stage: refusal.stage.to_string(),
+                        message: refusal.message,
+                    },
+                );
+                SpawnError::Io(why)
+            }
+        }
+    }
+
+    /// The `subprocess.started` event (debug level for the host's own).
+    fn started_event(
+        &self,
+        launched: &zygote::Launched,
+        shown: &Path,
+        cwd: &Path,
+        cmd: &SpawnRequest,
+        env: &BTreeMap<String, String>,
+        for_worker: bool,
+    ) {
+        let pid = launched.pid.max(0) as u32;
+        let network = match (for_worker, self.policy.network()) {
+            (true, policy::Network::TcpPorts(ports)) => json!({ "tcpConnect": ports }),
+            (true, policy::Network::Unrestricted) => json!("unrestricted"),
+            _ => json!("none"),
+        };
+        self.setup.logs.host(
+            if for_worker {
+                EventLevel::Info
+            } else {
+                EventLevel::Debug
+            },
+            format!(
+                "started `{}` (pid {pid})",
+                display_command(shown, &cmd.args)
+            ),
+            HostEvent::SubprocessStarted {
+                pid,
+                supervisor_pid: launched.supervisor,
+                program: shown.display().to_string(),
+                args: record_args(&cmd.args),
+                cwd: cwd.display().to_string(),
+                env_names: env.keys().cloned().collect(),
+                network,
+                confinement: serde_json::to_value(&launched.applied).unwrap_or_default(),
+                for_worker,
+                start_time: process_start_time(pid),
+            },
+        );
     }
 }
 

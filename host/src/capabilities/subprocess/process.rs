@@ -163,158 +163,44 @@ pub(super) fn start(
         stdin: stdin_pipe,
         stdout,
         stderr,
-        mut report,
+        report,
         pid,
         supervisor,
         lifeline,
     } = started;
-    let handle_lifeline = lifeline.clone();
-    let handle_unread = unread.clone();
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut stdout = Some(stdout);
-    let mut stderr = Some(stderr);
     if let (Some(mut pipe), Some(bytes)) = (stdin_pipe, stdin) {
         tokio::spawn(async move {
             let _ = pipe.write_all(&bytes).await;
         });
     }
+    let handle = ProcessHandle {
+        pid,
+        lifeline: lifeline.clone(),
+        rx,
+        unread: unread.clone(),
+        exited: None,
+    };
     tokio::spawn(async move {
-        let started = std::time::Instant::now();
-        let pgid = supervisor as i32;
-        // Set when the tree was asked to stop: past it, SIGKILL the group.
-        let mut hard_kill: Option<Instant> = None;
-        let mut out_buf = vec![0u8; READ_CHUNK];
-        let mut err_buf = vec![0u8; READ_CHUNK];
-        let mut total: u64 = 0;
-        let mut status = None;
-        let mut timed_out = false;
-        let mut over_cap = false;
-        let mut drain_until: Option<Instant> = None;
-        let deadline = tokio::time::sleep_until(limits.deadline);
-        tokio::pin!(deadline);
-        loop {
-            if stdout.is_none() && stderr.is_none() && status.is_some() {
-                break;
-            }
-            let grace = async {
-                match drain_until {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let hard = async {
-                match hard_kill {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let room = unread.has_room();
-            tokio::select! {
-                read = async { stdout.as_mut().unwrap().read(&mut out_buf).await }, if stdout.is_some() && room => {
-                    match read {
-                        Ok(n) if n > 0 => {
-                            total += n as u64;
-                            if limits.log_output {
-                                logs.output(Stream::Stdout, &out_buf[..n]);
-                            }
-                            if tx.send(Chunk::Stdout(out_buf[..n].to_vec())).is_ok() {
-                                unread.add(n);
-                            }
-                        }
-                        _ => stdout = None,
-                    }
-                }
-                read = async { stderr.as_mut().unwrap().read(&mut err_buf).await }, if stderr.is_some() && room => {
-                    match read {
-                        Ok(n) if n > 0 => {
-                            total += n as u64;
-                            if limits.log_output {
-                                logs.output(Stream::Stderr, &err_buf[..n]);
-                            }
-                            if tx.send(Chunk::Stderr(err_buf[..n].to_vec())).is_ok() {
-                                unread.add(n);
-                            }
-                        }
-                        _ => stderr = None,
-                    }
-                }
-                _ = tokio::time::sleep(ROOM_POLL), if !room && (stdout.is_some() || stderr.is_some()) => {}
-                exit = report.exited(), if status.is_none() => {
-                    // The supervisor exits after the tree is gone; anything
-                    // left in its group goes too.
-                    status = Some(exit);
-                    kill_group(pgid);
-                    drain_until = Some(Instant::now() + DRAIN_GRACE);
-                }
-                _ = &mut deadline, if !timed_out && status.is_none() => {
-                    timed_out = true;
-                    lifeline.cut();
-                    hard_kill = Some(Instant::now() + limits.kill_grace + HARD_KILL_MARGIN);
-                }
-                _ = hard, if status.is_none() => {
-                    hard_kill = None;
-                    kill_group(pgid);
-                }
-                _ = grace => {
-                    stdout = None;
-                    stderr = None;
-                }
-            }
-            if total > limits.output_cap && !over_cap {
-                over_cap = true;
-                limits
-                    .output_limit_hits
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                lifeline.cut();
-                hard_kill = Some(Instant::now() + limits.kill_grace + HARD_KILL_MARGIN);
-                // Nothing past the cap is taken in: its pipes close, so a
-                // writer gets EPIPE even before the tree is stopped.
-                stdout = None;
-                stderr = None;
-            }
-        }
-        live.remove(pgid);
-        let (code, signal) = status.unwrap_or((None, None));
+        let began = std::time::Instant::now();
+        let sink = Sink {
+            logs: &logs,
+            tx: &tx,
+            unread: &unread,
+        };
+        let pumped = pump(
+            stdout, stderr, report, supervisor, &lifeline, &limits, &sink,
+        )
+        .await;
+        live.remove(supervisor as i32);
+        let (code, signal) = pumped.status.unwrap_or((None, None));
         let exit = ExitInfo {
             code,
             signal,
-            timed_out,
-            output_limit_exceeded: over_cap,
+            timed_out: pumped.timed_out,
+            output_limit_exceeded: pumped.over_cap,
         };
-        let step_timeout = timed_out && limits.deadline >= limits.step_deadline;
-        let (level, how) = if timed_out {
-            (
-                EventLevel::Warn,
-                if step_timeout {
-                    "killed: the step timed out".to_string()
-                } else {
-                    "killed: its timeout ran out".to_string()
-                },
-            )
-        } else if over_cap {
-            (
-                EventLevel::Warn,
-                format!("killed: output exceeded {} bytes", limits.output_cap),
-            )
-        } else if let Some(code) = code {
-            (
-                // The host's own commands (snapshots) are debug detail,
-                // as their start is.
-                if code == 0 && !limits.log_output {
-                    EventLevel::Debug
-                } else if code == 0 {
-                    EventLevel::Info
-                } else {
-                    EventLevel::Warn
-                },
-                format!("exited with code {code}"),
-            )
-        } else {
-            (
-                EventLevel::Warn,
-                format!("killed by signal {}", signal.unwrap_or(0)),
-            )
-        };
+        let (level, how) = exit_summary(&exit, &limits);
         logs.host(
             level,
             format!("pid {pid} {how}"),
@@ -322,20 +208,220 @@ pub(super) fn start(
                 pid,
                 exit_code: code,
                 signal,
-                timed_out,
-                output_limit_exceeded: over_cap,
-                output_bytes: total,
-                duration_ms: started.elapsed().as_millis() as u64,
+                timed_out: exit.timed_out,
+                output_limit_exceeded: exit.output_limit_exceeded,
+                output_bytes: pumped.total,
+                duration_ms: began.elapsed().as_millis() as u64,
                 for_worker: limits.log_output,
             },
         );
         let _ = tx.send(Chunk::Exited(exit));
     });
-    ProcessHandle {
-        pid,
-        lifeline: handle_lifeline,
-        rx,
-        unread: handle_unread,
-        exited: None,
+    handle
+}
+
+/// Where a process's output goes: the run logs (for a worker's process)
+/// and the channel its reader takes chunks from.
+struct Sink<'a> {
+    logs: &'a LogSession,
+    tx: &'a mpsc::UnboundedSender<Chunk>,
+    unread: &'a Unread,
+}
+
+impl Sink<'_> {
+    fn chunk(&self, stream: Stream, bytes: &[u8], log: bool) {
+        if log {
+            self.logs.output(stream, bytes);
+        }
+        let chunk = match stream {
+            Stream::Stdout => Chunk::Stdout(bytes.to_vec()),
+            Stream::Stderr => Chunk::Stderr(bytes.to_vec()),
+        };
+        if self.tx.send(chunk).is_ok() {
+            self.unread.add(bytes.len());
+        }
+    }
+}
+
+/// How a process's pumping ended.
+struct Pumped {
+    /// Its exit code and signal, once its supervisor reported.
+    status: Option<(Option<i32>, Option<i32>)>,
+    timed_out: bool,
+    over_cap: bool,
+    /// Bytes of output read.
+    total: u64,
+}
+
+/// Read the process's output until both pipes are closed and it exited;
+/// past its deadline or its output cap, stop its tree (the lifeline, then
+/// SIGKILL to the group if the supervisor does not finish in time).
+async fn pump(
+    stdout: tokio::net::unix::pipe::Receiver,
+    stderr: tokio::net::unix::pipe::Receiver,
+    mut report: super::zygote::Reports,
+    supervisor: u32,
+    lifeline: &Lifeline,
+    limits: &Limits,
+    sink: &Sink<'_>,
+) -> Pumped {
+    let pgid = supervisor as i32;
+    let (mut stdout, mut stderr) = (Some(stdout), Some(stderr));
+    let mut out = Pumped {
+        status: None,
+        timed_out: false,
+        over_cap: false,
+        total: 0,
+    };
+    // Set when the tree was asked to stop: past it, SIGKILL the group.
+    let mut hard_kill: Option<Instant> = None;
+    let mut drain_until: Option<Instant> = None;
+    let (mut out_buf, mut err_buf) = (vec![0u8; READ_CHUNK], vec![0u8; READ_CHUNK]);
+    let deadline = tokio::time::sleep_until(limits.deadline);
+    tokio::pin!(deadline);
+    while stdout.is_some() || stderr.is_some() || out.status.is_none() {
+        let grace = sleep_until_or_never(drain_until);
+        let hard = sleep_until_or_never(hard_kill);
+        let room = sink.unread.has_room();
+        tokio::select! {
+            read = async { stdout.as_mut().unwrap().read(&mut out_buf).await }, if stdout.is_some() && room => {
+                match read {
+                    Ok(n) if n > 0 => {
+                        out.total += n as u64;
+                        sink.chunk(Stream::Stdout, &out_buf[..n], limits.log_output);
+                    }
+                    _ => stdout = None,
+                }
+            }
+            read = async { stderr.as_mut().unwrap().read(&mut err_buf).await }, if stderr.is_some() && room => {
+                match read {
+                    Ok(n) if n > 0 => {
+                        out.total += n as u64;
+                        sink.chunk(Stream::Stderr, &err_buf[..n], limits.log_output);
+                    }
+                    _ => stderr = None,
+                }
+            }
+            _ = tokio::time::sleep(ROOM_POLL), if !room && (stdout.is_some() || stderr.is_some()) => {}
+            exit = report.exited(), if out.status.is_none() => {
+                // The supervisor exits after the tree is gone; anything
+                // left in its group goes too.
+                out.status = Some(exit);
+                kill_group(pgid);
+                drain_until = Some(Instant::now() + DRAIN_GRACE);
+            }
+            _ = &mut deadline, if !out.timed_out && out.status.is_none() => {
+                out.timed_out = true;
+                lifeline.cut();
+                hard_kill = Some(Instant::now() + limits.kill_grace + HARD_KILL_MARGIN);
+            }
+            _ = hard, if out.status.is_none() => {
+                hard_kill = None;
+                kill_group(pgid);
+            }
+            _ = grace => {
+                stdout = None;
+                stderr = None;
+            }
+        }
+        if out.total > limits.output_cap && !out.over_cap {
+            out.over_cap = true;
+            limits
+                .output_limit_hits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            lifeline.cut();
+            hard_kill = Some(Instant::now() + limits.kill_grace + HARD_KILL_MARGIN);
+            // Nothing past the cap is taken in: its pipes close, so a
+            // writer gets EPIPE even before the tree is stopped.
+            stdout = None;
+            stderr = None;
+        }
+    }
+    out
+}
+
+/// Sleep until `at`, or forever when there is no `at`.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The level and words of a `subprocess.exited` event.
+fn exit_summary(exit: &ExitInfo, limits: &Limits) -> (EventLevel, String) {
+    if exit.timed_out {
+        let how = if limits.deadline >= limits.step_deadline {
+            "killed: the step timed out"
+        } else {
+            "killed: its timeout ran out"
+        };
+        (EventLevel::Warn, how.to_string())
+    } else if exit.output_limit_exceeded {
+        let how = format!("killed: output exceeded {} bytes", limits.output_cap);
+        (EventLevel::Warn, how)
+    } else if let Some(code) = exit.code {
+        // The host's own commands (snapshots) are debug detail, as their
+        // start is.
+        let level = match (code, limits.log_output) {
+            (0, false) => EventLevel::Debug,
+            (0, true) => EventLevel::Info,
+            _ => EventLevel::Warn,
+        };
+        (level, format!("exited with code {code}"))
+    } else {
+        let how = format!("killed by signal {}", exit.signal.unwrap_or(0));
+        (EventLevel::Warn, how)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(deadline: Instant, step_deadline: Instant, log_output: bool) -> Limits {
+        Limits {
+            deadline,
+            step_deadline,
+            output_cap: 10,
+            log_output,
+            output_limit_hits: Arc::default(),
+            kill_grace: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn an_exit_is_summed_up_by_what_ended_it() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let exit = |code, signal, timed_out, over| ExitInfo {
+            code,
+            signal,
+            timed_out,
+            output_limit_exceeded: over,
+        };
+        let worker = limits(now, later, true);
+        let (level, how) = exit_summary(&exit(None, Some(9), true, false), &worker);
+        assert_eq!(
+            (level, how.as_str()),
+            (EventLevel::Warn, "killed: its timeout ran out")
+        );
+        let at_step_end = limits(later, later, true);
+        let (_, how) = exit_summary(&exit(None, Some(9), true, false), &at_step_end);
+        assert_eq!(how, "killed: the step timed out");
+        let (_, how) = exit_summary(&exit(None, Some(9), false, true), &worker);
+        assert_eq!(how, "killed: output exceeded 10 bytes");
+        let (level, _) = exit_summary(&exit(Some(0), None, false, false), &worker);
+        assert_eq!(level, EventLevel::Info);
+        let host = limits(now, later, false);
+        let (level, _) = exit_summary(&exit(Some(0), None, false, false), &host);
+        assert_eq!(level, EventLevel::Debug);
+        let (level, how) = exit_summary(&exit(Some(2), None, false, false), &host);
+        assert_eq!(
+            (level, how.as_str()),
+            (EventLevel::Warn, "exited with code 2")
+        );
+        let (_, how) = exit_summary(&exit(None, Some(15), false, false), &worker);
+        assert_eq!(how, "killed by signal 15");
     }
 }
