@@ -260,6 +260,23 @@ pub struct RunStateSnapshot {
     pub lifecycle_event_count: u64,
 }
 
+impl RunStateSnapshot {
+    /// The state of an attempt just prepared, at `now`.
+    pub fn prepared(now: String) -> Self {
+        RunStateSnapshot {
+            status: RunStatus::Prepared,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            summary: None,
+            exit_code: None,
+            failure: None,
+            last_checkpoint_seq: 0,
+            lifecycle_event_count: 0,
+        }
+    }
+}
+
 /// How a step's subprocesses were confined (`metadata.sandbox`), as the
 /// host set it up on this machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

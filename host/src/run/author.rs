@@ -243,36 +243,9 @@ impl Runner {
             }
         };
         let requests = described.capabilities.clone();
-        match &inspection.manifest {
-            None => item(
-                "carries a manifest",
-                "warn",
-                "no `baa:worker-manifest` section: the host must run it to learn what it is; add one with `baa-runner stamp`".into(),
-            ),
-            Some(m)
-                if m.name == described.name
-                    && m.version == described.version
-                    && m.capabilities == requests =>
-            {
-                item("carries a manifest", "pass", format!("built for {}", m.world))
-            }
-            Some(m) => item(
-                "carries a manifest",
-                "fail",
-                format!(
-                    "the manifest ({} {}, {:?}) differs from describe; stamp it again",
-                    m.name, m.version, m.capabilities
-                ),
-            ),
-        }
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
-        if let Some(taken) = [described.name.as_str(), stem]
-            .into_iter()
-            .find(|n| crate::plugins::is_builtin(n))
-        {
+        let (level, detail) = manifest_check(inspection.manifest.as_ref(), &described);
+        item("carries a manifest", level, detail);
+        if let Some(taken) = builtin_name(path, &described.name) {
             item(
                 "has a name of its own",
                 "fail",
@@ -360,34 +333,33 @@ impl Runner {
                 )
             }
             Ok((result, _, _)) => {
-                let reason = result.state.failure.as_ref().map(|f| f.reason);
-                use crate::contracts::FailureReason as R;
-                match (result.outcome, reason) {
-                    (StepExecutionOutcome::Completed, _) => {
-                        (title, "pass", format!("completed: {}", result.summary))
-                    }
-                    (
-                        _,
-                        Some(
-                            R::Trap | R::Timeout | R::InvalidPlugin | R::HostError | R::MemoryLimit,
-                        ),
-                    ) => (
-                        title,
-                        "fail",
-                        format!("{}: {}", result.outcome.as_str(), result.summary),
-                    ),
-                    (outcome, _) => (
-                        title,
-                        "warn",
-                        format!(
-                            "{} (it answered, but did not complete a trivial step): {}",
-                            outcome.as_str(),
-                            result.summary
-                        ),
-                    ),
-                }
+                let (level, detail) = conformance_verdict(&result);
+                (title, level, detail)
             }
         }
+    }
+}
+
+/// How a trivial step's result rates: completed passes; a trap, timeout,
+/// invalid plugin, host error or memory limit fails; anything else (it
+/// answered, but did not complete) warns.
+fn conformance_verdict(result: &crate::contracts::StepExecutionResult) -> (&'static str, String) {
+    use crate::contracts::FailureReason as R;
+    let reason = result.state.failure.as_ref().map(|f| f.reason);
+    match (result.outcome, reason) {
+        (StepExecutionOutcome::Completed, _) => ("pass", format!("completed: {}", result.summary)),
+        (_, Some(R::Trap | R::Timeout | R::InvalidPlugin | R::HostError | R::MemoryLimit)) => (
+            "fail",
+            format!("{}: {}", result.outcome.as_str(), result.summary),
+        ),
+        (outcome, _) => (
+            "warn",
+            format!(
+                "{} (it answered, but did not complete a trivial step): {}",
+                outcome.as_str(),
+                result.summary
+            ),
+        ),
     }
 }
 
@@ -422,4 +394,43 @@ fn init_repo(repo: &PathBuf) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether a kind's manifest says what its `describe` answers.
+fn manifest_check(
+    manifest: Option<&Manifest>,
+    described: &crate::worker::KindInfo,
+) -> (&'static str, String) {
+    match manifest {
+        None => (
+            "warn",
+            "no `baa:worker-manifest` section: the host must run it to learn what it is; add one with `baa-runner stamp`".into(),
+        ),
+        Some(m)
+            if m.name == described.name
+                && m.version == described.version
+                && m.capabilities == described.capabilities =>
+        {
+            ("pass", format!("built for {}", m.world))
+        }
+        Some(m) => (
+            "fail",
+            format!(
+                "the manifest ({} {}, {:?}) differs from describe; stamp it again",
+                m.name, m.version, m.capabilities
+            ),
+        ),
+    }
+}
+
+/// The built-in kind's name a plugin would take (by its describe or its
+/// file name), if it would.
+fn builtin_name<'a>(path: &'a Path, described: &'a str) -> Option<&'a str> {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    [described, stem]
+        .into_iter()
+        .find(|n| crate::plugins::is_builtin(n))
 }

@@ -406,19 +406,7 @@ fn populate(
         .map(|c| c.mode)
         .unwrap_or_default();
     let metadata = metadata_of(&request, &paths, run_dir, &now, mode, resume.as_ref());
-    let session = LocalRunLogSession {
-        session_id: format!(
-            "{}/{}/{}/{}",
-            request.task_id, request.run_id, request.step_id, request.attempt
-        ),
-        run_dir: display(run_dir),
-        started_at: now.clone(),
-        closed_at: None,
-        status: LogSessionStatus::Open,
-        lifecycle_log_path: log_paths.lifecycle_log_path.clone(),
-        stdout_log_path: log_paths.stdout_log_path.clone(),
-        stderr_log_path: log_paths.stderr_log_path.clone(),
-    };
+    let session = session_of(&request, &log_paths, run_dir, &now);
     let logs = if fresh {
         let logs_dir = Path::new(&log_paths.logs_dir);
         LogSession::create(
@@ -438,33 +426,24 @@ fn populate(
             disk_budget,
         )?
     };
+    let plan = git_diff_plan(&request, &paths.worktree, &sandbox);
+    let resumed = resume.as_ref().map(|r| r.record.clone());
     let mut manager = CheckpointManager::new(
         PathBuf::from(&log_paths.checkpoints_dir),
         mode,
-        CheckpointOwner {
-            task_id: request.task_id.clone(),
-            step_id: request.step_id.clone(),
-            run_id: request.run_id.clone(),
-            attempt: request.attempt,
-        },
-        git_diff_plan(&request, &paths.worktree, &sandbox),
+        owner_of(&request),
+        plan,
         history.clone(),
-        resume.as_ref().map(|r| r.record.clone()),
+        resumed,
     );
     manager.set_durability(durability);
     let checkpoint = manager.state();
     announce(&logs, &request, run_dir, fresh, mode);
     announce_history(&logs, &recovered, &history, resume.as_ref());
     let state = RunStateSnapshot {
-        status: RunStatus::Prepared,
-        updated_at: now_rfc3339(),
-        started_at: None,
-        finished_at: None,
-        summary: None,
-        exit_code: None,
-        failure: None,
         last_checkpoint_seq: checkpoint.last_checkpoint_seq,
         lifecycle_event_count: logs.event_count(),
+        ..RunStateSnapshot::prepared(now_rfc3339())
     };
     // Both records in one go: one fsync each and one for the run directory.
     super::records::write(
@@ -491,6 +470,38 @@ fn populate(
         durability,
         _lock: lock,
     })
+}
+
+/// The attempt's log session, open.
+fn session_of(
+    request: &StepExecutionRequest,
+    log_paths: &LocalRunPaths,
+    run_dir: &Path,
+    now: &str,
+) -> LocalRunLogSession {
+    LocalRunLogSession {
+        session_id: format!(
+            "{}/{}/{}/{}",
+            request.task_id, request.run_id, request.step_id, request.attempt
+        ),
+        run_dir: display(run_dir),
+        started_at: now.to_string(),
+        closed_at: None,
+        status: LogSessionStatus::Open,
+        lifecycle_log_path: log_paths.lifecycle_log_path.clone(),
+        stdout_log_path: log_paths.stdout_log_path.clone(),
+        stderr_log_path: log_paths.stderr_log_path.clone(),
+    }
+}
+
+/// Whose checkpoints the attempt's records are.
+fn owner_of(request: &StepExecutionRequest) -> CheckpointOwner {
+    CheckpointOwner {
+        task_id: request.task_id.clone(),
+        step_id: request.step_id.clone(),
+        run_id: request.run_id.clone(),
+        attempt: request.attempt,
+    }
 }
 
 /// A reopened attempt is still only prepared: another process may have

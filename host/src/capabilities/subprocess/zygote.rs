@@ -138,21 +138,7 @@ impl Zygote {
         if let Some((read, _)) = &stdin_pipe {
             fds.push(read.as_fd());
         }
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(6))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        control.push(SendAncillaryMessage::ScmRights(&fds));
-        rustix::net::sendmsg(
-            &self.control,
-            &[IoSlice::new(b"L")],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        )
-        .map_err(|e| {
-            refusal(
-                Stage::Launcher,
-                format!("the step's fork server is gone: {e}"),
-            )
-        })?;
+        self.send(&fds)?;
         drop(fds);
         drop((request, out_write, err_write, report_write, lifeline_read));
         let stdin = match stdin_pipe {
@@ -169,39 +155,66 @@ impl Zygote {
             pipe::Receiver::from_owned_fd(fd).map_err(|e| refusal(Stage::Launcher, e.to_string()))
         };
         let mut report = Reports::new(receiver(report_read)?);
-        let first = tokio::time::timeout(REPORT_TIMEOUT, report.next())
-            .await
-            .map_err(|_| {
-                refusal(
-                    Stage::Launcher,
-                    "the launcher did not report within 30 s".into(),
-                )
-            })?;
-        match first {
-            Some(Ok(Report::Started {
-                pid,
-                supervisor,
-                applied,
-            })) => Ok(Launched {
-                stdin,
-                stdout: receiver(out_read)?,
-                stderr: receiver(err_read)?,
-                report,
-                supervisor: supervisor.max(0) as u32,
-                pid,
-                applied,
-                lifeline: lifeline_write,
-            }),
-            Some(Ok(Report::Refused { stage, message })) => Err(Refusal { stage, message }),
-            Some(Ok(Report::Exited { .. })) | None => Err(refusal(
+        let (pid, supervisor, applied) = started(&mut report).await?;
+        Ok(Launched {
+            stdin,
+            stdout: receiver(out_read)?,
+            stderr: receiver(err_read)?,
+            report,
+            supervisor: supervisor.max(0) as u32,
+            pid,
+            applied,
+            lifeline: lifeline_write,
+        })
+    }
+
+    /// Hand the fork server a launch request and its descriptors.
+    fn send(&self, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(), Refusal> {
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(6))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(fds));
+        rustix::net::sendmsg(
+            &self.control,
+            &[IoSlice::new(b"L")],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map(|_| ())
+        .map_err(|e| {
+            refusal(
                 Stage::Launcher,
-                "the launcher ended without a report".into(),
-            )),
-            Some(Err(line)) => Err(refusal(
+                format!("the step's fork server is gone: {e}"),
+            )
+        })
+    }
+}
+
+/// The launch's first report: the program started (its pid, its
+/// supervisor's and the confinement applied), or why it did not.
+async fn started(report: &mut Reports) -> Result<(i32, i32, Applied), Refusal> {
+    let first = tokio::time::timeout(REPORT_TIMEOUT, report.next())
+        .await
+        .map_err(|_| {
+            refusal(
                 Stage::Launcher,
-                format!("the launcher's report is not valid: {line}"),
-            )),
-        }
+                "the launcher did not report within 30 s".into(),
+            )
+        })?;
+    match first {
+        Some(Ok(Report::Started {
+            pid,
+            supervisor,
+            applied,
+        })) => Ok((pid, supervisor, applied)),
+        Some(Ok(Report::Refused { stage, message })) => Err(Refusal { stage, message }),
+        Some(Ok(Report::Exited { .. })) | None => Err(refusal(
+            Stage::Launcher,
+            "the launcher ended without a report".into(),
+        )),
+        Some(Err(line)) => Err(refusal(
+            Stage::Launcher,
+            format!("the launcher's report is not valid: {line}"),
+        )),
     }
 }
 
