@@ -1,6 +1,6 @@
 //! Fault injection for crash tests: with the `fault-injection` feature, the
 //! process SIGKILLs itself at the point named by `BAA_FAULT_POINT` (read once)
-//! or by [`arm`], and a host function panics when a worker emits the event
+//! or by `arm`, and a host function panics when a worker emits the event
 //! [`HOST_PANIC_EVENT`]. Without the feature, both compile to nothing.
 
 #[cfg(feature = "fault-injection")]

@@ -4,7 +4,7 @@
 //! and version, linking, manifest, `describe`, and a conformance step in a
 //! scratch repository that must stay inside its worktree).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 use serde_json::json;
@@ -286,7 +286,7 @@ impl Runner {
                 .map_err(|e| format!("copying the plugin: {e}"))?;
             std::fs::write(outside.join("canary.txt"), "canary\n").map_err(|e| e.to_string())?;
             std::fs::write(repo.join("README.md"), "# check\n").map_err(|e| e.to_string())?;
-            init_repo(&repo)?;
+            crate::capabilities::subprocess::hostgit::init_scratch(&repo)?;
             let mut config = self.shared.config.clone();
             config.plugin_dirs = vec![plugins.clone()];
             config.kinds.insert(
@@ -361,39 +361,6 @@ fn conformance_verdict(result: &crate::contracts::StepExecutionResult) -> (&'sta
             ),
         ),
     }
-}
-
-/// `git init` + one commit, with the host's git and no user configuration.
-fn init_repo(repo: &PathBuf) -> Result<(), String> {
-    let git = crate::capabilities::subprocess::policy::resolve_program("git")?;
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "-A"],
-        &[
-            "-c",
-            "user.name=baa-runner check",
-            "-c",
-            "user.email=check@baa-runner.invalid",
-            "commit",
-            "-q",
-            "-m",
-            "chore: baa-runner conformance check",
-        ],
-    ] {
-        let status = std::process::Command::new(&git)
-            .args(args)
-            .current_dir(repo)
-            .env_clear()
-            .env("PATH", crate::capabilities::subprocess::policy::CHILD_PATH)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", repo)
-            .status()
-            .map_err(|e| format!("git: {e}"))?;
-        if !status.success() {
-            return Err(format!("git {} failed", args.join(" ")));
-        }
-    }
-    Ok(())
 }
 
 /// Whether a kind's manifest says what its `describe` answers.

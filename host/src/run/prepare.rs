@@ -111,7 +111,7 @@ fn git_diff_plan(
     }
     let base_ref = match &config.git_diff_base_ref {
         Some(base) => base.clone(),
-        None => head_commit(worktree, sandbox)?,
+        None => crate::capabilities::subprocess::hostgit::head_commit(worktree, sandbox)?,
     };
     Some(GitDiffSnapshotPlan {
         base_ref,
@@ -119,45 +119,6 @@ fn git_diff_plan(
         worktree_path: display(worktree),
     })
 }
-
-/// `git rev-parse --verify HEAD` in `worktree`, confined.
-fn head_commit(worktree: &Path, sandbox: &crate::config::SandboxConfig) -> Option<String> {
-    use crate::capabilities::subprocess::{confinement, launcher, policy};
-    let git = policy::resolve_program("git").ok()?;
-    let mut args: Vec<String> = crate::capabilities::checkpoint::snapshot::SAFE_GIT
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    // The tree may be lent to another step's sandbox user right now: its
-    // owner is not ours, and that is expected.
-    args.extend([
-        "-c".to_string(),
-        format!("safe.directory={}", worktree.display()),
-    ]);
-    args.extend(["rev-parse", "--verify", "-q", "HEAD"].map(String::from));
-    let spec = confinement::read_only_spec(sandbox, &git, args, worktree);
-    let env = crate::capabilities::checkpoint::snapshot::safe_git_env();
-    match launcher::run_sync(&spec, &env, HEAD_TIMEOUT) {
-        Ok((status, stdout)) if status.success() => {
-            let head = String::from_utf8_lossy(&stdout).trim().to_string();
-            let valid =
-                matches!(head.len(), 40 | 64) && head.bytes().all(|b| b.is_ascii_hexdigit());
-            valid.then_some(head)
-        }
-        Ok(_) => None,
-        Err(refusal) => {
-            tracing::warn!(
-                "no git-diff base: git could not run confined ({}: {})",
-                refusal.stage,
-                refusal.message
-            );
-            None
-        }
-    }
-}
-
-/// How long `git rev-parse HEAD` may take while a step is prepared.
-const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether an attempt that `prepare` made and nothing ran may be taken up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

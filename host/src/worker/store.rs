@@ -95,7 +95,7 @@ impl StepState {
 
     /// A store for this state whose guest code yields at every epoch tick
     /// and is interrupted once it computes past `deadline`: the first
-    /// [`GRACE_TICKS`] ticks after it are a last grace (a guest that just
+    /// `GRACE_TICKS` ticks after it are a last grace (a guest that just
     /// learnt its subprocess was killed returns its outcome), the next one
     /// traps.
     pub fn into_store(self, engine: &Engine, deadline: Instant) -> Store<StepState> {

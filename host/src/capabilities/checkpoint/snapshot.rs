@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::capabilities::bounds::cut;
+use crate::capabilities::subprocess::hostgit::{SAFE_GIT, SAFE_GIT_ENV};
 use crate::capabilities::subprocess::policy::resolve_program;
 use crate::capabilities::subprocess::{Builtin, HostCommand, Subprocesses};
 use crate::contracts::GitDiffSnapshotPlan;
@@ -40,48 +41,6 @@ pub enum SnapshotError {
     CutShort,
     #[error("{0}")]
     Failed(String),
-}
-
-/// Options that keep git from reading configuration or running hooks the
-/// host does not control; every git of a step also gets
-/// [`policy::GIT_OVERRIDES`](crate::capabilities::subprocess::policy::GIT_OVERRIDES)
-/// (no transport, so no lazy fetch), and the diffs are taken with
-/// `--no-ext-diff --no-textconv`. The confinement lets it execute git and
-/// its interpreter only, so a filter or hook a repository configures
-/// through a shell is refused by the kernel.
-pub const SAFE_GIT: &[&str] = &[
-    "-c",
-    "core.fsmonitor=false",
-    "-c",
-    "core.hooksPath=/dev/null",
-    "-c",
-    "core.untrackedCache=false",
-    "--no-pager",
-];
-
-/// Environment of the host's git: no global or system configuration or
-/// attributes, no prompts.
-const SAFE_GIT_ENV: &[(&str, &str)] = &[
-    ("GIT_CONFIG_NOSYSTEM", "1"),
-    ("GIT_CONFIG_GLOBAL", "/dev/null"),
-    ("GIT_ATTR_NOSYSTEM", "1"),
-    ("GIT_TERMINAL_PROMPT", "0"),
-    ("GIT_OPTIONAL_LOCKS", "0"),
-];
-
-/// [`SAFE_GIT_ENV`] with a `PATH`, as the complete environment of a git
-/// the host runs outside a step.
-pub fn safe_git_env() -> std::collections::BTreeMap<String, String> {
-    let mut env: std::collections::BTreeMap<String, String> = SAFE_GIT_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    env.insert(
-        "PATH".into(),
-        crate::capabilities::subprocess::policy::CHILD_PATH.into(),
-    );
-    env.insert("HOME".into(), "/nonexistent".into());
-    env
 }
 
 /// One snapshot's git commands, run as the step's user inside its

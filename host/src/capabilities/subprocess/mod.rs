@@ -5,6 +5,7 @@
 //! the step ends.
 //!
 //! - `policy.rs`: which programs, arguments, variables and network a kind gets;
+//! - `hostgit.rs`: the host's own git (options, environment, confined runs);
 //! - `confinement.rs`: Landlock, seccomp, rlimits and user of each process;
 //! - `launcher.rs`: the embedded `baa-launch` and its report;
 //! - `user.rs`: dedicated uids and the trees lent to them;
@@ -14,6 +15,7 @@ pub mod cgroup;
 mod command;
 pub mod confinement;
 pub mod executables;
+pub mod hostgit;
 pub mod launcher;
 pub mod policy;
 mod process;
