@@ -129,6 +129,22 @@ pub enum Existing {
     Refuse,
 }
 
+/// Make the attempt's run directory and the step's directories above it,
+/// resolved beneath the runs root with cap-std: a link planted in the runs
+/// root (by anyone who can write it) cannot turn them into directories
+/// elsewhere. The runs root itself is made as named.
+fn make_run_dir(runs_root: &Path, run_dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(runs_root)?;
+    let root = cap_std::fs::Dir::open_ambient_dir(runs_root, cap_std::ambient_authority())?;
+    let rel = run_dir
+        .strip_prefix(runs_root)
+        .map_err(std::io::Error::other)?;
+    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        root.create_dir_all(parent)?;
+    }
+    root.create_dir(rel)
+}
+
 /// Validate `request` and create its run records.
 pub fn prepare(
     request: StepExecutionRequest,
@@ -150,8 +166,7 @@ pub fn prepare(
         Some(seq) => Some(history.resume_from(parent, seq)?),
         None => None,
     };
-    fs::create_dir_all(parent).map_err(Error::io(parent))?;
-    let fresh = match fs::create_dir(&run_dir) {
+    let fresh = match make_run_dir(&paths.runs_root, &run_dir) {
         Ok(()) => true,
         // An attempt that `prepare` made and nothing executed yet is run
         // in place.

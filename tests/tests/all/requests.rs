@@ -280,3 +280,27 @@ fn missing_required_fields_are_all_named() {
     };
     assert_eq!(field, "checkpoint.mode");
 }
+
+/// A link planted in the runs root (by anyone who can write it) does not
+/// turn the attempt's directories into directories elsewhere: preparing
+/// is refused and nothing appears where the link points.
+#[test]
+fn a_link_planted_in_the_runs_root_makes_nothing_elsewhere() {
+    let sandbox = Sandbox::new();
+    let runner = runner();
+    let elsewhere = sandbox.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(&sandbox.runs).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, sandbox.runs.join("task-1")).unwrap();
+    let err = runner
+        .prepare(sandbox.request("shell", "true"), None)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("step-1"), "{err}");
+    assert!(walk(&elsewhere).is_empty(), "{:?}", walk(&elsewhere));
+    // Without the link the same request prepares.
+    std::fs::remove_file(sandbox.runs.join("task-1")).unwrap();
+    runner
+        .prepare(sandbox.request("shell", "true"), None)
+        .unwrap();
+}
