@@ -22,7 +22,10 @@ def run(program: str, args: list[str]) -> tuple[subprocess.ExitStatus, str, str]
     try:
         process = subprocess.spawn(command)
     except Err as e:
-        raise Err(we.ExecuteError_Failed(f"cannot run {program}: {e.value.value}"))
+        # A refusal is a typed denial (reason, message, what the operator
+        # could grant); an I/O failure is a string.
+        why = getattr(e.value.value, "message", e.value.value)
+        raise Err(we.ExecuteError_Failed(f"cannot run {program}: {why}"))
     out, err = bytearray(), bytearray()
     with process:
         while True:
