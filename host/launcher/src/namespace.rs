@@ -291,34 +291,12 @@ fn masks(spec: &Environment, private: &[(OwnedFd, &'static str)]) -> Vec<PathBuf
 unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
     let slash = open(Path::new("/"), libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| (Stage::PrivateDirs, format!("/: {e}")))?;
-    let beneath_root = |path: &[u8], flags: i32, resolve: u64| {
-        let rel = path.strip_prefix(b"/").unwrap_or(path);
-        let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
-        openat2(&slash, rel, flags, resolve | libc::RESOLVE_NO_MAGICLINKS)
-    };
     // Resolved now, in the host's tree as this namespace still shows it
     // (what is bound back may be reached through the host's own links; a
     // view, which the step will own, through none).
-    let mut sources = Vec::new();
-    for (path, is_dir) in &p.expose {
-        let fd = beneath_root(path.as_bytes(), libc::O_PATH, 0)
-            .map_err(|e| (Stage::PrivateDirs, format!("{path:?}: {e}")))?;
-        sources.push((path.as_bytes().to_vec(), Mount::Bind(fd, *is_dir)));
-    }
-    let mut early = Vec::new();
-    for (path, userns) in &p.views {
-        let dir = beneath_root(
-            path.as_bytes(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            libc::RESOLVE_NO_SYMLINKS,
-        )
-        .map_err(|e| (Stage::Views, format!("{path:?}: {e}")))?;
-        let tree = crate::view::idmapped_tree(&dir, userns)
-            .map_err(|e| (Stage::Views, format!("an idmapped view of {path:?}: {e}")))?;
-        early.push((path.as_bytes().to_vec(), dir));
-        sources.push((path.as_bytes().to_vec(), Mount::View(tree)));
-    }
+    let (mut sources, early) = mount_sources(p, &slash)?;
     let worktree = beneath_root(
+        &slash,
         p.worktree.as_os_str().as_bytes(),
         libc::O_PATH | libc::O_DIRECTORY,
         libc::RESOLVE_NO_SYMLINKS,
@@ -333,70 +311,9 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
     // Parents first: each is mounted on a point made in the step's own
     // directory without following links, or beneath a mount made here.
     sources.sort_by_key(|(path, _)| path.len());
-    let mut roots: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
+    let mut roots: Vec<Opened> = Vec::new();
     for (path, mount) in sources {
-        let under = |prefix: &[u8]| {
-            path.starts_with(prefix)
-                && (path.len() == prefix.len() || path.get(prefix.len()) == Some(&b'/'))
-        };
-        let is_dir = !matches!(mount, Mount::Bind(_, false));
-        let parent = roots
-            .iter()
-            .filter(|(root, _)| under(root))
-            .max_by_key(|(root, _)| root.len());
-        let target = match parent {
-            Some((root, fd)) if root.len() == path.len() => {
-                fd.try_clone().map_err(|e| (Stage::Views, e.to_string()))?
-            }
-            Some((root, fd)) => {
-                let rel = &path[root.len() + 1..];
-                let flags = if is_dir {
-                    libc::O_PATH | libc::O_DIRECTORY
-                } else {
-                    libc::O_PATH
-                };
-                openat2(fd, rel, flags | libc::O_NOFOLLOW, NO_LINKS).map_err(|e| {
-                    (
-                        Stage::Views,
-                        format!("{}: {e}", String::from_utf8_lossy(&path)),
-                    )
-                })?
-            }
-            None => {
-                let covered = p
-                    .private
-                    .iter()
-                    .map(|(_, t)| Path::new(*t))
-                    .chain(p.masks.iter().map(PathBuf::as_path))
-                    .filter(|t| under(t.as_os_str().as_bytes()))
-                    .max_by_key(|t| t.as_os_str().len());
-                match (covered, &mount) {
-                    (Some(t), _) => mount_point(t, &path, is_dir).map_err(|e| {
-                        (
-                            Stage::PrivateDirs,
-                            format!("{}: {e}", String::from_utf8_lossy(&path)),
-                        )
-                    })?,
-                    // A view in the host's own tree: where it was resolved.
-                    (None, Mount::View(_)) => early
-                        .iter()
-                        .find(|(p, _)| *p == path)
-                        .map(|(_, fd)| fd.try_clone())
-                        .transpose()
-                        .map_err(|e| (Stage::Views, e.to_string()))?
-                        .ok_or((Stage::Views, "a view without its directory".to_string()))?,
-                    (None, Mount::Bind(..)) => {
-                        return Err((
-                            Stage::PrivateDirs,
-                            format!(
-                                "{} is under no private directory",
-                                String::from_utf8_lossy(&path)
-                            ),
-                        ))
-                    }
-                }
-            }
-        };
+        let target = mount_target(p, &path, &mount, &roots, &early)?;
         let tree = match mount {
             Mount::View(tree) => tree,
             Mount::Bind(source, _) => crate::view::clone_tree(&source).map_err(|e| {
@@ -419,6 +336,123 @@ unsafe fn step_mounts(p: &Namespace) -> Result<OwnedFd, Failure> {
     match roots.into_iter().rev().find(|(path, _)| path == wt) {
         Some((_, root)) => Ok(root),
         None => Ok(worktree),
+    }
+}
+
+/// `path` (absolute) opened beneath the host's root `slash`, never through
+/// a magic link.
+fn beneath_root(
+    slash: &OwnedFd,
+    path: &[u8],
+    flags: i32,
+    resolve: u64,
+) -> std::io::Result<OwnedFd> {
+    let rel = path.strip_prefix(b"/").unwrap_or(path);
+    let rel: &[u8] = if rel.is_empty() { b"." } else { rel };
+    openat2(slash, rel, flags, resolve | libc::RESOLVE_NO_MAGICLINKS)
+}
+
+/// A path and what is mounted at it.
+type Source = (Vec<u8>, Mount);
+
+/// A path and the directory it was opened as.
+type Opened = (Vec<u8>, OwnedFd);
+
+/// What the step's mounts are made of: the trees exposed to it (bound
+/// back as they are) and its views (idmapped, resolved through no link),
+/// with the directories the views were resolved to.
+fn mount_sources(
+    p: &Namespace,
+    slash: &OwnedFd,
+) -> Result<(Vec<Source>, Vec<Opened>), Failure> {
+    let mut sources = Vec::new();
+    for (path, is_dir) in &p.expose {
+        let fd = beneath_root(slash, path.as_bytes(), libc::O_PATH, 0)
+            .map_err(|e| (Stage::PrivateDirs, format!("{path:?}: {e}")))?;
+        sources.push((path.as_bytes().to_vec(), Mount::Bind(fd, *is_dir)));
+    }
+    let mut early = Vec::new();
+    for (path, userns) in &p.views {
+        let dir = beneath_root(
+            slash,
+            path.as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            libc::RESOLVE_NO_SYMLINKS,
+        )
+        .map_err(|e| (Stage::Views, format!("{path:?}: {e}")))?;
+        let tree = crate::view::idmapped_tree(&dir, userns)
+            .map_err(|e| (Stage::Views, format!("an idmapped view of {path:?}: {e}")))?;
+        early.push((path.as_bytes().to_vec(), dir));
+        sources.push((path.as_bytes().to_vec(), Mount::View(tree)));
+    }
+    Ok((sources, early))
+}
+
+/// Where `mount` goes: beneath the nearest mount made here (opened
+/// without following links), else a point made in the step's own private
+/// directory, else (a view in the host's own tree) where it was resolved.
+fn mount_target(
+    p: &Namespace,
+    path: &[u8],
+    mount: &Mount,
+    roots: &[Opened],
+    early: &[Opened],
+) -> Result<OwnedFd, Failure> {
+    let under = |prefix: &[u8]| {
+        path.starts_with(prefix)
+            && (path.len() == prefix.len() || path.get(prefix.len()) == Some(&b'/'))
+    };
+    let is_dir = !matches!(mount, Mount::Bind(_, false));
+    let parent = roots
+        .iter()
+        .filter(|(root, _)| under(root))
+        .max_by_key(|(root, _)| root.len());
+    if let Some((root, fd)) = parent {
+        if root.len() == path.len() {
+            return fd.try_clone().map_err(|e| (Stage::Views, e.to_string()));
+        }
+        let rel = &path[root.len() + 1..];
+        let flags = if is_dir {
+            libc::O_PATH | libc::O_DIRECTORY
+        } else {
+            libc::O_PATH
+        };
+        return openat2(fd, rel, flags | libc::O_NOFOLLOW, NO_LINKS).map_err(|e| {
+            (
+                Stage::Views,
+                format!("{}: {e}", String::from_utf8_lossy(path)),
+            )
+        });
+    }
+    let covered = p
+        .private
+        .iter()
+        .map(|(_, t)| Path::new(*t))
+        .chain(p.masks.iter().map(PathBuf::as_path))
+        .filter(|t| under(t.as_os_str().as_bytes()))
+        .max_by_key(|t| t.as_os_str().len());
+    match (covered, mount) {
+        (Some(t), _) => mount_point(t, path, is_dir).map_err(|e| {
+            (
+                Stage::PrivateDirs,
+                format!("{}: {e}", String::from_utf8_lossy(path)),
+            )
+        }),
+        // A view in the host's own tree: where it was resolved.
+        (None, Mount::View(_)) => early
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, fd)| fd.try_clone())
+            .transpose()
+            .map_err(|e| (Stage::Views, e.to_string()))?
+            .ok_or((Stage::Views, "a view without its directory".to_string())),
+        (None, Mount::Bind(..)) => Err((
+            Stage::PrivateDirs,
+            format!(
+                "{} is under no private directory",
+                String::from_utf8_lossy(path)
+            ),
+        )),
     }
 }
 
