@@ -361,10 +361,7 @@ type Opened = (Vec<u8>, OwnedFd);
 /// What the step's mounts are made of: the trees exposed to it (bound
 /// back as they are) and its views (idmapped, resolved through no link),
 /// with the directories the views were resolved to.
-fn mount_sources(
-    p: &Namespace,
-    slash: &OwnedFd,
-) -> Result<(Vec<Source>, Vec<Opened>), Failure> {
+fn mount_sources(p: &Namespace, slash: &OwnedFd) -> Result<(Vec<Source>, Vec<Opened>), Failure> {
     let mut sources = Vec::new();
     for (path, is_dir) in &p.expose {
         let fd = beneath_root(slash, path.as_bytes(), libc::O_PATH, 0)

@@ -37,9 +37,60 @@ pub fn run(spec: &LaunchSpec, prepare: impl FnOnce() -> Result<Prepared, Failure
         };
         libc::setrlimit(libc::RLIMIT_CORE, &core);
     }
-    // Signals arrive through a signalfd, read in the loop below.
+    let signals = signal_fd();
+    // SAFETY: fcntl only inspects the descriptor number; the host passes the
+    // lifeline as descriptor 4, owned by this process from here on.
+    let lifeline = unsafe {
+        (libc::fcntl(LIFELINE_FD, libc::F_SETFD, libc::FD_CLOEXEC) == 0)
+            .then(|| OwnedFd::from_raw_fd(LIFELINE_FD))
+    };
+    let prepared = match prepare() {
+        Ok(p) => p,
+        Err((stage, message)) => crate::refuse(stage, &message),
+    };
+    let mut applied = prepared.applied.clone();
+    // SAFETY: a plain system call.
+    let me = unsafe { libc::getpid() };
+    let child = start_child(spec, prepared, me);
+    // The child reports its Landlock status only through success; the ABI
+    // and rules were checked before the fork.
+    applied.landlock = if applied.landlock_abi == 0 {
+        "none".into()
+    } else if applied.landlock_abi >= 6 {
+        "full".into()
+    } else {
+        "partial".into()
+    };
+    crate::report(&Report::Started {
+        pid: child,
+        supervisor: me,
+        applied,
+    });
+    // The supervisor needs no privileges to signal its own descendants.
+    if let Some(user) = spec.user {
+        // SAFETY: plain system calls.
+        unsafe {
+            libc::setgroups(0, std::ptr::null());
+            libc::setresgid(user.gid, user.gid, user.gid);
+            libc::setresuid(user.uid, user.uid, user.uid);
+        }
+    }
+    let grace = Duration::from_millis(spec.kill_grace_ms);
+    let status = supervise(child, &signals, lifeline.as_ref(), grace);
+    crate::report(&Report::Exited {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status)
+            .then(|| libc::WTERMSIG(status))
+            .or((!libc::WIFEXITED(status)).then_some(libc::SIGKILL)),
+    });
+    exit_like(status)
+}
+
+/// SIGCHLD, SIGTERM, SIGINT and SIGHUP, blocked and delivered through a
+/// signalfd the supervision loop reads.
+fn signal_fd() -> OwnedFd {
     // SAFETY: sigset manipulation on a local value.
-    let signals = unsafe {
+    unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
@@ -51,25 +102,18 @@ pub fn run(spec: &LaunchSpec, prepare: impl FnOnce() -> Result<Prepared, Failure
             crate::refuse(Stage::Supervisor, "signalfd failed");
         }
         OwnedFd::from_raw_fd(fd)
-    };
-    // SAFETY: fcntl only inspects the descriptor number; the host passes the
-    // lifeline as descriptor 4, owned by this process from here on.
-    let lifeline = unsafe {
-        (libc::fcntl(LIFELINE_FD, libc::F_SETFD, libc::FD_CLOEXEC) == 0)
-            .then(|| OwnedFd::from_raw_fd(LIFELINE_FD))
-    };
+    }
+}
 
-    let prepared = match prepare() {
-        Ok(p) => p,
-        Err((stage, message)) => crate::refuse(stage, &message),
-    };
-    let mut applied = prepared.applied.clone();
+/// Fork the child that confines itself and executes the program (or
+/// performs the builtin). Its pid once it executed; a setup failure is
+/// reported as the refusal of its stage, and the supervisor exits.
+fn start_child(spec: &LaunchSpec, prepared: Prepared, me: i32) -> i32 {
     let (err_read, err_write) = match pipe() {
         Ok(p) => p,
         Err(e) => crate::refuse(Stage::Supervisor, &format!("pipe: {e}")),
     };
     // SAFETY: the launcher is single-threaded, so the child may allocate.
-    let me = unsafe { libc::getpid() };
     let child = unsafe { libc::fork() };
     if child < 0 {
         crate::refuse(Stage::Supervisor, "fork failed");
@@ -109,38 +153,7 @@ pub fn run(spec: &LaunchSpec, prepare: impl FnOnce() -> Result<Prepared, Failure
         tree.terminate(Duration::ZERO);
         crate::refuse(stage, &format!("{}: {message}", spec.program.display()));
     }
-    // The child reports its Landlock status only through success; the ABI
-    // and rules were checked before the fork.
-    applied.landlock = if applied.landlock_abi == 0 {
-        "none".into()
-    } else if applied.landlock_abi >= 6 {
-        "full".into()
-    } else {
-        "partial".into()
-    };
-    crate::report(&Report::Started {
-        pid: child,
-        supervisor: me,
-        applied,
-    });
-    // The supervisor needs no privileges to signal its own descendants.
-    if let Some(user) = spec.user {
-        // SAFETY: plain system calls.
-        unsafe {
-            libc::setgroups(0, std::ptr::null());
-            libc::setresgid(user.gid, user.gid, user.gid);
-            libc::setresuid(user.uid, user.uid, user.uid);
-        }
-    }
-    let grace = Duration::from_millis(spec.kill_grace_ms);
-    let status = supervise(child, &signals, lifeline.as_ref(), grace);
-    crate::report(&Report::Exited {
-        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
-        signal: libc::WIFSIGNALED(status)
-            .then(|| libc::WTERMSIG(status))
-            .or((!libc::WIFEXITED(status)).then_some(libc::SIGKILL)),
-    });
-    exit_like(status)
+    child
 }
 
 /// Wait for the program; then end the rest of the tree. Returns the
