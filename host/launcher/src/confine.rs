@@ -127,6 +127,46 @@ pub fn prepare_in(
 
 /// The program, its working directory beneath `worktree`, argv, rlimits,
 /// Landlock ruleset and seccomp filters of `spec`.
+/// The resource limits of a command: no core dumps, and the spec's.
+fn rlimits(r: &baa_launch::Rlimits) -> Vec<(libc::__rlimit_resource_t, u64)> {
+    let mut rlimits = vec![(libc::RLIMIT_CORE, 0)];
+    for (resource, value) in [
+        (libc::RLIMIT_CPU, r.cpu_seconds),
+        (libc::RLIMIT_AS, r.address_space_bytes),
+        (libc::RLIMIT_FSIZE, r.file_size_bytes),
+        (libc::RLIMIT_NOFILE, r.open_files),
+        (libc::RLIMIT_NPROC, r.processes),
+    ] {
+        if let Some(value) = value {
+            rlimits.push((resource, value));
+        }
+    }
+    rlimits
+}
+
+/// The command's Landlock ruleset and the ABI it is enforced at (none on a
+/// kernel without Landlock, where the spec must allow running unconfined).
+fn landlock(
+    spec: &LaunchSpec,
+    resolve: Resolve,
+    private: &[(OwnedFd, &'static str)],
+) -> Result<(Option<RulesetCreated>, u32), Failure> {
+    let kernel_abi = landlock_abi();
+    if kernel_abi == 0 {
+        if spec.landlock.required {
+            return Err((
+                Stage::Landlock,
+                "this kernel cannot enforce Landlock, so the subprocess would not be confined; \
+                 the operator may allow unconfined subprocesses with `[sandbox] landlock = \"optional\"`"
+                    .into(),
+            ));
+        }
+        return Ok((None, 0));
+    }
+    let ruleset = ruleset(spec, resolve, private).map_err(|e| (Stage::Landlock, e))?;
+    Ok((Some(ruleset), kernel_abi.min(ABI_TARGET as u32)))
+}
+
 fn command(
     spec: &LaunchSpec,
     resolve: Resolve,
@@ -164,36 +204,8 @@ fn command(
     for arg in &spec.args {
         argv.push(cstring(arg.as_bytes(), "an argument")?);
     }
-    let r = &spec.rlimits;
-    let mut rlimits = vec![(libc::RLIMIT_CORE, 0)];
-    for (resource, value) in [
-        (libc::RLIMIT_CPU, r.cpu_seconds),
-        (libc::RLIMIT_AS, r.address_space_bytes),
-        (libc::RLIMIT_FSIZE, r.file_size_bytes),
-        (libc::RLIMIT_NOFILE, r.open_files),
-        (libc::RLIMIT_NPROC, r.processes),
-    ] {
-        if let Some(value) = value {
-            rlimits.push((resource, value));
-        }
-    }
-    let kernel_abi = landlock_abi();
-    let (ruleset, landlock_abi) = if kernel_abi == 0 {
-        if spec.landlock.required {
-            return Err((
-                Stage::Landlock,
-                "this kernel cannot enforce Landlock, so the subprocess would not be confined; \
-                 the operator may allow unconfined subprocesses with `[sandbox] landlock = \"optional\"`"
-                    .into(),
-            ));
-        }
-        (None, 0)
-    } else {
-        (
-            Some(ruleset(spec, resolve, private).map_err(|e| (Stage::Landlock, e))?),
-            kernel_abi.min(ABI_TARGET as u32),
-        )
-    };
+    let rlimits = rlimits(&spec.rlimits);
+    let (ruleset, landlock_abi) = landlock(spec, resolve, private)?;
     let filters = match resolve {
         // A fork server runs under the base filters already.
         Resolve::InRoot(_) => command_filters(&spec.seccomp),
@@ -782,77 +794,90 @@ pub fn self_test(spec: &LaunchSpec) -> Result<Vec<baa_launch::Check>, Failure> {
     };
     // SAFETY: plain system calls on local values; descriptors are closed.
     unsafe {
-        let open_rc = |path: &std::ffi::CStr, flags: i32| {
-            let fd = libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o600);
-            if fd >= 0 {
-                libc::close(fd);
-            }
-            fd as i64
-        };
-        check(
-            "read system files (/usr)",
-            true,
-            open_rc(c"/usr", libc::O_RDONLY | libc::O_DIRECTORY),
-        );
-        let rc = open_rc(c"./.baa-self-test", libc::O_CREAT | libc::O_WRONLY);
-        check("write the worktree", true, rc);
-        let rc = libc::setxattr(
-            c"./.baa-self-test".as_ptr(),
-            c"user.baa".as_ptr(),
-            c"x".as_ptr().cast(),
-            1,
-            0,
-        );
-        check("set an extended attribute", false, rc as i64);
-        let rc = libc::chmod(c"./.baa-self-test".as_ptr(), 0o4755);
-        check("make a file setuid", false, rc as i64);
-        libc::unlink(c"./.baa-self-test".as_ptr());
-        let rc = open_rc(
-            c"/etc/.baa-self-test",
-            libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL,
-        );
-        if rc >= 0 {
-            libc::unlink(c"/etc/.baa-self-test".as_ptr());
-        }
-        check("write outside the worktree (/etc)", false, rc);
-        check(
-            "chmod a system file (/etc/hostname)",
-            false,
-            libc::chmod(c"/etc/hostname".as_ptr(), 0o777) as i64,
-        );
-        for (name, kind) in [
-            ("open a TCP socket", libc::SOCK_STREAM),
-            ("open a UDP socket", libc::SOCK_DGRAM),
-        ] {
-            let fd = libc::socket(libc::AF_INET, kind, 0);
-            if fd >= 0 {
-                libc::close(fd);
-            }
-            check(name, network, fd as i64);
-        }
-        check(
-            "ptrace init",
-            false,
-            libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0),
-        );
-        check("signal init", false, libc::kill(1, 0) as i64);
-        check(
-            "create a user namespace",
-            spec.seccomp.nested_sandbox,
-            libc::unshare(libc::CLONE_NEWUSER) as i64,
-        );
-        let mut params = [0u8; 120];
-        let fd = libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr());
-        if fd >= 0 {
-            libc::close(fd as i32);
-        }
-        check("set up io_uring", false, fd);
-        let mut core = libc::rlimit {
-            rlim_cur: 1,
-            rlim_max: 1,
-        };
-        libc::getrlimit(libc::RLIMIT_CORE, &mut core);
-        check("dump core", false, if core.rlim_max == 0 { -1 } else { 0 });
+        file_checks(&mut check);
+        process_checks(&mut check, network, spec.seccomp.nested_sandbox);
     }
     Ok(checks)
+}
+
+/// What the confined process may do to files: read the system, write the
+/// worktree; no xattrs, setuid bits, or writes and chmods outside.
+unsafe fn file_checks(check: &mut impl FnMut(&str, bool, i64)) {
+    let open_rc = |path: &std::ffi::CStr, flags: i32| {
+        let fd = libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o600);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+        fd as i64
+    };
+    check(
+        "read system files (/usr)",
+        true,
+        open_rc(c"/usr", libc::O_RDONLY | libc::O_DIRECTORY),
+    );
+    let rc = open_rc(c"./.baa-self-test", libc::O_CREAT | libc::O_WRONLY);
+    check("write the worktree", true, rc);
+    let rc = libc::setxattr(
+        c"./.baa-self-test".as_ptr(),
+        c"user.baa".as_ptr(),
+        c"x".as_ptr().cast(),
+        1,
+        0,
+    );
+    check("set an extended attribute", false, rc as i64);
+    let rc = libc::chmod(c"./.baa-self-test".as_ptr(), 0o4755);
+    check("make a file setuid", false, rc as i64);
+    libc::unlink(c"./.baa-self-test".as_ptr());
+    let rc = open_rc(
+        c"/etc/.baa-self-test",
+        libc::O_CREAT | libc::O_WRONLY | libc::O_EXCL,
+    );
+    if rc >= 0 {
+        libc::unlink(c"/etc/.baa-self-test".as_ptr());
+    }
+    check("write outside the worktree (/etc)", false, rc);
+    check(
+        "chmod a system file (/etc/hostname)",
+        false,
+        libc::chmod(c"/etc/hostname".as_ptr(), 0o777) as i64,
+    );
+}
+
+/// What the confined process may do beyond files: sockets (as granted),
+/// no ptrace or signals outside its tree, user namespaces only when nested
+/// sandboxes are granted, no io_uring, no core dumps.
+unsafe fn process_checks(check: &mut impl FnMut(&str, bool, i64), network: bool, nested: bool) {
+    for (name, kind) in [
+        ("open a TCP socket", libc::SOCK_STREAM),
+        ("open a UDP socket", libc::SOCK_DGRAM),
+    ] {
+        let fd = libc::socket(libc::AF_INET, kind, 0);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+        check(name, network, fd as i64);
+    }
+    check(
+        "ptrace init",
+        false,
+        libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0),
+    );
+    check("signal init", false, libc::kill(1, 0) as i64);
+    check(
+        "create a user namespace",
+        nested,
+        libc::unshare(libc::CLONE_NEWUSER) as i64,
+    );
+    let mut params = [0u8; 120];
+    let fd = libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr());
+    if fd >= 0 {
+        libc::close(fd as i32);
+    }
+    check("set up io_uring", false, fd);
+    let mut core = libc::rlimit {
+        rlim_cur: 1,
+        rlim_max: 1,
+    };
+    libc::getrlimit(libc::RLIMIT_CORE, &mut core);
+    check("dump core", false, if core.rlim_max == 0 { -1 } else { 0 });
 }

@@ -39,41 +39,8 @@ fn main() {
             let probe = confine::probe();
             println!("{}", serde_json::to_string(&probe).unwrap_or_default());
         }
-        Some("--self-test") => {
-            let spec: LaunchSpec = match args.get(2).map(|s| serde_json::from_str(s)) {
-                Some(Ok(spec)) => spec,
-                _ => {
-                    eprintln!("baa-launch: --self-test needs a launch spec");
-                    std::process::exit(2)
-                }
-            };
-            match confine::self_test(&spec) {
-                Ok(checks) => {
-                    println!("{}", serde_json::to_string(&checks).unwrap_or_default());
-                }
-                Err((stage, message)) => {
-                    eprintln!(
-                        "baa-launch: self-test could not confine itself ({stage}): {message}"
-                    );
-                    std::process::exit(SETUP_FAILED)
-                }
-            }
-        }
-        Some("--probe-view") => {
-            let path = args.get(2).map(std::path::PathBuf::from);
-            let uid = args.get(3).and_then(|u| u.parse::<u32>().ok());
-            match (path, uid) {
-                (Some(path), Some(uid)) => {
-                    let user = baa_launch::User { uid, gid: uid };
-                    let verdict = view::probe(&path, user);
-                    println!("{}", serde_json::to_string(&verdict).unwrap_or_default());
-                }
-                _ => {
-                    eprintln!("baa-launch: --probe-view PATH UID");
-                    std::process::exit(2)
-                }
-            }
-        }
+        Some("--self-test") => self_test(args.get(2)),
+        Some("--probe-view") => probe_view(args.get(2), args.get(3)),
         Some("--hold-userns") => std::process::exit(view::hold_user_namespace()),
         Some("--sweep") => {
             let uid = args.get(2).and_then(|u| u.parse::<u32>().ok());
@@ -120,6 +87,42 @@ fn main() {
             eprintln!(
                 "baa-launch is started by baa-runner for each worker subprocess; try --probe"
             );
+            std::process::exit(2)
+        }
+    }
+}
+
+/// `--self-test SPEC`: confine this process as `SPEC` says and try what it
+/// must not do; print the checks.
+fn self_test(spec: Option<&String>) {
+    let spec: LaunchSpec = match spec.map(|s| serde_json::from_str(s)) {
+        Some(Ok(spec)) => spec,
+        _ => {
+            eprintln!("baa-launch: --self-test needs a launch spec");
+            std::process::exit(2)
+        }
+    };
+    match confine::self_test(&spec) {
+        Ok(checks) => println!("{}", serde_json::to_string(&checks).unwrap_or_default()),
+        Err((stage, message)) => {
+            eprintln!("baa-launch: self-test could not confine itself ({stage}): {message}");
+            std::process::exit(SETUP_FAILED)
+        }
+    }
+}
+
+/// `--probe-view PATH UID`: whether PATH's file system takes an idmapped
+/// view for UID; print the verdict.
+fn probe_view(path: Option<&String>, uid: Option<&String>) {
+    let uid = uid.and_then(|u| u.parse::<u32>().ok());
+    match (path.map(std::path::PathBuf::from), uid) {
+        (Some(path), Some(uid)) => {
+            let user = baa_launch::User { uid, gid: uid };
+            let verdict = view::probe(&path, user);
+            println!("{}", serde_json::to_string(&verdict).unwrap_or_default());
+        }
+        _ => {
+            eprintln!("baa-launch: --probe-view PATH UID");
             std::process::exit(2)
         }
     }
