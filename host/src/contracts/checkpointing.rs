@@ -33,7 +33,7 @@ impl CheckpointType {
         }
     }
 
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, super::NameError> {
         Ok(match name {
             "summary" => Self::Summary,
             "git-diff" => Self::GitDiff,
@@ -45,9 +45,10 @@ impl CheckpointType {
                         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
                     });
                 if !valid {
-                    return Err(format!(
-                        "`{}` is not a checkpoint type: use summary, git-diff, log-tail or a name of lowercase letters, digits, `-` and `.`",
-                        crate::capabilities::bounds::cut(other, 64)
+                    return Err(super::NameError::new(
+                        super::NameKind::CheckpointType,
+                        other,
+                        "use summary, git-diff, log-tail or a name of lowercase letters, digits, `-` and `.`",
                     ));
                 }
                 Self::Custom(other.to_string())

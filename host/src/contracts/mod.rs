@@ -55,6 +55,54 @@ pub fn parse_request(bytes: &[u8]) -> Result<StepExecutionRequest, crate::Error>
     Ok(request)
 }
 
+/// Which kind of name a [`NameError`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    WorkerKind,
+    StepKind,
+    CheckpointType,
+}
+
+impl fmt::Display for NameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameKind::WorkerKind => "worker kind name",
+            NameKind::StepKind => "step kind",
+            NameKind::CheckpointType => "checkpoint type",
+        })
+    }
+}
+
+/// A name that is not a valid worker kind, step kind or checkpoint type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{name}` is not a {kind}: {why}")]
+pub struct NameError {
+    pub kind: NameKind,
+    /// The name as given, cut to [`NameError::MAX_NAME_BYTES`].
+    pub name: String,
+    /// What a valid name looks like.
+    pub why: &'static str,
+}
+
+impl NameError {
+    /// Bytes of the refused name kept in the error.
+    pub const MAX_NAME_BYTES: usize = 64;
+
+    fn new(kind: NameKind, name: &str, why: &'static str) -> Self {
+        let max = Self::MAX_NAME_BYTES;
+        let name = if name.len() <= max {
+            name.to_string()
+        } else {
+            let mut end = max;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}… ({} bytes cut)", &name[..end], name.len() - end)
+        };
+        NameError { kind, name, why }
+    }
+}
+
 /// The worker kind a step runs on: one of the built-in kinds (`codex`,
 /// `shell`, `git`) or the name of a third-party kind found in a plugins
 /// directory. Names are lowercase ASCII letters, digits and `-`, starting with
@@ -68,7 +116,7 @@ impl WorkerKind {
     pub const GIT: &'static str = "git";
 
     /// Validate and wrap a kind name.
-    pub fn new(name: &str) -> Result<Self, String> {
+    pub fn new(name: &str) -> Result<Self, NameError> {
         let valid = !name.is_empty()
             && name.len() <= 64
             && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -78,8 +126,10 @@ impl WorkerKind {
         if valid {
             Ok(WorkerKind(name.to_string()))
         } else {
-            Err(format!(
-                "`{name}` is not a worker kind name: use lowercase letters, digits and `-`, starting with a letter (e.g. `shell`, `git`, `codex`)"
+            Err(NameError::new(
+                NameKind::WorkerKind,
+                name,
+                "use lowercase letters, digits and `-`, starting with a letter (e.g. `shell`, `git`, `codex`)",
             ))
         }
     }
@@ -161,13 +211,17 @@ impl StepKind {
         }
     }
 
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, NameError> {
         Ok(match name {
             "planner" => StepKind::Planner,
             "review" => StepKind::Review,
             "finalize" => StepKind::Finalize,
             other => StepKind::Worker(WorkerKind::new(other).map_err(|_| {
-                format!("`{other}` is not a step kind: use planner, review, finalize or a worker kind name")
+                NameError::new(
+                    NameKind::StepKind,
+                    other,
+                    "use planner, review, finalize or a worker kind name",
+                )
             })?),
         })
     }
@@ -393,4 +447,33 @@ pub struct StepExecutionResult {
     pub artifacts: Vec<StepArtifact>,
     pub suggested_followup: Vec<SuggestedFollowup>,
     pub metrics: StepExecutionMetrics,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_errors_keep_their_messages() {
+        assert_eq!(
+            WorkerKind::new("Shell").unwrap_err().to_string(),
+            "`Shell` is not a worker kind name: use lowercase letters, digits and `-`, starting with a letter (e.g. `shell`, `git`, `codex`)"
+        );
+        assert_eq!(
+            StepKind::parse("9").unwrap_err().to_string(),
+            "`9` is not a step kind: use planner, review, finalize or a worker kind name"
+        );
+        let refused = CheckpointType::parse("A").unwrap_err();
+        assert_eq!(refused.kind, NameKind::CheckpointType);
+        assert_eq!(
+            refused.to_string(),
+            "`A` is not a checkpoint type: use summary, git-diff, log-tail or a name of lowercase letters, digits, `-` and `.`"
+        );
+    }
+
+    #[test]
+    fn a_long_name_is_cut() {
+        let refused = WorkerKind::new(&"é".repeat(100)).unwrap_err();
+        assert_eq!(refused.name, format!("{}… (136 bytes cut)", "é".repeat(32)));
+    }
 }

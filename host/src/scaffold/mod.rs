@@ -59,7 +59,7 @@ pub enum ScaffoldError {
 pub fn new_project(name: &str, language: &str, parent: &Path) -> Result<PathBuf, ScaffoldError> {
     crate::contracts::WorkerKind::new(name).map_err(|why| ScaffoldError::InvalidName {
         name: name.to_string(),
-        why,
+        why: why.to_string(),
     })?;
     if crate::plugins::is_builtin(name) {
         return Err(ScaffoldError::Builtin(name.to_string()));

@@ -75,8 +75,8 @@ impl Checkpoints {
         summary: &str,
         payload: Option<Vec<u8>>,
     ) -> Result<u32, CaptureError> {
-        let checkpoint_type =
-            CheckpointType::parse(checkpoint_type).map_err(CaptureError::Invalid)?;
+        let checkpoint_type = CheckpointType::parse(checkpoint_type)
+            .map_err(|e| CaptureError::Invalid(e.to_string()))?;
         let host_fills = payload.is_none()
             && matches!(
                 checkpoint_type,
