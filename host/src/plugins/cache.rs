@@ -46,6 +46,41 @@ impl Origin {
     }
 }
 
+/// Why the cache directory cannot be used or an entry not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The directory could not be created or examined.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// Another user owns it, or others may write it.
+    #[error("{} must belong to this user and be writable by no one else (it holds machine code)", .0.display())]
+    Unsafe(PathBuf),
+    /// The engine could not serialize the compiled code.
+    #[error("{0}")]
+    Serialize(String),
+    /// An entry or its checksum could not be written.
+    #[error("{source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Write one file of an entry atomically.
+fn write(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    crate::fsutil::write_atomic(path, bytes).map_err(|source| CacheError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// The compiled-code cache directory of one engine.
 #[derive(Debug, Clone)]
 pub struct DiskCache {
@@ -74,17 +109,18 @@ pub fn default_dir() -> Option<PathBuf> {
 impl DiskCache {
     /// Use `dir` (created if missing). It must belong to this user and be
     /// writable by no one else: its files become machine code.
-    pub fn open(dir: &Path, engine: &Engine) -> Result<DiskCache, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub fn open(dir: &Path, engine: &Engine) -> Result<DiskCache, CacheError> {
+        let io = |source| CacheError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let meta = std::fs::symlink_metadata(dir).map_err(io)?;
         if !meta.is_dir() {
-            return Err(format!("{} is not a directory", dir.display()));
+            return Err(CacheError::NotADirectory(dir.to_path_buf()));
         }
         if meta.uid() != rustix::process::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "{} must belong to this user and be writable by no one else (it holds machine code)",
-                dir.display()
-            ));
+            return Err(CacheError::Unsafe(dir.to_path_buf()));
         }
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -152,12 +188,14 @@ impl DiskCache {
 
     /// Store the compilation of `sha256` (atomically: a reader sees the
     /// whole entry or none).
-    pub fn store(&self, sha256: &str, component: &Component) -> Result<(), String> {
-        let bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
-        crate::fsutil::write_atomic(&self.path(sha256), &bytes).map_err(|e| e.to_string())?;
-        crate::fsutil::write_atomic(&self.checksum_path(sha256), checksum(&bytes).as_bytes())
-            .map_err(|e| e.to_string())?;
-        self.evict(&self.path(sha256));
+    pub fn store(&self, sha256: &str, component: &Component) -> Result<(), CacheError> {
+        let bytes = component
+            .serialize()
+            .map_err(|e| CacheError::Serialize(format!("{e:#}")))?;
+        let path = self.path(sha256);
+        write(&path, &bytes)?;
+        write(&self.checksum_path(sha256), checksum(&bytes).as_bytes())?;
+        self.evict(&path);
         Ok(())
     }
 

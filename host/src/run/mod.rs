@@ -64,10 +64,10 @@ impl Runner {
             Some(
                 crate::plugins::cache::DiskCache::open(dir, &engine)
                     .map(|cache| cache.with_max_mib(config.compiled_cache_max_mib))
-                    .map_err(|message| {
+                    .map_err(|e| {
                         Error::Config(crate::config::ConfigError::Setting {
                             setting: "compiled-cache-dir".into(),
-                            message,
+                            message: e.to_string(),
                         })
                     })?,
             )
