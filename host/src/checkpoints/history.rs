@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::contracts::CheckpointRecord;
 use crate::error::Error;
-use crate::fsutil::{read_record, sha256_hex};
+use crate::fsutil::{read_record, sha256_hex, RecordError};
 
 /// The records of a step's earlier attempts.
 #[derive(Debug, Default, Clone)]
@@ -62,40 +62,60 @@ pub fn record_files(checkpoints_dir: &Path) -> Vec<(u32, PathBuf)> {
     files
 }
 
+/// Why a checkpoint cannot be resumed from.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointReadError {
+    /// The record file is missing, unreadable or corrupt.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The record's seq is not the one its file name says.
+    #[error("{} holds checkpoint {seq}, not the one its name says", path.display())]
+    Misnamed { path: PathBuf, seq: u32 },
+    /// The payload file could not be read.
+    #[error("payload {} of checkpoint {seq}: {source}", path.display())]
+    PayloadIo {
+        path: PathBuf,
+        seq: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The payload's digest is not the one the record holds.
+    #[error("payload {} of checkpoint {seq} does not match its digest", path.display())]
+    PayloadDigest { path: PathBuf, seq: u32 },
+}
+
 /// Read and validate one record file and its payload.
-pub fn read_checkpoint(path: &Path) -> Result<Resume, String> {
-    let record: CheckpointRecord = read_record(path).map_err(|e| e.to_string())?;
-    let expected_name = super::record_file_name(record.seq);
+pub fn read_checkpoint(path: &Path) -> Result<Resume, CheckpointReadError> {
+    let record: CheckpointRecord = read_record(path)?;
+    let seq = record.seq;
+    let expected_name = super::record_file_name(seq);
     if path.file_name().and_then(|n| n.to_str()) != Some(expected_name.as_str()) {
-        return Err(format!(
-            "{} holds checkpoint {}, not the one its name says",
-            path.display(),
-            record.seq
-        ));
+        return Err(CheckpointReadError::Misnamed {
+            path: path.to_path_buf(),
+            seq,
+        });
     }
     let payload = match &record.payload_sha256 {
         None => None,
         Some(digest) => {
             // The payload sits beside its record (the runs root may have moved).
-            let file = format!(
-                "{:06}.{}.payload",
-                record.seq,
-                record.checkpoint_type.as_str()
-            );
+            let file = format!("{seq:06}.{}.payload", record.checkpoint_type.as_str());
             let payload_path = path.with_file_name(file);
-            let bytes = std::fs::read(&payload_path).map_err(|e| {
-                format!(
-                    "payload {} of checkpoint {}: {e}",
-                    payload_path.display(),
-                    record.seq
-                )
-            })?;
+            let bytes = match std::fs::read(&payload_path) {
+                Ok(bytes) => bytes,
+                Err(source) => {
+                    return Err(CheckpointReadError::PayloadIo {
+                        path: payload_path,
+                        seq,
+                        source,
+                    })
+                }
+            };
             if &sha256_hex(&bytes) != digest {
-                return Err(format!(
-                    "payload {} of checkpoint {} does not match its digest",
-                    payload_path.display(),
-                    record.seq
-                ));
+                return Err(CheckpointReadError::PayloadDigest {
+                    path: payload_path,
+                    seq,
+                });
             }
             Some(bytes)
         }
@@ -117,7 +137,7 @@ impl StepHistory {
                     Ok(resume) => history.records.push(resume.record),
                     Err(why) => {
                         tracing::warn!("ignoring a corrupt checkpoint: {why}");
-                        history.corrupt.push(why);
+                        history.corrupt.push(why.to_string());
                     }
                 }
             }

@@ -111,10 +111,12 @@ pub fn recover(dir: &Path) -> RecoveryReport {
     report
 }
 
-fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<RecoveredRun, String> {
+fn recover_attempt(
+    run_dir: &Path,
+    mut state: RunStateSnapshot,
+) -> Result<RecoveredRun, crate::Error> {
     let lifecycle = run_dir.join("logs/lifecycle.jsonl");
-    let (events, _) =
-        read_json_lines::<WorkerLifecycleLogEntry>(&lifecycle).map_err(|e| e.to_string())?;
+    let (events, _) = read_json_lines::<WorkerLifecycleLogEntry>(&lifecycle)?;
 
     let step_dir = run_dir.parent().unwrap_or(run_dir);
     let last_seq = StepHistory::load(step_dir, 0)
@@ -140,7 +142,7 @@ fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<Recove
         &failure.message,
         recovered,
     )
-    .map_err(|e| format!("{}: {e}", lifecycle.display()))?;
+    .map_err(crate::Error::io(&lifecycle))?;
 
     state.status = RunStatus::Interrupted;
     state.updated_at = now.clone();
@@ -150,16 +152,14 @@ fn recover_attempt(run_dir: &Path, mut state: RunStateSnapshot) -> Result<Recove
     state.last_checkpoint_seq = last_seq;
     state.lifecycle_event_count = events.len() as u64 + 1;
     let state_path = run_dir.join("state.json");
-    write_record_atomic(&state_path, &state)
-        .map_err(|e| format!("{}: {e}", state_path.display()))?;
+    write_record_atomic(&state_path, &state).map_err(crate::Error::io(&state_path))?;
 
     let metadata_path = run_dir.join("metadata.json");
     if let Ok(mut metadata) = read_record::<RunMetadata>(&metadata_path) {
         metadata.outcome = Some(StepExecutionOutcome::Failed);
         metadata.failure = Some(failure);
         metadata.finished_at = Some(now);
-        write_record_atomic(&metadata_path, &metadata)
-            .map_err(|e| format!("{}: {e}", metadata_path.display()))?;
+        write_record_atomic(&metadata_path, &metadata).map_err(crate::Error::io(&metadata_path))?;
     }
     Ok(RecoveredRun {
         run_dir: run_dir.display().to_string(),
