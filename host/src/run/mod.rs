@@ -261,7 +261,10 @@ impl Runner {
     pub fn sandbox_self_test(
         &self,
         kind: &str,
-    ) -> Result<crate::capabilities::subprocess::confinement::SelfTest, String> {
+    ) -> Result<
+        crate::capabilities::subprocess::confinement::SelfTest,
+        crate::capabilities::subprocess::ConfinementError,
+    > {
         crate::capabilities::subprocess::confinement::self_test(&self.shared.config, kind)
     }
 

@@ -11,6 +11,7 @@ use baa_launch::{LandlockSpec, LaunchSpec, Probe, Rlimits, SeccompSpec};
 use super::policy::{ExecPolicy, Network};
 use super::user::{StepUser, UserLease};
 use super::userns::StepNamespace;
+use super::ConfinementError;
 use crate::config::{LandlockMode, SandboxConfig, WorktreeView};
 
 /// Device files every subprocess may read and write.
@@ -69,7 +70,7 @@ impl Confinement {
         &self,
         also: &[PathBuf],
         until: std::time::Instant,
-    ) -> Result<Option<Arc<UserLease>>, String> {
+    ) -> Result<Option<Arc<UserLease>>, ConfinementError> {
         match &self.user {
             Some(user) => {
                 let mut trees = self.lend.clone();
@@ -82,7 +83,7 @@ impl Confinement {
 
     /// The step's user namespace (made at its first use), when the step
     /// has no dedicated user but may have a namespace of its own.
-    pub fn user_namespace(&self) -> Result<Option<PathBuf>, String> {
+    pub fn user_namespace(&self) -> Result<Option<PathBuf>, ConfinementError> {
         match &self.namespace {
             Some(ns) if self.user.is_none() => ns.path().map(Some),
             _ => Ok(None),
@@ -345,15 +346,16 @@ pub struct SelfTest {
 
 /// Confine a process the way `kind`'s subprocesses are confined under
 /// `config` (in a scratch worktree) and let it try what it must not do.
-pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, String> {
+pub fn self_test(config: &crate::RunnerConfig, kind: &str) -> Result<SelfTest, ConfinementError> {
     let probe = super::launcher::probe()?;
     let grant = config.grant(kind);
     let policy = ExecPolicy::intersect(&grant.capabilities(), &grant);
-    let worktree = crate::fsutil::new_temp_dir("baa-self-test")
-        .map_err(|e| format!("a scratch worktree for the self-test: {e}"))?;
+    let worktree = crate::fsutil::new_temp_dir("baa-self-test").map_err(|e| {
+        ConfinementError::SelfTest(format!("a scratch worktree for the self-test: {e}"))
+    })?;
     for sub in std::iter::once("").chain(baa_launch::PRIVATE_DIRS.iter().map(|(_, s)| *s)) {
         std::fs::create_dir(worktree.join("home").join(sub))
-            .map_err(|e| format!("{}: {e}", worktree.display()))?;
+            .map_err(|e| ConfinementError::SelfTest(format!("{}: {e}", worktree.display())))?;
     }
     let result = (|| {
         let user = super::user::dedicated(&config.sandbox)?.then(|| Arc::new(StepUser::default()));

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use baa_launch::{Applied, LaunchSpec, Probe, Report, Stage};
 
+use super::ConfinementError;
+
 static EMBEDDED: &[u8] = include_bytes!(env!("BAA_LAUNCHER_BIN"));
 
 /// The sealed in-memory copy of the launcher and the path that executes it.
@@ -19,24 +21,27 @@ struct Binary {
     path: PathBuf,
 }
 
-static BINARY: OnceLock<Result<Binary, String>> = OnceLock::new();
+static BINARY: OnceLock<Result<Binary, ConfinementError>> = OnceLock::new();
 
-pub(super) fn binary() -> Result<&'static Path, String> {
+pub(super) fn binary() -> Result<&'static Path, ConfinementError> {
     BINARY
         .get_or_init(|| {
             use rustix::fs::{MemfdFlags, SealFlags};
+            let failed = |what: &str, e: rustix::io::Errno| {
+                ConfinementError::Launcher(format!("{what}: {e}"))
+            };
             let fd = rustix::fs::memfd_create(
                 "baa-launch",
                 MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
             )
-            .map_err(|e| format!("memfd_create: {e}"))?;
+            .map_err(|e| failed("memfd_create", e))?;
             let mut written = 0;
             while written < EMBEDDED.len() {
                 written += rustix::io::write(&fd, &EMBEDDED[written..])
-                    .map_err(|e| format!("writing the launcher: {e}"))?;
+                    .map_err(|e| failed("writing the launcher", e))?;
             }
             rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o555))
-                .map_err(|e| format!("fchmod: {e}"))?;
+                .map_err(|e| failed("fchmod", e))?;
             // EBUSY while pages just written are still referenced from
             // another CPU's page lists (the kernel's pin check): a moment
             // later they are not.
@@ -49,7 +54,7 @@ pub(super) fn binary() -> Result<&'static Path, String> {
                 std::thread::sleep(std::time::Duration::from_millis(2));
                 sealed = rustix::fs::fcntl_add_seals(&fd, seals);
             }
-            sealed.map_err(|e| format!("sealing the launcher: {e}"))?;
+            sealed.map_err(|e| failed("sealing the launcher", e))?;
             let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
             Ok(Binary { _fd: fd, path })
         })
@@ -58,9 +63,14 @@ pub(super) fn binary() -> Result<&'static Path, String> {
         .map_err(Clone::clone)
 }
 
+/// The launcher could not be run.
+fn not_run(e: std::io::Error) -> ConfinementError {
+    ConfinementError::Launcher(format!("running the launcher: {e}"))
+}
+
 /// What this machine enforces, asked once per process.
-pub fn probe() -> Result<Probe, String> {
-    static PROBE: OnceLock<Result<Probe, String>> = OnceLock::new();
+pub fn probe() -> Result<Probe, ConfinementError> {
+    static PROBE: OnceLock<Result<Probe, ConfinementError>> = OnceLock::new();
     PROBE
         .get_or_init(|| {
             let out = std::process::Command::new(binary()?)
@@ -68,34 +78,39 @@ pub fn probe() -> Result<Probe, String> {
                 .env_clear()
                 .stdin(Stdio::null())
                 .output()
-                .map_err(|e| format!("running the launcher: {e}"))?;
-            serde_json::from_slice(&out.stdout)
-                .map_err(|e| format!("the launcher's probe is not valid: {e}"))
+                .map_err(not_run)?;
+            serde_json::from_slice(&out.stdout).map_err(|e| {
+                ConfinementError::Probe(format!("the launcher's probe is not valid: {e}"))
+            })
         })
         .clone()
 }
 
 /// Run the launcher's self-test under `spec`: it confines itself and tries
 /// what a confined program must not do.
-pub fn self_test(spec: &LaunchSpec) -> Result<Vec<baa_launch::Check>, String> {
-    let json = serde_json::to_string(spec).map_err(|e| e.to_string())?;
+pub fn self_test(spec: &LaunchSpec) -> Result<Vec<baa_launch::Check>, ConfinementError> {
+    let json =
+        serde_json::to_string(spec).map_err(|e| ConfinementError::SelfTest(e.to_string()))?;
     let out = std::process::Command::new(binary()?)
         .arg("--self-test")
         .arg(json)
         .env_clear()
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("running the launcher: {e}"))?;
+        .map_err(not_run)?;
     if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        return Err(ConfinementError::SelfTest(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("the self-test's report is not valid: {e}"))
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        ConfinementError::SelfTest(format!("the self-test's report is not valid: {e}"))
+    })
 }
 
 /// Whether the file system of `path` takes an idmapped view (asked of the
 /// launcher, which tries one without attaching it anywhere).
-pub fn probe_view(path: &Path) -> Result<(), String> {
+pub fn probe_view(path: &Path) -> Result<(), ConfinementError> {
     // Any unprivileged uid does: the probe only builds the mapping.
     let out = std::process::Command::new(binary()?)
         .arg("--probe-view")
@@ -104,24 +119,32 @@ pub fn probe_view(path: &Path) -> Result<(), String> {
         .env_clear()
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("running the launcher: {e}"))?;
+        .map_err(not_run)?;
+    let view = |message: String| ConfinementError::View {
+        path: path.to_path_buf(),
+        message,
+    };
     serde_json::from_slice::<Result<(), String>>(&out.stdout)
-        .map_err(|e| format!("the launcher's view probe is not valid: {e}"))?
+        .map_err(|e| view(format!("the launcher's view probe is not valid: {e}")))?
+        .map_err(view)
 }
 
 /// Kill every process of the dedicated user `uid`.
-pub fn sweep(uid: u32) -> Result<(), String> {
+pub fn sweep(uid: u32) -> Result<(), ConfinementError> {
     let status = std::process::Command::new(binary()?)
         .arg("--sweep")
         .arg(uid.to_string())
         .env_clear()
         .stdin(Stdio::null())
         .status()
-        .map_err(|e| format!("running the launcher: {e}"))?;
+        .map_err(not_run)?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("sweeping uid {uid} failed ({status})"))
+        Err(ConfinementError::Sweep {
+            uid,
+            message: format!("sweeping uid {uid} failed ({status})"),
+        })
     }
 }
 
@@ -161,7 +184,7 @@ impl Spawn {
         env: &std::collections::BTreeMap<String, String>,
     ) -> Result<Self, Refusal> {
         let refusal = |stage: Stage, message: String| Refusal { stage, message };
-        let path = binary().map_err(|e| refusal(Stage::Launcher, e))?;
+        let path = binary().map_err(|e| refusal(Stage::Launcher, e.to_string()))?;
         let json = serde_json::to_string(spec).map_err(|e| refusal(Stage::Spec, e.to_string()))?;
         let (report_read, report_write) = pipe()?;
         let (lifeline_read, lifeline_write) = pipe()?;

@@ -14,6 +14,7 @@
 pub mod cgroup;
 mod command;
 pub mod confinement;
+pub mod error;
 pub mod executables;
 pub mod hostgit;
 pub mod launcher;
@@ -34,6 +35,7 @@ use tokio::time::Instant;
 pub use baa_launch::{Builtin, Stage};
 pub use command::{Chunk, Denial, DenialReason, ExitInfo, SpawnError, SpawnRequest};
 pub use confinement::Confinement;
+pub use error::ConfinementError;
 pub use policy::ExecPolicy;
 pub use process::ProcessHandle;
 

@@ -16,7 +16,7 @@ use baa_launch::User;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use super::launcher;
+use super::{launcher, ConfinementError};
 use crate::config::SandboxConfig;
 
 /// A tree lent to the step's user, and who owned it before.
@@ -105,7 +105,7 @@ pub fn lending_verdict(path: &Path) -> (Lending, Option<String>) {
         Ok(()) => (Lending::Idmapped, None),
         Err(why) => {
             tracing::warn!(path = %path.display(), "no idmapped view here, lending by chown: {why}");
-            (Lending::Chown, Some(why))
+            (Lending::Chown, Some(why.to_string()))
         }
     };
     known.push((meta.dev(), how, why.clone()));
@@ -133,21 +133,30 @@ pub struct UserLease {
     _lock: File,
 }
 
-fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> String {
-    move |e| format!("{what}: {e}")
+/// An I/O failure on `what` in the dedicated user's state.
+fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> ConfinementError {
+    move |e| ConfinementError::User(format!("{what}: {e}"))
+}
+
+/// A failure lending `path`, with `message`.
+fn lend_error(path: &Path, message: String) -> ConfinementError {
+    ConfinementError::Lend {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 impl UserLease {
     /// Lease the first free uid of the configured range.
-    pub fn acquire(config: &SandboxConfig) -> Result<UserLease, String> {
+    pub fn acquire(config: &SandboxConfig) -> Result<UserLease, ConfinementError> {
         let dir = &config.state_dir;
         std::fs::create_dir_all(dir).map_err(io(dir.display()))?;
         let meta = std::fs::symlink_metadata(dir).map_err(io(dir.display()))?;
         if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-            return Err(format!(
+            return Err(ConfinementError::User(format!(
                 "the sandbox state directory {} must be a directory owned by root and writable only by it",
                 dir.display()
-            ));
+            )));
         }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
             .map_err(io(dir.display()))?;
@@ -174,10 +183,10 @@ impl UserLease {
             lease.make_home()?;
             return Ok(lease);
         }
-        Err(format!(
+        Err(ConfinementError::User(format!(
             "all {} sandbox users ({}..) are in use; raise [sandbox] uid-count",
             config.uid_count, config.uid_base
-        ))
+        )))
     }
 
     pub fn user(&self) -> User {
@@ -198,7 +207,7 @@ impl UserLease {
     /// Its record is written before anything runs as the user and removed
     /// only after a release killed everything: without one, there is
     /// nothing to recover.
-    fn recover(&self) -> Result<(), String> {
+    fn recover(&self) -> Result<(), ConfinementError> {
         let path = self.record_path();
         if let Ok(bytes) = std::fs::read(&path) {
             launcher::sweep(self.user.uid)?;
@@ -213,7 +222,7 @@ impl UserLease {
         Ok(())
     }
 
-    fn make_home(&self) -> Result<(), String> {
+    fn make_home(&self) -> Result<(), ConfinementError> {
         let home = &self.home;
         if home.exists() {
             std::fs::remove_dir_all(home).map_err(io(home.display()))?;
@@ -233,16 +242,18 @@ impl UserLease {
                 Some(rustix::fs::Uid::from_raw(self.user.uid)),
                 Some(rustix::fs::Gid::from_raw(self.user.gid)),
             )
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(|e| ConfinementError::User(format!("{}: {e}", dir.display())))?;
         }
         Ok(())
     }
 
     /// Hand `path` (a directory) to this user for the step; its owner gets
     /// it back at [`UserLease::release`]. The user must be able to reach it.
-    pub fn lend(&self, path: &Path, until: std::time::Instant) -> Result<(), String> {
+    pub fn lend(&self, path: &Path, until: std::time::Instant) -> Result<(), ConfinementError> {
         // The launcher resolves a view without following links.
-        let path = path.canonicalize().map_err(io(path.display()))?;
+        let path = path
+            .canonicalize()
+            .map_err(|e| lend_error(path, format!("{}: {e}", path.display())))?;
         let path = path.as_path();
         let mut lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
         if lent.iter().any(|l| l.path == path) {
@@ -255,7 +266,8 @@ impl UserLease {
         // A view is mounted where the user can reach it (the launcher hides
         // the directories above it the user may not search); a chowned
         // tree is reached by its path.
-        let meta = std::fs::symlink_metadata(path).map_err(io(path.display()))?;
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(|e| lend_error(path, format!("{}: {e}", path.display())))?;
         if how == Lending::Chown {
             check_reachable(path, self.user)?;
             self.lock_tree(path, &meta, until)?;
@@ -272,12 +284,13 @@ impl UserLease {
         // Renamed into place but not fsynced: it only has to outlive the
         // ownership changes it describes, which come after it in the file
         // system's journal (an fsync here cost 6 ms of every step).
-        let record = serde_json::to_vec(&*lent).map_err(|e| e.to_string())?;
+        let record = serde_json::to_vec(&*lent).map_err(|e| lend_error(path, e.to_string()))?;
+        let record_path = self.record_path();
         crate::fsutil::write_all_atomic(
-            &[(&self.record_path(), &record)],
+            &[(&record_path, &record)],
             crate::fsutil::Durability::ProcessCrash,
         )
-        .map_err(io(self.record_path().display()))?;
+        .map_err(|e| lend_error(path, format!("{}: {e}", record_path.display())))?;
         if how == Lending::Idmapped {
             // What the worker creates through WASI from now on is looked
             // for by the next resync (see `sync`).
@@ -295,10 +308,9 @@ impl UserLease {
         if let Err(e) = chown_tree(path, &walk) {
             // Cut short: the next resync walks every tree whole.
             *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            return Err(format!(
-                "lending {} to uid {}: {e}",
-                path.display(),
-                self.user.uid
+            return Err(lend_error(
+                path,
+                format!("lending {} to uid {}: {e}", path.display(), self.user.uid),
             ));
         }
         // An earlier walk's time stays: other trees may have changed since.
@@ -317,7 +329,7 @@ impl UserLease {
         path: &Path,
         meta: &std::fs::Metadata,
         until: std::time::Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConfinementError> {
         let lock_path = self
             .state_dir
             .join(format!("tree-{}-{}.lock", meta.dev(), meta.ino()));
@@ -326,10 +338,13 @@ impl UserLease {
             .is_err()
         {
             if std::time::Instant::now() >= until {
-                return Err(format!(
-                    "{} is lent to the sandbox user of a step of another host process until it ends; \
-                     run steps on one worktree one at a time, or from one host",
-                    path.display()
+                return Err(lend_error(
+                    path,
+                    format!(
+                        "{} is lent to the sandbox user of a step of another host process until it ends; \
+                         run steps on one worktree one at a time, or from one host",
+                        path.display()
+                    ),
                 ));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -348,7 +363,7 @@ impl UserLease {
     /// the step's). Only directories changed since the last walk are looked
     /// into (their ctime, which no one can set back, says so); the others
     /// are only passed through.
-    pub fn sync(&self, until: std::time::Instant) -> Result<(), String> {
+    pub fn sync(&self, until: std::time::Instant) -> Result<(), ConfinementError> {
         let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let since = *self.synced_since.lock().unwrap_or_else(|p| p.into_inner());
         let started = walk_start();
@@ -371,7 +386,8 @@ impl UserLease {
                 },
                 Lending::Idmapped => continue,
             };
-            chown_tree(&l.path, &walk).map_err(|e| format!("{}: {e}", l.path.display()))?;
+            chown_tree(&l.path, &walk)
+                .map_err(|e| lend_error(&l.path, format!("{}: {e}", l.path.display())))?;
         }
         *self.synced_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         Ok(())
@@ -435,7 +451,7 @@ impl Drop for UserLease {
 }
 
 /// A lock file in the state directory (host-only), made if missing.
-fn open_lock(path: &Path) -> Result<File, String> {
+fn open_lock(path: &Path) -> Result<File, ConfinementError> {
     File::options()
         .create(true)
         .truncate(false)
@@ -445,20 +461,25 @@ fn open_lock(path: &Path) -> Result<File, String> {
 }
 
 /// Every directory from `/` down to `path` must let `user` search it.
-pub fn check_reachable(path: &Path, user: User) -> Result<(), String> {
+pub fn check_reachable(path: &Path, user: User) -> Result<(), ConfinementError> {
     for dir in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
-        let meta = std::fs::metadata(dir).map_err(io(dir.display()))?;
+        let unreachable = |message: String| ConfinementError::Unreachable {
+            path: path.to_path_buf(),
+            message,
+        };
+        let meta =
+            std::fs::metadata(dir).map_err(|e| unreachable(format!("{}: {e}", dir.display())))?;
         let mode = meta.mode();
         let searchable = user.may_search(meta.uid(), meta.gid(), mode);
         if !searchable && dir != path && meta.is_dir() {
-            return Err(format!(
+            return Err(unreachable(format!(
                 "the sandbox user (uid {}) cannot reach {}: {} has mode {:o}; make it searchable (chmod o+x {}) or set [sandbox] user = \"current\"",
                 user.uid,
                 path.display(),
                 dir.display(),
                 mode & 0o7777,
                 dir.display()
-            ));
+            )));
         }
     }
     Ok(())
@@ -716,16 +737,16 @@ pub fn recover_abandoned(config: &SandboxConfig) -> Vec<PathBuf> {
 }
 
 /// Whether a step's subprocesses run as a dedicated user under `config`.
-pub fn dedicated(config: &SandboxConfig) -> Result<bool, String> {
+pub fn dedicated(config: &SandboxConfig) -> Result<bool, ConfinementError> {
     let root = rustix::process::geteuid().is_root();
     match config.user {
         crate::config::SandboxUser::Auto => Ok(root),
         crate::config::SandboxUser::Current => Ok(false),
         crate::config::SandboxUser::Dedicated if root => Ok(true),
-        crate::config::SandboxUser::Dedicated => Err(
+        crate::config::SandboxUser::Dedicated => Err(ConfinementError::User(
             "[sandbox] user = \"dedicated\" needs the host to run as root; use \"auto\" or \"current\""
                 .into(),
-        ),
+        )),
     }
 }
 
@@ -751,7 +772,7 @@ impl StepUser {
         config: &SandboxConfig,
         trees: &[PathBuf],
         until: std::time::Instant,
-    ) -> Result<std::sync::Arc<UserLease>, String> {
+    ) -> Result<std::sync::Arc<UserLease>, ConfinementError> {
         let mut slot = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         let lease = match &*slot {
             Some(lease) => lease.clone(),

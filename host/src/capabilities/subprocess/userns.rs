@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
 
-use super::launcher;
+use super::{launcher, ConfinementError};
 
 /// The step's namespace holder, started on first use.
 #[derive(Debug, Default)]
@@ -41,7 +41,7 @@ impl Drop for Holder {
 
 impl StepNamespace {
     /// `/proc/PID/ns/user` of the step's namespace, made now if needed.
-    pub fn path(&self) -> Result<PathBuf, String> {
+    pub fn path(&self) -> Result<PathBuf, ConfinementError> {
         let mut slot = self.holder.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(holder) = &*slot {
             return Ok(holder.path.clone());
@@ -73,7 +73,7 @@ impl Drop for StepNamespace {
 /// Start a holder and wait for its namespace. Its pid stays its own while
 /// it is an unreaped child of this process, so the path names its
 /// namespace until [`StepNamespace::release`].
-fn hold() -> Result<Holder, String> {
+fn hold() -> Result<Holder, ConfinementError> {
     let mut child = std::process::Command::new(launcher::binary()?)
         .arg("--hold-userns")
         .env_clear()
@@ -81,7 +81,7 @@ fn hold() -> Result<Holder, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running the launcher: {e}"))?;
+        .map_err(|e| ConfinementError::Launcher(format!("running the launcher: {e}")))?;
     let mut line = String::new();
     if let Some(stdout) = child.stdout.take() {
         let _ = BufReader::new(stdout).read_line(&mut line);
@@ -92,7 +92,9 @@ fn hold() -> Result<Holder, String> {
         let why = out
             .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
             .unwrap_or_default();
-        return Err(format!("the step's user namespace: {why}"));
+        return Err(ConfinementError::Namespace(format!(
+            "the step's user namespace: {why}"
+        )));
     }
     let path = PathBuf::from(format!("/proc/{}/ns/user", child.id()));
     Ok(Holder { child, path })

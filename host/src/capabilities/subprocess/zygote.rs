@@ -58,7 +58,7 @@ impl Zygote {
     /// Start a fork server for `environment` (it enters the environment on
     /// its own; a failure there is the refusal of every launch).
     pub fn start(environment: Environment) -> Result<Zygote, Refusal> {
-        let path = binary().map_err(|e| refusal(Stage::Launcher, e))?;
+        let path = binary().map_err(|e| refusal(Stage::Launcher, e.to_string()))?;
         let json =
             serde_json::to_string(&environment).map_err(|e| refusal(Stage::Spec, e.to_string()))?;
         let (ours, theirs) = rustix::net::socketpair(
