@@ -89,7 +89,7 @@ async fn git_diff(
     deadlines: Deadlines,
 ) -> Result<Snapshot, CaptureError> {
     let mut subprocesses = step_subprocesses(shared, prepared, deadlines, ExecPolicy::default())
-        .map_err(CaptureError::Io)?;
+        .map_err(|e| CaptureError::Io(e.to_string()))?;
     checkpoints
         .git_diff(&mut subprocesses, deadlines.host)
         .await

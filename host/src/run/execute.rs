@@ -38,7 +38,7 @@ pub(crate) fn step_subprocesses(
     prepared: &PreparedStepRun,
     deadlines: Deadlines,
     policy: ExecPolicy,
-) -> Result<Subprocesses, String> {
+) -> Result<Subprocesses, crate::capabilities::subprocess::ConfinementError> {
     let config = &shared.config;
     let mut base_env = std::collections::BTreeMap::new();
     base_env.insert("PATH".to_string(), CHILD_PATH.to_string());
@@ -47,11 +47,9 @@ pub(crate) fn step_subprocesses(
     if let Some(env) = &prepared.request.runtime.env {
         base_env.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
-    let user = dedicated_user(&config.sandbox)
-        .map_err(|e| e.to_string())?
-        .then(|| prepared.sandbox_user.clone());
+    let user = dedicated_user(&config.sandbox)?.then(|| prepared.sandbox_user.clone());
     let lend = vec![prepared.worktree().to_path_buf()];
-    let probe = launcher::probe().map_err(|e| e.to_string())?;
+    let probe = launcher::probe()?;
     let namespace =
         (user.is_none() && probe.user_namespaces).then(|| prepared.sandbox_namespace.clone());
     let confinement = Confinement {

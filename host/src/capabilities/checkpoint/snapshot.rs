@@ -116,7 +116,7 @@ pub async fn git_diff(
     plan: &GitDiffSnapshotPlan,
     deadline: Instant,
 ) -> Result<GitDiff, SnapshotError> {
-    let program = resolve_program("git").map_err(SnapshotError::Failed)?;
+    let program = resolve_program("git").map_err(|e| SnapshotError::Failed(e.to_string()))?;
     let scratch = subprocesses.scratch_dir().map_err(|e| {
         if Instant::now() >= deadline {
             SnapshotError::CutShort

@@ -88,7 +88,7 @@ const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `git init` + one commit, with the host's git and no user configuration.
 pub fn init_scratch(repo: &Path) -> Result<(), String> {
-    let git = policy::resolve_program("git")?;
+    let git = policy::resolve_program("git").map_err(|e| e.to_string())?;
     for args in [
         &["init", "-q", "-b", "main"][..],
         &["add", "-A"],

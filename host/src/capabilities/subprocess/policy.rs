@@ -433,7 +433,7 @@ impl ExecPolicy {
                     policy.programs.insert(program.clone(), path);
                 }
                 Err(why) => {
-                    policy.missing.insert(program.clone(), why);
+                    policy.missing.insert(program.clone(), why.to_string());
                 }
             }
         }
@@ -592,8 +592,19 @@ impl ExecPolicy {
     }
 }
 
+/// Why a granted program cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProgramError {
+    #[error("`{0}` must be a name or an absolute path")]
+    NotAbsolute(String),
+    #[error("`{0}` is not an executable file")]
+    NotExecutable(String),
+    #[error("`{program}` was not found in {searched}")]
+    NotFound { program: String, searched: String },
+}
+
 /// Resolve a granted program to an absolute path of an executable file.
-pub fn resolve_program(program: &str) -> Result<PathBuf, String> {
+pub fn resolve_program(program: &str) -> Result<PathBuf, ProgramError> {
     let is_executable = |p: &Path| {
         p.metadata()
             .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -602,17 +613,20 @@ pub fn resolve_program(program: &str) -> Result<PathBuf, String> {
     if program.contains('/') {
         let path = Path::new(program);
         if !path.is_absolute() {
-            return Err(format!("`{program}` must be a name or an absolute path"));
+            return Err(ProgramError::NotAbsolute(program.to_string()));
         }
         return if is_executable(path) {
             Ok(path.to_path_buf())
         } else {
-            Err(format!("`{program}` is not an executable file"))
+            Err(ProgramError::NotExecutable(program.to_string()))
         };
     }
     SYSTEM_PATH
         .iter()
         .map(|dir| Path::new(dir).join(program))
         .find(|p| is_executable(p))
-        .ok_or_else(|| format!("`{program}` was not found in {}", SYSTEM_PATH.join(":")))
+        .ok_or_else(|| ProgramError::NotFound {
+            program: program.to_string(),
+            searched: SYSTEM_PATH.join(":"),
+        })
 }
