@@ -383,25 +383,15 @@ fn populate(
         .unwrap_or_default();
     let metadata = metadata_of(&request, &paths, run_dir, &now, mode, resume.as_ref());
     let session = session_of(&request, &log_paths, run_dir, &now);
-    let logs = if fresh {
-        let logs_dir = Path::new(&log_paths.logs_dir);
-        LogSession::create(
-            session.clone(),
-            observer,
-            max_stream_bytes,
-            durability,
-            disk_budget,
-        )
-        .map_err(Error::io(logs_dir))?
-    } else {
-        LogSession::reopen(
-            session.clone(),
-            observer,
-            max_stream_bytes,
-            durability,
-            disk_budget,
-        )?
-    };
+    let logs = open_logs(
+        &session,
+        &log_paths,
+        observer,
+        fresh,
+        max_stream_bytes,
+        durability,
+        disk_budget,
+    )?;
     let plan = git_diff_plan(&request, &paths.worktree, &sandbox);
     let resumed = resume.as_ref().map(|r| r.record.clone());
     let mut manager = CheckpointManager::new(
@@ -446,6 +436,32 @@ fn populate(
         durability,
         _lock: lock,
     })
+}
+
+/// The attempt's log files: created, or (a reopened attempt) continued.
+fn open_logs(
+    session: &LocalRunLogSession,
+    log_paths: &LocalRunPaths,
+    observer: Option<Observer>,
+    fresh: bool,
+    max_stream_bytes: u64,
+    durability: Durability,
+    disk_budget: DiskBudget,
+) -> Result<Arc<LogSession>, Error> {
+    let session = session.clone();
+    if fresh {
+        let logs_dir = Path::new(&log_paths.logs_dir);
+        LogSession::create(session, observer, max_stream_bytes, durability, disk_budget)
+            .map_err(Error::io(logs_dir))
+    } else {
+        Ok(LogSession::reopen(
+            session,
+            observer,
+            max_stream_bytes,
+            durability,
+            disk_budget,
+        )?)
+    }
 }
 
 /// The attempt's log session, open.
