@@ -71,6 +71,7 @@
 //! # }
 //! ```
 
+pub mod bounds;
 pub mod budget;
 pub mod capabilities;
 pub mod checkpoints;

@@ -181,7 +181,7 @@ fn kept_copy(entry: &WorkerLifecycleLogEntry) -> WorkerLifecycleLogEntry {
         entry.data.clone()
     };
     WorkerLifecycleLogEntry {
-        message: crate::capabilities::bounds::cut(&entry.message, KEPT_EVENT_BYTES),
+        message: crate::bounds::cut(&entry.message, KEPT_EVENT_BYTES),
         data,
         ..entry.clone()
     }

@@ -204,7 +204,8 @@ impl Session {
     }
 
     /// The client is gone (or the server stops): its steps are cancelled,
-    /// and their records written before the connection is done.
+    /// and their records written before the connection is done. Taking
+    /// `self` drops the outbox, which ends the connection's writer.
     async fn close(self) {
         for token in self
             .steps

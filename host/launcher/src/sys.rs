@@ -1,7 +1,8 @@
 //! The launcher's file-opening calls, on rustix: every descriptor is
 //! close-on-exec, and paths a step could have planted links in are
 //! resolved descriptor-relative with `openat2` (beneath, no links). The
-//! namespace, view and confinement code all open files through here.
+//! namespace, view and confinement code open paths through here (mount
+//! points made in a step's private directories use `openat` directly).
 
 use baa_launch::Stage;
 use std::ffi::CString;

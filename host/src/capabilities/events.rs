@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::capabilities::bounds::{self, cut, cut_owned};
+use crate::bounds::{self, cut, cut_owned};
 use crate::contracts::{EventLevel, EventSource, HostEvent, StepArtifact, StepArtifactKind};
 use crate::fsutil::{display, write_atomic};
 use crate::logs::LogSession;

@@ -2,7 +2,6 @@
 //! launching subprocesses, emitting events and artifacts, capturing
 //! checkpoints. Nothing here names a type generated from the WIT.
 
-pub mod bounds;
 pub mod checkpoint;
 pub mod events;
 pub mod subprocess;

@@ -226,7 +226,7 @@ fn compile(
         if !manifest::compatible(&m.world) {
             return Err(PluginError::IncompatibleVersion {
                 source_name,
-                found: m.world.clone(),
+                found: crate::bounds::cut(&m.world, 128),
             });
         }
     }
@@ -271,7 +271,7 @@ fn compile(
             source_name,
             message: format!(
                 "its manifest says it implements {}, but it exports {}; stamp it again (`baa-runner stamp`)",
-                m.world,
+                crate::bounds::cut(&m.world, 128),
                 world.executor_export()
             ),
         });

@@ -374,9 +374,7 @@ fn manifest_check(
             "no `baa:worker-manifest` section: the host must run it to learn what it is; add one with `baa-runner stamp`".into(),
         ),
         Some(m)
-            if m.name == described.name
-                && m.version == described.version
-                && m.capabilities == described.capabilities =>
+            if described.agrees_with(m) =>
         {
             ("pass", format!("built for {}", m.world))
         }

@@ -246,15 +246,10 @@ fn step_store(
     prepared: &PreparedStepRun,
     deadlines: Deadlines,
 ) -> Result<Store<StepState>, Box<Report>> {
-    let host_error = |context: &str, e: &dyn std::fmt::Display| {
-        Box::new(Report::failed(
-            FailureReason::HostError,
-            format!("{context}: {e}"),
-        ))
-    };
+    let host_error = |message: String| Box::new(Report::failed(FailureReason::HostError, message));
     let logs = &prepared.logs;
     let subprocesses = step_subprocesses(shared, prepared, deadlines, ExecPolicy::default())
-        .map_err(|e| host_error("cannot confine subprocesses on this machine", &e))?;
+        .map_err(|e| host_error(format!("cannot confine subprocesses on this machine: {e}")))?;
     let capabilities = StepCapabilities {
         subprocesses,
         events: Events::new(
@@ -269,7 +264,7 @@ fn step_store(
         capabilities,
         &shared.config.limits,
     )
-    .map_err(|e| host_error("cannot open the worktree for the worker", &e))?;
+    .map_err(|e| host_error(e.to_string()))?;
     Ok(state.into_store(shared.workers.engine(), deadlines.step))
 }
 
@@ -365,10 +360,7 @@ fn check_identity(
     let Some(manifest) = &plugin.manifest else {
         return Ok(());
     };
-    if manifest.name != info.name
-        || manifest.version != info.version
-        || manifest.capabilities != info.capabilities
-    {
+    if !info.agrees_with(manifest) {
         return Err(Box::new(Report::failed(
             FailureReason::InvalidPlugin,
             format!(

@@ -5,7 +5,7 @@
 
 use wasmtime::Trap;
 
-use crate::capabilities::bounds;
+use crate::bounds;
 use crate::capabilities::subprocess::Denial;
 use crate::config::Capabilities;
 use crate::contracts::{

@@ -13,7 +13,7 @@ macro_rules! interfaces {
 
         use super::store::{CheckpointCap, CheckpointView, EventsCap, EventsView, StepState};
         use super::store::{SubprocessCap, SubprocessView};
-        use crate::capabilities::bounds::{self, cut_list, cut_owned};
+        use crate::bounds::{self, cut_list, cut_owned};
         use crate::capabilities::checkpoint::CaptureError;
         use crate::capabilities::events::ArtifactError as HostArtifactError;
         use crate::capabilities::subprocess::{self as sub, ProcessHandle};

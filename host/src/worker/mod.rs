@@ -32,6 +32,15 @@ pub struct KindInfo {
     pub capabilities: Capabilities,
 }
 
+impl KindInfo {
+    /// Whether `manifest` says what this `describe` answered.
+    pub fn agrees_with(&self, manifest: &crate::plugins::manifest::Manifest) -> bool {
+        manifest.name == self.name
+            && manifest.version == self.version
+            && manifest.capabilities == self.capabilities
+    }
+}
+
 /// A resumed attempt's checkpoint, as the worker is handed it.
 #[derive(Debug, Clone)]
 pub struct ResumeInput {

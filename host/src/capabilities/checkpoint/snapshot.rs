@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use crate::capabilities::bounds::cut;
+use crate::bounds::cut;
 use crate::capabilities::subprocess::hostgit::{SAFE_GIT, SAFE_GIT_ENV};
 use crate::capabilities::subprocess::policy::resolve_program;
 use crate::capabilities::subprocess::{Builtin, HostCommand, Subprocesses};
@@ -73,7 +73,7 @@ impl Git<'_> {
             .await
             .map_err(|e| match e {
                 _ if Instant::now() >= self.deadline => SnapshotError::CutShort,
-                e => SnapshotError::Failed(format!("`git {}`: {e:?}", args.join(" "))),
+                e => SnapshotError::Failed(format!("`git {}`: {e}", args.join(" "))),
             })?;
         if out.status.timed_out {
             return Err(SnapshotError::CutShort);
@@ -94,7 +94,7 @@ impl Git<'_> {
             .subprocesses
             .run_host(HostCommand::builtin(op, None, self.deadline))
             .await
-            .map_err(|e| SnapshotError::Failed(format!("{e:?}")))?;
+            .map_err(|e| SnapshotError::Failed(e.to_string()))?;
         match out.status.code {
             Some(0) => Ok(()),
             _ if out.status.timed_out => Err(SnapshotError::CutShort),
@@ -121,7 +121,7 @@ pub async fn git_diff(
         if Instant::now() >= deadline {
             SnapshotError::CutShort
         } else {
-            SnapshotError::Failed(format!("{e:?}"))
+            SnapshotError::Failed(e.to_string())
         }
     })?;
     let mut git = Git {

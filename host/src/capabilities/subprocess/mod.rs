@@ -326,10 +326,10 @@ impl Subprocesses {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
         if !valid {
             return Err(SpawnError::Denied(Denial::never(
-                DenialReason::Size,
+                DenialReason::Argument,
                 format!(
                     "scratch file name `{}` must be a file name of letters, digits, `.`, `-` and `_`",
-                    crate::capabilities::bounds::cut(name, 128)
+                    crate::bounds::cut(name, 128)
                 ),
             )));
         }
@@ -418,10 +418,15 @@ impl Subprocesses {
                 operator_can_grant: denial.grant.clone(),
             },
         );
+        self.note(&denial);
+        denial
+    }
+
+    /// Keep `denial` for the step's outcome (the first [`MAX_DENIALS`]).
+    fn note(&mut self, denial: &Denial) {
         if self.denials.len() < MAX_DENIALS {
             self.denials.push(denial.clone());
         }
-        denial
     }
 
     /// Check `cmd` against the policy and start it, confined.
@@ -429,9 +434,7 @@ impl Subprocesses {
         // Refused before anything of it is copied into a record.
         if let Err(why) = check_size(&cmd) {
             let denial = Denial::never(DenialReason::Size, why);
-            if self.denials.len() < MAX_DENIALS {
-                self.denials.push(denial.clone());
-            }
+            self.note(&denial);
             return Err(SpawnError::Denied(denial));
         }
         let allowed = match self.policy.check(&cmd.program, &cmd.args, &cmd.env) {
@@ -769,9 +772,7 @@ impl Subprocesses {
 
 /// A command within the bounds a worker may hand over.
 fn check_size(cmd: &SpawnRequest) -> Result<(), String> {
-    use crate::capabilities::bounds::{
-        ARG_BYTES, COMMAND_ARGS, COMMAND_BYTES, PATH_BYTES, STDIN_BYTES,
-    };
+    use crate::bounds::{ARG_BYTES, COMMAND_ARGS, COMMAND_BYTES, PATH_BYTES, STDIN_BYTES};
     let bytes = cmd.program.len()
         + cmd.cwd.as_ref().map_or(0, String::len)
         + cmd.args.iter().map(String::len).sum::<usize>()
@@ -809,7 +810,7 @@ fn record_args(args: &[String]) -> Vec<String> {
     let mut out: Vec<String> = args
         .iter()
         .take(64)
-        .map(|a| crate::capabilities::bounds::cut(a, 1024))
+        .map(|a| crate::bounds::cut(a, 1024))
         .collect();
     if args.len() > 64 {
         out.push(format!("… ({} more)", args.len() - 64));

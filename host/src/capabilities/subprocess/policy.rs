@@ -229,7 +229,7 @@ fn check_git_subcommand(args: &[String]) -> Result<(), String> {
     if !GIT_SUBCOMMANDS.contains(&sub.as_str()) {
         return Err(format!(
             "`git {}` is refused: only git's own commands run (not aliases, helpers, tools or servers, which run programs the repository or the arguments name)",
-            crate::capabilities::bounds::cut(sub, 64)
+            crate::bounds::cut(sub, 64)
         ));
     }
     if args.iter().any(|a| a == "--help") {
