@@ -104,11 +104,41 @@ declare module "@baa-conductor/logging" {
     promptSummary?: string;
     command?: string;
     plugin?: PluginRecord;
-    sandbox?: unknown;
+    sandbox?: ConfinementRecord;
     resumedFromSeq?: number;
     outcome?: StepExecutionOutcome;
     failure?: FailureRecord;
     finishedAt?: string;
+  }
+
+  /** How a step's subprocesses were confined (`metadata.sandbox`). */
+  export interface ConfinementRecord {
+    execute: string | string[];
+    killGraceMs: number;
+    landlock: "enforced" | "required-unavailable" | "unavailable-opted-out";
+    landlockAbi: number;
+    landlockScopes: boolean;
+    landlockTcp: boolean;
+    mode: "confined" | "degraded";
+    nestedSandbox: boolean;
+    network: string | { tcpConnect: number[]; udp: string };
+    noNewPrivs: boolean;
+    processBound: { max?: number; mode: string };
+    readPaths: string[];
+    rlimits: {
+      addressSpaceMib: number | null;
+      core: number;
+      cpuSeconds: number | null;
+      fileSizeMib: number;
+      openFiles: number;
+      processes: number | null;
+    };
+    seccomp: boolean;
+    user:
+      | { mode: "dedicated"; uidBase: number; uid?: number; gid?: number }
+      | { mode: "current"; uid: number };
+    worktreeView: "idmapped" | "chown" | "direct";
+    writePaths: string[];
   }
 
   export interface RunStateSnapshot {

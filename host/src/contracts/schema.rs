@@ -7,24 +7,34 @@ use schemars::generate::SchemaSettings;
 use super::{HostEvent, StepExecutionRequest, StepExecutionResult};
 
 /// The published schemas: file name and document.
+///
+/// The request is described as the host reads it; the result and the host
+/// events as the host writes them (schemars' serialize contract): a field
+/// the host always writes is required even when reading tolerates its
+/// absence (records of older versions), and one it omits when empty is not.
 pub fn all() -> Vec<(&'static str, serde_json::Value)> {
-    let generator = || SchemaSettings::draft2020_12().into_generator();
+    let reads = || SchemaSettings::draft2020_12().into_generator();
+    let writes = || {
+        SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator()
+    };
     vec![
         (
             "step-execution-request.schema.json",
-            generator()
+            reads()
                 .into_root_schema_for::<StepExecutionRequest>()
                 .to_value(),
         ),
         (
             "step-execution-result.schema.json",
-            generator()
+            writes()
                 .into_root_schema_for::<StepExecutionResult>()
                 .to_value(),
         ),
         (
             "host-event.schema.json",
-            generator().into_root_schema_for::<HostEvent>().to_value(),
+            writes().into_root_schema_for::<HostEvent>().to_value(),
         ),
     ]
 }

@@ -206,6 +206,11 @@ enum Command {
         /// The socket to listen on (created with mode 0600).
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+        /// Also stop (as on SIGTERM) when standard input reaches its end: a
+        /// parent holding the other end of a pipe takes the server with it
+        /// when it exits, however it exits.
+        #[arg(long)]
+        stop_on_stdin_close: bool,
     },
     /// Close attempts a stopped host left running: mark them interrupted
     /// (their processes died with that host; leftover sandbox users are
@@ -498,7 +503,10 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
         Command::Inspect { .. } | Command::Stamp { .. } | Command::Check { .. } => {
             author_command(&cli.command, runner)
         }
-        Command::Serve { socket } => serve(runner, socket),
+        Command::Serve {
+            socket,
+            stop_on_stdin_close,
+        } => serve(runner, socket, *stop_on_stdin_close),
         Command::Recover { .. } | Command::Sandbox { .. } | Command::Kinds { .. } => {
             host_command(&cli.command, runner, streams)
         }
@@ -711,7 +719,25 @@ fn schema(kind: Option<SchemaKind>, write: Option<&Path>) -> anyhow::Result<u8> 
     Ok(0)
 }
 
-fn serve(runner: &Runner, socket: &Path) -> anyhow::Result<u8> {
+/// Cancel `shutdown` once standard input reaches its end (or fails). A
+/// detached thread: a blocking read would hold up the runtime's shutdown.
+fn stop_at_end_of_stdin(shutdown: baa_runner::CancellationToken) {
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 512];
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            match std::io::Read::read(&mut stdin, &mut sink) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        shutdown.cancel();
+    });
+}
+
+fn serve(runner: &Runner, socket: &Path, stop_on_stdin_close: bool) -> anyhow::Result<u8> {
     let parent = match socket.parent() {
         Some(p) if p.as_os_str().is_empty() => Path::new("."),
         Some(p) => p,
@@ -735,6 +761,9 @@ fn serve(runner: &Runner, socket: &Path) -> anyhow::Result<u8> {
     }
     step::runtime()?.block_on(async {
         let shutdown = step::cancelled_on_signal(Default::default())?;
+        if stop_on_stdin_close {
+            stop_at_end_of_stdin(shutdown.clone());
+        }
         let listener = baa_runner::serve::listen(socket)?;
         eprintln!("baa-runner: serving on {}", socket.display());
         baa_runner::serve::serve_on(runner.clone(), listener, socket, shutdown).await?;

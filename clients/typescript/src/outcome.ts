@@ -1,0 +1,80 @@
+// The conductor's WorkerExecutor, backed by a BaaRunner: `execute(run)` runs
+// `run.request` and answers the WorkerExecutionOutcome the conductor's
+// contracts.ts declares, mapped from the runner's StepExecutionResult.
+
+import type { StepArtifact, StepExecutionRequest, StepExecutionResult, SuggestedFollowup } from "./generated/contracts.js";
+import type { StepExecutionOutcome } from "./generated/contracts.js";
+import type { BaaRunner } from "./runner.js";
+import type { StepEvent } from "./step.js";
+
+/** What a worker reports to the conductor (contracts.ts `WorkerExecutionOutcome`). */
+export interface WorkerExecutionOutcome {
+  ok: boolean;
+  outcome: StepExecutionOutcome;
+  summary: string;
+  needsHuman?: boolean;
+  blocked?: boolean;
+  stdout?: string[];
+  stderr?: string[];
+  artifacts?: StepArtifact[];
+  suggestedFollowup?: SuggestedFollowup[];
+  exitCode?: number;
+}
+
+/** The part of the conductor's PreparedStepRun the executor reads. */
+export interface PreparedRun {
+  request: StepExecutionRequest;
+}
+
+export interface WorkerExecutorOptions<Run extends PreparedRun> {
+  /** Each live event of a run, in order: forward it into the conductor's log session. */
+  onEvent?: (event: StepEvent, run: Run) => void;
+  /** The full StepExecutionResult of each run (its record, metrics, checkpoints). */
+  onResult?: (result: StepExecutionResult, run: Run) => void;
+  /** Cancels every run of this executor when aborted (their outcomes say interrupted). */
+  signal?: AbortSignal;
+}
+
+/** An object satisfying the conductor's `WorkerExecutor` interface. */
+export interface BaaWorkerExecutor<Run extends PreparedRun = PreparedRun> {
+  execute(run: Run): Promise<WorkerExecutionOutcome>;
+}
+
+/**
+ * The conductor's `WorkerExecutor`, backed by `runner`. Pass the conductor's
+ * `PreparedStepRun` as `Run` so callbacks see it whole:
+ * `const executor: WorkerExecutor = createWorkerExecutor<PreparedStepRun>(runner, { onEvent })`.
+ */
+export function createWorkerExecutor<Run extends PreparedRun = PreparedRun>(
+  runner: BaaRunner,
+  options: WorkerExecutorOptions<Run> = {},
+): BaaWorkerExecutor<Run> {
+  return {
+    async execute(run: Run): Promise<WorkerExecutionOutcome> {
+      const onEvent = options.onEvent;
+      const result = await runner.run(run.request, {
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(onEvent ? { onEvent: (event: StepEvent) => onEvent(event, run) } : {}),
+      });
+      options.onResult?.(result, run);
+      return toWorkerOutcome(result);
+    },
+  };
+}
+
+/** The WorkerExecutionOutcome of a StepExecutionResult: its verdict, output tails, artifacts, follow-ups and exit code. */
+export function toWorkerOutcome(result: StepExecutionResult): WorkerExecutionOutcome {
+  const outcome: WorkerExecutionOutcome = {
+    ok: result.ok,
+    outcome: result.outcome,
+    summary: result.summary,
+    needsHuman: result.needsHuman,
+    blocked: result.blocked,
+    stdout: result.logSummary.stdoutTail,
+    stderr: result.logSummary.stderrTail,
+    artifacts: result.artifacts,
+    suggestedFollowup: result.suggestedFollowup,
+  };
+  if (result.state.exitCode !== undefined) outcome.exitCode = result.state.exitCode;
+  return outcome;
+}

@@ -1,0 +1,105 @@
+// The wire format of `baa-runner serve`: one JSON object per line each way
+// over a Unix socket (README, "serve"). This module frames and parses it;
+// it knows nothing of steps.
+
+import { connect, type Socket } from "node:net";
+import { StringDecoder } from "node:string_decoder";
+
+import type { StepExecutionResult, WorkerLifecycleLogEntry } from "./generated/contracts.js";
+
+/** What the client sends. */
+export type ClientMessage =
+  | { op: "run"; id: string; request: unknown }
+  | { op: "cancel"; id: string };
+
+/** What the server sends; every message carries the client's id. */
+export type ServerMessage =
+  | { id: string; type: "accepted"; runDir: string }
+  | { id: string; type: "event"; seq: number; event: WorkerLifecycleLogEntry }
+  | { id: string; type: "output"; seq: number; stream: "stdout" | "stderr"; text: string }
+  | { id: string; type: "result"; result: StepExecutionResult }
+  | { id: string | null; type: "error"; error: WireError };
+
+export interface WireError {
+  kind: string;
+  message: string;
+  field?: string | null;
+}
+
+/** Handlers of one connection's traffic. */
+export interface Receiver {
+  message(message: ServerMessage): void;
+  /** The connection is gone; `error` says why when it failed. */
+  closed(error: Error | undefined): void;
+}
+
+/** One connection to a server: sends messages, hands each received line to `receiver`. */
+export class Wire {
+  private readonly decoder = new StringDecoder("utf8");
+  private partial: string[] = [];
+  private open = true;
+
+  private constructor(
+    private readonly socket: Socket,
+    private readonly receiver: Receiver,
+  ) {
+    socket.on("data", (chunk: Buffer) => this.read(this.decoder.write(chunk)));
+    let failure: Error | undefined;
+    socket.on("error", (error) => (failure = error));
+    socket.on("close", () => {
+      this.open = false;
+      receiver.closed(failure);
+    });
+  }
+
+  /** Connect to the server listening at `path`. */
+  static connect(path: string, receiver: Receiver): Promise<Wire> {
+    return new Promise((resolve, reject) => {
+      const socket = connect({ path });
+      const failed = (error: Error) => reject(error);
+      socket.once("error", failed);
+      socket.once("connect", () => {
+        socket.off("error", failed);
+        resolve(new Wire(socket, receiver));
+      });
+    });
+  }
+
+  get isOpen(): boolean {
+    return this.open;
+  }
+
+  send(message: ClientMessage): void {
+    if (this.open) this.socket.write(`${JSON.stringify(message)}\n`);
+  }
+
+  /** Close the connection (the server cancels the steps it started). */
+  close(): void {
+    this.socket.end();
+  }
+
+  /** Split `text` into lines without rescanning what came before (results are large). */
+  private read(text: string): void {
+    let start = 0;
+    for (let end = text.indexOf("\n"); end !== -1; end = text.indexOf("\n", start)) {
+      this.partial.push(text.slice(start, end));
+      const line = this.partial.join("");
+      this.partial = [];
+      start = end + 1;
+      if (line.trim() !== "") this.deliver(line);
+    }
+    if (start < text.length) this.partial.push(text.slice(start));
+  }
+
+  private deliver(line: string): void {
+    let message: ServerMessage;
+    try {
+      message = JSON.parse(line) as ServerMessage;
+    } catch (error) {
+      // Not the server we know: nothing after this can be trusted.
+      this.socket.destroy(new Error(`the runner sent a line that is not JSON: ${String(error)}`));
+      return;
+    }
+    this.receiver.message(message);
+  }
+}

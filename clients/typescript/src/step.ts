@@ -1,0 +1,151 @@
+// One step in flight: its live events (numbered, bounded, gaps counted),
+// its result, and its cancellation.
+
+import type { StepExecutionResult, WorkerLifecycleLogEntry } from "./generated/contracts.js";
+
+/** A lifecycle entry, as appended to the run's `logs/lifecycle.jsonl`. */
+export interface LifecycleEvent {
+  type: "lifecycle";
+  /** The step's event number, from 1; a gap means events were missed (the logs have them). */
+  seq: number;
+  entry: WorkerLifecycleLogEntry;
+}
+
+/** A chunk of output, as appended to `logs/stdout.log` or `logs/stderr.log`. */
+export interface OutputEvent {
+  type: "output";
+  seq: number;
+  stream: "stdout" | "stderr";
+  /** The chunk as UTF-8 (invalid bytes replaced; the logs keep the exact bytes). */
+  text: string;
+}
+
+export type StepEvent = LifecycleEvent | OutputEvent;
+
+/** Events a handle keeps for a reader that has not caught up; older ones are dropped and counted. */
+export const DEFAULT_EVENT_BUFFER = 4096;
+
+/**
+ * A running step. `events` is a live view that ends when the step does;
+ * `result` is its StepExecutionResult; `cancel()` stops it (the result then
+ * says `failed`, reason `interrupted`, and the record is written).
+ */
+export class StepHandle {
+  /** The step's result; rejects with RunnerUnavailableError if the runner goes away first. */
+  readonly result: Promise<StepExecutionResult>;
+  private readonly buffered: StepEvent[] = [];
+  private waiting: ((next: IteratorResult<StepEvent>) => void) | undefined;
+  private failWaiting: ((error: unknown) => void) | undefined;
+  private ended = false;
+  private failure: unknown;
+  private iterated = false;
+  private lastSeq = 0;
+  private missedCount = 0;
+  private settle!: { resolve(result: StepExecutionResult): void; reject(error: unknown): void };
+
+  /** @internal Made by BaaRunner.start. */
+  constructor(
+    /** This client's id of the step. */
+    readonly id: string,
+    /** The attempt's run directory: its logs, checkpoints, metadata, state and result. */
+    readonly runDir: string,
+    private readonly sendCancel: () => void,
+    private readonly capacity = DEFAULT_EVENT_BUFFER,
+  ) {
+    this.result = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    // A caller that reads only the events must not crash the process with
+    // an unhandled rejection; awaiting `result` still sees the error.
+    this.result.catch(() => {});
+  }
+
+  /** Events this handle knows were not delivered: gaps in `seq` and events dropped from a full buffer. */
+  get missed(): number {
+    return this.missedCount;
+  }
+
+  /** Whether the step has ended (its result or error is known). */
+  get finished(): boolean {
+    return this.ended;
+  }
+
+  /** Stop the step. Its result still arrives, saying `interrupted`. Idempotent. */
+  cancel(): void {
+    if (!this.ended) this.sendCancel();
+  }
+
+  /** The step's events, live, in order; ends with the step. Iterable once. */
+  get events(): AsyncIterable<StepEvent> {
+    return { [Symbol.asyncIterator]: () => this.iterator() };
+  }
+
+  /** @internal */
+  push(event: StepEvent): void {
+    if (this.ended) return;
+    if (event.seq > this.lastSeq + 1) this.missedCount += event.seq - this.lastSeq - 1;
+    this.lastSeq = Math.max(this.lastSeq, event.seq);
+    if (this.waiting) {
+      const wake = this.waiting;
+      this.clearWaiting();
+      wake({ value: event, done: false });
+      return;
+    }
+    this.buffered.push(event);
+    if (this.buffered.length > this.capacity) {
+      this.buffered.shift();
+      this.missedCount += 1;
+    }
+  }
+
+  /** @internal The step ended with `result`. */
+  finish(result: StepExecutionResult): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.settle.resolve(result);
+    this.wakeAtEnd();
+  }
+
+  /** @internal The step's result will never come. */
+  fail(error: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.failure = error;
+    this.settle.reject(error);
+    this.wakeAtEnd();
+  }
+
+  private wakeAtEnd(): void {
+    if (this.failure !== undefined && this.failWaiting) this.failWaiting(this.failure);
+    else this.waiting?.({ value: undefined, done: true });
+    this.clearWaiting();
+  }
+
+  private clearWaiting(): void {
+    this.waiting = undefined;
+    this.failWaiting = undefined;
+  }
+
+  private iterator(): AsyncIterator<StepEvent> {
+    if (this.iterated) throw new TypeError(`the events of step ${this.id} can be iterated once`);
+    this.iterated = true;
+    return {
+      next: () => {
+        const event = this.buffered.shift();
+        if (event) return Promise.resolve({ value: event, done: false });
+        if (this.ended) {
+          return this.failure === undefined
+            ? Promise.resolve({ value: undefined, done: true })
+            : Promise.reject(this.failure);
+        }
+        return new Promise((resolve, reject) => {
+          this.waiting = resolve;
+          this.failWaiting = reject;
+        });
+      },
+      // A reader that stops early (break, throw) stops listening, not the step.
+      return: () => {
+        this.buffered.length = 0;
+        return Promise.resolve({ value: undefined, done: true });
+      },
+    };
+  }
+}
