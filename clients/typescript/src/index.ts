@@ -11,6 +11,9 @@ export type { LifecycleEvent, OutputEvent, StepEvent } from "./step.js";
 export { createWorkerExecutor, toWorkerOutcome } from "./outcome.js";
 export type {
   BaaWorkerExecutor,
+  ConductorFollowup,
+  ConductorStepKind,
+  ConductorWorkerKind,
   PreparedRun,
   WorkerExecutionOutcome,
   WorkerExecutorOptions,

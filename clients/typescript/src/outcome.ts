@@ -2,12 +2,31 @@
 // `run.request` and answers the WorkerExecutionOutcome the conductor's
 // contracts.ts declares, mapped from the runner's StepExecutionResult.
 
-import type { StepArtifact, StepExecutionRequest, StepExecutionResult, SuggestedFollowup } from "./generated/contracts.js";
-import type { StepExecutionOutcome } from "./generated/contracts.js";
+import type {
+  StepArtifact,
+  StepExecutionOutcome,
+  StepExecutionRequest,
+  StepExecutionResult,
+  SuggestedFollowup,
+} from "./generated/contracts.js";
 import type { BaaRunner } from "./runner.js";
 import type { StepEvent } from "./step.js";
 
-/** What a worker reports to the conductor (contracts.ts `WorkerExecutionOutcome`). */
+/** The conductor's worker kinds (contracts.ts `WorkerKind`); the runner also runs third-party ones. */
+export type ConductorWorkerKind = "codex" | "shell" | "git";
+/** The step kinds the conductor schedules (contracts.ts `StepKind`). */
+export type ConductorStepKind = ConductorWorkerKind | "planner" | "review" | "finalize";
+
+const CONDUCTOR_STEP_KINDS: readonly string[] = ["codex", "shell", "git", "planner", "review", "finalize"];
+
+/** A follow-up step the conductor can schedule (contracts.ts `SuggestedFollowup`). */
+export interface ConductorFollowup {
+  stepName: string;
+  stepKind: ConductorStepKind;
+  reason: string;
+}
+
+/** What a worker reports to the conductor: contracts.ts `WorkerExecutionOutcome`, exactly. */
 export interface WorkerExecutionOutcome {
   ok: boolean;
   outcome: StepExecutionOutcome;
@@ -17,7 +36,7 @@ export interface WorkerExecutionOutcome {
   stdout?: string[];
   stderr?: string[];
   artifacts?: StepArtifact[];
-  suggestedFollowup?: SuggestedFollowup[];
+  suggestedFollowup?: ConductorFollowup[];
   exitCode?: number;
 }
 
@@ -62,7 +81,12 @@ export function createWorkerExecutor<Run extends PreparedRun = PreparedRun>(
   };
 }
 
-/** The WorkerExecutionOutcome of a StepExecutionResult: its verdict, output tails, artifacts, follow-ups and exit code. */
+/**
+ * The WorkerExecutionOutcome of a StepExecutionResult: its verdict, output
+ * tails, artifacts, follow-ups and exit code. A follow-up of a step kind the
+ * conductor does not schedule (a third-party kind's suggestion) becomes a
+ * `review` step whose reason names the suggested kind.
+ */
 export function toWorkerOutcome(result: StepExecutionResult): WorkerExecutionOutcome {
   const outcome: WorkerExecutionOutcome = {
     ok: result.ok,
@@ -73,8 +97,18 @@ export function toWorkerOutcome(result: StepExecutionResult): WorkerExecutionOut
     stdout: result.logSummary.stdoutTail,
     stderr: result.logSummary.stderrTail,
     artifacts: result.artifacts,
-    suggestedFollowup: result.suggestedFollowup,
+    suggestedFollowup: result.suggestedFollowup.map(forConductor),
   };
   if (result.state.exitCode !== undefined) outcome.exitCode = result.state.exitCode;
   return outcome;
+}
+
+function forConductor(followup: SuggestedFollowup): ConductorFollowup {
+  const { stepName, stepKind, reason } = followup;
+  if (isConductorStepKind(stepKind)) return { stepName, stepKind, reason };
+  return { stepName, stepKind: "review", reason: `${reason} (suggested as a \`${stepKind}\` step)` };
+}
+
+function isConductorStepKind(kind: string): kind is ConductorStepKind {
+  return CONDUCTOR_STEP_KINDS.includes(kind);
 }

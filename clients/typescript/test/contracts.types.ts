@@ -33,7 +33,11 @@ export type Checks = [
   Assert<Same<Open<Conductor.StepArtifact>, Client.StepArtifact>>,
   Assert<Same<Open<Conductor.SuggestedFollowup>, Client.SuggestedFollowup>>,
   Assert<Same<Open<Conductor.StepExecutionMetrics>, Client.StepExecutionMetrics>>,
-  Assert<Same<Open<Conductor.WorkerExecutionOutcome>, Client.WorkerExecutionOutcome>>,
+  // What the WorkerExecutor answers is the conductor's own, kinds included.
+  Assert<Same<Conductor.WorkerExecutionOutcome, Client.WorkerExecutionOutcome>>,
+  Assert<Same<Conductor.SuggestedFollowup, Client.ConductorFollowup>>,
+  Assert<Same<Conductor.StepKind, Client.ConductorStepKind>>,
+  Assert<Same<Conductor.WorkerKind, Client.ConductorWorkerKind>>,
   Assert<Same<Conductor.StepExecutionOutcome, Client.StepExecutionOutcome>>,
   Assert<Same<Conductor.CheckpointMode, Client.CheckpointMode>>,
   Assert<Same<Conductor.StepArtifactKind, Client.StepArtifactKind>>,
