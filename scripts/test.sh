@@ -8,12 +8,14 @@ ensure_wasm_target
 ensure_codex
 ensure_componentize_py
 ensure_componentize_js
-ensure_typescript
+ensure_client_deps
 export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
 export BAA_TSC="${BAA_TSC:-$(typescript_tsc)}"
 # The CLI tests run the real binary.
 cargo build --workspace --locked --bins
 cargo test --workspace --locked
+# The TypeScript client against the real runner (and examples/typescript).
+(cd "$CLIENT_DIR" && BAA_RUNNER_BIN="$ROOT/target/debug/baa-runner" npm test)
 # The guest SDK's rustdoc example, run natively.
 (cd plugins && cargo test --locked -p baa-worker-sdk --target "$(rustc -vV | sed -n 's/^host: //p')")
 # The confinement suites again as a host without root (nobody).

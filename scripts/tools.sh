@@ -3,6 +3,8 @@
 #   - the wasm32-wasip2 Rust target (worker kinds are WASI 0.2 components);
 #   - componentize-py (PyPI, pinned) in a virtualenv beside it, for Python
 #     worker kinds, and componentize-js (npm, pinned) for JavaScript ones;
+#   - the TypeScript client's development dependencies, from its lockfile,
+#     into its git-ignored node_modules;
 #   - the Codex CLI (npm `@openai/codex`, pinned) into a cache outside the
 #     repository, shared by clones: $BAA_TOOLS_DIR, else /var/cache/baa-runner
 #     as root (the sandbox's dedicated users must reach the binary, and root's
@@ -70,15 +72,27 @@ ensure_componentize_js() {
         "$COMPONENTIZE_JS_VERSION" "once"
 }
 
-TYPESCRIPT_VERSION="5.9.3"
-TYPESCRIPT_PREFIX="$TOOLS_DIR/typescript-$TYPESCRIPT_VERSION"
+CLIENT_DIR="$ROOT/clients/typescript"
 
-# TypeScript (npm, pinned), for the check that the JSON the host emits
-# satisfies shared/reference/contracts.ts.
-ensure_typescript() {
-    npm_tool "$TYPESCRIPT_PREFIX" tsc typescript "$TYPESCRIPT_VERSION" "once"
+# The TypeScript client's development dependencies (TypeScript,
+# json-schema-to-typescript, Node's types), installed by `npm ci` from its
+# committed lockfile into its git-ignored node_modules, once per lockfile
+# change (npm's cache keeps them from being downloaded twice). Its `tsc` also
+# serves the check that the JSON the host emits satisfies contracts.ts.
+ensure_client_deps() {
+    local stamp="$CLIENT_DIR/node_modules/.installed-package-lock.json"
+    if cmp -s "$CLIENT_DIR/package-lock.json" "$stamp"; then
+        return 0
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "npm is required for the TypeScript client (apt-get install nodejs npm)" >&2
+        return 1
+    fi
+    echo "==> npm ci in clients/typescript (from its lockfile)"
+    (cd "$CLIENT_DIR" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
+    cp "$CLIENT_DIR/package-lock.json" "$stamp"
 }
 
 typescript_tsc() {
-    echo "$TYPESCRIPT_PREFIX/node_modules/.bin/tsc"
+    echo "$CLIENT_DIR/node_modules/.bin/tsc"
 }

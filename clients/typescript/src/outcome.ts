@@ -50,8 +50,11 @@ export interface WorkerExecutorOptions<Run extends PreparedRun> {
   onEvent?: (event: StepEvent, run: Run) => void;
   /** The full StepExecutionResult of each run (its record, metrics, checkpoints). */
   onResult?: (result: StepExecutionResult, run: Run) => void;
-  /** Cancels every run of this executor when aborted (their outcomes say interrupted). */
-  signal?: AbortSignal;
+  /**
+   * Cancels runs when aborted (their outcomes say interrupted): one signal
+   * for every run of this executor, or a run's own signal.
+   */
+  signal?: AbortSignal | ((run: Run) => AbortSignal | undefined);
 }
 
 /** An object satisfying the conductor's `WorkerExecutor` interface. */
@@ -71,8 +74,9 @@ export function createWorkerExecutor<Run extends PreparedRun = PreparedRun>(
   return {
     async execute(run: Run): Promise<WorkerExecutionOutcome> {
       const onEvent = options.onEvent;
+      const signal = typeof options.signal === "function" ? options.signal(run) : options.signal;
       const result = await runner.run(run.request, {
-        ...(options.signal ? { signal: options.signal } : {}),
+        ...(signal ? { signal } : {}),
         ...(onEvent ? { onEvent: (event: StepEvent) => onEvent(event, run) } : {}),
       });
       options.onResult?.(result, run);

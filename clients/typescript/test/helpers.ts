@@ -21,7 +21,7 @@ function findRepoRoot(): string {
   return dir;
 }
 
-const repoRoot = findRepoRoot();
+export const repoRoot = findRepoRoot();
 
 /** The runner under test: $BAA_RUNNER_BIN, else the workspace's debug build. */
 export const binary = process.env["BAA_RUNNER_BIN"] ?? join(repoRoot, "target/debug/baa-runner");
