@@ -134,8 +134,13 @@ export class ServerProcess {
       this.child.once("error", (error) =>
         fail(`could not be started (${error.message}); set \`binary\` or $BAA_RUNNER_BIN`),
       );
-      this.exited.then(() => fail(this.exitInfo ?? "exited"));
       const lines = createInterface({ input: this.child.stderr!, crlfDelay: Infinity });
+      // Its last words may still be in the pipe when its exit is known.
+      const drained = new Promise<void>((resolve) => {
+        lines.once("close", resolve);
+        this.exited.then(() => setTimeout(resolve, 500));
+      });
+      this.exited.then(() => drained).then(() => fail(this.exitInfo ?? "exited"));
       lines.on("line", (line) => {
         this.tail.push(line);
         if (this.tail.length > TAIL_LINES) this.tail.shift();
