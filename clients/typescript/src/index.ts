@@ -6,7 +6,7 @@
 export { BaaRunner, MAX_REQUEST_BYTES } from "./runner.js";
 export type { RunStepOptions, StartStepOptions } from "./runner.js";
 export type { ServeOptions } from "./server.js";
-export { StepHandle, DEFAULT_EVENT_BUFFER } from "./step.js";
+export { StepHandle, DEFAULT_EVENT_BUFFER, hostEvent } from "./step.js";
 export type { LifecycleEvent, OutputEvent, StepEvent } from "./step.js";
 export { createWorkerExecutor, toWorkerOutcome } from "./outcome.js";
 export type {

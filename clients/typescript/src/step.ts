@@ -1,7 +1,7 @@
 // One step in flight: its live events (numbered, bounded, gaps counted),
 // its result, and its cancellation.
 
-import type { StepExecutionResult, WorkerLifecycleLogEntry } from "./generated/contracts.js";
+import type { HostEvent, StepExecutionResult, WorkerLifecycleLogEntry } from "./generated/contracts.js";
 
 /** A lifecycle entry, as appended to the run's `logs/lifecycle.jsonl`. */
 export interface LifecycleEvent {
@@ -21,6 +21,15 @@ export interface OutputEvent {
 }
 
 export type StepEvent = LifecycleEvent | OutputEvent;
+
+/**
+ * A host lifecycle entry's name and data, typed by the runner's host-event
+ * schema (`step.finished` has its outcome, `subprocess.denied` its denial,
+ * …); undefined for a worker's own events.
+ */
+export function hostEvent(entry: WorkerLifecycleLogEntry): HostEvent | undefined {
+  return entry.source === "host" ? ({ event: entry.event, data: entry.data } as HostEvent) : undefined;
+}
 
 /** Events a handle keeps for a reader that has not caught up; older ones are dropped and counted. */
 export const DEFAULT_EVENT_BUFFER = 4096;

@@ -6,7 +6,7 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
-import { BaaRunner, InvalidRequestError, type StepEvent } from "@baa-runner/client";
+import { BaaRunner, hostEvent, InvalidRequestError, type StepEvent } from "@baa-runner/client";
 
 import { readJson, Scratch, startRunner } from "./helpers.js";
 
@@ -95,6 +95,11 @@ test("events arrive live, in order, while the step runs", async () => {
   assert.equal(names[0], "run.prepared");
   assert.ok(names.indexOf("step.started") < names.indexOf("subprocess.started"));
   assert.equal(names.at(-1), "step.finished");
+  const last = seen.at(-1);
+  const finished = last?.type === "lifecycle" ? hostEvent(last.entry) : undefined;
+  assert.ok(finished?.event === "step.finished");
+  assert.equal(finished.data.outcome, "completed");
+  assert.equal(finished.data.exitCode, 0);
   const output = seen.flatMap((e) => (e.type === "output" ? [e.text] : [])).join("");
   assert.equal(output, "first\nsecond\n");
   // The live view is the record's: the same lifecycle entries, in order.
