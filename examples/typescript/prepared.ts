@@ -3,12 +3,13 @@
 // WorkerExecutor. baa-runner's executor reads `request` from it and gives
 // the whole run to the callbacks.
 
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 
 import type { PreparedStepRun, StepExecutionRequest } from "contracts";
 
 export function prepare(request: StepExecutionRequest): PreparedStepRun {
-  const runsRoot = request.runtime.runsRootDir ?? join(request.runtime.repoRoot, ".baa/runs");
+  if (!request.runtime.runsRootDir) throw new Error("this stand-in needs runtime.runsRootDir");
+  const runsRoot = resolve(request.runtime.repoRoot, request.runtime.runsRootDir);
   const runDir = join(runsRoot, request.taskId, request.runId, request.stepId, `attempt-${request.attempt}`);
   const logs = join(runDir, "logs");
   const checkpointsDir = join(runDir, "checkpoints");

@@ -2,28 +2,19 @@
 // step's processes are gone and its record says interrupted.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import type { BaaRunner, StepHandle } from "@baa-runner/client";
+import type { StepHandle } from "@baa-runner/client";
 
-import { marker, processesWith, readJson, Scratch, startRunner, until } from "./helpers.js";
+import { fileFixture, marker, processesWith, readJson, until } from "./helpers.js";
 
-let runner: BaaRunner;
-const scratch = new Scratch();
-
-before(async () => {
-  ({ runner } = await startRunner());
-});
-
-after(async () => {
-  await runner.close();
-  scratch.remove();
-});
+const fixture = fileFixture();
+const { scratch } = fixture;
 
 test("an AbortSignal cancels a running step: its process is gone, its record says interrupted", async () => {
   const tag = marker();
   const controller = new AbortController();
-  const running = runner.run(scratch.shell(`exec sleep ${tag}`), {
+  const running = fixture.runner.run(scratch.shell(`exec sleep ${tag}`), {
     signal: controller.signal,
     onEvent: (event) => {
       if (event.type === "lifecycle" && event.entry.event === "subprocess.started") {
@@ -42,14 +33,14 @@ test("an AbortSignal cancels a running step: its process is gone, its record say
 test("a signal aborted before the step is sent runs nothing", async () => {
   const controller = new AbortController();
   controller.abort(new Error("not today"));
-  await assert.rejects(runner.run(scratch.shell("echo never"), { signal: controller.signal }), /not today/);
-  assert.equal(runner.running, 0);
+  await assert.rejects(fixture.runner.run(scratch.shell("echo never"), { signal: controller.signal }), /not today/);
+  assert.equal(fixture.runner.running, 0);
 });
 
 test("a signal aborted while the step is being accepted still cancels it", async () => {
   const tag = marker();
   const controller = new AbortController();
-  const starting = runner.start(scratch.shell(`exec sleep ${tag}`), { signal: controller.signal });
+  const starting = fixture.runner.start(scratch.shell(`exec sleep ${tag}`), { signal: controller.signal });
   controller.abort();
   const step: StepHandle = await starting;
   const result = await step.result;
@@ -59,7 +50,7 @@ test("a signal aborted while the step is being accepted still cancels it", async
 
 test("handle.cancel() stops the step; its events end and its result says interrupted", async () => {
   const tag = marker();
-  const step = await runner.start(scratch.shell(`echo started; exec sleep ${tag}`));
+  const step = await fixture.runner.start(scratch.shell(`echo started; exec sleep ${tag}`));
   for await (const event of step.events) {
     if (event.type === "output" && event.text.includes("started")) {
       await until(() => processesWith(tag).length > 0, "the step's sleep");

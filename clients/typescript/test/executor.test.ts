@@ -4,95 +4,30 @@
 // runner's result.
 
 import assert from "node:assert/strict";
-import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import type { PreparedStepRun, StepExecutionRequest, WorkerExecutor, WorkerExecutionOutcome } from "contracts";
 import type { LocalRunLogSession } from "@baa-conductor/logging";
 import {
-  BaaRunner,
   createWorkerExecutor,
   toWorkerOutcome,
   type StepEvent,
   type StepExecutionResult,
 } from "@baa-runner/client";
 
-import { Scratch, startRunner } from "./helpers.js";
+import { prepare } from "../../../examples/typescript/prepared.js";
+import { fileFixture } from "./helpers.js";
 
-let runner: BaaRunner;
-const scratch = new Scratch();
-
-before(async () => {
-  ({ runner } = await startRunner());
-});
-
-after(async () => {
-  await runner.close();
-  scratch.remove();
-});
+const fixture = fileFixture();
+const { scratch } = fixture;
 
 /** The conductor's log session, with a sink for the events forwarded into it. */
 type ConductorLogSession = LocalRunLogSession & { forwarded: StepEvent[] };
 
-/** A PreparedStepRun as the conductor hands one to its executor. */
+/** A PreparedStepRun as the conductor hands one to its executor (examples/typescript's stand-in), its log session collecting what is forwarded. */
 function prepared(request: StepExecutionRequest): PreparedStepRun & { logSession: ConductorLogSession } {
-  const runDir = join(scratch.runs, request.taskId, request.runId, request.stepId, `attempt-${request.attempt}`);
-  const now = new Date().toISOString();
-  const logs = join(runDir, "logs");
-  return {
-    request,
-    logPaths: {
-      runsRootDir: scratch.runs,
-      runDir,
-      metadataPath: join(runDir, "metadata.json"),
-      statePath: join(runDir, "state.json"),
-      resultPath: join(runDir, "result.json"),
-      logsDir: logs,
-      lifecycleLogPath: join(logs, "lifecycle.jsonl"),
-      stdoutLogPath: join(logs, "stdout.log"),
-      stderrLogPath: join(logs, "stderr.log"),
-      checkpointsDir: join(runDir, "checkpoints"),
-      artifactsDir: join(runDir, "artifacts"),
-      homeDir: join(runDir, "home"),
-    },
-    logSession: {
-      sessionId: `${request.runId}-${request.stepId}`,
-      runDir,
-      startedAt: now,
-      status: "open",
-      lifecycleLogPath: join(logs, "lifecycle.jsonl"),
-      stdoutLogPath: join(logs, "stdout.log"),
-      stderrLogPath: join(logs, "stderr.log"),
-      forwarded: [],
-    },
-    metadata: {
-      schemaVersion: 1,
-      taskId: request.taskId,
-      stepId: request.stepId,
-      runId: request.runId,
-      attempt: request.attempt,
-      stepName: request.stepName,
-      stepKind: request.stepKind,
-      workerKind: request.workerKind,
-      timeoutSec: request.timeoutSec,
-      repoRoot: request.runtime.repoRoot,
-      worktreePath: request.runtime.worktreePath,
-      runDir,
-      preparedAt: now,
-      checkpointMode: "capture",
-      host: "conductor",
-    },
-    state: { status: "prepared", updatedAt: now, lastCheckpointSeq: 0, lifecycleEventCount: 0 },
-    checkpoint: {
-      checkpointsDir: join(runDir, "checkpoints"),
-      mode: "capture",
-      lastCheckpointSeq: 0,
-      nextCheckpointSeq: 1,
-      supportedTypes: ["summary", "git-diff", "log-tail"],
-      records: [],
-    },
-    checkpointManager: { state: { checkpointsDir: join(runDir, "checkpoints") } },
-  };
+  const run = prepare(request);
+  return { ...run, logSession: { ...run.logSession, forwarded: [] } };
 }
 
 /** The shell request of the seed's own types (its kinds are the built-in three). */
@@ -105,7 +40,7 @@ test("the WorkerExecutor runs run.request and answers the seed's WorkerExecution
   const results: StepExecutionResult[] = [];
   // Exactly as the conductor declares it: a WorkerExecutor.
   const executor: WorkerExecutor = createWorkerExecutor<PreparedStepRun & { logSession: ConductorLogSession }>(
-    runner,
+    fixture.runner,
     {
       onEvent: (event, run) => run.logSession.forwarded.push(event),
       onResult: (result) => results.push(result),
@@ -139,8 +74,8 @@ test("the WorkerExecutor runs run.request and answers the seed's WorkerExecution
 
 test("concurrent executions through one WorkerExecutor, one of them cancelled", async () => {
   const controller = new AbortController();
-  const slow: WorkerExecutor = createWorkerExecutor(runner, { signal: controller.signal });
-  const quick: WorkerExecutor = createWorkerExecutor(runner);
+  const slow: WorkerExecutor = createWorkerExecutor(fixture.runner, { signal: controller.signal });
+  const quick: WorkerExecutor = createWorkerExecutor(fixture.runner);
   const cancelled = slow.execute(prepared(request("echo waiting; sleep 60")));
   const done = await Promise.all([1, 2, 3].map((i) => quick.execute(prepared(request(`echo quick ${i}`)))));
   controller.abort();
@@ -153,7 +88,7 @@ test("concurrent executions through one WorkerExecutor, one of them cancelled", 
 });
 
 test("a follow-up of a step kind the conductor does not schedule reaches it as a review", async () => {
-  const result = await runner.run(request("true"));
+  const result = await fixture.runner.run(request("true"));
   const outcome = toWorkerOutcome({
     ...result,
     suggestedFollowup: [

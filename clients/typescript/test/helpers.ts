@@ -8,6 +8,8 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
+import { after, before } from "node:test";
+
 import { BaaRunner, type ServeOptions, type StepExecutionRequest } from "@baa-runner/client";
 
 /** The checkout: the first directory above this file holding clients/typescript. */
@@ -39,6 +41,26 @@ export async function startRunner(options: ServeOptions = {}): Promise<{ runner:
     ...options,
   });
   return { runner, log };
+}
+
+/** A test file's runner and scratch repository: started before its tests, closed and removed after. */
+export function fileFixture(): { readonly runner: BaaRunner; readonly scratch: Scratch } {
+  const scratch = new Scratch();
+  let runner: BaaRunner | undefined;
+  before(async () => {
+    ({ runner } = await startRunner());
+  });
+  after(async () => {
+    await runner?.close();
+    scratch.remove();
+  });
+  return {
+    scratch,
+    get runner(): BaaRunner {
+      if (!runner) throw new Error("the file's runner starts before its tests");
+      return runner;
+    },
+  };
 }
 
 /** A scratch directory holding a git repository with one commit, and a runs root. */

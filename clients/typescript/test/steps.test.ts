@@ -4,26 +4,17 @@
 import assert from "node:assert/strict";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import { BaaRunner, hostEvent, InvalidRequestError, type StepEvent } from "@baa-runner/client";
+import { hostEvent, InvalidRequestError, type StepEvent } from "@baa-runner/client";
 
-import { readJson, Scratch, startRunner } from "./helpers.js";
+import { fileFixture, readJson, startRunner } from "./helpers.js";
 
-let runner: BaaRunner;
-const scratch = new Scratch();
-
-before(async () => {
-  ({ runner } = await startRunner());
-});
-
-after(async () => {
-  await runner.close();
-  scratch.remove();
-});
+const fixture = fileFixture();
+const { scratch } = fixture;
 
 test("a completed step resolves with its StepExecutionResult, as recorded", async () => {
-  const result = await runner.run(scratch.shell("echo hello from the step"));
+  const result = await fixture.runner.run(scratch.shell("echo hello from the step"));
   assert.equal(result.outcome, "completed");
   assert.equal(result.ok, true);
   assert.deepEqual(result.logSummary.stdoutTail, ["hello from the step"]);
@@ -35,7 +26,7 @@ test("a completed step resolves with its StepExecutionResult, as recorded", asyn
 });
 
 test("a failed step resolves with outcome failed and its exit code", async () => {
-  const result = await runner.run(scratch.shell("echo broken >&2; exit 3"));
+  const result = await fixture.runner.run(scratch.shell("echo broken >&2; exit 3"));
   assert.equal(result.outcome, "failed");
   assert.equal(result.ok, false);
   assert.equal(result.state.exitCode, 3);
@@ -61,7 +52,7 @@ test("a step of a kind asking for more than the operator granted is blocked, wit
 });
 
 test("a step past its timeoutSec fails with reason timeout", async () => {
-  const result = await runner.run(scratch.shell("sleep 30", { timeoutSec: 1 }));
+  const result = await fixture.runner.run(scratch.shell("sleep 30", { timeoutSec: 1 }));
   assert.equal(result.outcome, "failed");
   assert.equal(result.state.failure?.reason, "timeout");
   assert.ok(result.durationMs < 30_000, `${result.durationMs} ms`);
@@ -75,7 +66,7 @@ test("events arrive live, in order, while the step runs", async () => {
     'echo first; while [ ! -e go ]; do sleep 0.05; done; echo second',
     { timeoutSec: 30 },
   );
-  const step = await runner.start(request);
+  const step = await fixture.runner.start(request);
   const seen: StepEvent[] = [];
   for await (const event of step.events) {
     seen.push(event);
@@ -113,7 +104,7 @@ test("an invalid request is refused, naming its field", async () => {
   const missing = join(scratch.dir, "no-such-worktree");
   const request = scratch.shell("true");
   request.runtime = { ...request.runtime, worktreePath: missing };
-  const refused = await runner.start(request).then(
+  const refused = await fixture.runner.start(request).then(
     () => assert.fail("the runner accepted a missing worktree"),
     (error: unknown) => error,
   );
@@ -123,21 +114,21 @@ test("an invalid request is refused, naming its field", async () => {
 
   const { taskId: _, ...withoutTask } = scratch.shell("true");
   await assert.rejects(
-    runner.run(withoutTask as never),
+    fixture.runner.run(withoutTask as never),
     (error: unknown) => error instanceof InvalidRequestError && error.field === "taskId",
   );
   // The connection is still good.
-  assert.equal((await runner.run(scratch.shell("true"))).outcome, "completed");
+  assert.equal((await fixture.runner.run(scratch.shell("true"))).outcome, "completed");
 });
 
 test("twenty steps run concurrently on one connection, each with its own result", async () => {
   const requests = Array.from({ length: 20 }, (_, i) => scratch.shell(`echo concurrent-${i}`));
-  const results = await Promise.all(requests.map((request) => runner.run(request)));
+  const results = await Promise.all(requests.map((request) => fixture.runner.run(request)));
   results.forEach((result, i) => {
     assert.equal(result.outcome, "completed", result.summary);
     assert.equal(result.stepId, requests[i]?.stepId);
     assert.deepEqual(result.logSummary.stdoutTail, [`concurrent-${i}`]);
   });
   assert.equal(new Set(results.map((r) => r.logPaths.runDir)).size, 20);
-  assert.equal(runner.running, 0);
+  assert.equal(fixture.runner.running, 0);
 });
