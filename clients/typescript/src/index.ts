@@ -3,7 +3,8 @@
 // WorkerExecutor backed by it; the contract types come from the runner's
 // JSON Schema.
 
-export { BaaRunner, MAX_REQUEST_BYTES } from "./runner.js";
+export { BaaRunner } from "./runner.js";
+export { MAX_REQUEST_BYTES } from "./request.js";
 export type { RunStepOptions, StartStepOptions } from "./runner.js";
 export type { ServeOptions } from "./server.js";
 export { StepHandle, DEFAULT_EVENT_BUFFER, hostEvent } from "./step.js";

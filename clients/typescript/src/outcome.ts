@@ -46,13 +46,19 @@ export interface PreparedRun {
 }
 
 export interface WorkerExecutorOptions<Run extends PreparedRun> {
-  /** Each live event of a run, in order: forward it into the conductor's log session. */
-  onEvent?: (event: StepEvent, run: Run) => void;
+  /**
+   * Each live event of a run, in order (awaited when it returns a promise):
+   * forward it into the conductor's log session. If it throws or rejects,
+   * the run is cancelled and `execute` rejects with that error.
+   */
+  onEvent?: (event: StepEvent, run: Run) => unknown;
   /** The full StepExecutionResult of each run (its record, metrics, checkpoints). */
   onResult?: (result: StepExecutionResult, run: Run) => void;
   /**
    * Cancels runs when aborted (their outcomes say interrupted): one signal
-   * for every run of this executor, or a run's own signal.
+   * for every run of this executor, or a run's own signal. A run whose
+   * signal is already aborted is not sent: `execute` rejects with the
+   * signal's reason.
    */
   signal?: AbortSignal | ((run: Run) => AbortSignal | undefined);
 }

@@ -7,11 +7,6 @@ import { StringDecoder } from "node:string_decoder";
 
 import type { StepExecutionResult, WorkerLifecycleLogEntry } from "./generated/contracts.js";
 
-/** What the client sends. */
-export type ClientMessage =
-  | { op: "run"; id: string; request: unknown }
-  | { op: "cancel"; id: string };
-
 /** What the server sends; every message carries the client's id. */
 export type ServerMessage =
   | { id: string; type: "accepted"; runDir: string }
@@ -33,7 +28,7 @@ export interface Receiver {
   closed(error: Error | undefined): void;
 }
 
-/** One connection to a server: sends messages, hands each received line to `receiver`. */
+/** One connection to a server: sends run and cancel messages, hands each received message to `receiver`. */
 export class Wire {
   private readonly decoder = new StringDecoder("utf8");
   private partial: string[] = [];
@@ -65,17 +60,25 @@ export class Wire {
     });
   }
 
-  get isOpen(): boolean {
-    return this.open;
+  /** `{"op":"run","id":…,"request":…}`, the request already serialized (and checked). */
+  sendRun(id: string, request: string): void {
+    this.write(`{"op":"run","id":${JSON.stringify(id)},"request":${request}}\n`);
   }
 
-  send(message: ClientMessage): void {
-    if (this.open) this.socket.write(`${JSON.stringify(message)}\n`);
+  /** `{"op":"cancel","id":…}`. */
+  sendCancel(id: string): void {
+    this.write(`${JSON.stringify({ op: "cancel", id })}\n`);
   }
 
   /** Close the connection (the server cancels the steps it started). */
   close(): void {
+    this.open = false;
     this.socket.end();
+  }
+
+  /** Nothing is written once the connection is closed or closing. */
+  private write(line: string): void {
+    if (this.open && !this.socket.writableEnded) this.socket.write(line);
   }
 
   /** Split `text` into lines without rescanning what came before (results are large). */

@@ -6,29 +6,38 @@
 import { BaaRunnerError, HostError, InvalidRequestError, RunnerUnavailableError } from "./errors.js";
 import type { StepExecutionRequest, StepExecutionResult } from "./generated/contracts.js";
 import { Wire, type ServerMessage, type WireError } from "./protocol.js";
+import { serializeRequest } from "./request.js";
 import { ServerProcess, type ServeOptions } from "./server.js";
-import { StepHandle, type StepEvent } from "./step.js";
-
-/** Largest request the runner accepts, serialized (its `MAX_REQUEST_BYTES`). */
-export const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
+import { Cancellations } from "./signals.js";
+import { DEFAULT_EVENT_BUFFER, StepHandle, type StepEvent } from "./step.js";
 
 export interface StartStepOptions {
   /** Cancels the step when aborted (its result then says `interrupted`). */
   signal?: AbortSignal;
-  /** Events a handle keeps for a reader that has not caught up (default 4,096). */
+  /** Events a handle keeps for a reader that has not caught up (default 4,096; 0: keep none). */
   eventBuffer?: number;
 }
 
 export interface RunStepOptions {
   /** Cancels the step when aborted; the promise then resolves with its `interrupted` result. */
   signal?: AbortSignal;
-  /** Called with each live event, in order. If it throws, the step is cancelled and `run` rejects with that error. */
-  onEvent?: (event: StepEvent) => void;
+  /**
+   * Called with each live event, in order (awaited when it returns a
+   * promise). If it throws or rejects, the step is cancelled and `run`
+   * rejects with that error once the step's record is written.
+   */
+  onEvent?: (event: StepEvent) => unknown;
 }
 
 /** A step sent but not yet accepted, or accepted and running. */
 type Pending =
-  | { state: "starting"; resolve(handle: StepHandle): void; reject(error: unknown): void; options: StartStepOptions }
+  | {
+      state: "starting";
+      resolve(handle: StepHandle): void;
+      reject(error: unknown): void;
+      eventBuffer: number;
+      started: Promise<StepHandle>;
+    }
   | { state: "running"; handle: StepHandle };
 
 /**
@@ -39,6 +48,9 @@ type Pending =
  */
 export class BaaRunner {
   private readonly steps = new Map<string, Pending>();
+  /** Runs sent and not yet answered, oldest first: the server answers them in this order. */
+  private readonly unanswered: string[] = [];
+  private readonly cancellations = new Cancellations((id) => this.sendCancel(id));
   private nextId = 1;
   private wire!: Wire;
   private lost: RunnerUnavailableError | undefined;
@@ -56,7 +68,7 @@ export class BaaRunner {
     try {
       return await BaaRunner.attach(server.socket, server);
     } catch (error) {
-      await server.stop();
+      await server.stop(0);
       throw error;
     }
   }
@@ -94,37 +106,36 @@ export class BaaRunner {
   /**
    * Send a step; resolves once the runner accepted it (with its run
    * directory), rejects with InvalidRequestError (naming the field) when it
-   * refused it, or RunnerUnavailableError when it is gone.
+   * refused it, or RunnerUnavailableError when it is gone. A signal already
+   * aborted rejects with its reason and sends nothing.
    */
   start(request: StepExecutionRequest, options: StartStepOptions = {}): Promise<StepHandle> {
-    if (options.signal?.aborted) return Promise.reject(options.signal.reason);
-    const unavailable = this.unavailable();
-    if (unavailable) return Promise.reject(unavailable);
-    let body: string;
     try {
-      body = JSON.stringify(request);
+      options.signal?.throwIfAborted();
+      const unavailable = this.unavailable();
+      if (unavailable) throw unavailable;
+      const eventBuffer = options.eventBuffer ?? DEFAULT_EVENT_BUFFER;
+      if (!Number.isSafeInteger(eventBuffer) || eventBuffer < 0) {
+        throw new RangeError(`eventBuffer must be a whole number ≥ 0, not ${eventBuffer}`);
+      }
+      return this.send(serializeRequest(request), eventBuffer, options.signal);
     } catch (error) {
-      return Promise.reject(new InvalidRequestError(`the request is not JSON: ${String(error)}`, "(request)"));
+      return Promise.reject(error);
     }
-    if (typeof request !== "object" || request === null || Array.isArray(request)) {
-      return Promise.reject(new InvalidRequestError("the request must be a JSON object", "(request)"));
-    }
-    if (Buffer.byteLength(body) > MAX_REQUEST_BYTES) {
-      const message = `the request is larger than ${MAX_REQUEST_BYTES} bytes; shorten its long fields (promptSummary, command)`;
-      return Promise.reject(new InvalidRequestError(message, "(request)"));
-    }
+  }
+
+  private send(body: string, eventBuffer: number, signal: AbortSignal | undefined): Promise<StepHandle> {
     const id = `s${this.nextId++}`;
-    const started = new Promise<StepHandle>((resolve, reject) =>
-      this.steps.set(id, { state: "starting", resolve, reject, options }),
-    );
-    this.wire.send({ op: "run", id, request });
-    const signal = options.signal;
+    let settle!: { resolve(handle: StepHandle): void; reject(error: unknown): void };
+    const started = new Promise<StepHandle>((resolve, reject) => (settle = { resolve, reject }));
+    this.steps.set(id, { state: "starting", ...settle, eventBuffer, started });
+    this.unanswered.push(id);
+    this.wire.sendRun(id, body);
     if (signal) {
       // The server reads a connection's messages in order: a cancel sent
       // now reaches the step once it started (or is answered unknown-id).
-      const abort = () => this.wire.send({ op: "cancel", id });
-      signal.addEventListener("abort", abort, { once: true });
-      const forget = () => signal.removeEventListener("abort", abort);
+      this.cancellations.watch(signal, id);
+      const forget = () => this.cancellations.forget(signal, id);
       started.then((handle) => handle.result.then(forget, forget), forget);
     }
     return started;
@@ -135,27 +146,31 @@ export class BaaRunner {
    * resolves with the result, which says `failed`, reason `interrupted`.
    */
   async run(request: StepExecutionRequest, options: RunStepOptions = {}): Promise<StepExecutionResult> {
-    const startOptions: StartStepOptions = options.signal ? { signal: options.signal } : {};
-    const step = await this.start(request, startOptions);
     const onEvent = options.onEvent;
+    const step = await this.start(request, {
+      ...(options.signal ? { signal: options.signal } : {}),
+      // Without a callback nobody reads the events: keep none.
+      eventBuffer: onEvent ? DEFAULT_EVENT_BUFFER : 0,
+    });
     if (onEvent) {
-      try {
-        for await (const event of step.events) onEvent(event);
-      } catch (error) {
-        if (error instanceof BaaRunnerError) throw error;
-        // The callback failed: stop the step, let its record be written.
-        step.cancel();
-        await step.result.catch(() => {});
-        throw error;
+      for await (const event of step.events) {
+        try {
+          await onEvent(event);
+        } catch (error) {
+          // The callback failed: stop the step, let its record be written.
+          step.cancel();
+          await step.result.catch(() => {});
+          throw error;
+        }
       }
     }
     return step.result;
   }
 
   /**
-   * Cancel the steps still running, wait for their results (their records
-   * are written), close the connection and stop the server this client
-   * spawned. Idempotent.
+   * Cancel the steps still starting or running, wait for their results
+   * (their records are written), close the connection and stop the server
+   * this client spawned. Idempotent.
    */
   close(): Promise<void> {
     this.closing ??= this.shutDown();
@@ -163,14 +178,19 @@ export class BaaRunner {
   }
 
   private async shutDown(): Promise<void> {
-    const results: Promise<unknown>[] = [];
+    const ended: Promise<unknown>[] = [];
     for (const [id, pending] of this.steps) {
-      this.wire.send({ op: "cancel", id });
-      if (pending.state === "running") results.push(pending.handle.result.catch(() => {}));
+      this.sendCancel(id);
+      const started = pending.state === "starting" ? pending.started : Promise.resolve(pending.handle);
+      ended.push(started.then((handle) => handle.result).catch(() => {}));
     }
-    await Promise.all(results);
+    await Promise.all(ended);
     this.wire.close();
     await this.server?.stop();
+  }
+
+  private sendCancel(id: string): void {
+    if (this.steps.has(id)) this.wire.sendCancel(id);
   }
 
   private unavailable(): RunnerUnavailableError | undefined {
@@ -180,19 +200,17 @@ export class BaaRunner {
   }
 
   private receive(message: ServerMessage): void {
-    if (message.id === null) {
-      // An error about no step: our own message was malformed (a client bug).
-      process.emitWarning(`baa-runner serve: ${message.type === "error" ? message.error.message : "?"}`);
-      return;
-    }
-    const pending = this.steps.get(message.id);
-    if (!pending) return; // A late answer to a cancel of a step that ended.
+    // An error without an id answers a line the server could not read: the
+    // oldest run still unanswered (it answers each run before reading on).
+    const id = message.id ?? (message.type === "error" ? this.unanswered[0] : undefined);
+    const pending = id === undefined ? undefined : this.steps.get(id);
+    if (id === undefined || !pending) return; // A late answer to a cancel of a step that ended.
     switch (message.type) {
       case "accepted": {
         if (pending.state !== "starting") return;
-        const cancel = () => this.wire.send({ op: "cancel", id: message.id });
-        const handle = new StepHandle(message.id, message.runDir, cancel, pending.options.eventBuffer);
-        this.steps.set(message.id, { state: "running", handle });
+        this.answered(id);
+        const handle = new StepHandle(id, message.runDir, () => this.sendCancel(id), pending.eventBuffer);
+        this.steps.set(id, { state: "running", handle });
         pending.resolve(handle);
         return;
       }
@@ -208,19 +226,25 @@ export class BaaRunner {
         }
         return;
       case "result":
-        this.steps.delete(message.id);
+        this.steps.delete(id);
         if (pending.state === "running") pending.handle.finish(message.result);
         return;
       case "error":
-        this.failed(message.id, pending, message.error);
+        this.failed(id, pending, message.error);
         return;
     }
+  }
+
+  private answered(id: string): void {
+    const at = this.unanswered.indexOf(id);
+    if (at !== -1) this.unanswered.splice(at, 1);
   }
 
   private failed(id: string, pending: Pending, error: WireError): void {
     // A cancel that crossed the step's end is answered unknown-id: harmless.
     if (error.kind === "unknown-id") return;
     this.steps.delete(id);
+    this.answered(id);
     const failure = errorOf(error);
     if (pending.state === "starting") pending.reject(failure);
     else pending.handle.fail(failure);
@@ -228,10 +252,11 @@ export class BaaRunner {
 
   /** The connection is gone: every step still waiting learns where its record is. */
   private async disconnected(error: Error | undefined): Promise<void> {
+    const closedByUs = this.closing !== undefined;
     // The socket of a server that died closes just before its exit is known.
-    if (this.server && !this.closing) await this.server.exitedWithin(1_000);
+    if (this.server && !closedByUs) await this.server.exitedWithin(1_000);
     const exit = this.server?.exit;
-    const why = this.closing
+    const why = closedByUs
       ? "this BaaRunner was closed"
       : exit
         ? `baa-runner serve (pid ${this.server?.pid}) ${exit}`
@@ -247,6 +272,7 @@ export class BaaRunner {
       }
     }
     this.steps.clear();
+    this.unanswered.length = 0;
   }
 }
 

@@ -32,6 +32,12 @@ const READY = "baa-runner: serving on ";
 /** Lines of the server's stderr kept to explain its exit. */
 const TAIL_LINES = 20;
 
+/** Servers this process spawned and has not stopped: killed (and their directories removed) when it exits. */
+const live = new Set<ServerProcess>();
+process.on("exit", () => {
+  for (const server of live) server.killNow();
+});
+
 /** A running `baa-runner serve` child. */
 export class ServerProcess {
   private readonly tail: string[] = [];
@@ -49,7 +55,9 @@ export class ServerProcess {
         resolve();
       }),
     );
-    process.once("exit", this.killOnExit);
+    // Failures after start-up (a kill that fails) are not the caller's to catch.
+    child.on("error", (error) => this.tail.push(`(${error.message})`));
+    live.add(this);
   }
 
   /** Spawn the server and wait until it listens. */
@@ -68,12 +76,15 @@ export class ServerProcess {
     const child = spawn(binary, args, {
       env: options.env ?? process.env,
       stdio: ["pipe", "ignore", "pipe"],
+      // A process group of its own: a terminal's Ctrl-C reaches the conductor,
+      // which decides; its exit still stops the server (stdin is the lifeline).
+      detached: true,
     });
     const server = new ServerProcess(child, socket, ownDir);
     try {
       await server.ready(binary, options);
     } catch (error) {
-      await server.stop();
+      await server.stop(0);
       throw error;
     }
     return server;
@@ -103,7 +114,7 @@ export class ServerProcess {
 
   /** Stop the server (SIGTERM: running steps are cancelled and their records written) and wait. */
   async stop(graceMs = 30_000): Promise<void> {
-    process.off("exit", this.killOnExit);
+    live.delete(this);
     if (this.exitInfo === undefined && this.child.exitCode === null) {
       this.child.stdin?.end();
       this.child.kill("SIGTERM");
@@ -114,9 +125,11 @@ export class ServerProcess {
     if (this.ownDir) rmSync(this.ownDir, { recursive: true, force: true });
   }
 
-  private readonly killOnExit = (): void => {
+  /** @internal This process exits: no waiting is possible any more. */
+  killNow(): void {
     this.child.kill("SIGTERM");
-  };
+    if (this.ownDir) rmSync(this.ownDir, { recursive: true, force: true });
+  }
 
   /** Resolve once the server prints that it listens; reject if it exits or takes too long. */
   private ready(binary: string, options: ServeOptions): Promise<void> {
@@ -148,7 +161,11 @@ export class ServerProcess {
           clearTimeout(timer);
           resolve();
         } else {
-          log(line);
+          try {
+            log(line);
+          } catch (error) {
+            process.emitWarning(`baa-runner: onLog threw: ${String(error)}`);
+          }
         }
       });
     });

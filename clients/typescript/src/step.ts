@@ -33,6 +33,10 @@ export function hostEvent(entry: WorkerLifecycleLogEntry): HostEvent | undefined
 
 /** Events a handle keeps for a reader that has not caught up; older ones are dropped and counted. */
 export const DEFAULT_EVENT_BUFFER = 4096;
+/** Characters of output text a handle keeps for a reader that has not caught up. */
+const BUFFERED_TEXT = 8 * 1024 * 1024;
+
+type Waiter = { resolve(next: IteratorResult<StepEvent>): void; reject(error: unknown): void };
 
 /**
  * A running step. `events` is a live view that ends when the step does;
@@ -43,11 +47,12 @@ export class StepHandle {
   /** The step's result; rejects with RunnerUnavailableError if the runner goes away first. */
   readonly result: Promise<StepExecutionResult>;
   private readonly buffered: StepEvent[] = [];
-  private waiting: ((next: IteratorResult<StepEvent>) => void) | undefined;
-  private failWaiting: ((error: unknown) => void) | undefined;
+  private bufferedText = 0;
+  private readonly waiters: Waiter[] = [];
   private ended = false;
   private failure: unknown;
   private iterated = false;
+  private listening: boolean;
   private lastSeq = 0;
   private missedCount = 0;
   private settle!: { resolve(result: StepExecutionResult): void; reject(error: unknown): void };
@@ -61,6 +66,7 @@ export class StepHandle {
     private readonly sendCancel: () => void,
     private readonly capacity = DEFAULT_EVENT_BUFFER,
   ) {
+    this.listening = capacity > 0;
     this.result = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
     // A caller that reads only the events must not crash the process with
     // an unhandled rejection; awaiting `result` still sees the error.
@@ -92,15 +98,18 @@ export class StepHandle {
     if (this.ended) return;
     if (event.seq > this.lastSeq + 1) this.missedCount += event.seq - this.lastSeq - 1;
     this.lastSeq = Math.max(this.lastSeq, event.seq);
-    if (this.waiting) {
-      const wake = this.waiting;
-      this.clearWaiting();
-      wake({ value: event, done: false });
+    const waiter = this.waiters.shift();
+    if (waiter) {
+      waiter.resolve({ value: event, done: false });
       return;
     }
+    if (!this.listening) return;
     this.buffered.push(event);
-    if (this.buffered.length > this.capacity) {
-      this.buffered.shift();
+    this.bufferedText += textOf(event);
+    while (this.buffered.length > this.capacity || this.bufferedText > BUFFERED_TEXT) {
+      const dropped = this.buffered.shift();
+      if (!dropped) break;
+      this.bufferedText -= textOf(dropped);
       this.missedCount += 1;
     }
   }
@@ -110,7 +119,7 @@ export class StepHandle {
     if (this.ended) return;
     this.ended = true;
     this.settle.resolve(result);
-    this.wakeAtEnd();
+    for (const waiter of this.waiters.splice(0)) waiter.resolve({ value: undefined, done: true });
   }
 
   /** @internal The step's result will never come. */
@@ -119,18 +128,7 @@ export class StepHandle {
     this.ended = true;
     this.failure = error;
     this.settle.reject(error);
-    this.wakeAtEnd();
-  }
-
-  private wakeAtEnd(): void {
-    if (this.failure !== undefined && this.failWaiting) this.failWaiting(this.failure);
-    else this.waiting?.({ value: undefined, done: true });
-    this.clearWaiting();
-  }
-
-  private clearWaiting(): void {
-    this.waiting = undefined;
-    this.failWaiting = undefined;
+    for (const waiter of this.waiters.splice(0)) waiter.reject(error);
   }
 
   private iterator(): AsyncIterator<StepEvent> {
@@ -139,22 +137,29 @@ export class StepHandle {
     return {
       next: () => {
         const event = this.buffered.shift();
-        if (event) return Promise.resolve({ value: event, done: false });
+        if (event) {
+          this.bufferedText -= textOf(event);
+          return Promise.resolve({ value: event, done: false });
+        }
         if (this.ended) {
           return this.failure === undefined
             ? Promise.resolve({ value: undefined, done: true })
             : Promise.reject(this.failure);
         }
-        return new Promise((resolve, reject) => {
-          this.waiting = resolve;
-          this.failWaiting = reject;
-        });
+        return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
       },
       // A reader that stops early (break, throw) stops listening, not the step.
       return: () => {
+        this.listening = false;
         this.buffered.length = 0;
+        this.bufferedText = 0;
+        for (const waiter of this.waiters.splice(0)) waiter.resolve({ value: undefined, done: true });
         return Promise.resolve({ value: undefined, done: true });
       },
     };
   }
+}
+
+function textOf(event: StepEvent): number {
+  return event.type === "output" ? event.text.length : 0;
 }
