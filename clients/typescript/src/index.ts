@@ -7,8 +7,9 @@ export { BaaRunner } from "./runner.js";
 export { MAX_REQUEST_BYTES } from "./request.js";
 export type { RunStepOptions, StartStepOptions } from "./runner.js";
 export type { ServeOptions } from "./server.js";
-export { StepHandle, DEFAULT_EVENT_BUFFER, hostEvent } from "./step.js";
-export type { LifecycleEvent, OutputEvent, StepEvent } from "./step.js";
+export { DEFAULT_EVENT_BUFFER, hostEvent } from "./step.js";
+// A type only: handles are made by BaaRunner.start.
+export type { LifecycleEvent, OutputEvent, StepEvent, StepHandle } from "./step.js";
 export { createWorkerExecutor, toWorkerOutcome } from "./outcome.js";
 export type {
   BaaWorkerExecutor,
