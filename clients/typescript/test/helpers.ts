@@ -134,3 +134,13 @@ export async function until(condition: () => boolean, what: string, ms = 10_000)
 export function marker(): string {
   return `${Math.floor(Math.random() * 1e6) + 100}.${process.pid}`;
 }
+
+/** Whether process `pid` still exists. */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

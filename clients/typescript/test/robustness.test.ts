@@ -12,19 +12,10 @@ import { test } from "node:test";
 
 import { BaaRunner, HostError, InvalidRequestError, RunnerUnavailableError, type StepHandle } from "@baa-runner/client";
 
-import { binary, fileFixture, readJson, repoRoot, until } from "./helpers.js";
+import { alive, binary, fileFixture, readJson, repoRoot, until } from "./helpers.js";
 
 const fixture = fileFixture();
 const { scratch } = fixture;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 test("a string cut inside a character is refused before it is sent, naming its field", async () => {
   const cut = "deploy 🎉".slice(0, 8); // half of the emoji's surrogate pair

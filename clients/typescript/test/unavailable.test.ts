@@ -10,20 +10,11 @@ import { after, test } from "node:test";
 
 import { BaaRunner, RunnerUnavailableError } from "@baa-runner/client";
 
-import { binary, marker, processesWith, readJson, Scratch, startRunner, until } from "./helpers.js";
+import { alive, binary, marker, processesWith, readJson, Scratch, startRunner, until } from "./helpers.js";
 
 const scratch = new Scratch();
 
 after(() => scratch.remove());
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 test("serve killed mid-step: the step rejects with RunnerUnavailableError naming its run directory", async () => {
   const { runner } = await startRunner();
