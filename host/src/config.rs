@@ -338,6 +338,49 @@ pub struct RunnerConfig {
     /// Steps executing at once, per runner and per kind.
     #[serde(default)]
     pub concurrency: Concurrency,
+    /// How `baa-runner worker` takes part in a NATS JetStream cluster.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`: how this host takes part in a cluster (`baa-runner worker`).
+///
+/// ```toml
+/// [cluster]
+/// url = "nats://queue.internal:4222"
+/// ack-wait-sec = 30     # silence after which another host takes a step
+/// max-deliver = 8       # most hosts (deliveries) one step gets
+/// kinds = ["shell"]     # serve only these (default: every runnable kind)
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// The NATS server (`--nats` overrides it).
+    pub url: Option<String>,
+    /// This host's name in the cluster (default: `<hostname>-<pid>`).
+    pub host_name: Option<String>,
+    /// Seconds a step's delivery may go without a sign of life from its
+    /// host (sent every third of it while the step runs) before the queue
+    /// gives it to another host (default 30).
+    pub ack_wait_sec: u64,
+    /// Most deliveries of one step (default 8); later redeliveries back
+    /// off (one, two, then four times `ack-wait-sec`).
+    pub max_deliver: u32,
+    /// The kinds this host serves (default: every kind it can run and is
+    /// granted what it requests).
+    pub kinds: Option<Vec<String>>,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            url: None,
+            host_name: None,
+            ack_wait_sec: 30,
+            max_deliver: 8,
+            kinds: None,
+        }
+    }
 }
 
 fn compiled_cache_max_mib() -> u64 {
@@ -454,6 +497,7 @@ impl Default for RunnerConfig {
             compiled_cache_max_mib: compiled_cache_max_mib(),
             durability: Default::default(),
             concurrency: Concurrency::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -494,6 +538,7 @@ impl RunnerConfig {
             compiled_cache_max_mib: file.compiled_cache_max_mib,
             durability: file.durability,
             concurrency: file.concurrency,
+            cluster: file.cluster,
         })
     }
 

@@ -51,6 +51,17 @@ impl Error {
         }
     }
 
+    /// How the wire protocols (`serve`, the cluster's answers) name this
+    /// error: `invalid-request` (with the field), `invalid-input` or
+    /// `host-error`.
+    pub fn wire_kind(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Error::InvalidRequest { field, .. } => ("invalid-request", Some(field.as_str())),
+            e if e.is_invalid_input() => ("invalid-input", None),
+            _ => ("host-error", None),
+        }
+    }
+
     /// Whether the caller's input (request, config, plugin) is at fault.
     pub fn is_invalid_input(&self) -> bool {
         matches!(

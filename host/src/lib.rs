@@ -11,6 +11,8 @@
 //! - [`run`]: the lifecycle (validate → prepare → execute → finish), [`Runner`]
 //!   and the [`StepHandle`] of a started step (events, cancellation, result);
 //! - [`serve`]: the same over a Unix socket for conductors not written in Rust;
+//! - `cluster` (feature `cluster`, on by default): many hosts pulling
+//!   steps from NATS JetStream, each step answered exactly once;
 //! - [`worker`]: the WIT boundary (bindings of every `baa:worker` version,
 //!   host interfaces on per-capability views, engine, store, limits);
 //! - [`capabilities`]: what workers reach through the host (subprocess
@@ -75,6 +77,8 @@ pub mod bounds;
 pub mod budget;
 pub mod capabilities;
 pub mod checkpoints;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 pub mod contracts;
 pub mod error;

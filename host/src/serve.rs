@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::contracts::MAX_REQUEST_BYTES;
 use crate::logs::Stream;
-use crate::run::{StepEventBody, StepHandle};
+use crate::run::{StepEvent, StepEventBody, StepHandle};
 use crate::{Error, Runner};
 
 /// Messages a connection may have queued for its client before its steps'
@@ -184,13 +184,7 @@ impl Session {
         let handle = match started {
             Ok(handle) => handle,
             Err(e) => {
-                let (kind, field) = match &e {
-                    Error::InvalidRequest { field, .. } => {
-                        ("invalid-request", Some(field.as_str()))
-                    }
-                    e if e.is_invalid_input() => ("invalid-input", None),
-                    _ => ("host-error", None),
-                };
+                let (kind, field) = e.wire_kind();
                 self.error(Some(&id), kind, &e.to_string(), field).await;
                 return;
             }
@@ -297,19 +291,11 @@ async fn forward(
 ) {
     let mut text = Utf8Chunks::default();
     while let Some(event) = handle.events().next().await {
-        let message = match event.body {
-            StepEventBody::Lifecycle(entry) => {
-                json!({ "id": id, "type": "event", "seq": event.seq, "event": entry })
-            }
-            StepEventBody::Output { stream, bytes } => json!({
-                "id": id,
-                "type": "output",
-                "seq": event.seq,
-                "stream": stream.as_str(),
-                "text": text.decode(stream, &bytes),
-            }),
-            StepEventBody::Finished(_) => break,
+        let Some(mut message) = event_json(event, &mut text) else {
+            break;
         };
+        message.insert("id".into(), Value::from(id.as_str()));
+        let message = Value::Object(message);
         // A client that stopped reading makes this wait, and the step's
         // stream then skips events: the step itself never waits for it.
         if outbox.send(message).await.is_err() {
@@ -324,16 +310,41 @@ async fn forward(
     let _ = outbox.send(message).await;
 }
 
+/// A step event as the wire protocols carry it: `type` `event` (`seq`,
+/// `event`: a lifecycle entry) or `output` (`seq`, `stream`, `text`);
+/// `None` for the closing event, which the result stands for.
+pub(crate) fn event_json(
+    event: StepEvent,
+    text: &mut Utf8Chunks,
+) -> Option<serde_json::Map<String, Value>> {
+    let message = match event.body {
+        StepEventBody::Lifecycle(entry) => {
+            json!({ "type": "event", "seq": event.seq, "event": entry })
+        }
+        StepEventBody::Output { stream, bytes } => json!({
+            "type": "output",
+            "seq": event.seq,
+            "stream": stream.as_str(),
+            "text": text.decode(stream, &bytes),
+        }),
+        StepEventBody::Finished(_) => return None,
+    };
+    match message {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
 /// Output chunks as text. A character cut between two chunks of a stream is
 /// carried over to the next chunk rather than replaced; only bytes that are
 /// not UTF-8 become U+FFFD.
 #[derive(Default)]
-struct Utf8Chunks {
+pub(crate) struct Utf8Chunks {
     carried: [Vec<u8>; 2],
 }
 
 impl Utf8Chunks {
-    fn decode(&mut self, stream: Stream, bytes: &[u8]) -> String {
+    pub(crate) fn decode(&mut self, stream: Stream, bytes: &[u8]) -> String {
         let carried = &mut self.carried[stream as usize];
         let mut joined = std::mem::take(carried);
         joined.extend_from_slice(bytes);

@@ -8,6 +8,7 @@ use baa_runner::contracts::StepExecutionRequest;
 use serde_json::{json, Value};
 
 pub mod mock_model;
+pub mod nats;
 
 /// Paths of the fixture worker kinds built by `build.rs`.
 pub mod fixtures {

@@ -6,6 +6,7 @@ mod author;
 mod bounds;
 mod checkpoints;
 mod cli;
+mod cluster;
 mod codex;
 mod compiled_cache;
 mod confinement;

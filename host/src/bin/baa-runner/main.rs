@@ -2,6 +2,8 @@
 //! list the worker kinds found, author kinds, serve steps over a socket.
 //! Exit codes are in [`exit`] and in `--help`.
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod live;
 mod render;
 mod step;
@@ -212,6 +214,45 @@ enum Command {
         #[arg(long)]
         stop_on_stdin_close: bool,
     },
+    /// Take part in a cluster: pull steps of the kinds this host can run
+    /// from NATS JetStream, run them, publish their events and answers,
+    /// until SIGINT or SIGTERM (then finish the steps running here).
+    #[cfg(feature = "cluster")]
+    Worker {
+        /// The NATS server (else `[cluster] url`, else nats://127.0.0.1:4222).
+        #[arg(long, value_name = "URL", env = "BAA_NATS_URL")]
+        nats: Option<String>,
+        /// This host's name in the cluster (else `[cluster] host-name`, else
+        /// <hostname>-<pid>).
+        #[arg(long, value_name = "NAME")]
+        host_name: Option<String>,
+        /// Serve only this kind (repeatable; else `[cluster] kinds`, else
+        /// every kind this host can run and grants).
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+    },
+    /// Queue a step in the cluster and wait for its answer: output, JSON
+    /// and exit codes as `run`; Ctrl-C cancels it wherever it runs.
+    #[cfg(feature = "cluster")]
+    Submit {
+        /// The NATS server (else `[cluster] url`, else nats://127.0.0.1:4222).
+        #[arg(long, value_name = "URL", env = "BAA_NATS_URL")]
+        nats: Option<String>,
+        /// Print exactly the StepExecutionResult JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Follow the step's events live, wherever it runs.
+        #[arg(long)]
+        watch: bool,
+        /// The StepExecutionRequest JSON file (`-` for stdin).
+        request: PathBuf,
+    },
+    /// Look at the cluster.
+    #[cfg(feature = "cluster")]
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Close attempts a stopped host left running: mark them interrupted
     /// (their processes died with that host; leftover sandbox users are
     /// swept). DIR: a runs root or any directory below it.
@@ -236,6 +277,18 @@ enum SchemaKind {
     Result,
     /// The host's lifecycle events: each `event` name with its `data`.
     HostEvent,
+}
+
+#[cfg(feature = "cluster")]
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The live workers: their kinds and load.
+    Status {
+        #[arg(long, value_name = "URL", env = "BAA_NATS_URL")]
+        nats: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -275,10 +328,9 @@ fn main() -> ExitCode {
     // Listing commands piped into `head` end quietly, as any CLI's. A step
     // (and `serve`) is never killed by a closed stdout: output to it is
     // dropped and the step finishes and writes its records.
-    if !matches!(
-        cli.command,
-        Command::Run { .. } | Command::Resume { .. } | Command::Serve { .. }
-    ) {
+    if !(serves_many(&cli.command)
+        || matches!(cli.command, Command::Run { .. } | Command::Resume { .. }))
+    {
         // SAFETY: restoring the default action of SIGPIPE before any
         // thread exists.
         unsafe {
@@ -300,7 +352,8 @@ fn main() -> ExitCode {
             let invalid = e
                 .downcast_ref::<Error>()
                 .is_some_and(Error::is_invalid_input)
-                || e.downcast_ref::<InvalidInput>().is_some();
+                || e.downcast_ref::<InvalidInput>().is_some()
+                || cluster_invalid(&e);
             eprintln!(
                 "{} {}",
                 streams.stderr.red("baa-runner: error:"),
@@ -313,6 +366,16 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+#[cfg(feature = "cluster")]
+fn cluster_invalid(error: &anyhow::Error) -> bool {
+    cluster::invalid(error)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn cluster_invalid(_: &anyhow::Error) -> bool {
+    false
 }
 
 /// An error and its causes on one line, each cause once (messages that
@@ -420,6 +483,24 @@ fn trusted_config(path: &Path) -> bool {
     trusted
 }
 
+/// `serve` and `worker` run many steps at once; every other command one.
+fn serves_many(command: &Command) -> bool {
+    #[cfg(feature = "cluster")]
+    if matches!(command, Command::Worker { .. }) {
+        return true;
+    }
+    matches!(command, Command::Serve { .. })
+}
+
+/// The config file's settings, for commands that need no runner.
+#[cfg(feature = "cluster")]
+fn settings(cli: &Cli) -> anyhow::Result<RunnerConfig> {
+    Ok(match config_path(cli) {
+        Some(path) => RunnerConfig::from_file(&path).map_err(Error::from)?,
+        None => RunnerConfig::default(),
+    })
+}
+
 fn runner(cli: &Cli, streams: Streams) -> anyhow::Result<Runner> {
     let mut config = match config_path(cli) {
         Some(path) => {
@@ -431,7 +512,7 @@ fn runner(cli: &Cli, streams: Streams) -> anyhow::Result<Runner> {
     config.plugin_dirs.extend(cli.plugins_dirs.iter().cloned());
     // Every command but `serve` executes at most one step: the engine
     // reserves instance slots for that one, not for a server's thousand.
-    if !matches!(cli.command, Command::Serve { .. }) {
+    if !serves_many(&cli.command) {
         config.concurrency.max_steps = 1;
     }
     let runner = Runner::new(config)?;
@@ -490,6 +571,27 @@ fn dispatch(cli: Cli, streams: Streams) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Checkpoints { command } => checkpoints(command),
+        #[cfg(feature = "cluster")]
+        Command::Submit {
+            nats,
+            json,
+            watch,
+            request,
+        } => {
+            let config = settings(&cli)?;
+            cluster::submit(
+                nats.as_deref(),
+                &config.cluster,
+                request,
+                *json,
+                *watch,
+                streams,
+            )
+        }
+        #[cfg(feature = "cluster")]
+        Command::Cluster {
+            command: ClusterCommand::Status { nats, json },
+        } => cluster::status(nats.as_deref(), &settings(&cli)?.cluster, *json),
         _ => with_runner(&cli, &runner(&cli, streams)?, streams),
     }
 }
@@ -509,6 +611,16 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
         } => serve(runner, socket, *stop_on_stdin_close),
         Command::Recover { .. } | Command::Sandbox { .. } | Command::Kinds { .. } => {
             host_command(&cli.command, runner, streams)
+        }
+        #[cfg(feature = "cluster")]
+        Command::Worker {
+            nats,
+            host_name,
+            kinds,
+        } => cluster::worker(runner, nats.as_deref(), host_name.as_deref(), kinds),
+        #[cfg(feature = "cluster")]
+        Command::Submit { .. } | Command::Cluster { .. } => {
+            unreachable!("dispatched without a runner")
         }
         Command::Completions { .. }
         | Command::Schema { .. }

@@ -165,7 +165,7 @@ pub fn prepare(
     Ok(0)
 }
 
-fn exit_code(result: &StepExecutionResult) -> u8 {
+pub fn exit_code(result: &StepExecutionResult) -> u8 {
     match result.outcome {
         StepExecutionOutcome::Completed | StepExecutionOutcome::Prepared => 0,
         StepExecutionOutcome::Failed => exit::FAILED,

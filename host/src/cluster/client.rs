@@ -1,0 +1,311 @@
+//! A conductor's side of the cluster: [`Cluster::start`] queues a step and
+//! returns a [`ClusterStep`] shaped like the local [`crate::StepHandle`]:
+//! its live events, `cancel()` (wherever it runs), and its one answer.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::nats::{nats_error, Connection};
+use super::record::{Answer, Reply, ReplyError, StepRecord};
+use super::topology::{self as names, check_token, StepIdentity};
+use super::ClusterError;
+use crate::contracts::{StepExecutionRequest, StepExecutionResult};
+use crate::logs::Stream;
+use crate::run::{StepEvent, StepEventBody};
+
+/// The [`ReplyError::kind`] of a step cancelled before any host took it.
+pub const CANCELLED: &str = "cancelled";
+
+/// A conductor's connection to the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    connection: Connection,
+}
+
+/// A live event of a step running somewhere in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterEvent {
+    /// The host that runs the step, and which delivery it runs: a step
+    /// taken over by another host starts numbering again.
+    pub host: String,
+    pub delivery: u64,
+    pub event: StepEvent,
+}
+
+/// What [`Cluster::hosts`] lists for each live host.
+pub type HostStatus = Value;
+
+impl Cluster {
+    /// Connect to the cluster's NATS server (its streams and buckets are
+    /// created when missing).
+    pub async fn connect(url: &str) -> Result<Self, ClusterError> {
+        Ok(Cluster {
+            connection: Connection::open(url).await?,
+        })
+    }
+
+    /// The connection (streams, buckets) for tools that look inside.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Queue `request` for a host serving its kind and follow it. A step
+    /// already submitted (same `taskId/stepId/runId/attempt`) is not queued
+    /// twice: the handle follows the first submission.
+    pub async fn start(&self, request: &StepExecutionRequest) -> Result<ClusterStep, ClusterError> {
+        let kind = request.worker_kind.as_str();
+        check_token(kind).map_err(|why| {
+            ClusterError::Step(crate::Error::InvalidRequest {
+                field: "workerKind".into(),
+                message: why,
+            })
+        })?;
+        let id = StepIdentity::of(request);
+        let client = &self.connection.client;
+        let events = client
+            .subscribe(names::events_subject(&id))
+            .await
+            .map_err(|e| nats_error("following a step's events")(Box::new(e)))?;
+        let answers = self
+            .connection
+            .results
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: names::result_subject(&id),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("following a step's answer")(Box::new(e)))?
+            .messages()
+            .await
+            .map_err(|e| nats_error("following a step's answer")(Box::new(e)))?;
+        let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(id.key());
+        let ack = self
+            .connection
+            .jetstream
+            .send_publish(names::steps_subject(kind), publish)
+            .await
+            .map_err(|e| nats_error("queueing a step")(Box::new(e)))?
+            .await
+            .map_err(|e| nats_error("queueing a step")(Box::new(e)))?;
+        Ok(ClusterStep {
+            connection: self.connection.clone(),
+            id,
+            worker_kind: kind.to_owned(),
+            duplicate: ack.duplicate,
+            events: Some(events),
+            answers: Box::pin(answers),
+            answer: None,
+        })
+    }
+
+    /// The hosts that said they are alive in the last two minutes.
+    pub async fn hosts(&self) -> Result<Vec<HostStatus>, ClusterError> {
+        let store = &self.connection.hosts;
+        let mut keys = store
+            .keys()
+            .await
+            .map_err(|e| nats_error("listing hosts")(Box::new(e)))?;
+        let mut hosts = Vec::new();
+        while let Some(key) = keys.next().await {
+            let Ok(key) = key else { continue };
+            if let Ok(Some(value)) = store.get(&key).await {
+                if let Ok(status) = serde_json::from_slice::<Value>(&value) {
+                    hosts.push(status);
+                }
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// Whether a live host serves `kind`.
+    pub async fn served(&self, kind: &str) -> Result<bool, ClusterError> {
+        Ok(self.hosts().await?.iter().any(|host| {
+            host["kinds"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
+        }))
+    }
+}
+
+type Answers = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<Item = Result<jetstream::Message, consumer::pull::OrderedError>>
+            + Send,
+    >,
+>;
+
+/// A step queued in the cluster.
+pub struct ClusterStep {
+    connection: Connection,
+    id: StepIdentity,
+    worker_kind: String,
+    duplicate: bool,
+    events: Option<async_nats::Subscriber>,
+    answers: Answers,
+    answer: Option<Answer>,
+}
+
+impl ClusterStep {
+    /// `taskId/stepId/runId/attempt`.
+    pub fn identity(&self) -> &StepIdentity {
+        &self.id
+    }
+
+    /// The step had been submitted before: this handle follows that one.
+    pub fn duplicate(&self) -> bool {
+        self.duplicate
+    }
+
+    /// The next live event, wherever the step runs; `None` once it is
+    /// answered (the answer is then kept for [`ClusterStep::answer`]).
+    pub async fn next_event(&mut self) -> Result<Option<ClusterEvent>, ClusterError> {
+        loop {
+            if self.answer.is_some() {
+                return Ok(None);
+            }
+            let Some(events) = self.events.as_mut() else {
+                self.answer = Some(self.wait_answer().await?);
+                return Ok(None);
+            };
+            tokio::select! {
+                message = events.next() => match message {
+                    Some(message) => {
+                        if let Some(event) = parse_event(&message.payload) {
+                            return Ok(Some(event));
+                        }
+                    }
+                    None => self.events = None,
+                },
+                answer = next_answer(&mut self.answers, &self.id) => {
+                    self.answer = Some(answer?);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    async fn wait_answer(&mut self) -> Result<Answer, ClusterError> {
+        next_answer(&mut self.answers, &self.id).await
+    }
+
+    /// Cancel the step wherever it runs, or when a host picks it up if it
+    /// is still queued: its result then says `interrupted`.
+    pub async fn cancel(&self) -> Result<(), ClusterError> {
+        let key = self.id.key();
+        let note = Bytes::from(json!({ "at": crate::fsutil::now_rfc3339() }).to_string());
+        self.connection
+            .cancels
+            .put(&key, note)
+            .await
+            .map_err(|e| nats_error("cancelling a step")(Box::new(e)))?;
+        self.connection
+            .client
+            .publish(names::cancel_subject(&self.id), Bytes::new())
+            .await
+            .map_err(|e| nats_error("cancelling a step")(Box::new(e)))?;
+        let _ = self.connection.client.flush().await;
+        // A step no host has taken is answered here, and no host will run
+        // it: the record is created only if none exists (a host that took
+        // it meanwhile was told above, and answers it itself).
+        let reply = Reply::Error(ReplyError {
+            kind: CANCELLED.into(),
+            message: format!("step {} was cancelled before any host started it", self.id),
+            field: None,
+        });
+        let record = StepRecord {
+            step: self.id.to_string(),
+            worker_kind: self.worker_kind.clone(),
+            owner: String::new(),
+            delivery: 0,
+            runs: Vec::new(),
+            reply: Some(reply.clone()),
+        };
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        match self.connection.records.create(&key, value).await {
+            Ok(_) => {
+                let answer = Answer {
+                    reply,
+                    runs: Vec::new(),
+                };
+                self.connection.publish_answer(&self.id, &answer).await
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(nats_error("cancelling a step")(Box::new(e))),
+        }
+    }
+
+    /// The step's answer: its result, or why it could not run, and every
+    /// host that took it.
+    pub async fn answer(mut self) -> Result<Answer, ClusterError> {
+        match self.answer.take() {
+            Some(answer) => Ok(answer),
+            None => self.wait_answer().await,
+        }
+    }
+
+    /// The step's result ([`ClusterError::Rejected`] when no host could
+    /// run it: an invalid request names its field).
+    pub async fn result(self) -> Result<StepExecutionResult, ClusterError> {
+        match self.answer().await?.reply {
+            Reply::Result(result) => Ok(*result),
+            Reply::Error(error) => Err(ClusterError::Rejected(error)),
+        }
+    }
+}
+
+async fn next_answer(answers: &mut Answers, id: &StepIdentity) -> Result<Answer, ClusterError> {
+    loop {
+        match answers.next().await {
+            Some(Ok(message)) => {
+                return serde_json::from_slice(&message.payload).map_err(|e| {
+                    ClusterError::Corrupt {
+                        what: format!("the answer of step {id}"),
+                        message: e.to_string(),
+                    }
+                })
+            }
+            Some(Err(e)) => {
+                tracing::debug!("following the answer of {id}: {e}; resuming");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None => {
+                return Err(ClusterError::Nats {
+                    doing: "following a step's answer",
+                    message: "the connection closed".into(),
+                })
+            }
+        }
+    }
+}
+
+/// A worker's event message as a [`ClusterEvent`] (`None` if it is not one).
+fn parse_event(payload: &[u8]) -> Option<ClusterEvent> {
+    let message: Value = serde_json::from_slice(payload).ok()?;
+    let body = match message["type"].as_str()? {
+        "event" => StepEventBody::Lifecycle(serde_json::from_value(message["event"].clone()).ok()?),
+        "output" => StepEventBody::Output {
+            stream: match message["stream"].as_str()? {
+                "stderr" => Stream::Stderr,
+                _ => Stream::Stdout,
+            },
+            bytes: Bytes::from(message["text"].as_str()?.to_owned()),
+        },
+        _ => return None,
+    };
+    Some(ClusterEvent {
+        host: message["host"].as_str()?.to_owned(),
+        delivery: message["delivery"].as_u64()?,
+        event: StepEvent {
+            seq: message["seq"].as_u64()?,
+            body,
+        },
+    })
+}

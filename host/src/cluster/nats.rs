@@ -1,0 +1,374 @@
+//! The cluster on NATS JetStream: the streams, buckets and consumers of
+//! [`super::topology`], created when missing, and [`NatsTransport`], a
+//! worker's [`Transport`] over them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+
+use super::record::{Answer, StepRecord};
+use super::topology::{self as names, StepIdentity};
+use super::transport::{Delivery, Transport};
+use super::ClusterError;
+use crate::config::ClusterSettings;
+
+/// How long answers and step records are kept.
+const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Within this window a resubmitted step (same identity) is dropped by the
+/// queue itself; after it, by its record.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// A connection to the cluster's NATS server, with its streams and buckets.
+#[derive(Clone)]
+pub struct Connection {
+    pub client: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub steps: stream::Stream,
+    pub results: stream::Stream,
+    pub records: kv::Store,
+    pub cancels: kv::Store,
+    pub hosts: kv::Store,
+}
+
+pub(crate) fn nats_error(doing: &'static str) -> impl FnOnce(async_nats::Error) -> ClusterError {
+    move |e| ClusterError::Nats {
+        doing,
+        message: e.to_string(),
+    }
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
+    Box::new(e)
+}
+
+impl Connection {
+    /// Connect to `url` and make sure the cluster's streams and buckets
+    /// exist (creating them is idempotent: every host and client may).
+    pub async fn open(url: &str) -> Result<Self, ClusterError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("baa-runner")
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: url.to_owned(),
+                message: e.to_string(),
+            })?;
+        let jetstream = jetstream::new(client.clone());
+        let steps = jetstream
+            .get_or_create_stream(stream::Config {
+                name: names::STEPS_STREAM.into(),
+                description: Some("baa-runner: steps waiting for a host, per kind".into()),
+                subjects: vec![names::all_steps()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                max_message_size: crate::contracts::MAX_REQUEST_BYTES as i32,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("opening the steps stream")(boxed(e)))?;
+        let results = jetstream
+            .get_or_create_stream(stream::Config {
+                name: names::RESULTS_STREAM.into(),
+                description: Some("baa-runner: one answer per step".into()),
+                subjects: vec![names::all_results()],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                max_age: KEEP,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("opening the results stream")(boxed(e)))?;
+        let records = bucket(&jetstream, names::STEPS_BUCKET, 16, KEEP).await?;
+        let cancels = bucket(&jetstream, names::CANCELS_BUCKET, 1, KEEP).await?;
+        let hosts = bucket(&jetstream, names::HOSTS_BUCKET, 1, Duration::from_secs(120)).await?;
+        Ok(Connection {
+            client,
+            jetstream,
+            steps,
+            results,
+            records,
+            cancels,
+            hosts,
+        })
+    }
+
+    /// Publish a step's answer: only the first one per step is kept (by
+    /// message id, and by the subject's last sequence, which must be none).
+    pub async fn publish_answer(
+        &self,
+        id: &StepIdentity,
+        answer: &Answer,
+    ) -> Result<(), ClusterError> {
+        let payload = Bytes::from(serde_json::to_vec(answer).unwrap_or_default());
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload)
+            .message_id(id.key())
+            .expected_last_subject_sequence(0);
+        let sent = self
+            .jetstream
+            .send_publish(names::result_subject(id), publish)
+            .await
+            .map_err(|e| nats_error("publishing an answer")(boxed(e)))?;
+        match sent.await {
+            Ok(_) => Ok(()),
+            // The step has its answer already: this one is a duplicate.
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(()),
+            Err(e) => Err(nats_error("publishing an answer")(boxed(e))),
+        }
+    }
+
+    /// The durable consumer the hosts serving `kind` share.
+    pub async fn kind_consumer(
+        &self,
+        kind: &str,
+        settings: &ClusterSettings,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, ClusterError> {
+        let name = names::consumer_name(kind);
+        let ack_wait = Duration::from_secs(settings.ack_wait_sec.max(1));
+        let max_deliver = settings.max_deliver.max(1);
+        // Redeliveries after silence back off: one, two, then four waits.
+        let backoff = [1, 2, 4]
+            .iter()
+            .map(|n| ack_wait * *n)
+            .take((max_deliver as usize).saturating_sub(1))
+            .collect();
+        self.steps
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    description: Some(format!("baa-runner hosts serving `{kind}`")),
+                    filter_subject: names::steps_subject(kind),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    max_deliver: i64::from(max_deliver),
+                    backoff,
+                    max_ack_pending: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| nats_error("opening a kind's consumer")(boxed(e)))
+    }
+}
+
+async fn bucket(
+    jetstream: &jetstream::Context,
+    name: &'static str,
+    history: i64,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = jetstream.get_key_value(name).await {
+        return Ok(store);
+    }
+    jetstream
+        .create_key_value(kv::Config {
+            bucket: name.into(),
+            history,
+            max_age,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_error("opening a bucket")(boxed(e)))
+}
+
+/// A worker's [`Transport`] over a [`Connection`].
+pub struct NatsTransport {
+    connection: Connection,
+    settings: ClusterSettings,
+    consumers: Mutex<HashMap<String, consumer::Consumer<consumer::pull::Config>>>,
+}
+
+impl NatsTransport {
+    pub fn new(connection: Connection, settings: ClusterSettings) -> Self {
+        NatsTransport {
+            connection,
+            settings,
+            consumers: Mutex::default(),
+        }
+    }
+
+    async fn consumer(
+        &self,
+        kind: &str,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, ClusterError> {
+        let mut consumers = self.consumers.lock().await;
+        if let Some(consumer) = consumers.get(kind) {
+            return Ok(consumer.clone());
+        }
+        let consumer = self.connection.kind_consumer(kind, &self.settings).await?;
+        consumers.insert(kind.to_owned(), consumer.clone());
+        Ok(consumer)
+    }
+}
+
+#[async_trait]
+impl Transport for NatsTransport {
+    async fn next_step(
+        &self,
+        kind: &str,
+        wait: Duration,
+    ) -> Result<Option<Box<dyn Delivery>>, ClusterError> {
+        let consumer = self.consumer(kind).await?;
+        let mut batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| nats_error("asking for a step")(boxed(e)))?;
+        match batch.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(nats_error("receiving a step")(e)),
+            Some(Ok(message)) => {
+                let delivered = message
+                    .info()
+                    .map(|info| info.delivered.max(1) as u64)
+                    .unwrap_or(1);
+                Ok(Some(Box::new(NatsDelivery { message, delivered })))
+            }
+        }
+    }
+
+    async fn record(&self, id: &StepIdentity) -> Result<Option<(StepRecord, u64)>, ClusterError> {
+        let entry = self
+            .connection
+            .records
+            .entry(id.key())
+            .await
+            .map_err(|e| nats_error("reading a step's record")(boxed(e)))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(&entry.value).map_err(|e| ClusterError::Corrupt {
+            what: format!("the record of step {id}"),
+            message: e.to_string(),
+        })?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    async fn write_record(
+        &self,
+        id: &StepIdentity,
+        record: &StepRecord,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>, ClusterError> {
+        let value = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
+        let store = &self.connection.records;
+        let written = match revision {
+            None => store.create(id.key(), value).await.map_err(|e| {
+                (e.kind() == kv::CreateErrorKind::AlreadyExists)
+                    .then_some(())
+                    .ok_or_else(|| nats_error("writing a step's record")(boxed(e)))
+            }),
+            Some(revision) => store.update(id.key(), value, revision).await.map_err(|e| {
+                (e.kind() == kv::UpdateErrorKind::WrongLastRevision)
+                    .then_some(())
+                    .ok_or_else(|| nats_error("writing a step's record")(boxed(e)))
+            }),
+        };
+        match written {
+            Ok(revision) => Ok(Some(revision)),
+            Err(Ok(())) => Ok(None),
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    async fn publish_answer(&self, id: &StepIdentity, answer: &Answer) -> Result<(), ClusterError> {
+        self.connection.publish_answer(id, answer).await
+    }
+
+    async fn publish_event(&self, id: &StepIdentity, event: &serde_json::Value) {
+        let payload = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
+        if let Err(e) = self
+            .connection
+            .client
+            .publish(names::events_subject(id), payload)
+            .await
+        {
+            tracing::debug!("an event of step {id} was not published: {e}");
+        }
+    }
+
+    async fn cancel_requested(&self, id: &StepIdentity) -> Result<bool, ClusterError> {
+        let entry = self
+            .connection
+            .cancels
+            .get(id.key())
+            .await
+            .map_err(|e| nats_error("reading a step's cancellation")(boxed(e)))?;
+        Ok(entry.is_some())
+    }
+
+    async fn cancellations(&self) -> Result<BoxStream<'static, String>, ClusterError> {
+        let subscriber = self
+            .connection
+            .client
+            .subscribe(names::all_cancels())
+            .await
+            .map_err(|e| nats_error("listening for cancellations")(boxed(e)))?;
+        Ok(subscriber
+            .filter_map(|message| async move {
+                names::key_of_cancel(message.subject.as_str()).map(str::to_owned)
+            })
+            .boxed())
+    }
+
+    async fn heartbeat(&self, host: &str, status: &serde_json::Value) {
+        let value = Bytes::from(serde_json::to_vec(status).unwrap_or_default());
+        if let Err(e) = self.connection.hosts.put(names::token(host), value).await {
+            tracing::debug!("heartbeat not written: {e}");
+        }
+    }
+}
+
+/// One JetStream message of the steps stream.
+struct NatsDelivery {
+    message: jetstream::Message,
+    delivered: u64,
+}
+
+#[async_trait]
+impl Delivery for NatsDelivery {
+    fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    async fn in_progress(&self) -> Result<(), ClusterError> {
+        let ack = self.message.ack_with(jetstream::AckKind::Progress);
+        ack.await.map_err(nats_error("extending a delivery"))
+    }
+
+    async fn ack(&self) -> Result<(), ClusterError> {
+        // Confirmed by the server: an ack lost on the way would deliver
+        // the step again (harmless, its record answers it, but slower).
+        self.message
+            .double_ack()
+            .await
+            .map_err(nats_error("acknowledging a step"))
+    }
+
+    async fn retry(&self, delay: Duration) -> Result<(), ClusterError> {
+        let nak = self.message.ack_with(jetstream::AckKind::Nak(Some(delay)));
+        nak.await.map_err(nats_error("giving a step back"))
+    }
+
+    async fn reject(&self) -> Result<(), ClusterError> {
+        let term = self.message.ack_with(jetstream::AckKind::Term);
+        term.await.map_err(nats_error("rejecting a message"))
+    }
+}

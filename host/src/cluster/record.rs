@@ -1,0 +1,275 @@
+//! A step's record in the steps bucket (who runs it, every host that ran
+//! it, its answer) and the transitions a host makes on it. Pure: the
+//! revision-checked write that makes each transition safe is the
+//! transport's; here is only what each one writes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::contracts::StepExecutionResult;
+
+/// The value at a step's key in [`super::topology::STEPS_BUCKET`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    /// `taskId/stepId/runId/attempt`.
+    pub step: String,
+    pub worker_kind: String,
+    /// The host that holds the step now.
+    pub owner: String,
+    /// The queue delivery the owner runs (1 for the first).
+    pub delivery: u64,
+    /// Every host that took the step, in order.
+    pub runs: Vec<HostRun>,
+    /// The answer, once a host finished the step: nothing changes after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
+}
+
+/// One host's turn at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRun {
+    pub host: String,
+    pub delivery: u64,
+    pub started_at: String,
+    /// How the turn ended; absent while it runs (or if its host died
+    /// without a successor yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<RunEnd>,
+    /// The run directory on that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+}
+
+/// How a host's turn at a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunEnd {
+    /// It wrote the answer.
+    Finished,
+    /// Its delivery expired (the host died, stalled or was cut off) and
+    /// another host took the step.
+    TakenOver,
+    /// It came back after being taken over: its late work was refused.
+    Superseded,
+    /// It gave the step back to the queue (its host could not run it).
+    Released,
+}
+
+/// A step's answer: its result, or why no host could run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Reply {
+    Result(Box<StepExecutionResult>),
+    Error(ReplyError),
+}
+
+/// Why a step has no result: the same kinds and fields as `serve`'s errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyError {
+    /// `invalid-request`, `invalid-input` or `host-error`.
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl From<&crate::Error> for ReplyError {
+    fn from(error: &crate::Error) -> Self {
+        let (kind, field) = error.wire_kind();
+        ReplyError {
+            kind: kind.into(),
+            message: error.to_string(),
+            field: field.map(str::to_owned),
+        }
+    }
+}
+
+/// What the results stream carries for a step: exactly one per identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    #[serde(flatten)]
+    pub reply: Reply,
+    /// Every host that took the step, how each turn ended.
+    pub runs: Vec<HostRun>,
+}
+
+/// What a host that received delivery `delivery` of a step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Run it: write this record (it names this host the owner).
+    Run(StepRecord),
+    /// It is answered already: publish the answer again (a duplicate is
+    /// dropped) and acknowledge the delivery.
+    Answered(Answer),
+    /// A newer delivery owns it: leave this one alone.
+    Stale { owner: String, delivery: u64 },
+}
+
+/// Who takes a step.
+#[derive(Debug, Clone)]
+pub struct Taker<'a> {
+    pub step: &'a str,
+    pub worker_kind: &'a str,
+    pub host: &'a str,
+    pub delivery: u64,
+    pub now: String,
+}
+
+/// The claim `taker` makes on a step whose record is `existing`.
+pub fn claim(existing: Option<StepRecord>, taker: &Taker<'_>) -> Claim {
+    let run = HostRun {
+        host: taker.host.to_owned(),
+        delivery: taker.delivery,
+        started_at: taker.now.clone(),
+        end: None,
+        run_dir: None,
+    };
+    let Some(mut record) = existing else {
+        return Claim::Run(StepRecord {
+            step: taker.step.to_owned(),
+            worker_kind: taker.worker_kind.to_owned(),
+            owner: taker.host.to_owned(),
+            delivery: taker.delivery,
+            runs: vec![run],
+            reply: None,
+        });
+    };
+    if let Some(reply) = record.reply.clone() {
+        return Claim::Answered(Answer {
+            reply,
+            runs: record.runs,
+        });
+    }
+    if record.delivery >= taker.delivery {
+        return Claim::Stale {
+            owner: record.owner,
+            delivery: record.delivery,
+        };
+    }
+    for earlier in record.runs.iter_mut().filter(|r| r.end.is_none()) {
+        earlier.end = Some(RunEnd::TakenOver);
+    }
+    record.owner = taker.host.to_owned();
+    record.delivery = taker.delivery;
+    record.runs.push(run);
+    Claim::Run(record)
+}
+
+impl StepRecord {
+    fn turn(&mut self, host: &str, delivery: u64) -> Option<&mut HostRun> {
+        self.runs
+            .iter_mut()
+            .rev()
+            .find(|r| r.host == host && r.delivery == delivery)
+    }
+
+    /// The owner records where its run directory is.
+    pub fn started(mut self, host: &str, delivery: u64, run_dir: &str) -> Self {
+        if let Some(turn) = self.turn(host, delivery) {
+            turn.run_dir = Some(run_dir.to_owned());
+        }
+        self
+    }
+
+    /// The owner's turn ends with `reply`, the step's answer.
+    pub fn finished(mut self, host: &str, delivery: u64, reply: Reply) -> (Self, Answer) {
+        if let Some(turn) = self.turn(host, delivery) {
+            turn.end = Some(RunEnd::Finished);
+        }
+        self.reply = Some(reply.clone());
+        let answer = Answer {
+            reply,
+            runs: self.runs.clone(),
+        };
+        (self, answer)
+    }
+
+    /// The owner gives the step back to the queue.
+    pub fn released(mut self, host: &str, delivery: u64) -> Self {
+        if let Some(turn) = self.turn(host, delivery) {
+            turn.end = Some(RunEnd::Released);
+        }
+        self
+    }
+
+    /// A host that lost the step records that its late work was refused.
+    pub fn superseded(mut self, host: &str, delivery: u64) -> Self {
+        if let Some(turn) = self.turn(host, delivery) {
+            turn.end = Some(RunEnd::Superseded);
+        }
+        self
+    }
+
+    /// Whether `host`'s delivery `delivery` holds the step.
+    pub fn held_by(&self, host: &str, delivery: u64) -> bool {
+        self.reply.is_none() && self.owner == host && self.delivery == delivery
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taker(host: &str, delivery: u64) -> Taker<'_> {
+        Taker {
+            step: "t/s/r/1",
+            worker_kind: "shell",
+            host,
+            delivery,
+            now: format!("t{delivery}"),
+        }
+    }
+
+    fn run(claim: Claim) -> StepRecord {
+        match claim {
+            Claim::Run(record) => record,
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_later_delivery_takes_over_and_the_earlier_host_is_marked() {
+        let first = run(claim(None, &taker("a", 1)));
+        assert!(first.held_by("a", 1));
+        let second = run(claim(Some(first.clone()), &taker("b", 2)));
+        assert!(second.held_by("b", 2) && !second.held_by("a", 1));
+        assert_eq!(second.runs[0].end, Some(RunEnd::TakenOver));
+        assert_eq!(second.runs[1].end, None);
+        // The old delivery coming back is stale, whoever brings it.
+        assert!(matches!(
+            claim(Some(second.clone()), &taker("a", 1)),
+            Claim::Stale { ref owner, delivery: 2 } if owner == "b"
+        ));
+        let superseded = second.clone().superseded("a", 1);
+        assert_eq!(superseded.runs[0].end, Some(RunEnd::Superseded));
+        assert!(
+            superseded.held_by("b", 2),
+            "the record of a late host changes no owner"
+        );
+    }
+
+    #[test]
+    fn an_answered_step_is_answered_again_never_rerun() {
+        let record = run(claim(None, &taker("a", 1))).started("a", 1, "/runs/x");
+        let error = Reply::Error(ReplyError {
+            kind: "invalid-request".into(),
+            message: "bad".into(),
+            field: Some("runtime.worktreePath".into()),
+        });
+        let (done, answer) = record.finished("a", 1, error);
+        assert_eq!(answer.runs[0].end, Some(RunEnd::Finished));
+        assert_eq!(answer.runs[0].run_dir.as_deref(), Some("/runs/x"));
+        assert!(!done.held_by("a", 1));
+        assert_eq!(
+            claim(Some(done), &taker("b", 2)),
+            Claim::Answered(answer.clone())
+        );
+        let json = serde_json::to_value(&answer).unwrap();
+        assert_eq!(json["error"]["field"], "runtime.worktreePath");
+        assert_eq!(json["runs"][0]["end"], "finished");
+        assert_eq!(serde_json::from_value::<Answer>(json).unwrap(), answer);
+    }
+}

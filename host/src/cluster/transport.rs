@@ -1,0 +1,70 @@
+//! What a worker needs from the cluster's substrate, as a trait: a queue
+//! of deliveries per kind, revision-checked step records, answers published
+//! once, live events and cancellations. [`super::nats`] implements it on
+//! NATS JetStream.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+use super::record::{Answer, StepRecord};
+use super::topology::StepIdentity;
+use super::ClusterError;
+
+/// A host's view of the cluster.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The next step queued for `kind`, waiting at most `wait`.
+    async fn next_step(
+        &self,
+        kind: &str,
+        wait: Duration,
+    ) -> Result<Option<Box<dyn Delivery>>, ClusterError>;
+
+    /// A step's record and its revision.
+    async fn record(&self, id: &StepIdentity) -> Result<Option<(StepRecord, u64)>, ClusterError>;
+
+    /// Write `record` if the stored one is still at `revision` (`None`:
+    /// if there is none). The new revision, or `None` when another writer
+    /// came first: the fence every change of a step goes through.
+    async fn write_record(
+        &self,
+        id: &StepIdentity,
+        record: &StepRecord,
+        revision: Option<u64>,
+    ) -> Result<Option<u64>, ClusterError>;
+
+    /// Publish a step's answer: only the first one per step is kept.
+    async fn publish_answer(&self, id: &StepIdentity, answer: &Answer) -> Result<(), ClusterError>;
+
+    /// Publish one of a step's live events (nothing keeps it).
+    async fn publish_event(&self, id: &StepIdentity, event: &serde_json::Value);
+
+    /// Whether a cancellation of the step was asked for.
+    async fn cancel_requested(&self, id: &StepIdentity) -> Result<bool, ClusterError>;
+
+    /// The keys of steps whose cancellation is asked for from now on.
+    async fn cancellations(&self) -> Result<BoxStream<'static, String>, ClusterError>;
+
+    /// Tell the cluster this host is alive, what it serves and how busy it
+    /// is (`status`: a JSON document: host, pid, kinds, capacity, running).
+    async fn heartbeat(&self, host: &str, status: &serde_json::Value);
+}
+
+/// One delivery of a queued step to this host.
+#[async_trait]
+pub trait Delivery: Send + Sync {
+    /// The submitted StepExecutionRequest, as JSON.
+    fn payload(&self) -> &[u8];
+    /// 1 for the first delivery, 2 for the first redelivery, …
+    fn delivered(&self) -> u64;
+    /// The step is still being worked on: postpone redelivery.
+    async fn in_progress(&self) -> Result<(), ClusterError>;
+    /// Done: the queue forgets the step.
+    async fn ack(&self) -> Result<(), ClusterError>;
+    /// Give it back, to be delivered again after `delay`.
+    async fn retry(&self, delay: Duration) -> Result<(), ClusterError>;
+    /// Never deliver it again (it is not a step request at all).
+    async fn reject(&self) -> Result<(), ClusterError>;
+}

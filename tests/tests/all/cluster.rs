@@ -1,0 +1,309 @@
+//! The cluster through a real `nats-server -js` and real `baa-runner
+//! worker` processes: every step answered exactly once, duplicates dropped,
+//! bad requests answered naming their field, an unserved kind waiting
+//! until a host serves it, cancellation reaching the host, and a stalled
+//! host's step taken over while its late result is refused.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baa_runner::cluster::{Answer, Cluster, Reply, RunEnd};
+use baa_runner::contracts::StepExecutionRequest;
+use baa_runner_tests::nats::{NatsServer, WorkerProcess};
+use baa_runner_tests::{processes_with, Sandbox};
+use serde_json::Value;
+
+use crate::{assert_exit, built_binary, cli, probe_config_file};
+
+/// A worker config: `[cluster]` with `ack_wait` seconds, plus `extra`.
+fn worker_config(sandbox: &Sandbox, name: &str, ack_wait: u64, extra: &str) -> PathBuf {
+    let path = sandbox.dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!("{extra}\n[cluster]\nack-wait-sec = {ack_wait}\n"),
+    )
+    .unwrap();
+    path
+}
+
+fn request(sandbox: &Sandbox, step: &str, command: &str) -> StepExecutionRequest {
+    let mut json = sandbox.request_json("shell", command);
+    json["stepId"] = step.into();
+    serde_json::from_value(json).unwrap()
+}
+
+fn result_of(answer: &Answer) -> &baa_runner::contracts::StepExecutionResult {
+    match &answer.reply {
+        Reply::Result(result) => result,
+        Reply::Error(e) => panic!("no result: {e:?}"),
+    }
+}
+
+async fn answers_in_stream(cluster: &Cluster) -> u64 {
+    let mut results = cluster.connection().results.clone();
+    results.info().await.unwrap().state.messages
+}
+
+/// Poll `check` for up to 60 s.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_answer_every_step_once_drop_duplicates_and_cancel_where_it_runs() {
+    let sandbox = Sandbox::new();
+    let server = NatsServer::start(&sandbox.dir.path().join("js"));
+    let config = worker_config(&sandbox, "workers", 5, "");
+    let binary = built_binary("baa-runner");
+    let _a = WorkerProcess::start(&binary, &server.url(), "host-a", &config, &[]);
+    let _b = WorkerProcess::start(&binary, &server.url(), "host-b", &config, &[]);
+    let cluster = Cluster::connect(&server.url()).await.unwrap();
+
+    let mut steps = Vec::new();
+    for i in 0..24 {
+        let command = match i % 3 {
+            0 => format!("echo step {i}"),
+            1 => format!("sleep 0.{i}; echo step {i}"),
+            _ => format!("echo step {i} >&2; exit {}", i % 2),
+        };
+        let step = cluster
+            .start(&request(&sandbox, &format!("s{i}"), &command))
+            .await
+            .unwrap();
+        assert!(!step.duplicate());
+        steps.push(step);
+    }
+    // Live events reach the submitter from whichever host runs the step.
+    let mut first = steps.remove(0);
+    let mut seen = Vec::new();
+    while let Some(event) = first.next_event().await.unwrap() {
+        assert!(["host-a", "host-b"].contains(&event.host.as_str()));
+        seen.push(event.event.seq);
+    }
+    assert!(
+        seen.len() >= 3 && seen.windows(2).all(|w| w[0] < w[1]),
+        "{seen:?}"
+    );
+    let mut answers = vec![first.answer().await.unwrap()];
+    for step in steps {
+        answers.push(step.answer().await.unwrap());
+    }
+    for (i, answer) in answers.iter().enumerate() {
+        let result = result_of(answer);
+        assert_eq!(result.step_id, format!("s{i}"));
+        assert_eq!(
+            result.ok,
+            i % 3 != 2 || i % 2 == 0,
+            "step {i}: {}",
+            result.summary
+        );
+        assert_eq!(answer.runs.len(), 1, "{:?}", answer.runs);
+        assert_eq!(answer.runs[0].end, Some(RunEnd::Finished));
+        let run_dir = answer.runs[0].run_dir.as_deref().unwrap();
+        assert_eq!(run_dir, result.log_paths.run_dir);
+        assert!(Path::new(run_dir).join("result.json").is_file());
+    }
+    assert_eq!(answers_in_stream(&cluster).await, 24);
+
+    // The same step again is not queued twice: it gets the first answer.
+    let again = cluster
+        .start(&request(&sandbox, "s0", "echo step 0"))
+        .await
+        .unwrap();
+    assert!(again.duplicate());
+    assert_eq!(again.answer().await.unwrap(), answers[0]);
+    assert_eq!(answers_in_stream(&cluster).await, 24);
+
+    // Ctrl-C on `submit` cancels the step on the host that runs it.
+    let marker = format!("41.{}", std::process::id());
+    let file = sandbox.dir.path().join("slow.json");
+    let slow = request(&sandbox, "slow", &format!("echo working; sleep {marker}"));
+    std::fs::write(&file, serde_json::to_vec(&slow).unwrap()).unwrap();
+    let submit = cli()
+        .args(["submit", "--nats", &server.url(), "--json", "--watch"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    until("the slow step runs", async || {
+        !processes_with(&marker).is_empty()
+    })
+    .await;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(submit.id() as i32, libc::SIGINT) };
+    let out = submit.wait_with_output().unwrap();
+    assert_exit(&out, 130);
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["state"]["failure"]["reason"], "interrupted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("working"));
+    assert!(
+        processes_with(&marker).is_empty(),
+        "{:?}",
+        processes_with(&marker)
+    );
+    assert_eq!(answers_in_stream(&cluster).await, 25);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_for_a_host() {
+    let sandbox = Sandbox::new();
+    let server = NatsServer::start(&sandbox.dir.path().join("js"));
+    let config = worker_config(&sandbox, "shell-only", 5, "");
+    let binary = built_binary("baa-runner");
+    let _shell = WorkerProcess::start(
+        &binary,
+        &server.url(),
+        "shell-host",
+        &config,
+        &["--kind", "shell"],
+    );
+
+    // A request whose worktree does not exist on the host: the host
+    // answers with the error `run` gives, naming the field.
+    let mut bad = sandbox.request_json("shell", "true");
+    bad["runtime"]["worktreePath"] = "/nonexistent/worktree".into();
+    let file = sandbox.dir.path().join("bad.json");
+    std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let submitted = cli()
+        .args(["submit", "--nats", &server.url()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let ran = cli().arg("run").arg(&file).output().unwrap();
+    assert_exit(&submitted, 3);
+    assert_exit(&ran, 3);
+    let said = String::from_utf8_lossy(&submitted.stderr);
+    assert!(said.contains("`runtime.worktreePath`"), "{said}");
+    let error_line = |text: &str| {
+        text.lines()
+            .find(|l| l.contains("error:"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        error_line(&said),
+        error_line(&String::from_utf8_lossy(&ran.stderr))
+    );
+
+    // A malformed request (another step) is refused as by `run`.
+    bad["stepId"] = "malformed".into();
+    bad["timeoutSec"] = (-1).into();
+    std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let submitted = cli()
+        .args(["submit", "--nats", &server.url()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&submitted, 3);
+    assert!(String::from_utf8_lossy(&submitted.stderr).contains("`timeoutSec`"));
+
+    // A kind no live host serves waits, visibly, until one does.
+    let mut probe = sandbox.request_json("probe", "true");
+    probe["stepId"] = "probe".into();
+    let file = sandbox.dir.path().join("probe.json");
+    std::fs::write(&file, serde_json::to_vec(&probe).unwrap()).unwrap();
+    let waiting = cli()
+        .args(["submit", "--nats", &server.url(), "--json"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cluster = Cluster::connect(&server.url()).await.unwrap();
+    until("the probe step is queued", async || {
+        let mut steps = cluster.connection().steps.clone();
+        steps.info().await.unwrap().state.messages == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        answers_in_stream(&cluster).await,
+        2,
+        "nothing answers the probe step yet"
+    );
+    let probe_config = std::fs::read_to_string(probe_config_file(&sandbox)).unwrap();
+    let config = worker_config(&sandbox, "probe-host", 5, &probe_config);
+    let _probe = WorkerProcess::start(&binary, &server.url(), "probe-host", &config, &[]);
+    let out = waiting.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("waiting: no live worker serves kind `probe`"),
+        "{stderr}"
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["outcome"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_host_is_taken_over_and_its_late_result_is_refused() {
+    let sandbox = Sandbox::new();
+    let server = NatsServer::start(&sandbox.dir.path().join("js"));
+    let config = worker_config(&sandbox, "fast-expiry", 2, "");
+    let binary = built_binary("baa-runner");
+    let stalled = WorkerProcess::start(&binary, &server.url(), "stalled", &config, &[]);
+    let cluster = Cluster::connect(&server.url()).await.unwrap();
+    let mut step = cluster
+        .start(&request(
+            &sandbox,
+            "long",
+            "echo begun; sleep 4; echo ended",
+        ))
+        .await
+        .unwrap();
+    let event = step.next_event().await.unwrap().expect("an event");
+    assert_eq!(event.host, "stalled");
+    stalled.signal(libc::SIGSTOP);
+    let successor = WorkerProcess::start(&binary, &server.url(), "successor", &config, &[]);
+    let answer = step.answer().await.unwrap();
+    let hosts: Vec<(&str, Option<RunEnd>)> = answer
+        .runs
+        .iter()
+        .map(|r| (r.host.as_str(), r.end))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("stalled", Some(RunEnd::TakenOver)),
+            ("successor", Some(RunEnd::Finished))
+        ]
+    );
+    assert!(result_of(&answer).ok);
+    let run_dir = &result_of(&answer).log_paths.run_dir;
+    assert!(
+        run_dir.contains("/cluster/successor/delivery-"),
+        "{run_dir}"
+    );
+
+    // The stalled host comes back and finishes its copy: refused, recorded.
+    stalled.signal(libc::SIGCONT);
+    let key = answer_key(&answer);
+    until(
+        "the stalled host records its turn as superseded",
+        async || {
+            let entry = cluster.connection().records.get(&key).await.unwrap();
+            let record: Value = serde_json::from_slice(&entry.unwrap()).unwrap();
+            record["runs"][0]["end"] == "superseded"
+        },
+    )
+    .await;
+    assert!(stalled.logged("superseded"));
+    assert_eq!(answers_in_stream(&cluster).await, 1);
+    drop(successor);
+}
+
+fn answer_key(answer: &Answer) -> String {
+    let result = result_of(answer);
+    baa_runner::cluster::StepIdentity {
+        task_id: result.task_id.clone(),
+        step_id: result.step_id.clone(),
+        run_id: result.run_id.clone(),
+        attempt: result.attempt,
+    }
+    .key()
+}
