@@ -27,7 +27,14 @@ pub struct Resume {
     pub payload: Option<Vec<u8>>,
 }
 
-/// `attempt-<n>` directories under a step directory, by attempt number.
+/// Where a host that took a step over from another (a cluster's
+/// redelivery) puts the checkpoints the earlier host captured for the same
+/// attempt: `<step dir>/inherited/checkpoints/`. They count as an earlier
+/// attempt's (number 0): resumable, and never numbered again.
+pub const INHERITED_DIR: &str = "inherited";
+
+/// `attempt-<n>` directories under a step directory, by attempt number,
+/// after the [`INHERITED_DIR`] as attempt 0 when there is one.
 fn attempt_dirs(step_dir: &Path) -> Vec<(u32, PathBuf)> {
     let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir(step_dir)
         .into_iter()
@@ -35,7 +42,11 @@ fn attempt_dirs(step_dir: &Path) -> Vec<(u32, PathBuf)> {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name();
-            let n = name.to_str()?.strip_prefix("attempt-")?.parse().ok()?;
+            let name = name.to_str()?;
+            let n = match name {
+                INHERITED_DIR => 0,
+                _ => name.strip_prefix("attempt-")?.parse().ok()?,
+            };
             Some((n, entry.path()))
         })
         .collect();
@@ -128,7 +139,8 @@ impl StepHistory {
     pub fn load(step_dir: &Path, attempt: u32) -> Self {
         let mut history = StepHistory::default();
         for (n, dir) in attempt_dirs(step_dir) {
-            if n == attempt {
+            // Attempt 0 is no attempt: the inherited records always count.
+            if n == attempt && attempt != 0 {
                 continue;
             }
             for (seq, path) in record_files(&dir.join("checkpoints")) {

@@ -226,6 +226,7 @@ impl ClusterStep {
             owner: String::new(),
             delivery: 0,
             runs: Vec::new(),
+            checkpoints: Vec::new(),
             reply: Some(reply.clone()),
         };
         let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());

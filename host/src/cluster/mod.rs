@@ -27,6 +27,9 @@ pub enum ClusterError {
     },
     #[error("{what} is not what this host writes: {message}")]
     Corrupt { what: String, message: String },
+    /// This host's own files (a run directory's checkpoint, say).
+    #[error("{0}")]
+    Io(String),
     #[error("cluster settings: {0}")]
     Settings(String),
     /// No host could run the step: why, as the host said it.

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -34,6 +34,8 @@ pub struct Connection {
     pub records: kv::Store,
     pub cancels: kv::Store,
     pub hosts: kv::Store,
+    pub checkpoints: kv::Store,
+    pub payloads: object_store::ObjectStore,
 }
 
 pub(crate) fn nats_error(doing: &'static str) -> impl FnOnce(async_nats::Error) -> ClusterError {
@@ -90,6 +92,19 @@ impl Connection {
         let records = bucket(&jetstream, names::STEPS_BUCKET, 16, KEEP).await?;
         let cancels = bucket(&jetstream, names::CANCELS_BUCKET, 1, KEEP).await?;
         let hosts = bucket(&jetstream, names::HOSTS_BUCKET, 1, Duration::from_secs(120)).await?;
+        let checkpoints = bucket(&jetstream, names::CHECKPOINTS_BUCKET, 1, KEEP).await?;
+        let payloads = match jetstream.get_object_store(names::PAYLOADS_STORE).await {
+            Ok(store) => store,
+            Err(_) => jetstream
+                .create_object_store(object_store::Config {
+                    bucket: names::PAYLOADS_STORE.into(),
+                    max_age: KEEP,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats_error("opening the payload store")(boxed(e)))?,
+        };
         Ok(Connection {
             client,
             jetstream,
@@ -98,6 +113,8 @@ impl Connection {
             records,
             cancels,
             hosts,
+            checkpoints,
+            payloads,
         })
     }
 
@@ -286,6 +303,64 @@ impl Transport for NatsTransport {
 
     async fn publish_answer(&self, id: &StepIdentity, answer: &Answer) -> Result<(), ClusterError> {
         self.connection.publish_answer(id, answer).await
+    }
+
+    async fn put_checkpoint(
+        &self,
+        name: &str,
+        record: Vec<u8>,
+        payload: Option<Vec<u8>>,
+    ) -> Result<(), ClusterError> {
+        // The payload first: a record never names a payload not stored.
+        if let Some(payload) = payload {
+            let mut reader = std::io::Cursor::new(payload);
+            self.connection
+                .payloads
+                .put(name, &mut reader)
+                .await
+                .map_err(|e| nats_error("replicating a checkpoint payload")(boxed(e)))?;
+        }
+        self.connection
+            .checkpoints
+            .put(name, Bytes::from(record))
+            .await
+            .map_err(|e| nats_error("replicating a checkpoint")(boxed(e)))?;
+        Ok(())
+    }
+
+    async fn get_checkpoint(
+        &self,
+        name: &str,
+        payload: bool,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), ClusterError> {
+        use tokio::io::AsyncReadExt;
+        let record = self
+            .connection
+            .checkpoints
+            .get(name)
+            .await
+            .map_err(|e| nats_error("fetching a checkpoint")(boxed(e)))?
+            .ok_or_else(|| ClusterError::Corrupt {
+                what: format!("checkpoint {name}"),
+                message: "its record is missing".into(),
+            })?;
+        if !payload {
+            return Ok((record.to_vec(), None));
+        }
+        let mut object = self
+            .connection
+            .payloads
+            .get(name)
+            .await
+            .map_err(|e| nats_error("fetching a checkpoint payload")(boxed(e)))?;
+        let limit = crate::checkpoints::MAX_PAYLOAD_BYTES as u64 + 1;
+        let mut bytes = Vec::new();
+        (&mut object)
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| nats_error("fetching a checkpoint payload")(boxed(e)))?;
+        Ok((record.to_vec(), Some(bytes)))
     }
 
     async fn publish_event(&self, id: &StepIdentity, event: &serde_json::Value) {

@@ -20,6 +20,10 @@ pub struct StepRecord {
     pub delivery: u64,
     /// Every host that took the step, in order.
     pub runs: Vec<HostRun>,
+    /// The checkpoints its hosts replicated, in the order they were
+    /// captured: a host that takes the step over resumes from the last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<ReplicatedCheckpoint>,
     /// The answer, once a host finished the step: nothing changes after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Reply>,
@@ -39,6 +43,23 @@ pub struct HostRun {
     /// The run directory on that host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<String>,
+}
+
+/// A checkpoint a host captured and replicated: its record in the
+/// checkpoints bucket and its payload in the payloads object store, both
+/// under `name` (unique to the host's turn, so a late host never
+/// overwrites a newer one's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicatedCheckpoint {
+    pub seq: u32,
+    #[serde(rename = "type")]
+    pub checkpoint_type: String,
+    pub host: String,
+    pub delivery: u64,
+    pub name: String,
+    /// Whether a payload was stored beside the record.
+    pub payload: bool,
 }
 
 /// How a host's turn at a step ended.
@@ -134,6 +155,7 @@ pub fn claim(existing: Option<StepRecord>, taker: &Taker<'_>) -> Claim {
             owner: taker.host.to_owned(),
             delivery: taker.delivery,
             runs: vec![run],
+            checkpoints: Vec::new(),
             reply: None,
         });
     };
@@ -185,6 +207,22 @@ impl StepRecord {
             runs: self.runs.clone(),
         };
         (self, answer)
+    }
+
+    /// The owner adds a checkpoint it replicated.
+    pub fn with_checkpoint(mut self, checkpoint: ReplicatedCheckpoint) -> Self {
+        self.checkpoints.push(checkpoint);
+        self
+    }
+
+    /// The checkpoints earlier turns replicated, for a host taking over.
+    pub fn inherited(&self, host: &str, delivery: u64) -> Vec<ReplicatedCheckpoint> {
+        let this_turn = |c: &&ReplicatedCheckpoint| c.host == host && c.delivery == delivery;
+        self.checkpoints
+            .iter()
+            .filter(|c| !this_turn(c))
+            .cloned()
+            .collect()
     }
 
     /// The owner gives the step back to the queue.

@@ -17,6 +17,10 @@ pub const STEPS_BUCKET: &str = "baa-steps";
 /// Cancellations asked for, at key `<identity>`: a step still queued, or
 /// moving between hosts, is cancelled when a host picks it up.
 pub const CANCELS_BUCKET: &str = "baa-cancels";
+/// Replicated checkpoint records, at [`checkpoint_name`].
+pub const CHECKPOINTS_BUCKET: &str = "baa-checkpoints";
+/// Replicated checkpoint payloads (up to 8 MiB each), at [`checkpoint_name`].
+pub const PAYLOADS_STORE: &str = "baa-payloads";
 /// Each worker process's heartbeat: its kinds and load.
 pub const HOSTS_BUCKET: &str = "baa-hosts";
 
@@ -91,6 +95,12 @@ pub fn check_token(name: &str) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// Where checkpoint `seq` of `host`'s turn (`delivery`) at a step is
+/// replicated: unique to that turn, so no host overwrites another's.
+pub fn checkpoint_name(id: &StepIdentity, host: &str, delivery: u64, seq: u32) -> String {
+    format!("{}.{}.d{delivery}.{seq}", id.key(), token(host))
 }
 
 /// Where steps of `kind` are queued.

@@ -38,6 +38,22 @@ pub trait Transport: Send + Sync + 'static {
     /// Publish a step's answer: only the first one per step is kept.
     async fn publish_answer(&self, id: &StepIdentity, answer: &Answer) -> Result<(), ClusterError>;
 
+    /// Store a checkpoint's record file (and payload) under `name`.
+    async fn put_checkpoint(
+        &self,
+        name: &str,
+        record: Vec<u8>,
+        payload: Option<Vec<u8>>,
+    ) -> Result<(), ClusterError>;
+
+    /// A checkpoint stored by [`Transport::put_checkpoint`]: its record
+    /// file, and its payload when `payload`.
+    async fn get_checkpoint(
+        &self,
+        name: &str,
+        payload: bool,
+    ) -> Result<(Vec<u8>, Option<Vec<u8>>), ClusterError>;
+
     /// Publish one of a step's live events (nothing keeps it).
     async fn publish_event(&self, id: &StepIdentity, event: &serde_json::Value);
 

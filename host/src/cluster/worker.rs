@@ -14,12 +14,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::record::{self, Claim, Reply, ReplyError, StepRecord, Taker};
+use super::record::{self, Claim, ReplicatedCheckpoint, Reply, ReplyError, StepRecord, Taker};
 use super::topology::{check_token, StepIdentity};
 use super::transport::{Delivery, Transport};
 use super::ClusterError;
+use crate::checkpoints::history::INHERITED_DIR;
+use crate::checkpoints::{record_file_name, MAX_PAYLOAD_BYTES};
 use crate::config::ClusterSettings;
-use crate::contracts::StepExecutionRequest;
+use crate::contracts::{EventSource, StepExecutionRequest};
 use crate::fsutil::now_rfc3339;
 use crate::serve::{event_json, Utf8Chunks};
 use crate::Runner;
@@ -391,20 +393,16 @@ impl Turn<'_> {
             token.cancel();
         }
         let delivery = self.delivery.delivered();
-        let local = local_request(request, self.host(), delivery);
+        let mut local = local_request(request, self.host(), delivery);
+        self.inherit(&mut local, &record).await;
         let mut handle = match self.worker.runner.start_with(local, token) {
             Ok(handle) => handle,
             Err(e) => return Some((Reply::Error(ReplyError::from(&e)), record, revision)),
         };
+        let run_dir = handle.run_dir().to_owned();
         // The record names where this turn's run directory is.
-        let started = record
-            .clone()
-            .started(self.host(), delivery, handle.run_dir());
-        match self
-            .transport()
-            .write_record(self.id, &started, Some(revision))
-            .await
-        {
+        let started = record.clone().started(self.host(), delivery, &run_dir);
+        match self.fenced_write(&started, revision).await {
             Ok(Some(next)) => (record, revision) = (started, next),
             Ok(None) => token.cancel(), // taken over already: stop, answer nothing
             Err(e) => {
@@ -413,6 +411,18 @@ impl Turn<'_> {
         }
         let mut text = Utf8Chunks::default();
         while let Some(event) = handle.events().next().await {
+            if let Some((seq, kind)) = captured_checkpoint(&event) {
+                match self
+                    .replicate(&record, revision, &run_dir, seq, &kind)
+                    .await
+                {
+                    Ok(Some(next)) => (record, revision) = next,
+                    Ok(None) => token.cancel(), // taken over: stop working for nothing
+                    Err(e) => {
+                        tracing::warn!(step = %self.id, "checkpoint {seq} not replicated: {e}")
+                    }
+                }
+            }
             if let Some(mut message) = event_json(event, &mut text) {
                 message.insert("host".into(), Value::from(self.host()));
                 message.insert("delivery".into(), Value::from(delivery));
@@ -429,6 +439,123 @@ impl Turn<'_> {
                 None
             }
             Err(e) => Some((Reply::Error(ReplyError::from(&e)), record, revision)),
+        }
+    }
+
+    /// Write `next` over the record at `revision`: its new revision, or
+    /// `None` when another host changed it first (a confirmation lost on
+    /// the way is told apart by reading the record back).
+    async fn fenced_write(
+        &self,
+        next: &StepRecord,
+        revision: u64,
+    ) -> Result<Option<u64>, ClusterError> {
+        if let Some(written) = self
+            .transport()
+            .write_record(self.id, next, Some(revision))
+            .await?
+        {
+            return Ok(Some(written));
+        }
+        Ok(match self.transport().record(self.id).await? {
+            Some((now, written)) if &now == next => Some(written),
+            _ => None,
+        })
+    }
+
+    /// Replicate checkpoint `seq` of this turn (record and payload, from
+    /// the run directory the host wrote), then add it to the step's record.
+    /// `None` when the step was taken over meanwhile.
+    async fn replicate(
+        &self,
+        record: &StepRecord,
+        revision: u64,
+        run_dir: &str,
+        seq: u32,
+        kind: &str,
+    ) -> Result<Option<(StepRecord, u64)>, ClusterError> {
+        let dir = Path::new(run_dir).join("checkpoints");
+        let record_file = read_capped(&dir.join(record_file_name(seq)), MAX_RECORD_BYTES).await?;
+        let payload_path = dir.join(payload_file_name(seq, kind));
+        let payload = match tokio::fs::symlink_metadata(&payload_path).await {
+            Ok(_) => Some(read_capped(&payload_path, MAX_PAYLOAD_BYTES).await?),
+            Err(_) => None,
+        };
+        let delivery = self.delivery.delivered();
+        let name = super::topology::checkpoint_name(self.id, self.host(), delivery, seq);
+        let stored = payload.is_some();
+        self.transport()
+            .put_checkpoint(&name, record_file, payload)
+            .await?;
+        let next = record.clone().with_checkpoint(ReplicatedCheckpoint {
+            seq,
+            checkpoint_type: kind.to_owned(),
+            host: self.host().to_owned(),
+            delivery,
+            name,
+            payload: stored,
+        });
+        Ok(self.fenced_write(&next, revision).await?.map(|r| (next, r)))
+    }
+
+    /// Put the checkpoints earlier turns replicated where the runner finds
+    /// an earlier attempt's (`<step dir>/inherited/`), and resume from the
+    /// last unless the request names its own resume point.
+    async fn inherit(&self, request: &mut StepExecutionRequest, record: &StepRecord) {
+        let inherited = record.inherited(self.host(), self.delivery.delivered());
+        let Some(last) = inherited.last() else {
+            return;
+        };
+        let Ok(step_dir) = self.worker.runner.step_dir(request) else {
+            return; // an invalid request: the run says why
+        };
+        let dir = step_dir.join(INHERITED_DIR).join("checkpoints");
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            tracing::warn!(step = %self.id, "cannot inherit checkpoints: {e}");
+            return;
+        }
+        for checkpoint in &inherited {
+            if let Err(e) = self.inherit_one(&dir, checkpoint).await {
+                tracing::warn!(step = %self.id, "checkpoint {} not inherited: {e}", checkpoint.seq);
+            }
+        }
+        let resume = &mut request
+            .checkpoint
+            .get_or_insert_with(Default::default)
+            .resume_from_seq;
+        if resume.is_none() {
+            *resume = Some(last.seq);
+        }
+    }
+
+    async fn inherit_one(
+        &self,
+        dir: &Path,
+        checkpoint: &ReplicatedCheckpoint,
+    ) -> Result<(), ClusterError> {
+        check_token(&checkpoint.checkpoint_type).map_err(|why| ClusterError::Corrupt {
+            what: format!("the type of replicated checkpoint {}", checkpoint.name),
+            message: why,
+        })?;
+        let (record_file, payload) = self
+            .transport()
+            .get_checkpoint(&checkpoint.name, checkpoint.payload)
+            .await?;
+        let payload_name = payload_file_name(checkpoint.seq, &checkpoint.checkpoint_type);
+        let mut files = vec![(dir.join(record_file_name(checkpoint.seq)), record_file)];
+        files.extend(payload.map(|p| (dir.join(payload_name), p)));
+        let written = tokio::task::spawn_blocking(move || {
+            let files: Vec<(&Path, &[u8])> = files
+                .iter()
+                .map(|(p, b)| (p.as_path(), b.as_slice()))
+                .collect();
+            crate::fsutil::write_all_atomic(&files, crate::fsutil::Durability::PowerLoss)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ClusterError::Io(e.to_string())),
+            Err(e) => Err(ClusterError::Io(e.to_string())),
         }
     }
 
@@ -451,18 +578,8 @@ impl Turn<'_> {
         let (finished, answer) = record.finished(self.host(), delivery, reply);
         let written = self
             .retrying(|| async {
-                match self
-                    .transport()
-                    .write_record(self.id, &finished, Some(revision))
-                    .await?
-                {
-                    Some(_) => Ok(Some(true)),
-                    None => {
-                        // Lost the race, or won it and lost the confirmation.
-                        let now = self.transport().record(self.id).await?;
-                        Ok(Some(now.is_some_and(|(r, _)| r == finished)))
-                    }
-                }
+                let written = self.fenced_write(&finished, revision).await?;
+                Ok(Some(written.is_some()))
             })
             .await;
         match written {
@@ -500,6 +617,47 @@ impl Turn<'_> {
             }
         }
     }
+}
+
+/// The seq and type of a checkpoint the host captured, when `event` says so.
+fn captured_checkpoint(event: &crate::run::StepEvent) -> Option<(u32, String)> {
+    let crate::run::StepEventBody::Lifecycle(entry) = &event.body else {
+        return None;
+    };
+    if entry.event != "checkpoint.captured" || entry.source != EventSource::Host {
+        return None;
+    }
+    let data = entry.data.as_ref()?;
+    let seq = u32::try_from(data.get("seq")?.as_u64()?).ok()?;
+    let kind = data.get("type")?.as_str()?;
+    check_token(kind).ok()?;
+    Some((seq, kind.to_owned()))
+}
+
+/// A checkpoint record file is small; a larger one is not the host's.
+const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+fn payload_file_name(seq: u32, kind: &str) -> String {
+    format!("{seq:06}.{kind}.payload")
+}
+
+/// Read at most `limit` bytes of `path` (refusing a longer file).
+async fn read_capped(path: &Path, limit: usize) -> Result<Vec<u8>, ClusterError> {
+    use tokio::io::AsyncReadExt;
+    let failed = |e: std::io::Error| ClusterError::Io(format!("{}: {e}", path.display()));
+    let file = tokio::fs::File::open(path).await.map_err(failed)?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(failed)?;
+    if bytes.len() > limit {
+        return Err(ClusterError::Io(format!(
+            "{}: longer than {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Tell the queue the step is still being worked on, three times per

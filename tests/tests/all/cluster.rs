@@ -307,3 +307,68 @@ fn answer_key(answer: &Answer) -> String {
     }
     .key()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_host_is_succeeded_by_one_resuming_from_its_last_replicated_checkpoint() {
+    let sandbox = Sandbox::new();
+    let server = NatsServer::start(&sandbox.dir.path().join("js"));
+    let probe_config = std::fs::read_to_string(probe_config_file(&sandbox)).unwrap();
+    let config = worker_config(&sandbox, "probe-hosts", 2, &probe_config);
+    let binary = built_binary("baa-runner");
+    let mut first = WorkerProcess::start(&binary, &server.url(), "first", &config, &[]);
+    let cluster = Cluster::connect(&server.url()).await.unwrap();
+    let mut request = sandbox.request_json(
+        "probe",
+        "resume\ncheckpoint summary half-way\nsh sleep 3\ncheckpoint summary done",
+    );
+    request["stepId"] = "resumable".into();
+    let request: StepExecutionRequest = serde_json::from_value(request).unwrap();
+    let step = cluster.start(&request).await.unwrap();
+    let key = step.identity().key();
+    until("the first host replicates its checkpoint", async || {
+        let Some(entry) = cluster.connection().records.get(&key).await.unwrap() else {
+            return false;
+        };
+        let record: Value = serde_json::from_slice(&entry).unwrap();
+        record["checkpoints"]
+            .as_array()
+            .is_some_and(|c| c.len() == 1)
+    })
+    .await;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let _second = WorkerProcess::start(&binary, &server.url(), "second", &config, &[]);
+
+    let answer = step.answer().await.unwrap();
+    let hosts: Vec<(&str, Option<RunEnd>)> = answer
+        .runs
+        .iter()
+        .map(|r| (r.host.as_str(), r.end))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("first", Some(RunEnd::TakenOver)),
+            ("second", Some(RunEnd::Finished))
+        ]
+    );
+    let result = result_of(&answer);
+    assert!(result.ok, "{}", result.summary);
+    // The successor resumed from the first host's checkpoint, and numbered
+    // its own after it.
+    assert_eq!(result.checkpoint.manager.resumed_from_seq, Some(1));
+    let stdout = std::fs::read_to_string(&result.log_paths.stdout_log_path).unwrap();
+    assert!(
+        stdout.contains("seq=1 type=worker:summary summary=half-way payload=half-way"),
+        "{stdout}"
+    );
+    let seqs: Vec<u32> = result.checkpoint.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs[..3], [1, 2, 3], "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(result.checkpoint.records[0].summary, "half-way");
+    let inherited = Path::new(&result.log_paths.run_dir)
+        .parent()
+        .unwrap()
+        .join("inherited/checkpoints/000001.json");
+    assert!(inherited.is_file());
+}
