@@ -58,12 +58,7 @@ impl Cluster {
     /// twice: the handle follows the first submission.
     pub async fn start(&self, request: &StepExecutionRequest) -> Result<ClusterStep, ClusterError> {
         let kind = request.worker_kind.as_str();
-        check_token(kind).map_err(|why| {
-            ClusterError::Step(crate::Error::InvalidRequest {
-                field: "workerKind".into(),
-                message: why,
-            })
-        })?;
+        check_kind(kind)?;
         let id = StepIdentity::of(request);
         let client = &self.connection.client;
         let events = client
@@ -83,6 +78,25 @@ impl Cluster {
             .messages()
             .await
             .map_err(|e| nats_error("following a step's answer")(Box::new(e)))?;
+        let duplicate = self.submit(request).await?;
+        Ok(ClusterStep {
+            connection: self.connection.clone(),
+            id,
+            worker_kind: kind.to_owned(),
+            duplicate,
+            events: Some(events),
+            answers: Box::pin(answers),
+            answer: None,
+        })
+    }
+
+    /// Queue `request` without following it (its answer arrives on the
+    /// results stream). `true` when it had been queued before (same
+    /// `taskId/stepId/runId/attempt`): it is not queued twice.
+    pub async fn submit(&self, request: &StepExecutionRequest) -> Result<bool, ClusterError> {
+        let kind = request.worker_kind.as_str();
+        check_kind(kind)?;
+        let id = StepIdentity::of(request);
         let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload)
@@ -95,14 +109,27 @@ impl Cluster {
             .map_err(|e| nats_error("queueing a step")(Box::new(e)))?
             .await
             .map_err(|e| nats_error("queueing a step")(Box::new(e)))?;
-        Ok(ClusterStep {
-            connection: self.connection.clone(),
-            id,
-            worker_kind: kind.to_owned(),
-            duplicate: ack.duplicate,
-            events: Some(events),
-            answers: Box::pin(answers),
-            answer: None,
+        Ok(ack.duplicate)
+    }
+
+    /// Every answer in the results stream, oldest first, then each new one
+    /// as it is published: a conductor's feed of finished steps.
+    pub async fn answers(&self) -> Result<AnswerFeed, ClusterError> {
+        let messages = self
+            .connection
+            .results
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: names::all_results(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_error("following answers")(Box::new(e)))?
+            .messages()
+            .await
+            .map_err(|e| nats_error("following answers")(Box::new(e)))?;
+        Ok(AnswerFeed {
+            messages: Box::pin(messages),
         })
     }
 
@@ -135,12 +162,59 @@ impl Cluster {
     }
 }
 
+/// A kind that can be queued (its name is a subject token).
+fn check_kind(kind: &str) -> Result<(), ClusterError> {
+    check_token(kind).map_err(|why| {
+        ClusterError::Step(crate::Error::InvalidRequest {
+            field: "workerKind".into(),
+            message: why,
+        })
+    })
+}
+
 type Answers = std::pin::Pin<
     Box<
         dyn futures_util::Stream<Item = Result<jetstream::Message, consumer::pull::OrderedError>>
             + Send,
     >,
 >;
+
+/// Answers as they are published (see [`Cluster::answers`]).
+pub struct AnswerFeed {
+    messages: Answers,
+}
+
+impl AnswerFeed {
+    /// The next answer with its step's key ([`StepIdentity::key`]).
+    pub async fn next(&mut self) -> Result<(String, Answer), ClusterError> {
+        loop {
+            match self.messages.next().await {
+                Some(Ok(message)) => {
+                    let key = names::key_of_result(message.subject.as_str())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let answer = serde_json::from_slice(&message.payload).map_err(|e| {
+                        ClusterError::Corrupt {
+                            what: format!("the answer of step {key}"),
+                            message: e.to_string(),
+                        }
+                    })?;
+                    return Ok((key, answer));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("following answers: {e}; resuming");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                None => {
+                    return Err(ClusterError::Nats {
+                        doing: "following answers",
+                        message: "the connection closed".into(),
+                    })
+                }
+            }
+        }
+    }
+}
 
 /// A step queued in the cluster.
 pub struct ClusterStep {

@@ -135,6 +135,11 @@ pub fn result_subject(id: &StepIdentity) -> String {
     format!("{PREFIX}.results.{}", id.key())
 }
 
+/// The step key a result subject names.
+pub fn key_of_result(subject: &str) -> Option<&str> {
+    subject.strip_prefix(PREFIX)?.strip_prefix(".results.")
+}
+
 /// Every answer (the results stream's subjects).
 pub fn all_results() -> String {
     format!("{PREFIX}.results.>")
@@ -177,6 +182,7 @@ mod tests {
         assert_eq!(events_subject(&a), "baa.events.t=1.s.r.1");
         assert_eq!(a.to_string(), "t.1/s/r/1");
         assert_eq!(key_of_cancel(&cancel_subject(&a)), Some("t=1.s.r.1"));
+        assert_eq!(key_of_result(&result_subject(&a)), Some("t=1.s.r.1"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod bounds;
 mod checkpoints;
 mod cli;
 mod cluster;
+mod cluster_chaos;
 mod codex;
 mod compiled_cache;
 mod confinement;
