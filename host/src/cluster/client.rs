@@ -2,6 +2,7 @@
 //! returns a [`ClusterStep`] shaped like the local [`crate::StepHandle`]:
 //! its live events, `cancel()` (wherever it runs), and its one answer.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
@@ -152,6 +153,68 @@ impl Cluster {
         Ok(hosts)
     }
 
+    /// The cluster at a glance: live hosts, and per kind the steps queued,
+    /// waiting for a host, running, redelivered, and who serves it.
+    pub async fn status(&self) -> Result<ClusterStatus, ClusterError> {
+        let hosts = self.hosts().await?;
+        let mut kinds: BTreeMap<String, KindQueue> = BTreeMap::new();
+        let mut subjects = self
+            .connection
+            .steps
+            .info_with_subjects(names::all_steps())
+            .await
+            .map_err(|e| nats_error("reading the queue")(Box::new(e)))?;
+        let state = subjects.info.state.clone();
+        while let Some(Ok((subject, count))) = subjects.next().await {
+            if let Some(kind) = names::kind_of_subject(&subject) {
+                kinds
+                    .entry(kind.clone())
+                    .or_insert_with(|| KindQueue::new(kind))
+                    .queued = count as u64;
+            }
+        }
+        for host in &hosts {
+            for kind in host["kinds"].as_array().into_iter().flatten() {
+                if let (Some(kind), Some(name)) = (kind.as_str(), host["host"].as_str()) {
+                    let queue = kinds
+                        .entry(kind.to_owned())
+                        .or_insert_with(|| KindQueue::new(kind.to_owned()));
+                    queue.hosts.push(name.to_owned());
+                }
+            }
+        }
+        for queue in kinds.values_mut() {
+            let consumer = self
+                .connection
+                .steps
+                .consumer_info(names::consumer_name(&queue.kind))
+                .await;
+            (queue.waiting, queue.running, queue.redelivered) = match consumer {
+                Ok(info) => (
+                    info.num_pending,
+                    info.num_ack_pending as u64,
+                    info.num_redelivered as u64,
+                ),
+                // No host ever served the kind: everything queued waits.
+                Err(_) => (queue.queued, 0, 0),
+            };
+        }
+        let oldest_queued_at = (state.messages > 0)
+            .then(|| {
+                state
+                    .first_timestamp
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .flatten();
+        Ok(ClusterStatus {
+            hosts,
+            kinds: kinds.into_values().collect(),
+            queued: state.messages,
+            oldest_queued_at,
+        })
+    }
+
     /// Whether a live host serves `kind`.
     pub async fn served(&self, kind: &str) -> Result<bool, ClusterError> {
         Ok(self.hosts().await?.iter().any(|host| {
@@ -178,6 +241,49 @@ type Answers = std::pin::Pin<
             + Send,
     >,
 >;
+
+/// What [`Cluster::status`] reports.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The live hosts' heartbeats: host, pid, kinds, capacity, running.
+    pub hosts: Vec<HostStatus>,
+    pub kinds: Vec<KindQueue>,
+    /// Steps in the queue (waiting or running, not yet answered).
+    pub queued: u64,
+    /// When the oldest of them was queued.
+    pub oldest_queued_at: Option<String>,
+}
+
+/// One kind's queue.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KindQueue {
+    pub kind: String,
+    /// In the queue: waiting or running.
+    pub queued: u64,
+    /// Not yet delivered to any host.
+    pub waiting: u64,
+    /// Delivered and not yet answered.
+    pub running: u64,
+    /// Delivered more than once (a host died, stalled or gave it back).
+    pub redelivered: u64,
+    /// The live hosts that serve it.
+    pub hosts: Vec<String>,
+}
+
+impl KindQueue {
+    fn new(kind: String) -> Self {
+        KindQueue {
+            kind,
+            queued: 0,
+            waiting: 0,
+            running: 0,
+            redelivered: 0,
+            hosts: Vec::new(),
+        }
+    }
+}
 
 /// Answers as they are published (see [`Cluster::answers`]).
 pub struct AnswerFeed {

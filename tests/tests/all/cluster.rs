@@ -226,6 +226,20 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
         2,
         "nothing answers the probe step yet"
     );
+    let status = cluster.status().await.unwrap();
+    let probe_queue = status.kinds.iter().find(|k| k.kind == "probe").unwrap();
+    assert_eq!((probe_queue.waiting, probe_queue.hosts.len()), (1, 0));
+    assert!(status.oldest_queued_at.is_some());
+    let out = cli()
+        .args(["cluster", "status", "--nats", &server.url()])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("NO HOST SERVES IT") && shown.contains("shell-host"),
+        "{shown}"
+    );
     let probe_config = std::fs::read_to_string(probe_config_file(&sandbox)).unwrap();
     let config = worker_config(&sandbox, "probe-host", 5, &probe_config);
     let _probe = WorkerProcess::start(&binary, &server.url(), "probe-host", &config, &[]);

@@ -186,28 +186,51 @@ pub fn submit(
     })
 }
 
-/// `baa-runner cluster status`: live hosts, their kinds and load.
+/// `baa-runner cluster status`: live hosts, their kinds and load, and each
+/// kind's queue.
 pub fn status(nats: Option<&str>, settings: &ClusterSettings, json: bool) -> anyhow::Result<u8> {
     let url = url(nats, settings);
-    let hosts = runtime()?.block_on(async {
+    let status = runtime()?.block_on(async {
         let cluster = Cluster::connect(&url).await?;
-        anyhow::Ok(cluster.hosts().await?)
+        anyhow::Ok(cluster.status().await?)
     })?;
     if json {
-        crate::print_json(&serde_json::json!({ "hosts": hosts }))?;
-    } else {
-        for host in &hosts {
-            println!(
-                "{}  running {}/{}  kinds {}",
-                host["host"].as_str().unwrap_or("?"),
-                host["running"],
-                host["capacity"],
-                host["kinds"]
-            );
+        crate::print_json(&status)?;
+        return Ok(0);
+    }
+    println!("hosts ({}):", status.hosts.len());
+    for host in &status.hosts {
+        let kinds: Vec<&str> = host["kinds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str())
+            .collect();
+        println!(
+            "  {:<24} running {}/{}  kinds {}",
+            host["host"].as_str().unwrap_or("?"),
+            host["running"],
+            host["capacity"],
+            kinds.join(", ")
+        );
+    }
+    println!(
+        "queue: {} step(s){}",
+        status.queued,
+        match &status.oldest_queued_at {
+            Some(at) => format!(", oldest queued at {at}"),
+            None => String::new(),
         }
-        if hosts.is_empty() {
-            println!("no live workers");
-        }
+    );
+    for kind in &status.kinds {
+        let served = match kind.hosts.len() {
+            0 => "NO HOST SERVES IT".to_owned(),
+            _ => format!("served by {}", kind.hosts.join(", ")),
+        };
+        println!(
+            "  {:<16} waiting {:<5} running {:<5} redelivered {:<5} {served}",
+            kind.kind, kind.waiting, kind.running, kind.redelivered
+        );
     }
     Ok(0)
 }
