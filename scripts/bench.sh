@@ -11,3 +11,6 @@ ensure_wasm_target
 # The one-shot CLI row runs the release binary.
 cargo build --release --locked -p baa-runner --bin baa-runner
 cargo bench --locked -p baa-runner-tests --bench overhead
+# The cluster's queue (issue 20): a real nats-server and worker processes.
+ensure_nats_server
+BAA_NATS_SERVER="$(nats_server_binary)" cargo bench --locked -p baa-runner-tests --bench cluster

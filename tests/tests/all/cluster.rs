@@ -386,3 +386,31 @@ async fn a_killed_host_is_succeeded_by_one_resuming_from_its_last_replicated_che
         .join("inherited/checkpoints/000001.json");
     assert!(inherited.is_file());
 }
+
+#[test]
+fn the_readme_cluster_demo_runs_steps_on_two_hosts() {
+    let sandbox = Sandbox::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let demo = |verb: &str| {
+        std::process::Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster-demo.sh"))
+            .arg(verb)
+            .env("TMPDIR", sandbox.dir.path())
+            .env("BAA_DEMO_NATS_PORT", port.to_string())
+            .output()
+            .unwrap()
+    };
+    let up = demo("up");
+    let submitted = demo("submit");
+    let down = demo("down");
+    assert_exit(&up, 0);
+    assert_exit(&down, 0);
+    assert_exit(&submitted, 0);
+    let shown = String::from_utf8_lossy(&submitted.stdout);
+    assert_eq!(shown.matches("COMPLETED").count(), 6, "{shown}");
+    assert!(shown.contains("hosts: host-"), "{shown}");
+}
