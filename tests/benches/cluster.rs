@@ -239,19 +239,19 @@ async fn main() {
 
     // Replication: one step at a time, so each costs only itself.
     let cluster = start_cluster(&sandbox, 1, "seq").await;
-    let mut config = RunnerConfig::default();
-    config.durability = baa_runner::fsutil::Durability::ProcessCrash;
+    let mut config = RunnerConfig {
+        durability: baa_runner::fsutil::Durability::ProcessCrash,
+        ..Default::default()
+    };
     config.plugin_dirs.push(sandbox.dir.path().join("plugins"));
-    config.kinds.insert(
-        "probe".into(),
-        baa_runner::config::KindGrant {
-            programs: ["true", "touch", "sh", "python3"]
-                .map(String::from)
-                .to_vec(),
-            env: vec!["PROBE_VAR".into()],
-            ..Default::default()
-        },
-    );
+    let grant = baa_runner::config::KindGrant {
+        programs: ["true", "touch", "sh", "python3"]
+            .map(String::from)
+            .to_vec(),
+        env: vec!["PROBE_VAR".into()],
+        ..Default::default()
+    };
+    config.kinds.insert("probe".into(), grant);
     let runner = Runner::new(config).unwrap();
     let local_plain =
         sequential_local_ms(&runner, &sandbox, "l-plain", "probe", "true", sequential).await;
