@@ -32,7 +32,9 @@ up() {
     echo $! > "$demo/nats.pid"
     for _ in $(seq 100); do grep -q "Server is ready" "$demo/nats.log" && break; sleep 0.1; done
     for host in host-a host-b; do
-        "$bin" worker --nats "$url" --host-name "$host" > "$demo/$host.log" 2>&1 &
+        # Steps from the queue may use repositories under $demo only.
+        "$bin" worker --nats "$url" --host-name "$host" --repo-root "$demo" \
+            --runs-dir "$demo/runs" > "$demo/$host.log" 2>&1 &
         echo $! > "$demo/$host.pid"
     done
     for host in host-a host-b; do

@@ -341,6 +341,12 @@ pub struct RunnerConfig {
     /// How `baa-runner worker` takes part in a NATS JetStream cluster.
     #[serde(default)]
     pub cluster: ClusterSettings,
+    /// When set, a step's `runtime.repoRoot` and `runtime.worktreePath`
+    /// must lie inside one of these directories (after resolving symlinks).
+    /// Required for `baa-runner worker`: whoever can publish to the queue
+    /// names a step's paths.
+    #[serde(default)]
+    pub repo_roots: Vec<PathBuf>,
 }
 
 /// `[cluster]`: how this host takes part in a cluster (`baa-runner worker`).
@@ -351,7 +357,10 @@ pub struct RunnerConfig {
 /// ack-wait-sec = 30     # silence after which another host takes a step
 /// max-deliver = 8       # most hosts (deliveries) one step gets
 /// kinds = ["shell"]     # serve only these (default: every runnable kind)
+/// runs-dir = "/var/lib/baa-runner/cluster"
 /// ```
+/// A worker also needs the top-level `repo-roots`: the directories whose
+/// repositories queued steps may use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct ClusterSettings {
@@ -369,6 +378,11 @@ pub struct ClusterSettings {
     /// The kinds this host serves (default: every kind it can run and is
     /// granted what it requests).
     pub kinds: Option<Vec<String>>,
+    /// Where this host keeps the run directories of the steps it takes
+    /// (default: the default runs root's `cluster/`). A request's
+    /// `runtime.runsRootDir` names a place on the conductor's machine: it
+    /// is not used.
+    pub runs_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterSettings {
@@ -379,6 +393,7 @@ impl Default for ClusterSettings {
             ack_wait_sec: 30,
             max_deliver: 8,
             kinds: None,
+            runs_dir: None,
         }
     }
 }
@@ -498,6 +513,7 @@ impl Default for RunnerConfig {
             durability: Default::default(),
             concurrency: Concurrency::default(),
             cluster: ClusterSettings::default(),
+            repo_roots: Vec::new(),
         }
     }
 }
@@ -539,6 +555,7 @@ impl RunnerConfig {
             durability: file.durability,
             concurrency: file.concurrency,
             cluster: file.cluster,
+            repo_roots: file.repo_roots,
         })
     }
 

@@ -58,8 +58,7 @@ impl Cluster {
     /// already submitted (same `taskId/stepId/runId/attempt`) is not queued
     /// twice: the handle follows the first submission.
     pub async fn start(&self, request: &StepExecutionRequest) -> Result<ClusterStep, ClusterError> {
-        let kind = request.worker_kind.as_str();
-        check_kind(kind)?;
+        check_queueable(request)?;
         let id = StepIdentity::of(request);
         let client = &self.connection.client;
         let events = client
@@ -83,7 +82,7 @@ impl Cluster {
         Ok(ClusterStep {
             connection: self.connection.clone(),
             id,
-            worker_kind: kind.to_owned(),
+            worker_kind: request.worker_kind.to_string(),
             duplicate,
             events: Some(events),
             answers: Box::pin(answers),
@@ -95,8 +94,8 @@ impl Cluster {
     /// results stream). `true` when it had been queued before (same
     /// `taskId/stepId/runId/attempt`): it is not queued twice.
     pub async fn submit(&self, request: &StepExecutionRequest) -> Result<bool, ClusterError> {
+        check_queueable(request)?;
         let kind = request.worker_kind.as_str();
-        check_kind(kind)?;
         let id = StepIdentity::of(request);
         let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
         let publish = jetstream::message::PublishMessage::build()
@@ -225,14 +224,27 @@ impl Cluster {
     }
 }
 
-/// A kind that can be queued (its name is a subject token).
-fn check_kind(kind: &str) -> Result<(), ClusterError> {
-    check_token(kind).map_err(|why| {
+/// A request that can be queued: its kind is a subject token, its ids
+/// name directories (and so keys) one to one.
+fn check_queueable(request: &StepExecutionRequest) -> Result<(), ClusterError> {
+    check_token(request.worker_kind.as_str()).map_err(|why| {
         ClusterError::Step(crate::Error::InvalidRequest {
             field: "workerKind".into(),
             message: why,
         })
-    })
+    })?;
+    use crate::run::validate::check_id;
+    check_id("taskId", &request.task_id)?;
+    check_id("stepId", &request.step_id)?;
+    check_id("runId", &request.run_id)?;
+    if request.attempt == 0 {
+        return Err(crate::Error::InvalidRequest {
+            field: "attempt".into(),
+            message: "attempts are numbered from 1".into(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 type Answers = std::pin::Pin<
@@ -405,6 +417,7 @@ impl ClusterStep {
             worker_kind: self.worker_kind.clone(),
             owner: String::new(),
             delivery: 0,
+            sequence: 0,
             runs: Vec::new(),
             checkpoints: Vec::new(),
             reply: Some(reply.clone()),

@@ -6,8 +6,10 @@
 pub mod client;
 pub mod nats;
 pub mod record;
+mod replication;
 pub mod topology;
 pub mod transport;
+mod turn;
 pub mod worker;
 
 pub use client::{Cluster, ClusterEvent, ClusterStep};
@@ -40,6 +42,15 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// Whether trying again may succeed (the server restarting, a
+    /// connection cut); the rest will fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::Nats { .. } | ClusterError::Connect { .. }
+        )
+    }
+
     /// Whether the caller's input is at fault (the request, the settings).
     pub fn is_invalid_input(&self) -> bool {
         match self {

@@ -71,6 +71,7 @@ impl Connection {
                 retention: stream::RetentionPolicy::WorkQueue,
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
+                max_age: KEEP,
                 max_message_size: crate::contracts::MAX_REQUEST_BYTES as i32,
                 ..Default::default()
             })
@@ -224,6 +225,15 @@ impl NatsTransport {
             return Ok(consumer.clone());
         }
         let consumer = self.connection.kind_consumer(kind, &self.settings).await?;
+        let actual = consumer.cached_info().config.ack_wait;
+        if actual != Duration::from_secs(self.settings.ack_wait_sec.max(1)) {
+            tracing::warn!(
+                %kind,
+                "the queue of `{kind}` waits {}s for a sign of life (set by the host that created it), not this host's ack-wait-sec {}: this host follows the queue",
+                actual.as_secs(),
+                self.settings.ack_wait_sec
+            );
+        }
         consumers.insert(kind.to_owned(), consumer.clone());
         Ok(consumer)
     }
@@ -248,11 +258,17 @@ impl Transport for NatsTransport {
             None => Ok(None),
             Some(Err(e)) => Err(nats_error("receiving a step")(e)),
             Some(Ok(message)) => {
-                let delivered = message
+                let (delivered, sequence) = message
                     .info()
-                    .map(|info| info.delivered.max(1) as u64)
-                    .unwrap_or(1);
-                Ok(Some(Box::new(NatsDelivery { message, delivered })))
+                    .map(|info| (info.delivered.max(1) as u64, info.stream_sequence))
+                    .unwrap_or((1, 0));
+                let ack_wait = consumer.cached_info().config.ack_wait;
+                Ok(Some(Box::new(NatsDelivery {
+                    message,
+                    delivered,
+                    sequence,
+                    ack_wait,
+                })))
             }
         }
     }
@@ -360,6 +376,12 @@ impl Transport for NatsTransport {
             .read_to_end(&mut bytes)
             .await
             .map_err(|e| nats_error("fetching a checkpoint payload")(boxed(e)))?;
+        if bytes.len() as u64 >= limit {
+            return Err(ClusterError::Corrupt {
+                what: format!("checkpoint payload {name}"),
+                message: "longer than a checkpoint payload can be".into(),
+            });
+        }
         Ok((record.to_vec(), Some(bytes)))
     }
 
@@ -411,6 +433,8 @@ impl Transport for NatsTransport {
 struct NatsDelivery {
     message: jetstream::Message,
     delivered: u64,
+    sequence: u64,
+    ack_wait: Duration,
 }
 
 #[async_trait]
@@ -421,6 +445,18 @@ impl Delivery for NatsDelivery {
 
     fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
+    fn ack_wait(&self) -> Duration {
+        self.ack_wait
     }
 
     async fn in_progress(&self) -> Result<(), ClusterError> {

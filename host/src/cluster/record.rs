@@ -18,6 +18,10 @@ pub struct StepRecord {
     pub owner: String,
     /// The queue delivery the owner runs (1 for the first).
     pub delivery: u64,
+    /// The queue message the step came from (its stream sequence): another
+    /// message naming the same step is a duplicate submission.
+    #[serde(default)]
+    pub sequence: u64,
     /// Every host that took the step, in order.
     pub runs: Vec<HostRun>,
     /// The checkpoints its hosts replicated, in the order they were
@@ -96,6 +100,36 @@ pub struct ReplyError {
     pub field: Option<String>,
 }
 
+impl Reply {
+    /// The reply, made to fit in `limit` bytes of JSON: a result too large
+    /// loses its lifecycle events first (the run directory has them), then
+    /// becomes an error that says where the result is.
+    pub fn fit(self, limit: usize) -> Reply {
+        let size = |reply: &Reply| serde_json::to_vec(reply).map_or(usize::MAX, |v| v.len());
+        let Reply::Result(mut result) = self else {
+            return self;
+        };
+        if size(&Reply::Result(result.clone())) <= limit {
+            return Reply::Result(result);
+        }
+        result.lifecycle_events.clear();
+        let trimmed = Reply::Result(result.clone());
+        if size(&trimmed) <= limit {
+            return trimmed;
+        }
+        Reply::Error(ReplyError {
+            kind: "host-error".into(),
+            message: format!(
+                "the step {} ({}), but its result is larger than the queue carries; it is in {}/result.json on the host that ran it",
+                result.outcome.as_str(),
+                result.summary.chars().take(200).collect::<String>(),
+                result.log_paths.run_dir
+            ),
+            field: None,
+        })
+    }
+}
+
 impl From<&crate::Error> for ReplyError {
     fn from(error: &crate::Error) -> Self {
         let (kind, field) = error.wire_kind();
@@ -127,6 +161,9 @@ pub enum Claim {
     Answered(Answer),
     /// A newer delivery owns it: leave this one alone.
     Stale { owner: String, delivery: u64 },
+    /// Another message names a step already taken: a duplicate submission,
+    /// dropped (acknowledged) without running.
+    Duplicate,
 }
 
 /// Who takes a step.
@@ -136,6 +173,8 @@ pub struct Taker<'a> {
     pub worker_kind: &'a str,
     pub host: &'a str,
     pub delivery: u64,
+    /// The queue message's stream sequence.
+    pub sequence: u64,
     pub now: String,
 }
 
@@ -154,6 +193,7 @@ pub fn claim(existing: Option<StepRecord>, taker: &Taker<'_>) -> Claim {
             worker_kind: taker.worker_kind.to_owned(),
             owner: taker.host.to_owned(),
             delivery: taker.delivery,
+            sequence: taker.sequence,
             runs: vec![run],
             checkpoints: Vec::new(),
             reply: None,
@@ -164,6 +204,9 @@ pub fn claim(existing: Option<StepRecord>, taker: &Taker<'_>) -> Claim {
             reply,
             runs: record.runs,
         });
+    }
+    if record.sequence != 0 && record.sequence != taker.sequence {
+        return Claim::Duplicate;
     }
     if record.delivery >= taker.delivery {
         return Claim::Stale {
@@ -197,16 +240,26 @@ impl StepRecord {
     }
 
     /// The owner's turn ends with `reply`, the step's answer.
-    pub fn finished(mut self, host: &str, delivery: u64, reply: Reply) -> (Self, Answer) {
+    pub fn finished(mut self, host: &str, delivery: u64, reply: Reply) -> Self {
         if let Some(turn) = self.turn(host, delivery) {
             turn.end = Some(RunEnd::Finished);
         }
-        self.reply = Some(reply.clone());
-        let answer = Answer {
-            reply,
+        self.reply = Some(reply);
+        self
+    }
+
+    /// The answer, once the step has one.
+    pub fn answer(&self) -> Option<Answer> {
+        Some(Answer {
+            reply: self.reply.clone()?,
             runs: self.runs.clone(),
-        };
-        (self, answer)
+        })
+    }
+
+    /// Whether `host`'s delivery `delivery` of message `sequence` holds
+    /// the step.
+    pub fn held_by_message(&self, host: &str, delivery: u64, sequence: u64) -> bool {
+        self.held_by(host, delivery) && self.sequence == sequence
     }
 
     /// The owner adds a checkpoint it replicated.
@@ -257,6 +310,7 @@ mod tests {
             worker_kind: "shell",
             host,
             delivery,
+            sequence: 7,
             now: format!("t{delivery}"),
         }
     }
@@ -290,6 +344,17 @@ mod tests {
     }
 
     #[test]
+    fn another_message_for_a_taken_step_is_a_duplicate() {
+        let first = run(claim(None, &taker("a", 1)));
+        let mut copy = taker("b", 1);
+        copy.sequence = 8;
+        assert_eq!(claim(Some(first.clone()), &copy), Claim::Duplicate);
+        copy.delivery = 5;
+        assert_eq!(claim(Some(first.clone()), &copy), Claim::Duplicate);
+        assert!(first.held_by_message("a", 1, 7) && !first.held_by_message("a", 1, 8));
+    }
+
+    #[test]
     fn an_answered_step_is_answered_again_never_rerun() {
         let record = run(claim(None, &taker("a", 1))).started("a", 1, "/runs/x");
         let error = Reply::Error(ReplyError {
@@ -297,7 +362,8 @@ mod tests {
             message: "bad".into(),
             field: Some("runtime.worktreePath".into()),
         });
-        let (done, answer) = record.finished("a", 1, error);
+        let done = record.finished("a", 1, error);
+        let answer = done.answer().unwrap();
         assert_eq!(answer.runs[0].end, Some(RunEnd::Finished));
         assert_eq!(answer.runs[0].run_dir.as_deref(), Some("/runs/x"));
         assert!(!done.held_by("a", 1));

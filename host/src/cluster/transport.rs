@@ -75,6 +75,14 @@ pub trait Delivery: Send + Sync {
     fn payload(&self) -> &[u8];
     /// 1 for the first delivery, 2 for the first redelivery, …
     fn delivered(&self) -> u64;
+    /// The message's place in the queue (the same for every delivery of
+    /// it; another message naming the same step has another).
+    fn sequence(&self) -> u64;
+    /// The subject it was queued on (`baa.steps.<kind>`).
+    fn subject(&self) -> &str;
+    /// How long the queue waits for a sign of life before it delivers the
+    /// message again (the consumer's, whichever host created it).
+    fn ack_wait(&self) -> Duration;
     /// The step is still being worked on: postpone redelivery.
     async fn in_progress(&self) -> Result<(), ClusterError>;
     /// Done: the queue forgets the step.

@@ -154,6 +154,7 @@ pub fn prepare(
 ) -> Result<PreparedStepRun, Error> {
     let (limits, durability) = (&config.limits, config.durability);
     let paths = validate(&request)?;
+    super::validate::within_roots(&paths, &config.repo_roots)?;
     let (log_paths, run_dir) = run_paths(&paths.runs_root, &request);
     let parent = run_dir.parent().unwrap_or(&paths.runs_root);
     // An earlier attempt that a crashed host left `running` is closed first

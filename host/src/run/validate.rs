@@ -22,7 +22,9 @@ pub struct ValidPaths {
 
 /// An id that becomes a directory name: letters, digits, `.`, `_`, `-`;
 /// not starting with `.`; at most 128 characters.
-fn check_id(field: &str, value: &str) -> Result<(), Error> {
+/// An id that names a directory: letters, digits, `.`, `_`, `-`, not
+/// starting with `.`, 1 to 128 characters.
+pub fn check_id(field: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
@@ -60,6 +62,33 @@ fn existing_dir(field: &str, value: &str) -> Result<PathBuf, Error> {
         ));
     }
     Ok(canonical)
+}
+
+/// With `roots` (the operator's `repo-roots`), the step's repository and
+/// worktree must lie inside one of them; `paths` are canonical, so a
+/// symlink cannot lead outside.
+pub fn within_roots(paths: &ValidPaths, roots: &[PathBuf]) -> Result<(), Error> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let roots: Vec<PathBuf> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+    for (field, path) in [
+        ("runtime.repoRoot", &paths.repo_root),
+        ("runtime.worktreePath", &paths.worktree),
+    ] {
+        if !roots.iter().any(|root| path.starts_with(root)) {
+            let allowed: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "`{}` is outside the directories this host lets steps use (`repo-roots`: {}); use a repository inside one, or ask its operator",
+                    path.display(),
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The default runs root: `$XDG_STATE_HOME/baa-runner/runs`, else

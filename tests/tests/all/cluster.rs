@@ -18,9 +18,14 @@ use crate::{assert_exit, built_binary, cli, probe_config_file};
 /// A worker config: `[cluster]` with `ack_wait` seconds, plus `extra`.
 fn worker_config(sandbox: &Sandbox, name: &str, ack_wait: u64, extra: &str) -> PathBuf {
     let path = sandbox.dir.path().join(format!("{name}.toml"));
+    let roots = format!(
+        "repo-roots = [{:?}]\n",
+        sandbox.dir.path().display().to_string()
+    );
+    let runs = sandbox.runs.join("cluster").display().to_string();
     std::fs::write(
         &path,
-        format!("{extra}\n[cluster]\nack-wait-sec = {ack_wait}\n"),
+        format!("{roots}{extra}\n[cluster]\nack-wait-sec = {ack_wait}\nruns-dir = {runs:?}\n"),
     )
     .unwrap();
     path
@@ -202,6 +207,72 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
     assert_exit(&submitted, 3);
     assert!(String::from_utf8_lossy(&submitted.stderr).contains("`timeoutSec`"));
 
+    // Whoever can publish to the queue names a step's paths: a host lets
+    // steps use only repositories under its `repo-roots`.
+    let elsewhere = Sandbox::new();
+    let mut outside = elsewhere.request_json("shell", "touch owned");
+    outside["stepId"] = "outside".into();
+    std::fs::write(&file, serde_json::to_vec(&outside).unwrap()).unwrap();
+    let submitted = cli()
+        .args(["submit", "--nats", &server.url()])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_exit(&submitted, 3);
+    let said = String::from_utf8_lossy(&submitted.stderr);
+    assert!(
+        said.contains("`runtime.repoRoot`") && said.contains("repo-roots"),
+        "{said}"
+    );
+    assert!(!elsewhere.repo.join("owned").exists());
+
+    // A message on one kind's queue runs as that kind or not at all.
+    let cluster = Cluster::connect(&server.url()).await.unwrap();
+    let mut smuggled = sandbox.request_json("git", "status");
+    smuggled["stepId"] = "smuggled".into();
+    let raw = bytes::Bytes::from(serde_json::to_vec(&smuggled).unwrap());
+    let js = &cluster.connection().jetstream;
+    js.publish("baa.steps.shell", raw)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut feed = cluster.answers().await.unwrap();
+    let answer = loop {
+        let (key, answer) = feed.next().await.unwrap();
+        if key.contains("smuggled") {
+            break answer;
+        }
+    };
+    assert!(
+        matches!(&answer.reply, Reply::Error(e) if e.field.as_deref() == Some("workerKind")),
+        "{answer:?}"
+    );
+
+    // The same step submitted again as another message (a resubmission
+    // past the duplicate window, say) is not run again.
+    let mut twice = sandbox.request_json("shell", "echo once >> ran.txt");
+    twice["stepId"] = "twice".into();
+    let twice: StepExecutionRequest = serde_json::from_value(twice).unwrap();
+    let first = cluster.start(&twice).await.unwrap().answer().await.unwrap();
+    let raw = bytes::Bytes::from(serde_json::to_vec(&twice).unwrap());
+    js.publish("baa.steps.shell", raw)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    until("the copy is dropped", async || {
+        let mut steps = cluster.connection().steps.clone();
+        steps.info().await.unwrap().state.messages == 0
+    })
+    .await;
+    let again = cluster.start(&twice).await.unwrap();
+    assert!(again.duplicate());
+    assert_eq!(again.answer().await.unwrap(), first);
+    assert_eq!(first.runs.len(), 1);
+    let ran = std::fs::read_to_string(sandbox.repo.join("ran.txt")).unwrap();
+    assert_eq!(ran, "once\n");
+
     // A kind no live host serves waits, visibly, until one does.
     let mut probe = sandbox.request_json("probe", "true");
     probe["stepId"] = "probe".into();
@@ -214,7 +285,6 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let cluster = Cluster::connect(&server.url()).await.unwrap();
     until("the probe step is queued", async || {
         let mut steps = cluster.connection().steps.clone();
         steps.info().await.unwrap().state.messages == 1
@@ -223,7 +293,7 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         answers_in_stream(&cluster).await,
-        2,
+        5,
         "nothing answers the probe step yet"
     );
     let status = cluster.status().await.unwrap();

@@ -70,7 +70,11 @@ async fn every_step_is_answered_once_through_a_killed_host_a_paused_host_and_a_s
     let config = sandbox.dir.path().join("chaos.toml");
     std::fs::write(
         &config,
-        format!("{probe}\n[concurrency]\nmax-steps = 8\n[cluster]\nack-wait-sec = 2\n"),
+        format!(
+            "repo-roots = [{:?}]\n{probe}\n[concurrency]\nmax-steps = 8\n[cluster]\nack-wait-sec = 2\nruns-dir = {:?}\n",
+            sandbox.dir.path().display().to_string(),
+            sandbox.runs.join("cluster").display().to_string()
+        ),
     )
     .unwrap();
     let binary = built_binary("baa-runner");

@@ -230,6 +230,14 @@ enum Command {
         /// every kind this host can run and grants).
         #[arg(long = "kind", value_name = "KIND")]
         kinds: Vec<String>,
+        /// A directory whose repositories queued steps may use (repeatable;
+        /// added to the config's `repo-roots`; at least one is required).
+        #[arg(long = "repo-root", value_name = "DIR")]
+        repo_roots: Vec<PathBuf>,
+        /// Where this host keeps its steps' run directories (else
+        /// `[cluster] runs-dir`, else the default runs root's `cluster/`).
+        #[arg(long, value_name = "DIR")]
+        runs_dir: Option<PathBuf>,
     },
     /// Queue a step in the cluster and wait for its answer: output, JSON
     /// and exit codes as `run`; Ctrl-C cancels it wherever it runs.
@@ -510,6 +518,18 @@ fn runner(cli: &Cli, streams: Streams) -> anyhow::Result<Runner> {
         None => RunnerConfig::default(),
     };
     config.plugin_dirs.extend(cli.plugins_dirs.iter().cloned());
+    #[cfg(feature = "cluster")]
+    if let Command::Worker {
+        repo_roots,
+        runs_dir,
+        ..
+    } = &cli.command
+    {
+        config.repo_roots.extend(repo_roots.iter().cloned());
+        if runs_dir.is_some() {
+            config.cluster.runs_dir.clone_from(runs_dir);
+        }
+    }
     // Every command but `serve` executes at most one step: the engine
     // reserves instance slots for that one, not for a server's thousand.
     if !serves_many(&cli.command) {
@@ -617,6 +637,7 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
             nats,
             host_name,
             kinds,
+            ..
         } => cluster::worker(runner, nats.as_deref(), host_name.as_deref(), kinds),
         #[cfg(feature = "cluster")]
         Command::Submit { .. } | Command::Cluster { .. } => {
