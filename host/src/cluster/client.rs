@@ -214,6 +214,16 @@ impl Cluster {
         })
     }
 
+    /// The contents of an artifact an answer lists (its `object`).
+    pub async fn artifact(&self, object: &str) -> Result<Vec<u8>, ClusterError> {
+        super::nats::read_object(
+            &self.connection.payloads,
+            object,
+            crate::capabilities::events::MAX_ARTIFACT_BYTES,
+        )
+        .await
+    }
+
     /// Whether a live host serves `kind`.
     pub async fn served(&self, kind: &str) -> Result<bool, ClusterError> {
         Ok(self.hosts().await?.iter().any(|host| {
@@ -420,6 +430,7 @@ impl ClusterStep {
             sequence: 0,
             runs: Vec::new(),
             checkpoints: Vec::new(),
+            artifacts: Vec::new(),
             reply: Some(reply.clone()),
         };
         let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
@@ -428,6 +439,7 @@ impl ClusterStep {
                 let answer = Answer {
                     reply,
                     runs: Vec::new(),
+                    artifacts: Vec::new(),
                 };
                 self.connection.publish_answer(&self.id, &answer).await
             }

@@ -179,6 +179,32 @@ impl Connection {
     }
 }
 
+/// Read object `name` of `store`, refusing one longer than `limit`.
+pub(crate) async fn read_object(
+    store: &object_store::ObjectStore,
+    name: &str,
+    limit: usize,
+) -> Result<Vec<u8>, ClusterError> {
+    use tokio::io::AsyncReadExt;
+    let object = store
+        .get(name)
+        .await
+        .map_err(|e| nats_error("fetching an object")(boxed(e)))?;
+    let mut bytes = Vec::new();
+    object
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| nats_error("fetching an object")(boxed(e)))?;
+    if bytes.len() > limit {
+        return Err(ClusterError::Corrupt {
+            what: format!("object {name}"),
+            message: format!("longer than {limit} bytes"),
+        });
+    }
+    Ok(bytes)
+}
+
 async fn bucket(
     jetstream: &jetstream::Context,
     name: &'static str,
@@ -349,7 +375,6 @@ impl Transport for NatsTransport {
         name: &str,
         payload: bool,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>), ClusterError> {
-        use tokio::io::AsyncReadExt;
         let record = self
             .connection
             .checkpoints
@@ -363,26 +388,23 @@ impl Transport for NatsTransport {
         if !payload {
             return Ok((record.to_vec(), None));
         }
-        let mut object = self
-            .connection
+        let payload = read_object(
+            &self.connection.payloads,
+            name,
+            crate::checkpoints::MAX_PAYLOAD_BYTES,
+        )
+        .await?;
+        Ok((record.to_vec(), Some(payload)))
+    }
+
+    async fn put_artifact(&self, object: &str, contents: Vec<u8>) -> Result<(), ClusterError> {
+        let mut reader = std::io::Cursor::new(contents);
+        self.connection
             .payloads
-            .get(name)
+            .put(object, &mut reader)
             .await
-            .map_err(|e| nats_error("fetching a checkpoint payload")(boxed(e)))?;
-        let limit = crate::checkpoints::MAX_PAYLOAD_BYTES as u64 + 1;
-        let mut bytes = Vec::new();
-        (&mut object)
-            .take(limit)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| nats_error("fetching a checkpoint payload")(boxed(e)))?;
-        if bytes.len() as u64 >= limit {
-            return Err(ClusterError::Corrupt {
-                what: format!("checkpoint payload {name}"),
-                message: "longer than a checkpoint payload can be".into(),
-            });
-        }
-        Ok((record.to_vec(), Some(bytes)))
+            .map_err(|e| nats_error("replicating an artifact")(boxed(e)))?;
+        Ok(())
     }
 
     async fn publish_event(&self, id: &StepIdentity, event: &serde_json::Value) {

@@ -28,6 +28,9 @@ pub struct StepRecord {
     /// captured: a host that takes the step over resumes from the last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<ReplicatedCheckpoint>,
+    /// The artifacts its hosts stored, replicated as they were declared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ReplicatedArtifact>,
     /// The answer, once a host finished the step: nothing changes after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Reply>,
@@ -64,6 +67,18 @@ pub struct ReplicatedCheckpoint {
     pub name: String,
     /// Whether a payload was stored beside the record.
     pub payload: bool,
+}
+
+/// An artifact a host stored and replicated to the payloads object store
+/// as `object` (unique to the host's turn).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicatedArtifact {
+    pub name: String,
+    pub host: String,
+    pub delivery: u64,
+    pub object: String,
+    pub bytes: u64,
 }
 
 /// How a host's turn at a step ended.
@@ -149,6 +164,10 @@ pub struct Answer {
     pub reply: Reply,
     /// Every host that took the step, how each turn ended.
     pub runs: Vec<HostRun>,
+    /// The finishing turn's artifacts in the payloads object store
+    /// ([`crate::cluster::Cluster::artifact`] reads one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ReplicatedArtifact>,
 }
 
 /// What a host that received delivery `delivery` of a step does.
@@ -196,14 +215,12 @@ pub fn claim(existing: Option<StepRecord>, taker: &Taker<'_>) -> Claim {
             sequence: taker.sequence,
             runs: vec![run],
             checkpoints: Vec::new(),
+            artifacts: Vec::new(),
             reply: None,
         });
     };
-    if let Some(reply) = record.reply.clone() {
-        return Claim::Answered(Answer {
-            reply,
-            runs: record.runs,
-        });
+    if let Some(answer) = record.answer() {
+        return Claim::Answered(answer);
     }
     if record.sequence != 0 && record.sequence != taker.sequence {
         return Claim::Duplicate;
@@ -248,12 +265,27 @@ impl StepRecord {
         self
     }
 
-    /// The answer, once the step has one.
+    /// The answer, once the step has one: with the artifacts of the turn
+    /// that finished it.
     pub fn answer(&self) -> Option<Answer> {
+        let finished = self.runs.iter().find(|r| r.end == Some(RunEnd::Finished));
+        let artifacts = self
+            .artifacts
+            .iter()
+            .filter(|a| finished.is_some_and(|f| f.host == a.host && f.delivery == a.delivery))
+            .cloned()
+            .collect();
         Some(Answer {
             reply: self.reply.clone()?,
             runs: self.runs.clone(),
+            artifacts,
         })
+    }
+
+    /// The owner adds an artifact it replicated.
+    pub fn with_artifact(mut self, artifact: ReplicatedArtifact) -> Self {
+        self.artifacts.push(artifact);
+        self
     }
 
     /// Whether `host`'s delivery `delivery` of message `sequence` holds

@@ -1,13 +1,15 @@
-//! Checkpoints across hosts: each one a turn captures is replicated as it
-//! is captured (payload, record, then the step's fenced record lists it);
-//! a turn that takes a step over inherits them and resumes from the last.
+//! Checkpoints and artifacts across hosts: each one a turn captures is
+//! replicated as it is captured (payload, record, then the step's fenced
+//! record lists it); a turn that takes a step over inherits the
+//! checkpoints and resumes from the last.
 
 use std::path::Path;
 
-use super::record::ReplicatedCheckpoint;
-use super::topology::{check_token, checkpoint_name};
+use super::record::{ReplicatedArtifact, ReplicatedCheckpoint};
+use super::topology::{artifact_object, check_token, checkpoint_name};
 use super::turn::Turn;
 use super::ClusterError;
+use crate::capabilities::events::MAX_ARTIFACT_BYTES;
 use crate::checkpoints::history::INHERITED_DIR;
 use crate::checkpoints::{record_file_name, MAX_PAYLOAD_BYTES};
 use crate::contracts::{EventSource, StepExecutionRequest};
@@ -48,6 +50,30 @@ impl Turn<'_> {
             payload: stored,
         };
         self.update(|r| r.with_checkpoint(checkpoint.clone())).await
+    }
+
+    /// Replicate artifact `name` of this turn (from the run directory the
+    /// host wrote) and list it in the step's record. `false` when the step
+    /// was taken over meanwhile.
+    pub async fn replicate_artifact(
+        &mut self,
+        run_dir: &str,
+        name: &str,
+    ) -> Result<bool, ClusterError> {
+        let path = Path::new(run_dir).join("artifacts").join(name);
+        let contents = read_capped(&path, MAX_ARTIFACT_BYTES).await?;
+        let delivery = self.delivery.delivered();
+        let object = artifact_object(self.id, self.host(), delivery, name);
+        let bytes = contents.len() as u64;
+        self.transport().put_artifact(&object, contents).await?;
+        let artifact = ReplicatedArtifact {
+            name: name.to_owned(),
+            host: self.host().to_owned(),
+            delivery,
+            object,
+            bytes,
+        };
+        self.update(|r| r.with_artifact(artifact.clone())).await
     }
 
     /// Put the checkpoints earlier turns replicated where the runner finds
@@ -128,6 +154,20 @@ pub(super) fn captured_checkpoint(event: &StepEvent) -> Option<(u32, String)> {
     let kind = data.get("type")?.as_str()?;
     check_token(kind).ok()?;
     Some((seq, kind.to_owned()))
+}
+
+/// The name of an artifact the host stored, when `event` says so.
+pub(super) fn declared_artifact(event: &StepEvent) -> Option<String> {
+    let StepEventBody::Lifecycle(entry) = &event.body else {
+        return None;
+    };
+    if entry.event != "artifact.declared" || entry.source != EventSource::Host {
+        return None;
+    }
+    let name = entry.data.as_ref()?.get("name")?.as_str()?;
+    // The host's own rule for artifact names: one plain file name.
+    crate::run::validate::check_id("artifact", name).ok()?;
+    Some(name.to_owned())
 }
 
 fn payload_file_name(seq: u32, kind: &str) -> String {

@@ -103,6 +103,12 @@ pub fn checkpoint_name(id: &StepIdentity, host: &str, delivery: u64, seq: u32) -
     format!("{}.{}.d{delivery}.{seq}", id.key(), token(host))
 }
 
+/// Where artifact `name` of `host`'s turn (`delivery`) at a step is
+/// replicated in the payloads object store.
+pub fn artifact_object(id: &StepIdentity, host: &str, delivery: u64, name: &str) -> String {
+    format!("{}.{}.d{delivery}.artifact.{name}", id.key(), token(host))
+}
+
 /// Where steps of `kind` are queued.
 pub fn steps_subject(kind: &str) -> String {
     format!("{PREFIX}.steps.{}", token(kind))

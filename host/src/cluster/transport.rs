@@ -54,6 +54,9 @@ pub trait Transport: Send + Sync + 'static {
         payload: bool,
     ) -> Result<(Vec<u8>, Option<Vec<u8>>), ClusterError>;
 
+    /// Store an artifact's contents as `object`.
+    async fn put_artifact(&self, object: &str, contents: Vec<u8>) -> Result<(), ClusterError>;
+
     /// Publish one of a step's live events (nothing keeps it).
     async fn publish_event(&self, id: &StepIdentity, event: &serde_json::Value);
 

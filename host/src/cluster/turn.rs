@@ -239,6 +239,15 @@ impl Turn<'_> {
                     }
                 }
             }
+            if let Some(name) = super::replication::declared_artifact(&event) {
+                match self.replicate_artifact(&run_dir, &name).await {
+                    Ok(true) => {}
+                    Ok(false) => token.cancel(),
+                    Err(e) => {
+                        tracing::warn!(step = %self.id, "artifact {name} not replicated: {e}")
+                    }
+                }
+            }
             if let Some(mut message) = event_json(event, &mut text) {
                 message.insert("host".into(), Value::from(self.host()));
                 message.insert("delivery".into(), Value::from(delivery));

@@ -403,7 +403,7 @@ async fn a_killed_host_is_succeeded_by_one_resuming_from_its_last_replicated_che
     let cluster = Cluster::connect(&server.url()).await.unwrap();
     let mut request = sandbox.request_json(
         "probe",
-        "resume\ncheckpoint summary half-way\nsh sleep 3\ncheckpoint summary done",
+        "resume\ncheckpoint summary half-way\nsh sleep 3\ncheckpoint summary done\nartifact notes.txt hello-artifact",
     );
     request["stepId"] = "resumable".into();
     let request: StepExecutionRequest = serde_json::from_value(request).unwrap();
@@ -455,6 +455,15 @@ async fn a_killed_host_is_succeeded_by_one_resuming_from_its_last_replicated_che
         .unwrap()
         .join("inherited/checkpoints/000001.json");
     assert!(inherited.is_file());
+    // Its artifact is in the object store, for a conductor on any machine.
+    let names: Vec<(&str, &str)> = answer
+        .artifacts
+        .iter()
+        .map(|a| (a.name.as_str(), a.host.as_str()))
+        .collect();
+    assert_eq!(names, [("notes.txt", "second")]);
+    let contents = cluster.artifact(&answer.artifacts[0].object).await.unwrap();
+    assert_eq!(contents, b"hello-artifact");
 }
 
 #[test]
