@@ -493,3 +493,30 @@ fn the_readme_cluster_demo_runs_steps_on_two_hosts() {
     assert_eq!(shown.matches("COMPLETED").count(), 6, "{shown}");
     assert!(shown.contains("hosts: host-"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_too_large_for_the_queue_is_trimmed_then_points_at_its_run_directory() {
+    let sandbox = Sandbox::new();
+    let result = crate::run(&crate::runner(), request(&sandbox, "big", "echo big")).await;
+    let size = |reply: &Reply| serde_json::to_vec(reply).unwrap().len();
+    let whole = Reply::Result(Box::new(result.clone()));
+    assert_eq!(whole.clone().fit(size(&whole)), whole);
+    // Just too large: the lifecycle events go (the run directory has them).
+    match whole.clone().fit(size(&whole) - 1) {
+        Reply::Result(trimmed) => {
+            assert!(trimmed.lifecycle_events.is_empty() && !result.lifecycle_events.is_empty());
+            assert_eq!(trimmed.summary, result.summary);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Far too large: an error that says where the result is.
+    match whole.fit(256) {
+        Reply::Error(e) => {
+            assert_eq!(e.kind, "host-error");
+            assert!(e
+                .message
+                .contains(&format!("{}/result.json", result.log_paths.run_dir)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
