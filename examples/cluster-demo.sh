@@ -26,14 +26,14 @@ up() {
     ensure_nats_server
     [ -x "$bin" ] || (cd "$ROOT" && cargo build --workspace --locked)
     stop
-    mkdir -p "$demo/js"
+    mkdir -p "$demo/js" "$demo/repos"
     chmod 755 "$demo"
     "$(nats_server_binary)" -js -a 127.0.0.1 -p "$port" -sd "$demo/js" > "$demo/nats.log" 2>&1 &
     echo $! > "$demo/nats.pid"
     for _ in $(seq 100); do grep -q "Server is ready" "$demo/nats.log" && break; sleep 0.1; done
     for host in host-a host-b; do
-        # Steps from the queue may use repositories under $demo only.
-        "$bin" worker --nats "$url" --host-name "$host" --repo-root "$demo" \
+        # Steps from the queue may use repositories under $demo/repos only.
+        "$bin" worker --nats "$url" --host-name "$host" --repo-root "$demo/repos" \
             --runs-dir "$demo/runs" > "$demo/$host.log" 2>&1 &
         echo $! > "$demo/$host.pid"
     done
@@ -45,7 +45,7 @@ up() {
 }
 
 submit() {
-    repo="$demo/repo"
+    repo="$demo/repos/demo"
     if [ ! -d "$repo/.git" ]; then
         mkdir -p "$repo"
         git -C "$repo" init -q -b main

@@ -148,7 +148,7 @@ async fn start_cluster(sandbox: &Sandbox, hosts: usize, tag: &str) -> Cluster1 {
         &config,
         format!(
             "repo-roots = [{:?}]\nplugin-dirs = [{:?}]\ndurability = \"process-crash\"\n[kinds.probe]\nprograms = [\"true\", \"touch\", \"sh\", \"python3\"]\nenv = [\"PROBE_VAR\"]\n[concurrency]\nmax-steps = {SLOTS_PER_HOST}\n[cluster]\nruns-dir = {:?}\n",
-            sandbox.dir.path().display().to_string(),
+            sandbox.repo.display().to_string(),
             plugins.display().to_string(),
             sandbox.runs.join("cluster").display().to_string()
         ),

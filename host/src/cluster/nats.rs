@@ -18,6 +18,9 @@ use super::transport::{Delivery, Transport};
 use super::ClusterError;
 use crate::config::ClusterSettings;
 
+/// Most bytes of a step's record (the server's default message size is
+/// 1 MiB); a larger one is refused as a permanent error.
+const MAX_RECORD_BYTES: usize = 1000 * 1024;
 /// How long answers and step records are kept.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Within this window a resubmitted step (same identity) is dropped by the
@@ -288,12 +291,13 @@ impl Transport for NatsTransport {
                     .info()
                     .map(|info| (info.delivered.max(1) as u64, info.stream_sequence))
                     .unwrap_or((1, 0));
-                let ack_wait = consumer.cached_info().config.ack_wait;
+                let config = &consumer.cached_info().config;
                 Ok(Some(Box::new(NatsDelivery {
                     message,
                     delivered,
                     sequence,
-                    ack_wait,
+                    ack_wait: config.ack_wait,
+                    max_deliver: config.max_deliver.max(1) as u64,
                 })))
             }
         }
@@ -324,6 +328,12 @@ impl Transport for NatsTransport {
     ) -> Result<Option<u64>, ClusterError> {
         let value = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
         let store = &self.connection.records;
+        if value.len() > MAX_RECORD_BYTES {
+            return Err(ClusterError::Corrupt {
+                what: format!("the record of step {id}"),
+                message: format!("{} bytes, more than a record may be", value.len()),
+            });
+        }
         let written = match revision {
             None => store.create(id.key(), value).await.map_err(|e| {
                 (e.kind() == kv::CreateErrorKind::AlreadyExists)
@@ -457,6 +467,7 @@ struct NatsDelivery {
     delivered: u64,
     sequence: u64,
     ack_wait: Duration,
+    max_deliver: u64,
 }
 
 #[async_trait]
@@ -479,6 +490,10 @@ impl Delivery for NatsDelivery {
 
     fn ack_wait(&self) -> Duration {
         self.ack_wait
+    }
+
+    fn max_deliver(&self) -> u64 {
+        self.max_deliver
     }
 
     async fn in_progress(&self) -> Result<(), ClusterError> {

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::contracts::StepExecutionResult;
 
+/// Most checkpoints a step's record lists (with the answer and the hosts'
+/// turns it stays well under the server's message size).
+pub const MAX_LISTED_CHECKPOINTS: usize = 200;
+
 /// The value at a step's key in [`super::topology::STEPS_BUCKET`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -284,7 +288,9 @@ impl StepRecord {
 
     /// The owner adds an artifact it replicated.
     pub fn with_artifact(mut self, artifact: ReplicatedArtifact) -> Self {
-        self.artifacts.push(artifact);
+        if !self.artifacts.iter().any(|a| a.object == artifact.object) {
+            self.artifacts.push(artifact);
+        }
         self
     }
 
@@ -295,8 +301,18 @@ impl StepRecord {
     }
 
     /// The owner adds a checkpoint it replicated.
+    /// The list keeps the newest [`MAX_LISTED_CHECKPOINTS`] (a successor
+    /// resumes from the last; numbering continues from the highest).
     pub fn with_checkpoint(mut self, checkpoint: ReplicatedCheckpoint) -> Self {
+        if self.checkpoints.iter().any(|c| c.name == checkpoint.name) {
+            return self;
+        }
         self.checkpoints.push(checkpoint);
+        let over = self
+            .checkpoints
+            .len()
+            .saturating_sub(MAX_LISTED_CHECKPOINTS);
+        self.checkpoints.drain(..over);
         self
     }
 

@@ -86,6 +86,8 @@ pub trait Delivery: Send + Sync {
     /// How long the queue waits for a sign of life before it delivers the
     /// message again (the consumer's, whichever host created it).
     fn ack_wait(&self) -> Duration;
+    /// The most deliveries the queue makes of one message (its own).
+    fn max_deliver(&self) -> u64;
     /// The step is still being worked on: postpone redelivery.
     async fn in_progress(&self) -> Result<(), ClusterError>;
     /// Done: the queue forgets the step.

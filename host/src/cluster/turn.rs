@@ -179,9 +179,30 @@ impl Turn<'_> {
             return Ok(Ok(revision));
         }
         Ok(match transport.record(self.id).await? {
-            Some((now, revision)) if &now == next => Ok(revision),
+            Some((now, revision)) if self.landed(&now, next) => Ok(revision),
             other => Err(other),
         })
+    }
+
+    /// Whether `now` already holds what this turn wrote as `next` (its
+    /// confirmation lost on the way, another host's note added since).
+    fn landed(&self, now: &StepRecord, next: &StepRecord) -> bool {
+        if now == next {
+            return true;
+        }
+        let (host, delivery) = (self.host(), self.delivery.delivered());
+        let ours = |r: &StepRecord| {
+            r.runs
+                .iter()
+                .find(|t| t.host == host && t.delivery == delivery)
+                .map(|t| (t.end, t.run_dir.clone()))
+        };
+        now.reply == next.reply
+            && now.checkpoints == next.checkpoints
+            && now.artifacts == next.artifacts
+            && ours(now) == ours(next)
+            && now.owner == next.owner
+            && now.delivery == next.delivery
     }
 
     /// Run the step here. `None` when it was given back to the queue or
@@ -191,9 +212,7 @@ impl Turn<'_> {
         let slot = self
             .worker
             .running_insert(self.id, self.delivery.delivered(), &token);
-        let keepalive = tokio::spawn(keep_alive(self.delivery.clone()));
         let ran = self.execute(request, &token).await;
-        keepalive.abort();
         self.worker.running_remove(&slot);
         ran
     }
@@ -214,9 +233,16 @@ impl Turn<'_> {
         let delivery = self.delivery.delivered();
         let mut local = local_request(request, &self.worker.settings, self.host(), delivery);
         self.inherit(&mut local).await;
-        let mut handle = match self.worker.runner.start_with(local, token) {
-            Ok(handle) => handle,
-            Err(e) => return Some(Reply::Error(ReplyError::from(&e))),
+        // Preparing writes and syncs records: off the async threads.
+        let (runner, cancel) = (self.worker.runner.clone(), token.clone());
+        let started = tokio::task::spawn_blocking(move || runner.start_with(local, &cancel)).await;
+        let mut handle = match started {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(e)) => return Some(Reply::Error(ReplyError::from(&e))),
+            Err(e) => {
+                let e = crate::Error::Host(format!("preparing the step: {e}"));
+                return Some(Reply::Error(ReplyError::from(&e)));
+            }
         };
         let run_dir = handle.run_dir().to_owned();
         let host = self.worker.host.clone();
@@ -258,7 +284,7 @@ impl Turn<'_> {
         }
         match handle.result().await {
             Ok(result) => Some(Reply::Result(Box::new(result))),
-            Err(e) if delivery < u64::from(self.worker.settings.max_deliver) => {
+            Err(e) if delivery < self.delivery.max_deliver() => {
                 tracing::warn!(step = %self.id, "{e}; giving the step back to the queue");
                 self.release().await;
                 None
@@ -326,7 +352,7 @@ impl Turn<'_> {
 
 /// Tell the queue the step is still being worked on, three times per ack
 /// wait (the queue's own), until aborted.
-async fn keep_alive(delivery: Arc<dyn Delivery>) {
+pub(super) async fn keep_alive(delivery: Arc<dyn Delivery>) {
     let every = (delivery.ack_wait() / 3).max(Duration::from_millis(200));
     loop {
         tokio::time::sleep(every).await;

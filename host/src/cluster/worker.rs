@@ -13,7 +13,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::record::{Reply, ReplyError};
 use super::topology::{check_token, kind_of_subject, StepIdentity};
 use super::transport::{Delivery, Transport};
 use super::turn::{claim, retrying, Turn};
@@ -90,21 +89,29 @@ impl Worker {
         Ok(wanted.clone())
     }
 
-    /// Serve until `shutdown` fires; then stop taking steps and let the
-    /// running ones finish (a second stop is the caller's to enforce:
-    /// their deliveries then go to other hosts).
-    pub async fn serve(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), ClusterError> {
+    /// What must hold before this host takes steps: repository roots set,
+    /// a runs directory apart from them, kinds to serve. The kinds.
+    pub async fn preflight(&self) -> Result<Vec<String>, ClusterError> {
         if self.runner.config().repo_roots.is_empty() {
             return Err(ClusterError::Settings(
                 "no repository may be used: set `repo-roots` in the config (or pass --repo-root DIR): the directories whose repositories steps from the queue may use (whoever can publish to the queue names a step's paths)".into(),
             ));
         }
+        check_runs_dir(&self.settings, &self.runner.config().repo_roots)?;
         let kinds = self.kinds().await?;
         if kinds.is_empty() {
             return Err(ClusterError::Settings(
                 "this host can run no kind: see `baa-runner kinds`".into(),
             ));
         }
+        Ok(kinds)
+    }
+
+    /// Serve until `shutdown` fires; then stop taking steps and let the
+    /// running ones finish (a second stop is the caller's to enforce:
+    /// their deliveries then go to other hosts).
+    pub async fn serve(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), ClusterError> {
+        let kinds = self.preflight().await?;
         let slots = self.runner.config().concurrency.max_steps.max(1) as usize;
         let slots = Arc::new(Semaphore::new(slots));
         let steps = TaskTracker::new();
@@ -212,81 +219,62 @@ impl Worker {
 
     /// One delivery: claim it, run it, answer it.
     async fn take(self: Arc<Self>, delivery: Arc<dyn Delivery>, _slot: OwnedSemaphorePermit) {
-        let (id, request) = match self.parse(delivery.as_ref()) {
-            Some(parsed) => parsed,
-            None => {
-                let _ = delivery.reject().await;
-                return;
-            }
-        };
-        let kind = request
-            .as_ref()
-            .map(|r| r.worker_kind.to_string())
-            .unwrap_or_default();
-        let claimed = retrying(&id, || claim(&self, &id, delivery.as_ref(), &kind)).await;
-        let Some(Some((record, revision))) = claimed else {
+        let Some(request) = self.parse(delivery.as_ref()) else {
+            let _ = delivery.reject().await;
             return;
         };
-        let mut turn = Turn {
-            worker: &self,
-            id: &id,
-            delivery,
-            record,
-            revision,
-        };
-        let reply = match request {
-            Err(e) => Reply::Error(ReplyError::from(&e)),
-            Ok(request) => match turn.run(request).await {
-                Some(reply) => reply,
-                None => return,
-            },
-        };
-        turn.finish(reply).await;
+        let id = StepIdentity::of(&request);
+        let kind = request.worker_kind.to_string();
+        // Signs of life from claim to acknowledgement: a slow server must
+        // not make the queue hand a finishing step to another host.
+        let keepalive = tokio::spawn(super::turn::keep_alive(delivery.clone()));
+        let claimed = retrying(&id, || claim(&self, &id, delivery.as_ref(), &kind)).await;
+        if let Some(Some((record, revision))) = claimed {
+            let mut turn = Turn {
+                worker: &self,
+                id: &id,
+                delivery,
+                record,
+                revision,
+            };
+            if let Some(reply) = turn.run(request).await {
+                turn.finish(reply).await;
+            }
+        }
+        keepalive.abort();
     }
 
-    /// The step a delivery names, and its request or why it is not a valid
-    /// one for this queue; `None` when it names no step (rejected).
-    fn parse(
-        &self,
-        delivery: &dyn Delivery,
-    ) -> Option<(StepIdentity, Result<StepExecutionRequest, crate::Error>)> {
+    /// The request a delivery carries, when it is one for this queue. A
+    /// message that is not (unreadable, invalid ids, or queued under
+    /// another kind than it names) is rejected without touching the step
+    /// it names: a forged copy never answers for the real one.
+    fn parse(&self, delivery: &dyn Delivery) -> Option<StepExecutionRequest> {
         let request = match crate::contracts::parse_request(delivery.payload()) {
             Ok(request) => request,
-            Err(e) => match identity_of(delivery.payload()) {
-                Some(id) => return Some((id, Err(e))),
-                None => {
-                    tracing::warn!("rejected a message of the steps queue that names no step: {e}");
-                    return None;
-                }
-            },
+            Err(e) => {
+                tracing::warn!("rejected a message of the steps queue: not a step request: {e}");
+                return None;
+            }
         };
         if identity_of(delivery.payload()).is_none() {
             tracing::warn!("rejected a message of the steps queue whose ids are not valid");
             return None;
         }
-        let id = StepIdentity::of(&request);
         // The queue it came by is the kind it runs as: a host serves only
         // the kinds it chose, whatever a message says.
         let queued_as = kind_of_subject(delivery.subject()).unwrap_or_default();
         if queued_as != request.worker_kind.as_str() {
-            let message = format!(
-                "queued for kind `{queued_as}` but names `{}`: queue a step on its own kind's subject (`baa-runner submit` does)",
+            tracing::warn!(
+                "rejected a message queued for kind `{queued_as}` that names `{}`",
                 request.worker_kind
             );
-            return Some((
-                id,
-                Err(crate::Error::InvalidRequest {
-                    field: "workerKind".into(),
-                    message,
-                }),
-            ));
+            return None;
         }
-        Some((id, Ok(request)))
+        Some(request)
     }
 }
 
-/// The identity fields of a message, when they are there and valid ids:
-/// an invalid request that names its step is answered saying why.
+/// The identity fields of a message, when they are there and valid ids.
 fn identity_of(payload: &[u8]) -> Option<StepIdentity> {
     let value: Value = serde_json::from_slice(payload).ok()?;
     let id = |field: &str| {
@@ -304,6 +292,42 @@ fn identity_of(payload: &[u8]) -> Option<StepIdentity> {
     })
 }
 
+/// The host's runs directory and the repositories steps may use must not
+/// overlap (either way): a step's worktree inside the runs directory would
+/// be lent other turns' records; a runs directory inside a repository would
+/// be the step's to change.
+fn check_runs_dir(
+    settings: &ClusterSettings,
+    roots: &[std::path::PathBuf],
+) -> Result<(), ClusterError> {
+    let runs = runs_base(settings);
+    std::fs::create_dir_all(&runs)
+        .map_err(|e| ClusterError::Settings(format!("runs-dir {}: {e}", runs.display())))?;
+    let runs = runs
+        .canonicalize()
+        .map_err(|e| ClusterError::Settings(format!("runs-dir {}: {e}", runs.display())))?;
+    for root in roots {
+        let root = root
+            .canonicalize()
+            .map_err(|e| ClusterError::Settings(format!("repo-roots: {}: {e}", root.display())))?;
+        if runs.starts_with(&root) || root.starts_with(&runs) {
+            return Err(ClusterError::Settings(format!(
+                "the runs directory {} and the repository root {} overlap: a step could reach the records of others; keep them apart (`[cluster] runs-dir` or --runs-dir)",
+                runs.display(),
+                root.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn runs_base(settings: &ClusterSettings) -> std::path::PathBuf {
+    settings
+        .runs_dir
+        .clone()
+        .unwrap_or_else(|| crate::run::validate::default_runs_root().join("cluster"))
+}
+
 /// Where a delivery runs on this host: below the host's own runs
 /// directory (the request's `runsRootDir` is a place on the conductor's
 /// machine), one root per delivery, so two deliveries of one step (a
@@ -314,11 +338,7 @@ pub(super) fn local_request(
     host: &str,
     delivery: u64,
 ) -> StepExecutionRequest {
-    let base = settings
-        .runs_dir
-        .clone()
-        .unwrap_or_else(|| crate::run::validate::default_runs_root().join("cluster"));
-    let root = base
+    let root = runs_base(settings)
         .join(super::topology::token(host))
         .join(format!("delivery-{delivery}"));
     request.runtime.runs_root_dir = Some(crate::fsutil::display(&root));
@@ -330,7 +350,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_invalid_request_is_still_answered_when_it_names_its_step() {
+    fn only_valid_ids_name_a_step() {
         let id = identity_of(
             br#"{"taskId":"t.1","stepId":"s","runId":"r","attempt":2,"timeoutSec":-1}"#,
         );

@@ -65,8 +65,8 @@ fn existing_dir(field: &str, value: &str) -> Result<PathBuf, Error> {
 }
 
 /// With `roots` (the operator's `repo-roots`), the step's repository and
-/// worktree must lie inside one of them; `paths` are canonical, so a
-/// symlink cannot lead outside.
+/// worktree must lie inside one of them (a root may be one repository, or
+/// hold several); `paths` are canonical, so a symlink cannot lead outside.
 pub fn within_roots(paths: &ValidPaths, roots: &[PathBuf]) -> Result<(), Error> {
     if roots.is_empty() {
         return Ok(());

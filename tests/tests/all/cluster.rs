@@ -18,10 +18,7 @@ use crate::{assert_exit, built_binary, cli, probe_config_file};
 /// A worker config: `[cluster]` with `ack_wait` seconds, plus `extra`.
 fn worker_config(sandbox: &Sandbox, name: &str, ack_wait: u64, extra: &str) -> PathBuf {
     let path = sandbox.dir.path().join(format!("{name}.toml"));
-    let roots = format!(
-        "repo-roots = [{:?}]\n",
-        sandbox.dir.path().display().to_string()
-    );
+    let roots = format!("repo-roots = [{:?}]\n", sandbox.repo.display().to_string());
     let runs = sandbox.runs.join("cluster").display().to_string();
     std::fs::write(
         &path,
@@ -207,6 +204,25 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
     assert_exit(&submitted, 3);
     assert!(String::from_utf8_lossy(&submitted.stderr).contains("`timeoutSec`"));
 
+    // A host whose runs directory overlaps a repository root refuses to
+    // start: a step could reach other steps' records.
+    let overlapping = sandbox.dir.path().join("overlap.toml");
+    let root = sandbox.dir.path().display().to_string();
+    let runs = sandbox.runs.display().to_string();
+    std::fs::write(
+        &overlapping,
+        format!("repo-roots = [{root:?}]\n[cluster]\nruns-dir = {runs:?}\n"),
+    )
+    .unwrap();
+    let refused = cli()
+        .arg("--config")
+        .arg(&overlapping)
+        .args(["worker", "--nats", &server.url()])
+        .output()
+        .unwrap();
+    assert_exit(&refused, 3);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("overlap"));
+
     // Whoever can publish to the queue names a step's paths: a host lets
     // steps use only repositories under its `repo-roots`.
     let elsewhere = Sandbox::new();
@@ -237,16 +253,24 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
         .unwrap()
         .await
         .unwrap();
-    let mut feed = cluster.answers().await.unwrap();
-    let answer = loop {
-        let (key, answer) = feed.next().await.unwrap();
-        if key.contains("smuggled") {
-            break answer;
-        }
-    };
+    until("the smuggled message is gone", async || {
+        let mut steps = cluster.connection().steps.clone();
+        steps.info().await.unwrap().state.messages == 0
+    })
+    .await;
+    let smuggled_key = baa_runner::cluster::StepIdentity::of(
+        &serde_json::from_value::<StepExecutionRequest>(smuggled).unwrap(),
+    )
+    .key();
+    let record = cluster
+        .connection()
+        .records
+        .get(&smuggled_key)
+        .await
+        .unwrap();
     assert!(
-        matches!(&answer.reply, Reply::Error(e) if e.field.as_deref() == Some("workerKind")),
-        "{answer:?}"
+        record.is_none(),
+        "a rejected message touches no step's record"
     );
 
     // The same step submitted again as another message (a resubmission
@@ -293,7 +317,7 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         answers_in_stream(&cluster).await,
-        5,
+        4,
         "nothing answers the probe step yet"
     );
     let status = cluster.status().await.unwrap();

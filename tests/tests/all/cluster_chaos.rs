@@ -72,7 +72,7 @@ async fn every_step_is_answered_once_through_a_killed_host_a_paused_host_and_a_s
         &config,
         format!(
             "repo-roots = [{:?}]\n{probe}\n[concurrency]\nmax-steps = 8\n[cluster]\nack-wait-sec = 2\nruns-dir = {:?}\n",
-            sandbox.dir.path().display().to_string(),
+            sandbox.repo.display().to_string(),
             sandbox.runs.join("cluster").display().to_string()
         ),
     )

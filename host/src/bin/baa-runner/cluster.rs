@@ -51,12 +51,18 @@ pub fn worker(
         let connection = baa_runner::cluster::nats::Connection::open(&url).await?;
         let transport = baa_runner::cluster::nats::NatsTransport::new(connection, settings.clone());
         let worker = Worker::new(runner.clone(), Arc::new(transport), host.clone(), settings);
-        let kinds = worker.kinds().await?;
+        let kinds = worker.preflight().await?;
         eprintln!("baa-runner: worker {host} serving {} from {url}", kinds.join(", "));
         let signal = Arc::new(AtomicI32::new(0));
         let stop = cancelled_on_signal(signal.clone())?;
-        let serving = tokio::spawn(worker.serve(stop.clone()));
-        stop.cancelled().await;
+        let mut serving = tokio::spawn(worker.serve(stop.clone()));
+        tokio::select! {
+            served = &mut serving => {
+                served.context("the worker ended abnormally")??;
+                return anyhow::Ok(0);
+            }
+            () = stop.cancelled() => {}
+        }
         eprintln!("baa-runner: worker {host} stopping: finishing the steps running here (signal again to stop now)");
         let again = cancelled_on_signal(Arc::new(AtomicI32::new(0)))?;
         tokio::select! {
