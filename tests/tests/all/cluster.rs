@@ -34,6 +34,15 @@ fn request(sandbox: &Sandbox, step: &str, command: &str) -> StepExecutionRequest
     serde_json::from_value(json).unwrap()
 }
 
+/// Each host that took a step, and how its turn ended.
+fn turns(answer: &Answer) -> Vec<(&str, Option<RunEnd>)> {
+    answer
+        .runs
+        .iter()
+        .map(|r| (r.host.as_str(), r.end))
+        .collect()
+}
+
 fn result_of(answer: &Answer) -> &baa_runner::contracts::StepExecutionResult {
     match &answer.reply {
         Reply::Result(result) => result,
@@ -369,13 +378,8 @@ async fn a_stalled_host_is_taken_over_and_its_late_result_is_refused() {
     stalled.signal(libc::SIGSTOP);
     let successor = WorkerProcess::start(&binary, &server.url(), "successor", &config, &[]);
     let answer = step.answer().await.unwrap();
-    let hosts: Vec<(&str, Option<RunEnd>)> = answer
-        .runs
-        .iter()
-        .map(|r| (r.host.as_str(), r.end))
-        .collect();
     assert_eq!(
-        hosts,
+        turns(&answer),
         [
             ("stalled", Some(RunEnd::TakenOver)),
             ("successor", Some(RunEnd::Finished))
@@ -448,13 +452,8 @@ async fn a_killed_host_is_succeeded_by_one_resuming_from_its_last_replicated_che
     let _second = WorkerProcess::start(&binary, &server.url(), "second", &config, &[]);
 
     let answer = step.answer().await.unwrap();
-    let hosts: Vec<(&str, Option<RunEnd>)> = answer
-        .runs
-        .iter()
-        .map(|r| (r.host.as_str(), r.end))
-        .collect();
     assert_eq!(
-        hosts,
+        turns(&answer),
         [
             ("first", Some(RunEnd::TakenOver)),
             ("second", Some(RunEnd::Finished))

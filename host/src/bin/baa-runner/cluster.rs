@@ -14,7 +14,7 @@ use baa_runner::logs::LiveUpdate;
 use baa_runner::{Runner, StepEventBody};
 
 use crate::live::{LiveView, Verbosity};
-use crate::step::{cancelled_on_signal, exit_code, runtime};
+use crate::step::{cancelled_on_signal, exit_after, runtime};
 use crate::{render, InvalidInput, Streams};
 
 /// Where the cluster is when neither `--nats` nor `[cluster] url` says.
@@ -181,15 +181,7 @@ pub fn submit(
             .collect();
         println!("hosts: {}", hosts.join(", "));
     }
-    let interrupted = result
-        .state
-        .failure
-        .as_ref()
-        .is_some_and(|f| f.reason == baa_runner::contracts::FailureReason::Interrupted);
-    Ok(match signal.load(Ordering::SeqCst) {
-        signal if signal != 0 && interrupted => 128 + signal as u8,
-        _ => exit_code(&result),
-    })
+    Ok(exit_after(&result, signal.load(Ordering::SeqCst)))
 }
 
 /// `baa-runner cluster status`: live hosts, their kinds and load, and each

@@ -133,16 +133,22 @@ pub fn run(
     } else {
         render::summary(&result, streams.stdout);
     }
+    Ok(exit_after(&result, signal.load(Ordering::SeqCst)))
+}
+
+/// The exit code of a step that ended with `result`, a signal (`signal`,
+/// 0 for none) having been received: 128 + the signal when it interrupted
+/// the step; a signal that came after the step ended changed nothing.
+pub fn exit_after(result: &StepExecutionResult, signal: i32) -> u8 {
     let interrupted = result
         .state
         .failure
         .as_ref()
         .is_some_and(|f| f.reason == baa_runner::contracts::FailureReason::Interrupted);
-    Ok(match signal.load(Ordering::SeqCst) {
-        // A signal that came after the step ended changed nothing.
+    match signal {
         signal if signal != 0 && interrupted => 128 + signal as u8,
-        _ => exit_code(&result),
-    })
+        _ => exit_code(result),
+    }
 }
 
 /// `prepare`: the run directory, metadata, state and logs, nothing run.
@@ -165,7 +171,7 @@ pub fn prepare(
     Ok(0)
 }
 
-pub fn exit_code(result: &StepExecutionResult) -> u8 {
+fn exit_code(result: &StepExecutionResult) -> u8 {
     match result.outcome {
         StepExecutionOutcome::Completed | StepExecutionOutcome::Prepared => 0,
         StepExecutionOutcome::Failed => exit::FAILED,
