@@ -29,11 +29,14 @@ impl Turn<'_> {
         kind: &str,
     ) -> Result<bool, ClusterError> {
         let dir = Path::new(run_dir).join("checkpoints");
-        let record_file = read_capped(&dir.join(record_file_name(seq)), MAX_RECORD_BYTES).await?;
+        let record_file = read_capped(&dir.join(record_file_name(seq)), MAX_RECORD_BYTES)
+            .await
+            .map_err(ReadError::into_cluster)?;
         let payload_path = dir.join(payload_file_name(seq, kind));
-        let payload = match tokio::fs::symlink_metadata(&payload_path).await {
-            Ok(_) => Some(read_capped(&payload_path, MAX_PAYLOAD_BYTES).await?),
-            Err(_) => None,
+        let payload = match read_capped(&payload_path, MAX_PAYLOAD_BYTES).await {
+            Ok(bytes) => Some(bytes),
+            Err(ReadError::Missing(_)) => None,
+            Err(ReadError::Failed(e)) => return Err(e),
         };
         let delivery = self.delivery.delivered();
         let name = checkpoint_name(self.id, self.host(), delivery, seq);
@@ -61,7 +64,9 @@ impl Turn<'_> {
         name: &str,
     ) -> Result<bool, ClusterError> {
         let path = Path::new(run_dir).join("artifacts").join(name);
-        let contents = read_capped(&path, MAX_ARTIFACT_BYTES).await?;
+        let contents = read_capped(&path, MAX_ARTIFACT_BYTES)
+            .await
+            .map_err(ReadError::into_cluster)?;
         let delivery = self.delivery.delivered();
         let object = artifact_object(self.id, self.host(), delivery, name);
         let bytes = contents.len() as u64;
@@ -174,21 +179,49 @@ fn payload_file_name(seq: u32, kind: &str) -> String {
     format!("{seq:06}.{kind}.payload")
 }
 
-/// Read at most `limit` bytes of `path` (refusing a longer file).
-async fn read_capped(path: &Path, limit: usize) -> Result<Vec<u8>, ClusterError> {
+/// Why a run directory's file was not read.
+enum ReadError {
+    Missing(String),
+    Failed(ClusterError),
+}
+
+impl ReadError {
+    fn into_cluster(self) -> ClusterError {
+        match self {
+            ReadError::Missing(path) => ClusterError::Io(format!("{path}: missing")),
+            ReadError::Failed(e) => e,
+        }
+    }
+}
+
+/// Read at most `limit` bytes of `path`, a file the host wrote in a run
+/// directory (host-only; a symlink there is refused all the same).
+async fn read_capped(path: &Path, limit: usize) -> Result<Vec<u8>, ReadError> {
+    use std::os::unix::fs::OpenOptionsExt;
     use tokio::io::AsyncReadExt;
-    let failed = |e: std::io::Error| ClusterError::Io(format!("{}: {e}", path.display()));
-    let file = tokio::fs::File::open(path).await.map_err(failed)?;
+    let failed =
+        |e: std::io::Error| ReadError::Failed(ClusterError::Io(format!("{}: {e}", path.display())));
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    let file = match opened {
+        Ok(file) => tokio::fs::File::from_std(file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ReadError::Missing(path.display().to_string()))
+        }
+        Err(e) => return Err(failed(e)),
+    };
     let mut bytes = Vec::new();
     file.take(limit as u64 + 1)
         .read_to_end(&mut bytes)
         .await
         .map_err(failed)?;
     if bytes.len() > limit {
-        return Err(ClusterError::Io(format!(
+        return Err(ReadError::Failed(ClusterError::Io(format!(
             "{}: longer than {limit} bytes",
             path.display()
-        )));
+        ))));
     }
     Ok(bytes)
 }

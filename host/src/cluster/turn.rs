@@ -72,8 +72,13 @@ pub(super) async fn claim(
         let existing = transport.record(id).await?;
         let revision = existing.as_ref().map(|(_, r)| *r);
         if let Some((record, revision)) = &existing {
-            // A claim whose confirmation was lost: it is ours.
+            // Ours already: a claim whose confirmation was lost, or the same
+            // delivery again (a server restarted from its last flush can
+            // repeat a delivery count). Running here: leave it be.
             if record.held_by_message(host, delivered, sequence) {
+                if worker.is_running(id, delivered) {
+                    return Ok(None);
+                }
                 return Ok(Some((record.clone(), *revision)));
             }
         }
@@ -231,7 +236,8 @@ impl Turn<'_> {
             token.cancel();
         }
         let delivery = self.delivery.delivered();
-        let mut local = local_request(request, &self.worker.settings, self.host(), delivery);
+        let turn = format!("delivery-{delivery}-r{}", self.revision);
+        let mut local = local_request(request, &self.worker.settings, self.host(), &turn);
         self.inherit(&mut local).await;
         // Preparing writes and syncs records: off the async threads.
         let (runner, cancel) = (self.worker.runner.clone(), token.clone());

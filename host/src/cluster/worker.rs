@@ -162,6 +162,11 @@ impl Worker {
         slot
     }
 
+    /// Whether this process runs `id`'s delivery `delivery` now.
+    pub(super) fn is_running(&self, id: &StepIdentity, delivery: u64) -> bool {
+        self.lock_running().contains_key(&(id.key(), delivery))
+    }
+
     pub(super) fn running_remove(&self, slot: &(String, u64)) {
         self.lock_running().remove(slot);
     }
@@ -328,19 +333,20 @@ fn runs_base(settings: &ClusterSettings) -> std::path::PathBuf {
         .unwrap_or_else(|| crate::run::validate::default_runs_root().join("cluster"))
 }
 
-/// Where a delivery runs on this host: below the host's own runs
-/// directory (the request's `runsRootDir` is a place on the conductor's
-/// machine), one root per delivery, so two deliveries of one step (a
-/// takeover, a restarted host) never share a run directory.
+/// Where a turn runs on this host: below the host's own runs directory
+/// (the request's `runsRootDir` is a place on the conductor's machine), one
+/// root per turn (`turn`: the delivery and the claim's revision), so two
+/// turns at one step (a takeover, a restarted host, a repeated delivery)
+/// never share a run directory.
 pub(super) fn local_request(
     mut request: StepExecutionRequest,
     settings: &ClusterSettings,
     host: &str,
-    delivery: u64,
+    turn: &str,
 ) -> StepExecutionRequest {
     let root = runs_base(settings)
         .join(super::topology::token(host))
-        .join(format!("delivery-{delivery}"));
+        .join(turn);
     request.runtime.runs_root_dir = Some(crate::fsutil::display(&root));
     request
 }

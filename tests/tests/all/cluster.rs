@@ -50,6 +50,12 @@ fn result_of(answer: &Answer) -> &baa_runner::contracts::StepExecutionResult {
     }
 }
 
+/// Messages in the steps queue (waiting or running).
+async fn queued(cluster: &Cluster) -> u64 {
+    let mut steps = cluster.connection().steps.clone();
+    steps.info().await.unwrap().state.messages
+}
+
 async fn answers_in_stream(cluster: &Cluster) -> u64 {
     let mut results = cluster.connection().results.clone();
     results.info().await.unwrap().state.messages
@@ -263,8 +269,7 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
         .await
         .unwrap();
     until("the smuggled message is gone", async || {
-        let mut steps = cluster.connection().steps.clone();
-        steps.info().await.unwrap().state.messages == 0
+        queued(&cluster).await == 0
     })
     .await;
     let smuggled_key = baa_runner::cluster::StepIdentity::of(
@@ -294,11 +299,7 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
         .unwrap()
         .await
         .unwrap();
-    until("the copy is dropped", async || {
-        let mut steps = cluster.connection().steps.clone();
-        steps.info().await.unwrap().state.messages == 0
-    })
-    .await;
+    until("the copy is dropped", async || queued(&cluster).await == 0).await;
     let again = cluster.start(&twice).await.unwrap();
     assert!(again.duplicate());
     assert_eq!(again.answer().await.unwrap(), first);
@@ -319,8 +320,7 @@ async fn a_bad_request_is_answered_naming_its_field_and_an_unserved_kind_waits_f
         .spawn()
         .unwrap();
     until("the probe step is queued", async || {
-        let mut steps = cluster.connection().steps.clone();
-        steps.info().await.unwrap().state.messages == 1
+        queued(&cluster).await == 1
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
