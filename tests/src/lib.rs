@@ -169,3 +169,14 @@ pub fn componentize_js() -> PathBuf {
     );
     bin
 }
+
+/// A child process killed and reaped when dropped: a test that fails
+/// midway leaves no server behind (holding the test's output pipe).
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -399,53 +399,14 @@ impl ClusterStep {
     }
 
     /// Cancel the step wherever it runs, or when a host picks it up if it
-    /// is still queued: its result then says `interrupted`.
-    pub async fn cancel(&self) -> Result<(), ClusterError> {
-        let key = self.id.key();
-        let note = Bytes::from(json!({ "at": crate::fsutil::now_rfc3339() }).to_string());
-        self.connection
-            .cancels
-            .put(&key, note)
-            .await
-            .map_err(|e| nats_error("cancelling a step")(Box::new(e)))?;
-        self.connection
-            .client
-            .publish(names::cancel_subject(&self.id), Bytes::new())
-            .await
-            .map_err(|e| nats_error("cancelling a step")(Box::new(e)))?;
-        let _ = self.connection.client.flush().await;
-        // A step no host has taken is answered here, and no host will run
-        // it: the record is created only if none exists (a host that took
-        // it meanwhile was told above, and answers it itself).
-        let reply = Reply::Error(ReplyError {
-            kind: CANCELLED.into(),
-            message: format!("step {} was cancelled before any host started it", self.id),
-            field: None,
-        });
-        let record = StepRecord {
-            step: self.id.to_string(),
-            worker_kind: self.worker_kind.clone(),
-            owner: String::new(),
-            delivery: 0,
-            sequence: 0,
-            runs: Vec::new(),
-            checkpoints: Vec::new(),
-            artifacts: Vec::new(),
-            reply: Some(reply.clone()),
-        };
-        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
-        match self.connection.records.create(&key, value).await {
-            Ok(_) => {
-                let answer = Answer {
-                    reply,
-                    runs: Vec::new(),
-                    artifacts: Vec::new(),
-                };
-                self.connection.publish_answer(&self.id, &answer).await
-            }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(nats_error("cancelling a step")(Box::new(e))),
-        }
+    /// is still queued: its result then says `interrupted`. The future
+    /// owns what it needs: another task may cancel while this one follows.
+    pub fn cancel(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), ClusterError>> + Send + 'static {
+        let (connection, id) = (self.connection.clone(), self.id.clone());
+        let worker_kind = self.worker_kind.clone();
+        async move { cancel_step(&connection, &id, worker_kind).await }
     }
 
     /// The step's answer: its result, or why it could not run, and every
@@ -464,6 +425,59 @@ impl ClusterStep {
             Reply::Result(result) => Ok(*result),
             Reply::Error(error) => Err(ClusterError::Rejected(error)),
         }
+    }
+}
+
+/// See [`ClusterStep::cancel`].
+async fn cancel_step(
+    connection: &Connection,
+    id: &StepIdentity,
+    worker_kind: String,
+) -> Result<(), ClusterError> {
+    let key = id.key();
+    let note = Bytes::from(json!({ "at": crate::fsutil::now_rfc3339() }).to_string());
+    connection
+        .cancels
+        .put(&key, note)
+        .await
+        .map_err(|e| nats_error("cancelling a step")(Box::new(e)))?;
+    connection
+        .client
+        .publish(names::cancel_subject(id), Bytes::new())
+        .await
+        .map_err(|e| nats_error("cancelling a step")(Box::new(e)))?;
+    let _ = connection.client.flush().await;
+    // A step no host has taken is answered here, and no host will run
+    // it: the record is created only if none exists (a host that took
+    // it meanwhile was told above, and answers it itself).
+    let reply = Reply::Error(ReplyError {
+        kind: CANCELLED.into(),
+        message: format!("step {id} was cancelled before any host started it"),
+        field: None,
+    });
+    let record = StepRecord {
+        step: id.to_string(),
+        worker_kind,
+        owner: String::new(),
+        delivery: 0,
+        sequence: 0,
+        runs: Vec::new(),
+        checkpoints: Vec::new(),
+        artifacts: Vec::new(),
+        reply: Some(reply.clone()),
+    };
+    let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+    match connection.records.create(&key, value).await {
+        Ok(_) => {
+            let answer = Answer {
+                reply,
+                runs: Vec::new(),
+                artifacts: Vec::new(),
+            };
+            connection.publish_answer(id, &answer).await
+        }
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(nats_error("cancelling a step")(Box::new(e))),
     }
 }
 

@@ -51,6 +51,17 @@ impl ClusterError {
         )
     }
 
+    /// The error's `kind` and the request field at fault, as the serve
+    /// protocol and the answers carry them.
+    pub fn wire_kind(&self) -> (&str, Option<&str>) {
+        match self {
+            ClusterError::Step(e) => e.wire_kind(),
+            ClusterError::Rejected(e) => (e.kind.as_str(), e.field.as_deref()),
+            ClusterError::Settings(_) => ("invalid-input", None),
+            _ => ("host-error", None),
+        }
+    }
+
     /// Whether the caller's input is at fault (the request, the settings).
     pub fn is_invalid_input(&self) -> bool {
         match self {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use baa_runner::cluster::{Answer, Cluster, Reply, RunEnd};
 use baa_runner::contracts::StepExecutionRequest;
 use baa_runner_tests::nats::{NatsServer, WorkerProcess};
-use baa_runner_tests::{processes_with, Sandbox};
+use baa_runner_tests::{processes_with, Reaped, Sandbox};
 use serde_json::Value;
 
 use crate::{assert_exit, built_binary, cli, probe_config_file};
@@ -542,4 +542,128 @@ async fn an_answer_too_large_for_the_queue_is_trimmed_then_points_at_its_run_dir
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// `serve --nats`: a conductor speaking the serve protocol has its steps
+/// queued in the cluster and sees what it sees locally: accepted, live
+/// events (from the host that runs the step), the result; a bad request
+/// refused naming its field; cancel reaching the running host (the result
+/// says interrupted) or answering a still-queued step `cancelled`.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_with_nats_queues_steps_in_the_cluster_over_the_same_protocol() {
+    use crate::serve::{send, wait_for};
+    use serde_json::json;
+    use tokio::io::AsyncBufReadExt;
+
+    let sandbox = Sandbox::new();
+    let server = NatsServer::start(&sandbox.dir.path().join("js"));
+    let config = worker_config(&sandbox, "worker", 5, "");
+    let _worker = WorkerProcess::start(
+        &built_binary("baa-runner"),
+        &server.url(),
+        "host-a",
+        &config,
+        &[],
+    );
+    let socket = sandbox.dir.path().join("cluster.sock");
+    let mut serve = Reaped(
+        cli()
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .args(["--nats", &server.url()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(&socket).await;
+
+    let marker = format!("34.{}", std::process::id());
+    let message = |id: &str, command: &str| {
+        let mut request = sandbox.request_json("shell", command);
+        request["stepId"] = id.into();
+        json!({ "op": "run", "id": id, "request": request })
+    };
+    let (read, mut write) = tokio::net::UnixStream::connect(&socket)
+        .await
+        .unwrap()
+        .into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    send(&mut write, &message("ok", "echo from the cluster")).await;
+    send(
+        &mut write,
+        &message("slow", &format!("echo working; sleep {marker}")),
+    )
+    .await;
+    let mut bad = message("bad", "true");
+    bad["request"]["timeoutSec"] = "soon".into();
+    send(&mut write, &bad).await;
+    let mut unserved = message("unserved", "true");
+    unserved["request"]["workerKind"] = "nobody-serves-this".into();
+    send(&mut write, &unserved).await;
+
+    let mut results = std::collections::BTreeMap::new();
+    let mut errors = std::collections::BTreeMap::new();
+    let mut output = String::new();
+    let mut hosts = std::collections::BTreeSet::new();
+    let reading = async {
+        while results.len() + errors.len() < 4 {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the server keeps the connection");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            let id = message["id"].as_str().unwrap_or_default().to_owned();
+            match message["type"].as_str().unwrap() {
+                "accepted" => {
+                    assert!(message["step"].as_str().unwrap().contains(&id), "{line}");
+                    assert!(
+                        message.get("runDir").is_none(),
+                        "no run directory here: {line}"
+                    );
+                    if id == "unserved" {
+                        send(&mut write, &json!({ "op": "cancel", "id": "unserved" })).await;
+                    }
+                }
+                "event" | "output" => {
+                    hosts.insert(message["host"].as_str().unwrap().to_owned());
+                    let text = message["text"].as_str().unwrap_or_default();
+                    if id == "ok" {
+                        output.push_str(text);
+                    }
+                    if id == "slow" && text.contains("working") {
+                        send(&mut write, &json!({ "op": "cancel", "id": "slow" })).await;
+                    }
+                }
+                "result" => drop(results.insert(id, message["result"].clone())),
+                "error" => drop(errors.insert(id, message["error"].clone())),
+                other => panic!("unexpected message {other}: {line}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("every step answered within a minute");
+
+    assert_eq!(results["ok"]["ok"], true, "{}", results["ok"]["summary"]);
+    assert!(output.contains("from the cluster"), "{output:?}");
+    assert_eq!(hosts, ["host-a".to_owned()].into());
+    assert_eq!(results["slow"]["state"]["failure"]["reason"], "interrupted");
+    assert!(
+        processes_with(&marker).is_empty(),
+        "the cancelled step's process is gone"
+    );
+    assert_eq!(errors["bad"]["kind"], "invalid-request");
+    assert_eq!(errors["bad"]["field"], "timeoutSec");
+    assert_eq!(
+        errors["unserved"]["kind"], "cancelled",
+        "{}",
+        errors["unserved"]
+    );
+
+    // SIGTERM stops the server cleanly (nothing of its own is running).
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    let status = serve.0.wait().unwrap();
+    assert!(status.success() || status.code() == Some(143), "{status:?}");
 }

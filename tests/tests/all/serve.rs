@@ -13,7 +13,7 @@ use tokio::net::UnixStream;
 
 use crate::{assert_exit, cli};
 
-async fn send(stream: &mut tokio::net::unix::OwnedWriteHalf, message: &Value) {
+pub async fn send(stream: &mut tokio::net::unix::OwnedWriteHalf, message: &Value) {
     let mut line = serde_json::to_vec(message).unwrap();
     line.push(b'\n');
     stream.write_all(&line).await.unwrap();
@@ -25,7 +25,7 @@ fn run_message(sandbox: &Sandbox, id: &str, command: &str) -> Value {
     json!({ "op": "run", "id": id, "request": request })
 }
 
-async fn wait_for(path: &Path) {
+pub async fn wait_for(path: &Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !path.exists() {
         assert!(

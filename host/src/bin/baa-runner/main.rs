@@ -213,6 +213,12 @@ enum Command {
         /// when it exits, however it exits.
         #[arg(long)]
         stop_on_stdin_close: bool,
+        /// Queue the steps in the cluster at this NATS server instead of
+        /// running them here: the same protocol, events from whichever host
+        /// runs each step, cancel reaching it there.
+        #[cfg(feature = "cluster")]
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
     },
     /// Take part in a cluster: pull steps of the kinds this host can run
     /// from NATS JetStream, run them, publish their events and answers,
@@ -612,6 +618,12 @@ fn dispatch(cli: Cli, streams: Streams) -> anyhow::Result<u8> {
         Command::Cluster {
             command: ClusterCommand::Status { nats, json },
         } => cluster::status(nats.as_deref(), &settings(&cli)?.cluster, *json),
+        #[cfg(feature = "cluster")]
+        Command::Serve {
+            socket,
+            stop_on_stdin_close,
+            nats: Some(url),
+        } => serve(Serving::Cluster(url), socket, *stop_on_stdin_close),
         _ => with_runner(&cli, &runner(&cli, streams)?, streams),
     }
 }
@@ -628,7 +640,8 @@ fn with_runner(cli: &Cli, runner: &Runner, streams: Streams) -> anyhow::Result<u
         Command::Serve {
             socket,
             stop_on_stdin_close,
-        } => serve(runner, socket, *stop_on_stdin_close),
+            ..
+        } => serve(Serving::Local(runner), socket, *stop_on_stdin_close),
         Command::Recover { .. } | Command::Sandbox { .. } | Command::Kinds { .. } => {
             host_command(&cli.command, runner, streams)
         }
@@ -870,7 +883,14 @@ fn stop_at_end_of_stdin(shutdown: baa_runner::CancellationToken) {
     });
 }
 
-fn serve(runner: &Runner, socket: &Path, stop_on_stdin_close: bool) -> anyhow::Result<u8> {
+/// What `serve` hands its steps to.
+enum Serving<'a> {
+    Local(&'a Runner),
+    #[cfg(feature = "cluster")]
+    Cluster(&'a str),
+}
+
+fn serve(serving: Serving, socket: &Path, stop_on_stdin_close: bool) -> anyhow::Result<u8> {
     let parent = match socket.parent() {
         Some(p) if p.as_os_str().is_empty() => Path::new("."),
         Some(p) => p,
@@ -897,9 +917,14 @@ fn serve(runner: &Runner, socket: &Path, stop_on_stdin_close: bool) -> anyhow::R
         if stop_on_stdin_close {
             stop_at_end_of_stdin(shutdown.clone());
         }
+        let backend: baa_runner::serve::Backend = match serving {
+            Serving::Local(runner) => runner.clone().into(),
+            #[cfg(feature = "cluster")]
+            Serving::Cluster(url) => baa_runner::cluster::Cluster::connect(url).await?.into(),
+        };
         let listener = baa_runner::serve::listen(socket)?;
         eprintln!("baa-runner: serving on {}", socket.display());
-        baa_runner::serve::serve_on(runner.clone(), listener, socket, shutdown).await?;
+        baa_runner::serve::serve_on(backend, listener, socket, shutdown).await?;
         anyhow::Ok(0)
     })
 }

@@ -1,50 +1,77 @@
 //! `baa-runner serve`: step requests in, live events and results out, as
 //! newline-delimited JSON over a Unix socket, for conductors not written in
-//! Rust. Same runner, limits, cancellation and records as the library API.
+//! Rust. Same runner, limits, cancellation and records as the library API;
+//! with a [`Backend::Cluster`], the same protocol queues steps in a cluster.
 //!
 //! One JSON object per line each way. Client to server:
 //! `{"op":"run","id":"ID","request":{…StepExecutionRequest…}}` and
 //! `{"op":"cancel","id":"ID"}`. Server to client, each with the client's
-//! `id`: `accepted` (with `runDir`), `event` (`seq`, `event`: a lifecycle
-//! entry), `output` (`seq`, `stream`, `text`), `result` (`result`: the
-//! StepExecutionResult), and `error` (`error`: `kind`, `message`, `field`).
-//! A closed connection cancels the steps it started.
+//! `id`: `accepted` (with `runDir`, or `step` for a queued step), `event`
+//! (`seq`, `event`: a lifecycle entry), `output` (`seq`, `stream`, `text`),
+//! `result` (`result`: the StepExecutionResult), and `error` (`error`:
+//! `kind`, `message`, `field`). A closed connection cancels its steps.
+
+#[cfg(feature = "cluster")]
+mod cluster;
+mod wire;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::contracts::MAX_REQUEST_BYTES;
-use crate::logs::Stream;
-use crate::run::{StepEvent, StepEventBody, StepHandle};
+use crate::run::StepHandle;
 use crate::{Error, Runner};
+use wire::{error_message, parse_message, read_line, Incoming};
+pub(crate) use wire::{event_json, Utf8Chunks};
 
 /// Messages a connection may have queued for its client before its steps'
 /// streams start skipping events (the `seq` gaps show it; the records on
 /// disk keep everything).
 const OUTBOX: usize = 1024;
 
-/// What a client sends.
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-enum Incoming {
-    Run { id: String, request: Box<Value> },
-    Cancel { id: String },
+/// Where a server's steps run.
+#[derive(Clone)]
+pub enum Backend {
+    /// Here, by this runner.
+    Local(Runner),
+    /// Queued in a cluster, run by a host serving the step's kind.
+    #[cfg(feature = "cluster")]
+    Cluster(Box<crate::cluster::Cluster>),
 }
+
+impl From<Runner> for Backend {
+    fn from(runner: Runner) -> Self {
+        Backend::Local(runner)
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl From<crate::cluster::Cluster> for Backend {
+    fn from(cluster: crate::cluster::Cluster) -> Self {
+        Backend::Cluster(Box::new(cluster))
+    }
+}
+
+/// A connection's running steps by the client's ids: cancelling the token
+/// cancels the step.
+type Steps = Arc<Mutex<HashMap<String, CancellationToken>>>;
 
 /// Bind `path` (a stale socket file left by an earlier server is replaced)
 /// and serve until `shutdown` fires; then every running step is cancelled
 /// and its record written before this returns.
-pub async fn serve(runner: Runner, path: &Path, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn serve(
+    backend: impl Into<Backend>,
+    path: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let listener = listen(path)?;
-    serve_on(runner, listener, path, shutdown).await
+    serve_on(backend, listener, path, shutdown).await
 }
 
 /// Bind `path` for [`serve_on`], mode 0600 (only this user may hand the
@@ -60,11 +87,12 @@ pub fn listen(path: &Path) -> Result<UnixListener, Error> {
 
 /// [`serve`] on a socket [`listen`] bound at `path` (removed at the end).
 pub async fn serve_on(
-    runner: Runner,
+    backend: impl Into<Backend>,
     listener: UnixListener,
     path: &Path,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let backend = backend.into();
     tracing::info!(socket = %path.display(), "serving");
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -72,8 +100,8 @@ pub async fn serve_on(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (runner, stop) = (runner.clone(), shutdown.child_token());
-                    connections.spawn(connection(runner, stream, stop));
+                    let (backend, stop) = (backend.clone(), shutdown.child_token());
+                    connections.spawn(connection(backend, stream, stop));
                 }
                 Err(e) => tracing::warn!("accept failed: {e}"),
             },
@@ -86,7 +114,7 @@ pub async fn serve_on(
 }
 
 /// Serve one client until it closes the connection or `stop` fires.
-async fn connection(runner: Runner, stream: UnixStream, stop: CancellationToken) {
+async fn connection(backend: Backend, stream: UnixStream, stop: CancellationToken) {
     let (read, mut write) = stream.into_split();
     let (outbox, mut pending) = mpsc::channel::<Value>(OUTBOX);
     let writer = tokio::spawn(async move {
@@ -99,7 +127,7 @@ async fn connection(runner: Runner, stream: UnixStream, stop: CancellationToken)
         }
     });
     let session = Session {
-        runner,
+        backend,
         stop,
         outbox,
         steps: Arc::default(),
@@ -141,10 +169,10 @@ async fn connection(runner: Runner, stream: UnixStream, stop: CancellationToken)
 /// One client connection: its steps by the client's ids (their tasks end
 /// with them) and the outbox of its messages.
 struct Session {
-    runner: Runner,
+    backend: Backend,
     stop: CancellationToken,
     outbox: mpsc::Sender<Value>,
-    steps: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    steps: Steps,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -177,26 +205,64 @@ impl Session {
             self.error(Some(&id), "duplicate-id", message, None).await;
             return;
         }
-        let started = serde_json::to_vec(&request)
+        let request = match serde_json::to_vec(&request)
             .map_err(|e| Error::invalid("(request)", e.to_string()))
             .and_then(|bytes| crate::contracts::parse_request(&bytes))
-            .and_then(|request| self.runner.start_with(request, &self.stop));
-        let handle = match started {
-            Ok(handle) => handle,
-            Err(e) => {
-                let (kind, field) = e.wire_kind();
-                self.error(Some(&id), kind, &e.to_string(), field).await;
-                return;
-            }
+        {
+            Ok(request) => request,
+            Err(e) => return self.refuse(&id, &e).await,
         };
-        self.steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), handle.cancellation_token());
+        match &self.backend {
+            Backend::Local(runner) => match runner.start_with(request, &self.stop) {
+                Ok(handle) => self.follow(id, handle).await,
+                Err(e) => self.refuse(&id, &e).await,
+            },
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(cluster) => match cluster.start(&request).await {
+                Ok(step) => self.follow_queued(id, step).await,
+                Err(e) => {
+                    let (kind, field) = e.wire_kind();
+                    self.error(Some(&id), kind, &e.to_string(), field).await;
+                }
+            },
+        }
+    }
+
+    async fn refuse(&self, id: &str, e: &Error) {
+        let (kind, field) = e.wire_kind();
+        self.error(Some(id), kind, &e.to_string(), field).await;
+    }
+
+    fn register(&self, id: &str, token: CancellationToken) {
+        let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+        steps.insert(id.to_owned(), token);
+    }
+
+    /// A step started here: accepted with its run directory, then followed.
+    async fn follow(&self, id: String, handle: StepHandle) {
+        self.register(&id, handle.cancellation_token());
         let accepted = json!({ "id": id, "type": "accepted", "runDir": handle.run_dir() });
         let _ = self.outbox.send(accepted).await;
         let forwarded = forward(id, handle, self.outbox.clone(), self.steps.clone());
         self.tasks.spawn(forwarded);
+    }
+
+    /// A step queued in the cluster: accepted with its key, then followed
+    /// wherever it runs; cancelling the token cancels it cluster-wide.
+    #[cfg(feature = "cluster")]
+    async fn follow_queued(&self, id: String, step: crate::cluster::ClusterStep) {
+        let token = self.stop.child_token();
+        self.register(&id, token.clone());
+        let accepted = json!({
+            "id": id,
+            "type": "accepted",
+            "step": step.identity().key(),
+            "duplicate": step.duplicate(),
+        });
+        let _ = self.outbox.send(accepted).await;
+        let (outbox, steps) = (self.outbox.clone(), self.steps.clone());
+        self.tasks
+            .spawn(cluster::forward(id, step, token, outbox, steps));
     }
 
     /// The client is gone (or the server stops): its steps are cancelled,
@@ -243,52 +309,8 @@ fn check_socket_path(path: &Path) -> Result<(), Error> {
     }
 }
 
-/// A client's line as a message; when it is not one, the error and the
-/// line's `id` if it has one (so the client learns which message failed).
-fn parse_message(line: &[u8]) -> Result<Incoming, (Option<String>, serde_json::Error)> {
-    let value: Value = serde_json::from_slice(line).map_err(|e| (None, e))?;
-    let id = value.get("id").and_then(Value::as_str).map(str::to_owned);
-    serde_json::from_value(value).map_err(|e| (id, e))
-}
-
-/// Read one line of at most [`MAX_REQUEST_BYTES`] plus the envelope.
-async fn read_line(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-    line: &mut Vec<u8>,
-) -> Result<usize, String> {
-    let limit = MAX_REQUEST_BYTES + 64 * 1024;
-    loop {
-        let buf = reader.fill_buf().await.map_err(|e| e.to_string())?;
-        if buf.is_empty() {
-            return Ok(line.len());
-        }
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(end) => {
-                line.extend_from_slice(&buf[..=end]);
-                reader.consume(end + 1);
-                return Ok(line.len());
-            }
-            None => {
-                let n = buf.len();
-                line.extend_from_slice(buf);
-                reader.consume(n);
-            }
-        }
-        if line.len() > limit {
-            return Err(format!(
-                "a message is longer than {limit} bytes; the connection is closed"
-            ));
-        }
-    }
-}
-
 /// Forward one step's events and result to its client.
-async fn forward(
-    id: String,
-    mut handle: StepHandle,
-    outbox: mpsc::Sender<Value>,
-    steps: Arc<Mutex<HashMap<String, CancellationToken>>>,
-) {
+async fn forward(id: String, mut handle: StepHandle, outbox: mpsc::Sender<Value>, steps: Steps) {
     let mut text = Utf8Chunks::default();
     while let Some(event) = handle.events().next().await {
         let Some(mut message) = event_json(event, &mut text) else {
@@ -308,121 +330,4 @@ async fn forward(
     };
     steps.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     let _ = outbox.send(message).await;
-}
-
-/// A step event as the wire protocols carry it: `type` `event` (`seq`,
-/// `event`: a lifecycle entry) or `output` (`seq`, `stream`, `text`);
-/// `None` for the closing event, which the result stands for.
-pub(crate) fn event_json(
-    event: StepEvent,
-    text: &mut Utf8Chunks,
-) -> Option<serde_json::Map<String, Value>> {
-    let message = match event.body {
-        StepEventBody::Lifecycle(entry) => {
-            json!({ "type": "event", "seq": event.seq, "event": entry })
-        }
-        StepEventBody::Output { stream, bytes } => json!({
-            "type": "output",
-            "seq": event.seq,
-            "stream": stream.as_str(),
-            "text": text.decode(stream, &bytes),
-        }),
-        StepEventBody::Finished(_) => return None,
-    };
-    match message {
-        Value::Object(map) => Some(map),
-        _ => None,
-    }
-}
-
-/// Output chunks as text. A character cut between two chunks of a stream is
-/// carried over to the next chunk rather than replaced; only bytes that are
-/// not UTF-8 become U+FFFD.
-#[derive(Default)]
-pub(crate) struct Utf8Chunks {
-    carried: [Vec<u8>; 2],
-}
-
-impl Utf8Chunks {
-    pub(crate) fn decode(&mut self, stream: Stream, bytes: &[u8]) -> String {
-        let carried = &mut self.carried[stream as usize];
-        let mut joined = std::mem::take(carried);
-        joined.extend_from_slice(bytes);
-        let cut = joined.len() - cut_character(&joined);
-        *carried = joined.split_off(cut);
-        String::from_utf8_lossy(&joined).into_owned()
-    }
-}
-
-/// How many bytes at the end of `bytes` begin a UTF-8 character that the
-/// next chunk completes (0 to 3).
-fn cut_character(bytes: &[u8]) -> usize {
-    for back in 1..=bytes.len().min(3) {
-        let lead = bytes[bytes.len() - back];
-        if lead & 0xC0 == 0x80 {
-            continue; // a continuation byte: look further back
-        }
-        let width = match lead {
-            0xC2..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF4 => 4,
-            _ => return 0,
-        };
-        let tail = &bytes[bytes.len() - back..];
-        let incomplete = matches!(std::str::from_utf8(tail), Err(e) if e.error_len().is_none());
-        return if back < width && incomplete { back } else { 0 };
-    }
-    0
-}
-
-fn error_message(id: Option<&str>, kind: &str, message: &str, field: Option<&str>) -> Value {
-    json!({
-        "id": id,
-        "type": "error",
-        "error": { "kind": kind, "message": message, "field": field },
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_character_cut_between_chunks_is_carried_not_replaced() {
-        let text = "é🎉x".as_bytes(); // 2 + 4 + 1 bytes
-        for cut in 0..=text.len() {
-            let mut chunks = Utf8Chunks::default();
-            let (a, b) = text.split_at(cut);
-            let joined = chunks.decode(Stream::Stdout, a) + &chunks.decode(Stream::Stdout, b);
-            assert_eq!(joined, "é🎉x", "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn streams_carry_apart_and_invalid_bytes_are_replaced() {
-        let mut chunks = Utf8Chunks::default();
-        assert_eq!(chunks.decode(Stream::Stdout, &[0xF0, 0x9F]), "");
-        assert_eq!(chunks.decode(Stream::Stderr, b"err"), "err");
-        assert_eq!(chunks.decode(Stream::Stdout, &[0x8E, 0x89]), "🎉");
-        // Not UTF-8 at all: replaced at once, never carried.
-        assert_eq!(chunks.decode(Stream::Stdout, &[b'a', 0xFF]), "a\u{FFFD}");
-        assert_eq!(cut_character(&[b'a', 0xE0, 0x80]), 0); // E0 80 can begin nothing
-        assert_eq!(cut_character(&[0xE2, 0x82]), 2);
-    }
-
-    #[test]
-    fn a_message_that_fails_names_its_id_when_it_has_one() {
-        let (id, _) = parse_message(br#"{"op":"launch","id":"s7"}"#)
-            .err()
-            .unwrap();
-        assert_eq!(id.as_deref(), Some("s7"));
-        let (id, _) = parse_message(br#"{"op":"run","id":"s8","request":"\ud83c"}"#)
-            .err()
-            .unwrap();
-        assert_eq!(id, None, "a line that is not JSON has no id to name");
-        assert!(matches!(
-            parse_message(br#"{"op":"cancel","id":"s9"}"#),
-            Ok(Incoming::Cancel { id }) if id == "s9"
-        ));
-    }
 }
