@@ -41,6 +41,14 @@ export class RunnerUnavailableError extends BaaRunnerError {
   }
 }
 
+/**
+ * The step was cancelled before anything ran it: a step `serve --nats`
+ * queued in a cluster and no host had started. There is no result.
+ */
+export class StepCancelledError extends BaaRunnerError {
+  override name = "StepCancelledError";
+}
+
 /** The runner failed for a reason of its own (`host-error`, a protocol error). */
 export class HostError extends BaaRunnerError {
   override name = "HostError";

@@ -20,5 +20,11 @@ export type {
   WorkerExecutionOutcome,
   WorkerExecutorOptions,
 } from "./outcome.js";
-export { BaaRunnerError, HostError, InvalidRequestError, RunnerUnavailableError } from "./errors.js";
+export {
+  BaaRunnerError,
+  HostError,
+  InvalidRequestError,
+  RunnerUnavailableError,
+  StepCancelledError,
+} from "./errors.js";
 export type * from "./generated/contracts.js";

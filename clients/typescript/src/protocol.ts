@@ -9,11 +9,30 @@ import type { StepExecutionResult, WorkerLifecycleLogEntry } from "./generated/c
 
 /** What the server sends; every message carries the client's id. */
 export type ServerMessage =
-  | { id: string; type: "accepted"; runDir: string }
-  | { id: string; type: "event"; seq: number; event: WorkerLifecycleLogEntry }
-  | { id: string; type: "output"; seq: number; stream: "stdout" | "stderr"; text: string }
+  | Accepted
+  | ({ id: string; type: "event"; seq: number; event: WorkerLifecycleLogEntry } & Where)
+  | ({ id: string; type: "output"; seq: number; stream: "stdout" | "stderr"; text: string } & Where)
   | { id: string; type: "result"; result: StepExecutionResult }
   | { id: string | null; type: "error"; error: WireError };
+
+/**
+ * A step the server took: run here (`runDir`), or queued in a cluster by
+ * `serve --nats` (`step`, its key there; `duplicate` when the same
+ * taskId/stepId/runId/attempt had been submitted before and this follows it).
+ */
+export interface Accepted {
+  id: string;
+  type: "accepted";
+  runDir?: string;
+  step?: string;
+  duplicate?: boolean;
+}
+
+/** Where a cluster step's event comes from: the host running it, and which delivery. */
+export interface Where {
+  host?: string;
+  delivery?: number;
+}
 
 export interface WireError {
   kind: string;

@@ -3,7 +3,7 @@
 // messages to each step by id and turns a lost server into errors that name
 // where each step's record is.
 
-import { BaaRunnerError, HostError, InvalidRequestError, RunnerUnavailableError } from "./errors.js";
+import { BaaRunnerError, HostError, InvalidRequestError, RunnerUnavailableError, StepCancelledError } from "./errors.js";
 import type { StepExecutionRequest, StepExecutionResult } from "./generated/contracts.js";
 import { Wire, type ServerMessage, type WireError } from "./protocol.js";
 import { serializeRequest } from "./request.js";
@@ -143,7 +143,9 @@ export class BaaRunner {
 
   /**
    * Run a step to its result. An aborted `signal` cancels it: the promise
-   * resolves with the result, which says `failed`, reason `interrupted`.
+   * resolves with the result, which says `failed`, reason `interrupted`
+   * (a cluster step cancelled before any host started it has no result: it
+   * rejects with StepCancelledError).
    */
   async run(request: StepExecutionRequest, options: RunStepOptions = {}): Promise<StepExecutionResult> {
     const onEvent = options.onEvent;
@@ -209,20 +211,22 @@ export class BaaRunner {
       case "accepted": {
         if (pending.state !== "starting") return;
         this.answered(id);
-        const handle = new StepHandle(id, message.runDir, () => this.sendCancel(id), pending.eventBuffer);
+        const cancel = () => this.sendCancel(id);
+        const handle = new StepHandle(id, message.runDir, cancel, pending.eventBuffer, message.step);
         this.steps.set(id, { state: "running", handle });
         pending.resolve(handle);
         return;
       }
       case "event":
         if (pending.state === "running") {
-          pending.handle.push({ type: "lifecycle", seq: message.seq, entry: message.event });
+          const { seq, event: entry, host } = message;
+          pending.handle.push({ type: "lifecycle", seq, entry, ...(host ? { host } : {}) });
         }
         return;
       case "output":
         if (pending.state === "running") {
-          const { seq, stream, text } = message;
-          pending.handle.push({ type: "output", seq, stream, text });
+          const { seq, stream, text, host } = message;
+          pending.handle.push({ type: "output", seq, stream, text, ...(host ? { host } : {}) });
         }
         return;
       case "result":
@@ -265,6 +269,10 @@ export class BaaRunner {
     for (const [id, pending] of this.steps) {
       if (pending.state === "starting") {
         pending.reject(new RunnerUnavailableError(`${why} before step ${id} was accepted; it may not have run`));
+      } else if (pending.handle.clusterStep) {
+        const step = pending.handle.clusterStep;
+        const message = `${why} while step ${id} (${step}) was queued in the cluster; it may still run there, and its answer lands on the cluster's results stream (\`baa-runner submit --nats URL --watch\` with the same request follows it)`;
+        pending.handle.fail(new RunnerUnavailableError(message));
       } else {
         const runDir = pending.handle.runDir;
         const message = `${why} while step ${id} was running; its record is in ${runDir} (\`baa-runner recover ${runDir}\` closes an attempt a stopped runner left open)`;
@@ -282,6 +290,8 @@ function errorOf(error: WireError): BaaRunnerError {
       return new InvalidRequestError(error.message, error.field ?? undefined, "invalid-request");
     case "invalid-input":
       return new InvalidRequestError(error.message, error.field ?? undefined, "invalid-input");
+    case "cancelled":
+      return new StepCancelledError(error.message);
     default:
       return new HostError(error.message, error.kind);
   }

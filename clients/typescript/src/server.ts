@@ -18,6 +18,12 @@ export interface ServeOptions {
   config?: string;
   /** Directories of third-party `<kind>.wasm` worker kinds (`--plugins-dir`). */
   pluginsDirs?: string[];
+  /**
+   * Queue the steps in the cluster at this NATS server (`serve --nats URL`)
+   * instead of running them on this machine: the same calls, events and
+   * results, from whichever `baa-runner worker` host runs each step.
+   */
+  nats?: string;
   /** The socket to listen on; else one in a private temporary directory, removed on close. */
   socket?: string;
   /** The server's environment; else this process's. */
@@ -72,6 +78,7 @@ export class ServerProcess {
       "--socket",
       socket,
       "--stop-on-stdin-close",
+      ...(options.nats ? ["--nats", options.nats] : []),
     ];
     const child = spawn(binary, args, {
       env: options.env ?? process.env,

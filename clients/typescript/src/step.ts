@@ -9,6 +9,8 @@ export interface LifecycleEvent {
   /** The step's event number, from 1; a gap means events were missed (the logs have them). */
   seq: number;
   entry: WorkerLifecycleLogEntry;
+  /** The host running the step, when a cluster runs it (`serve --nats`). */
+  host?: string;
 }
 
 /** A chunk of output, as appended to `logs/stdout.log` or `logs/stderr.log`. */
@@ -18,6 +20,8 @@ export interface OutputEvent {
   stream: "stdout" | "stderr";
   /** The chunk as UTF-8 (invalid bytes replaced; the logs keep the exact bytes). */
   text: string;
+  /** The host running the step, when a cluster runs it (`serve --nats`). */
+  host?: string;
 }
 
 export type StepEvent = LifecycleEvent | OutputEvent;
@@ -61,10 +65,16 @@ export class StepHandle {
   constructor(
     /** This client's id of the step. */
     readonly id: string,
-    /** The attempt's run directory: its logs, checkpoints, metadata, state and result. */
-    readonly runDir: string,
+    /**
+     * The attempt's run directory: its logs, checkpoints, metadata, state
+     * and result; undefined for a step queued in a cluster (its result's
+     * `logPaths` name the directory on the host that ran it).
+     */
+    readonly runDir: string | undefined,
     private readonly sendCancel: () => void,
     private readonly capacity = DEFAULT_EVENT_BUFFER,
+    /** The step's key in the cluster (`serve --nats`): `taskId.stepId.runId.attempt`. */
+    readonly clusterStep?: string,
   ) {
     this.listening = capacity > 0;
     this.result = new Promise((resolve, reject) => (this.settle = { resolve, reject }));

@@ -33,11 +33,13 @@ test("serve killed mid-step: the step rejects with RunnerUnavailableError naming
     (e: unknown) => e,
   );
   assert.ok(error instanceof RunnerUnavailableError, String(error));
-  assert.equal(error.runDir, step.runDir);
+  const runDir = step.runDir;
+  assert.ok(runDir, "a step run here has a run directory");
+  assert.equal(error.runDir, runDir);
   assert.match(error.message, /killed by SIGKILL/);
-  assert.ok(error.message.includes(step.runDir));
+  assert.ok(error.message.includes(runDir));
   // What the runner wrote before it died is still there: the record of a step in flight.
-  assert.equal(readJson(join(step.runDir, "state.json")).status, "running");
+  assert.equal(readJson(join(runDir, "state.json")).status, "running");
   // The killed runner's step does not outlive it.
   await until(() => processesWith(tag).length === 0, "the killed runner's step processes to end");
 
