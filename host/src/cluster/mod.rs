@@ -4,6 +4,7 @@
 //! [`transport::Transport`]; [`nats`] implements it (feature `cluster`).
 
 pub mod client;
+mod expiry;
 pub mod nats;
 pub mod record;
 mod replication;

@@ -453,6 +453,52 @@ impl Transport for NatsTransport {
             .boxed())
     }
 
+    async fn exhausted(&self) -> Result<BoxStream<'static, (u64, u64)>, ClusterError> {
+        let subscriber = self
+            .connection
+            .client
+            .queue_subscribe(
+                names::max_deliveries_advisories(),
+                names::EXPIRY_GROUP.into(),
+            )
+            .await
+            .map_err(|e| nats_error("listening for steps out of deliveries")(boxed(e)))?;
+        Ok(subscriber
+            .filter_map(|message| async move {
+                let advisory: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
+                Some((
+                    advisory.get("stream_seq")?.as_u64()?,
+                    advisory.get("deliveries")?.as_u64()?,
+                ))
+            })
+            .boxed())
+    }
+
+    async fn queued(&self, sequence: u64) -> Result<Option<(Vec<u8>, String)>, ClusterError> {
+        match self.connection.steps.get_raw_message(sequence).await {
+            Ok(message) => Ok(Some((
+                message.payload.to_vec(),
+                message.subject.to_string(),
+            ))),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(nats_error("reading a queued step")(boxed(e))),
+        }
+    }
+
+    async fn unqueue(&self, sequence: u64) -> Result<(), ClusterError> {
+        match self.connection.steps.delete_message(sequence).await {
+            Ok(_) => Ok(()),
+            // Gone already (acknowledged, deleted by another host).
+            Err(e)
+                if matches!(e.kind(), stream::DeleteMessageErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(nats_error("taking a step out of the queue")(boxed(e))),
+        }
+    }
+
     async fn heartbeat(&self, host: &str, status: &serde_json::Value) {
         let value = Bytes::from(serde_json::to_vec(status).unwrap_or_default());
         if let Err(e) = self.connection.hosts.put(names::token(host), value).await {

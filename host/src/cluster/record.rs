@@ -98,6 +98,10 @@ pub enum RunEnd {
     Superseded,
     /// It gave the step back to the queue (its host could not run it).
     Released,
+    /// Its delivery expired (the host died, stalled or was cut off) and it
+    /// was the queue's last (`max-deliver`): the step was answered without
+    /// a result.
+    Expired,
 }
 
 /// A step's answer: its result, or why no host could run it.
@@ -187,6 +191,86 @@ pub enum Claim {
     /// Another message names a step already taken: a duplicate submission,
     /// dropped (acknowledged) without running.
     Duplicate,
+}
+
+/// What becomes of a step whose message the queue stopped delivering
+/// (`max-deliver` deliveries, none finished).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GiveUp {
+    /// Answer it with this record's reply (write it, then publish).
+    Answer(StepRecord),
+    /// It is answered already: publish that again.
+    Answered(Answer),
+    /// The message was a duplicate of another that holds the step.
+    Duplicate,
+}
+
+/// The queue gave up on message `sequence` of step `step` after
+/// `deliveries`: the step is answered `host-error`, naming each host's turn.
+pub fn give_up(
+    existing: Option<StepRecord>,
+    step: &str,
+    worker_kind: &str,
+    sequence: u64,
+    deliveries: u64,
+) -> GiveUp {
+    let mut record = match existing {
+        Some(record) if record.reply.is_some() => {
+            return record.answer().map_or(GiveUp::Duplicate, GiveUp::Answered)
+        }
+        Some(record) if record.sequence != 0 && record.sequence != sequence => {
+            return GiveUp::Duplicate
+        }
+        Some(record) => record,
+        None => StepRecord {
+            step: step.to_owned(),
+            worker_kind: worker_kind.to_owned(),
+            owner: String::new(),
+            delivery: 0,
+            sequence,
+            runs: Vec::new(),
+            checkpoints: Vec::new(),
+            artifacts: Vec::new(),
+            reply: None,
+        },
+    };
+    for turn in record.runs.iter_mut().filter(|r| r.end.is_none()) {
+        turn.end = Some(RunEnd::Expired);
+    }
+    let turns: Vec<String> = record
+        .runs
+        .iter()
+        .map(|r| {
+            let end = r.end.map_or("running", RunEnd::as_str);
+            format!("{} (delivery {}: {end})", r.host, r.delivery)
+        })
+        .collect();
+    let hosts = if turns.is_empty() {
+        "no host claimed it".to_owned()
+    } else {
+        turns.join(", ")
+    };
+    record.reply = Some(Reply::Error(ReplyError {
+        kind: "host-error".into(),
+        message: format!(
+            "no host finished step {step} in {deliveries} {}, the queue's max-deliver: {hosts}; submit it again as the next attempt",
+            if deliveries == 1 { "delivery" } else { "deliveries" }
+        ),
+        field: None,
+    }));
+    GiveUp::Answer(record)
+}
+
+impl RunEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunEnd::Finished => "finished",
+            RunEnd::TakenOver => "taken-over",
+            RunEnd::Superseded => "superseded",
+            RunEnd::Released => "released",
+            RunEnd::Expired => "expired",
+        }
+    }
 }
 
 /// Who takes a step.
@@ -400,6 +484,46 @@ mod tests {
         copy.delivery = 5;
         assert_eq!(claim(Some(first.clone()), &copy), Claim::Duplicate);
         assert!(first.held_by_message("a", 1, 7) && !first.held_by_message("a", 1, 8));
+    }
+
+    #[test]
+    fn a_step_the_queue_gives_up_on_is_answered_naming_its_turns() {
+        let first = run(claim(None, &taker("a", 1))).released("a", 1);
+        let second = run(claim(Some(first), &taker("b", 2)));
+        let GiveUp::Answer(record) = give_up(Some(second.clone()), "t/s/r/1", "shell", 7, 2) else {
+            panic!("expected an answer");
+        };
+        let answer = record.answer().unwrap();
+        let Reply::Error(error) = &answer.reply else {
+            panic!("expected an error")
+        };
+        assert_eq!(error.kind, "host-error");
+        assert!(
+            error.message.contains("2 deliveries")
+                && error
+                    .message
+                    .contains("a (delivery 1: released), b (delivery 2: expired)"),
+            "{}",
+            error.message
+        );
+        assert_eq!(answer.runs[1].end, Some(RunEnd::Expired));
+        // The stalled host coming back holds nothing.
+        assert!(!record.held_by("b", 2));
+        // Answered once: giving up again publishes the same answer.
+        assert_eq!(
+            give_up(Some(record), "t/s/r/1", "shell", 7, 2),
+            GiveUp::Answered(answer)
+        );
+        // Another message naming the step is only a duplicate.
+        assert_eq!(
+            give_up(Some(second), "t/s/r/1", "shell", 8, 2),
+            GiveUp::Duplicate
+        );
+        // No host ever claimed it.
+        let GiveUp::Answer(unclaimed) = give_up(None, "t/s/r/1", "shell", 9, 3) else {
+            panic!("expected an answer");
+        };
+        assert!(format!("{:?}", unclaimed.reply).contains("no host claimed it"));
     }
 
     #[test]

@@ -157,6 +157,15 @@ pub fn cancel_subject(id: &StepIdentity) -> String {
 }
 
 /// Every cancellation (a host listens to all, and acts on its own steps).
+/// The server's announcements that a steps consumer stopped delivering a
+/// message (`max-deliver` reached).
+pub fn max_deliveries_advisories() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STEPS_STREAM}.*")
+}
+
+/// The queue group of the hosts answering those: one hears each.
+pub const EXPIRY_GROUP: &str = "baa-expiry";
+
 pub fn all_cancels() -> String {
     format!("{PREFIX}.cancel.>")
 }

@@ -66,6 +66,17 @@ pub trait Transport: Send + Sync + 'static {
     /// The keys of steps whose cancellation is asked for from now on.
     async fn cancellations(&self) -> Result<BoxStream<'static, String>, ClusterError>;
 
+    /// Messages of the steps queue that the queue stopped delivering
+    /// (`max-deliver` reached): their sequence and deliveries. Each is told
+    /// to one of the hosts listening.
+    async fn exhausted(&self) -> Result<BoxStream<'static, (u64, u64)>, ClusterError>;
+
+    /// A message still in the steps queue: its payload and subject.
+    async fn queued(&self, sequence: u64) -> Result<Option<(Vec<u8>, String)>, ClusterError>;
+
+    /// Take a message out of the steps queue (gone already: fine).
+    async fn unqueue(&self, sequence: u64) -> Result<(), ClusterError>;
+
     /// Tell the cluster this host is alive, what it serves and how busy it
     /// is (`status`: a JSON document: host, pid, kinds, capacity, running).
     async fn heartbeat(&self, host: &str, status: &serde_json::Value);

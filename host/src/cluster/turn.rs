@@ -27,8 +27,8 @@ const RETRY_FOR: Duration = Duration::from_secs(120);
 const MAX_ANSWER_BYTES: usize = 640 * 1024;
 
 /// Retry `attempt` while it fails in a way that may pass (the server
-/// restarting), for a while; `None` when it gave up.
-pub(super) async fn retrying<T, F, Fut>(id: &StepIdentity, attempt: F) -> Option<T>
+/// restarting), for a while; the last error when it gave up.
+pub(super) async fn retrying<T, F, Fut>(id: &StepIdentity, attempt: F) -> Result<T, ClusterError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, ClusterError>>,
@@ -37,15 +37,15 @@ where
     let mut pause = Duration::from_millis(100);
     loop {
         match attempt().await {
-            Ok(done) => return Some(done),
+            Ok(done) => return Ok(done),
             Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(step = %id, "{e}; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                tracing::error!(step = %id, "{e}; leaving the step to its next delivery");
-                return None;
+                tracing::error!(step = %id, "{e}; leaving the step");
+                return Err(e);
             }
         }
     }
@@ -332,7 +332,7 @@ impl Turn<'_> {
             delivery.ack().await
         })
         .await;
-        if published.is_none() {
+        if published.is_err() {
             tracing::error!(step = %self.id, "answered in its record but not published: its next delivery publishes it");
         }
     }

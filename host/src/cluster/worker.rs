@@ -130,6 +130,7 @@ impl Worker {
             })
         };
         let heartbeat = tokio::spawn(self.clone().heartbeats(kinds.clone()));
+        let expiries = tokio::spawn(super::expiry::listen(self.clone()));
         tracing::info!(host = %self.host, ?kinds, "serving");
         let pullers = TaskTracker::new();
         for kind in kinds {
@@ -142,6 +143,7 @@ impl Worker {
         steps.wait().await;
         listener.abort();
         heartbeat.abort();
+        expiries.abort();
         Ok(())
     }
 
@@ -234,17 +236,25 @@ impl Worker {
         // not make the queue hand a finishing step to another host.
         let keepalive = tokio::spawn(super::turn::keep_alive(delivery.clone()));
         let claimed = retrying(&id, || claim(&self, &id, delivery.as_ref(), &kind)).await;
-        if let Some(Some((record, revision))) = claimed {
-            let mut turn = Turn {
-                worker: &self,
-                id: &id,
-                delivery,
-                record,
-                revision,
-            };
-            if let Some(reply) = turn.run(request).await {
-                turn.finish(reply).await;
+        match claimed {
+            Ok(Some((record, revision))) => {
+                let mut turn = Turn {
+                    worker: &self,
+                    id: &id,
+                    delivery,
+                    record,
+                    revision,
+                };
+                if let Some(reply) = turn.run(request).await {
+                    turn.finish(reply).await;
+                }
             }
+            Ok(None) => {}
+            // Its record cannot be read or written: no delivery will do.
+            Err(e) if !e.is_transient() => {
+                super::expiry::unclaimable(&self, delivery.as_ref(), &id, &e).await;
+            }
+            Err(_) => {} // the server is away: the next delivery tries again
         }
         keepalive.abort();
     }
@@ -280,7 +290,7 @@ impl Worker {
 }
 
 /// The identity fields of a message, when they are there and valid ids.
-fn identity_of(payload: &[u8]) -> Option<StepIdentity> {
+pub(super) fn identity_of(payload: &[u8]) -> Option<StepIdentity> {
     let value: Value = serde_json::from_slice(payload).ok()?;
     let id = |field: &str| {
         let text = value.get(field)?.as_str()?;

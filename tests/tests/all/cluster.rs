@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baa_runner::cluster::{Answer, Cluster, Reply, RunEnd};
+use baa_runner::cluster::{Answer, Cluster, Reply, RunEnd, StepIdentity};
 use baa_runner::contracts::StepExecutionRequest;
 use baa_runner_tests::nats::{NatsServer, WorkerProcess};
 use baa_runner_tests::{processes_with, Reaped, Sandbox};
@@ -487,6 +487,69 @@ async fn a_killed_host_is_succeeded_by_one_resuming_from_its_last_replicated_che
     assert_eq!(names, [("notes.txt", "second")]);
     let contents = cluster.artifact(&answer.artifacts[0].object).await.unwrap();
     assert_eq!(contents, b"hello-artifact");
+}
+
+/// A step whose every delivery dies with its host (here `max-deliver` 1)
+/// is answered once the queue gives up on it: `host-error` naming the
+/// host's expired turn, and the message leaves the queue. A record that is
+/// not one (written by anyone else) answers its step the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_no_delivery_finishes_is_answered_when_the_queue_gives_up() {
+    let sandbox = Sandbox::new();
+    let server = NatsServer::start(&sandbox.dir.path().join("js"));
+    let config = worker_config(&sandbox, "one-delivery", 1, "");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("max-deliver = 1\n");
+    std::fs::write(&config, toml).unwrap();
+    let binary = built_binary("baa-runner");
+    let mut hosts = [
+        WorkerProcess::start(&binary, &server.url(), "one", &config, &[]),
+        WorkerProcess::start(&binary, &server.url(), "two", &config, &[]),
+    ];
+    let cluster = Cluster::connect(&server.url()).await.unwrap();
+    let marker = format!("35.{}", std::process::id());
+    let request = request(&sandbox, "doomed", &format!("echo started; sleep {marker}"));
+    let mut step = cluster.start(&request).await.unwrap();
+    let running_on = loop {
+        let event = step.next_event().await.unwrap().expect("the step starts");
+        if let baa_runner::StepEventBody::Output { bytes, .. } = &event.event.body {
+            if bytes.starts_with(b"started") {
+                break event.host;
+            }
+        }
+    };
+    let at = hosts.iter().position(|h| h.name == running_on).unwrap();
+    hosts[at].child.kill().unwrap();
+    hosts[at].child.wait().unwrap();
+
+    let answer = tokio::time::timeout(Duration::from_secs(60), step.answer())
+        .await
+        .expect("answered once the queue gives up")
+        .unwrap();
+    let Reply::Error(error) = &answer.reply else {
+        panic!("no host finished it, yet: {answer:?}");
+    };
+    assert_eq!(error.kind, "host-error");
+    assert!(error.message.contains("1 delivery"), "{}", error.message);
+    assert_eq!(turns(&answer), [(running_on.as_str(), Some(RunEnd::Expired))]);
+    until("the message leaves the queue", async || queued(&cluster).await == 0).await;
+    assert_eq!(answers_in_stream(&cluster).await, 1);
+    assert!(processes_with(&marker).is_empty(), "the killed host's step went with it");
+
+    // A record no host wrote: the step is answered, never run.
+    let forged = request_with_id(&sandbox, "forged-record");
+    let key = StepIdentity::of(&forged).key();
+    cluster.connection().records.put(&key, "not a record".into()).await.unwrap();
+    let answer = cluster.start(&forged).await.unwrap().answer().await.unwrap();
+    let Reply::Error(error) = &answer.reply else {
+        panic!("a step with a forged record ran: {answer:?}");
+    };
+    assert!(error.message.contains("cannot run"), "{}", error.message);
+    until("the message leaves the queue", async || queued(&cluster).await == 0).await;
+}
+
+fn request_with_id(sandbox: &Sandbox, step: &str) -> StepExecutionRequest {
+    request(sandbox, step, "echo never")
 }
 
 #[test]

@@ -168,14 +168,7 @@ pub fn submit(
             .runs
             .iter()
             .map(|run| match run.end {
-                Some(end) => format!(
-                    "{} ({})",
-                    run.host,
-                    serde_json::to_value(end)
-                        .unwrap_or_default()
-                        .as_str()
-                        .unwrap_or("")
-                ),
+                Some(end) => format!("{} ({})", run.host, end.as_str()),
                 None => run.host.clone(),
             })
             .collect();
