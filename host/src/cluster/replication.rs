@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::record::{ReplicatedArtifact, ReplicatedCheckpoint};
+use super::record::{ReplicatedArtifact, ReplicatedCheckpoint, MAX_LISTED_CHECKPOINTS};
 use super::topology::{artifact_object, check_token, checkpoint_name};
 use super::turn::Turn;
 use super::ClusterError;
@@ -79,6 +79,44 @@ impl Turn<'_> {
             bytes,
         };
         self.update(|r| r.with_artifact(artifact.clone())).await
+    }
+
+    /// Replicate what this turn's run directory holds and the step's record
+    /// does not list yet: the captures and declarations whose events the
+    /// step's stream skipped (a slow server made this host read it late).
+    /// `false` when the step was taken over meanwhile.
+    pub async fn catch_up(&mut self, run_dir: &str) -> Result<bool, ClusterError> {
+        let (host, delivery) = (self.host().to_owned(), self.delivery.delivered());
+        let ours = |h: &str, d: u64| h == host && d == delivery;
+        let dir = Path::new(run_dir);
+        for (seq, kind) in checkpoints_on_disk(&dir.join("checkpoints")).await {
+            let listed = &self.record.checkpoints;
+            if listed.len() >= MAX_LISTED_CHECKPOINTS {
+                break;
+            }
+            if listed
+                .iter()
+                .any(|c| c.seq == seq && ours(&c.host, c.delivery))
+            {
+                continue;
+            }
+            if !self.replicate(run_dir, seq, &kind).await? {
+                return Ok(false);
+            }
+        }
+        for name in artifacts_on_disk(&dir.join("artifacts")).await {
+            let listed = &self.record.artifacts;
+            if listed
+                .iter()
+                .any(|a| a.name == name && ours(&a.host, a.delivery))
+            {
+                continue;
+            }
+            if !self.replicate_artifact(run_dir, &name).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Put the checkpoints earlier turns replicated where the runner finds
@@ -175,6 +213,59 @@ pub(super) fn declared_artifact(event: &StepEvent) -> Option<String> {
     Some(name.to_owned())
 }
 
+/// The checkpoints a run directory's `checkpoints/` holds (seq, type), in
+/// order: each record file names its type.
+async fn checkpoints_on_disk(dir: &Path) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for name in file_names(dir).await {
+        let Some(seq) = name
+            .strip_suffix(".json")
+            .filter(|s| s.len() == 6)
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(record) = read_capped(&dir.join(&name), MAX_RECORD_BYTES).await else {
+            continue;
+        };
+        let kind = serde_json::from_slice::<serde_json::Value>(&record)
+            .ok()
+            .and_then(|r| r.get("type")?.as_str().map(str::to_owned));
+        if let Some(kind) = kind.filter(|k| check_token(k).is_ok()) {
+            found.push((seq, kind));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The artifacts a run directory's `artifacts/` holds, by the host's rule
+/// for their names.
+async fn artifacts_on_disk(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = file_names(dir)
+        .await
+        .into_iter()
+        .filter(|name| crate::run::validate::check_id("artifact", name).is_ok())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The names of the regular files in `dir` (none when it is missing).
+async fn file_names(dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return names;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let regular = entry.file_type().await.is_ok_and(|t| t.is_file());
+        if let (true, Ok(name)) = (regular, entry.file_name().into_string()) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 fn payload_file_name(seq: u32, kind: &str) -> String {
     format!("{seq:06}.{kind}.payload")
 }
@@ -224,4 +315,34 @@ async fn read_capped(path: &Path, limit: usize) -> Result<Vec<u8>, ReadError> {
         ))));
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[tokio::test]
+    async fn what_a_run_directory_holds_is_found_in_order_without_temporary_files() {
+        let run = std::env::temp_dir().join(format!("baa-catch-up-{}", std::process::id()));
+        let (checkpoints, artifacts) = (run.join("checkpoints"), run.join("artifacts"));
+        std::fs::create_dir_all(&checkpoints).unwrap();
+        std::fs::create_dir_all(&artifacts).unwrap();
+        let write = |path: PathBuf, text: &str| std::fs::write(path, text).unwrap();
+        write(checkpoints.join("000002.json"), r#"{"type":"git_diff"}"#);
+        write(checkpoints.join("000001.json"), r#"{"type":"summary"}"#);
+        write(checkpoints.join("000001.summary.payload"), "half-way");
+        write(checkpoints.join(".000003.json.tmp-x"), r#"{"type":"summary"}"#);
+        write(checkpoints.join("000004.json"), r#"{"type":"no spaces"}"#);
+        write(checkpoints.join("7.json"), r#"{"type":"summary"}"#);
+        write(artifacts.join("notes.txt"), "hello");
+        write(artifacts.join(".notes.txt.tmp-1"), "hel");
+        assert_eq!(
+            checkpoints_on_disk(&checkpoints).await,
+            [(1, "summary".to_owned()), (2, "git_diff".to_owned())]
+        );
+        assert_eq!(artifacts_on_disk(&artifacts).await, ["notes.txt"]);
+        assert!(checkpoints_on_disk(&run.join("missing")).await.is_empty());
+        std::fs::remove_dir_all(&run).unwrap();
+    }
 }

@@ -261,7 +261,14 @@ impl Turn<'_> {
             }
         }
         let mut text = Utf8Chunks::default();
+        let mut last_seq = 0;
         while let Some(event) = handle.events().next().await {
+            // Events skipped (this host read the stream late): what they
+            // said is in the run directory.
+            if event.seq > last_seq + 1 {
+                self.catch_up_or_stop(&run_dir, token).await;
+            }
+            last_seq = event.seq;
             if let Some((seq, kind)) = super::replication::captured_checkpoint(&event) {
                 match self.replicate(&run_dir, seq, &kind).await {
                     Ok(true) => {}
@@ -288,6 +295,7 @@ impl Turn<'_> {
                     .await;
             }
         }
+        self.catch_up_or_stop(&run_dir, token).await;
         match handle.result().await {
             Ok(result) => Some(Reply::Result(Box::new(result))),
             Err(e) if delivery < self.delivery.max_deliver() => {
@@ -296,6 +304,16 @@ impl Turn<'_> {
                 None
             }
             Err(e) => Some(Reply::Error(ReplyError::from(&e))),
+        }
+    }
+
+    /// Replicate what the stream's skipped events announced; a step taken
+    /// over meanwhile is stopped.
+    async fn catch_up_or_stop(&mut self, run_dir: &str, token: &CancellationToken) {
+        match self.catch_up(run_dir).await {
+            Ok(true) => {}
+            Ok(false) => token.cancel(),
+            Err(e) => tracing::warn!(step = %self.id, "catching up on replication: {e}"),
         }
     }
 

@@ -531,21 +531,44 @@ async fn a_step_no_delivery_finishes_is_answered_when_the_queue_gives_up() {
     };
     assert_eq!(error.kind, "host-error");
     assert!(error.message.contains("1 delivery"), "{}", error.message);
-    assert_eq!(turns(&answer), [(running_on.as_str(), Some(RunEnd::Expired))]);
-    until("the message leaves the queue", async || queued(&cluster).await == 0).await;
+    assert_eq!(
+        turns(&answer),
+        [(running_on.as_str(), Some(RunEnd::Expired))]
+    );
+    until("the message leaves the queue", async || {
+        queued(&cluster).await == 0
+    })
+    .await;
     assert_eq!(answers_in_stream(&cluster).await, 1);
-    assert!(processes_with(&marker).is_empty(), "the killed host's step went with it");
+    assert!(
+        processes_with(&marker).is_empty(),
+        "the killed host's step went with it"
+    );
 
     // A record no host wrote: the step is answered, never run.
     let forged = request_with_id(&sandbox, "forged-record");
     let key = StepIdentity::of(&forged).key();
-    cluster.connection().records.put(&key, "not a record".into()).await.unwrap();
-    let answer = cluster.start(&forged).await.unwrap().answer().await.unwrap();
+    cluster
+        .connection()
+        .records
+        .put(&key, "not a record".into())
+        .await
+        .unwrap();
+    let answer = cluster
+        .start(&forged)
+        .await
+        .unwrap()
+        .answer()
+        .await
+        .unwrap();
     let Reply::Error(error) = &answer.reply else {
         panic!("a step with a forged record ran: {answer:?}");
     };
     assert!(error.message.contains("cannot run"), "{}", error.message);
-    until("the message leaves the queue", async || queued(&cluster).await == 0).await;
+    until("the message leaves the queue", async || {
+        queued(&cluster).await == 0
+    })
+    .await;
 }
 
 fn request_with_id(sandbox: &Sandbox, step: &str) -> StepExecutionRequest {
