@@ -58,7 +58,9 @@ export interface WorkerExecutorOptions<Run extends PreparedRun> {
    * Cancels runs when aborted (their outcomes say interrupted): one signal
    * for every run of this executor, or a run's own signal. A run whose
    * signal is already aborted is not sent: `execute` rejects with the
-   * signal's reason.
+   * signal's reason. A run queued in a cluster (`serve --nats`) that no
+   * host had started has no outcome: `execute` rejects with
+   * StepCancelledError.
    */
   signal?: AbortSignal | ((run: Run) => AbortSignal | undefined);
 }

@@ -212,21 +212,22 @@ export class BaaRunner {
         if (pending.state !== "starting") return;
         this.answered(id);
         const cancel = () => this.sendCancel(id);
-        const handle = new StepHandle(id, message.runDir, cancel, pending.eventBuffer, message.step);
+        const { runDir, step, duplicate } = message;
+        const handle = new StepHandle(id, runDir, cancel, pending.eventBuffer, step, duplicate ?? false);
         this.steps.set(id, { state: "running", handle });
         pending.resolve(handle);
         return;
       }
       case "event":
         if (pending.state === "running") {
-          const { seq, event: entry, host } = message;
-          pending.handle.push({ type: "lifecycle", seq, entry, ...(host ? { host } : {}) });
+          const { seq, event: entry, host, delivery } = message;
+          pending.handle.push({ type: "lifecycle", seq, entry, ...where(host, delivery) });
         }
         return;
       case "output":
         if (pending.state === "running") {
-          const { seq, stream, text, host } = message;
-          pending.handle.push({ type: "output", seq, stream, text, ...(host ? { host } : {}) });
+          const { seq, stream, text, host, delivery } = message;
+          pending.handle.push({ type: "output", seq, stream, text, ...where(host, delivery) });
         }
         return;
       case "result":
@@ -271,7 +272,7 @@ export class BaaRunner {
         pending.reject(new RunnerUnavailableError(`${why} before step ${id} was accepted; it may not have run`));
       } else if (pending.handle.clusterStep) {
         const step = pending.handle.clusterStep;
-        const message = `${why} while step ${id} (${step}) was queued in the cluster; it may still run there, and its answer lands on the cluster's results stream (\`baa-runner submit --nats URL --watch\` with the same request follows it)`;
+        const message = `${why} while step ${id} (${step}) was queued in the cluster; a serve that stopped cleanly cancelled it, otherwise it may still run there: its answer lands on the cluster's results stream (\`baa-runner submit --nats URL --watch\` with the same request follows it)`;
         pending.handle.fail(new RunnerUnavailableError(message));
       } else {
         const runDir = pending.handle.runDir;
@@ -282,6 +283,11 @@ export class BaaRunner {
     this.steps.clear();
     this.unanswered.length = 0;
   }
+}
+
+/** A cluster event's origin, when it has one. */
+function where(host: string | undefined, delivery: number | undefined): { host?: string; delivery?: number } {
+  return { ...(host !== undefined ? { host } : {}), ...(delivery !== undefined ? { delivery } : {}) };
 }
 
 function errorOf(error: WireError): BaaRunnerError {

@@ -11,6 +11,8 @@ export interface LifecycleEvent {
   entry: WorkerLifecycleLogEntry;
   /** The host running the step, when a cluster runs it (`serve --nats`). */
   host?: string;
+  /** Which delivery of the queued step that host runs (a takeover is a new one). */
+  delivery?: number;
 }
 
 /** A chunk of output, as appended to `logs/stdout.log` or `logs/stderr.log`. */
@@ -22,6 +24,8 @@ export interface OutputEvent {
   text: string;
   /** The host running the step, when a cluster runs it (`serve --nats`). */
   host?: string;
+  /** Which delivery of the queued step that host runs (a takeover is a new one). */
+  delivery?: number;
 }
 
 export type StepEvent = LifecycleEvent | OutputEvent;
@@ -75,6 +79,12 @@ export class StepHandle {
     private readonly capacity = DEFAULT_EVENT_BUFFER,
     /** The step's key in the cluster (`serve --nats`): `taskId.stepId.runId.attempt`. */
     readonly clusterStep?: string,
+    /**
+     * The same step (identity and request) had been queued before: this
+     * handle follows that submission, and closing this connection leaves it
+     * running (cancel() still cancels it).
+     */
+    readonly duplicate = false,
   ) {
     this.listening = capacity > 0;
     this.result = new Promise((resolve, reject) => (this.settle = { resolve, reject }));

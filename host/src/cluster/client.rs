@@ -18,6 +18,10 @@ use crate::contracts::{StepExecutionRequest, StepExecutionResult};
 use crate::logs::Stream;
 use crate::run::{StepEvent, StepEventBody};
 
+/// Most bytes of an event message: the server's default message size (a
+/// host's output chunk as text, a lifecycle entry, fit in it).
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
 /// The [`ReplyError::kind`] of a step cancelled before any host took it.
 pub const CANCELLED: &str = "cancelled";
 
@@ -98,6 +102,7 @@ impl Cluster {
         let kind = request.worker_kind.as_str();
         let id = StepIdentity::of(request);
         let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
+        self.check_same_request(&id, &payload).await?;
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload)
             .message_id(id.key());
@@ -110,6 +115,38 @@ impl Cluster {
             .await
             .map_err(|e| nats_error("queueing a step")(Box::new(e)))?;
         Ok(ack.duplicate)
+    }
+
+    /// A step submitted again must be the same request: otherwise its
+    /// submitter would follow (and be answered by) another one.
+    async fn check_same_request(
+        &self,
+        id: &StepIdentity,
+        payload: &[u8],
+    ) -> Result<(), ClusterError> {
+        let digest = Bytes::from(crate::fsutil::sha256_hex(payload));
+        let store = &self.connection.submissions;
+        let created = store.create(id.key(), digest.clone()).await;
+        match created {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(nats_error("recording a submission")(Box::new(e))),
+        }
+        let stored = store
+            .get(id.key())
+            .await
+            .map_err(|e| nats_error("reading a submission")(Box::new(e)))?;
+        if stored.is_some_and(|stored| stored != digest) {
+            return Err(crate::Error::InvalidRequest {
+                field: "attempt".into(),
+                message: format!(
+                    "step {id} was already submitted with a different request; submit this one as attempt {}",
+                    id.attempt.saturating_add(1)
+                ),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Every answer in the results stream, oldest first, then each new one
@@ -377,7 +414,10 @@ impl ClusterStep {
                 self.answer = Some(self.wait_answer().await?);
                 return Ok(None);
             };
+            // Events first: those a host sent before its answer are read
+            // before the answer ends the step.
             tokio::select! {
+                biased;
                 message = events.next() => match message {
                     Some(message) => {
                         if let Some(event) = parse_event(&message.payload) {
@@ -394,8 +434,17 @@ impl ClusterStep {
         }
     }
 
-    async fn wait_answer(&mut self) -> Result<Answer, ClusterError> {
-        next_answer(&mut self.answers, &self.id).await
+    /// Wait for the step's answer (see [`ClusterStep::answer`]).
+    pub async fn wait_answer(&mut self) -> Result<Answer, ClusterError> {
+        match self.answer.take() {
+            Some(answer) => Ok(answer),
+            None => next_answer(&mut self.answers, &self.id).await,
+        }
+    }
+
+    /// The answer, if [`ClusterStep::next_event`] has read it.
+    pub fn take_answer(&mut self) -> Option<Answer> {
+        self.answer.take()
     }
 
     /// Cancel the step wherever it runs, or when a host picks it up if it
@@ -412,10 +461,7 @@ impl ClusterStep {
     /// The step's answer: its result, or why it could not run, and every
     /// host that took it.
     pub async fn answer(mut self) -> Result<Answer, ClusterError> {
-        match self.answer.take() {
-            Some(answer) => Ok(answer),
-            None => self.wait_answer().await,
-        }
+        self.wait_answer().await
     }
 
     /// The step's result ([`ClusterError::Rejected`] when no host could
@@ -508,6 +554,9 @@ async fn next_answer(answers: &mut Answers, id: &StepIdentity) -> Result<Answer,
 
 /// A worker's event message as a [`ClusterEvent`] (`None` if it is not one).
 fn parse_event(payload: &[u8]) -> Option<ClusterEvent> {
+    if payload.len() > MAX_EVENT_BYTES {
+        return None; // no host sends one this large
+    }
     let message: Value = serde_json::from_slice(payload).ok()?;
     let body = match message["type"].as_str()? {
         "event" => StepEventBody::Lifecycle(serde_json::from_value(message["event"].clone()).ok()?),

@@ -21,6 +21,8 @@ use crate::config::ClusterSettings;
 /// Most bytes of a step's record (the server's default message size is
 /// 1 MiB); a larger one is refused as a permanent error.
 const MAX_RECORD_BYTES: usize = 1000 * 1024;
+/// See [`Connection::open`].
+const SUBSCRIPTION_CAPACITY: usize = 1024;
 /// How long answers and step records are kept.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Within this window a resubmitted step (same identity) is dropped by the
@@ -36,6 +38,7 @@ pub struct Connection {
     pub results: stream::Stream,
     pub records: kv::Store,
     pub cancels: kv::Store,
+    pub submissions: kv::Store,
     pub hosts: kv::Store,
     pub checkpoints: kv::Store,
     pub payloads: object_store::ObjectStore,
@@ -59,6 +62,9 @@ impl Connection {
         let client = async_nats::ConnectOptions::new()
             .name("baa-runner")
             .connection_timeout(Duration::from_secs(5))
+            // Messages a subscription holds for a reader that is behind
+            // (a step's events, most): then the server drops them.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .connect(url)
             .await
             .map_err(|e| ClusterError::Connect {
@@ -95,6 +101,7 @@ impl Connection {
             .map_err(|e| nats_error("opening the results stream")(boxed(e)))?;
         let records = bucket(&jetstream, names::STEPS_BUCKET, 16, KEEP).await?;
         let cancels = bucket(&jetstream, names::CANCELS_BUCKET, 1, KEEP).await?;
+        let submissions = bucket(&jetstream, names::SUBMISSIONS_BUCKET, 1, KEEP).await?;
         let hosts = bucket(&jetstream, names::HOSTS_BUCKET, 1, Duration::from_secs(120)).await?;
         let checkpoints = bucket(&jetstream, names::CHECKPOINTS_BUCKET, 1, KEEP).await?;
         let payloads = match jetstream.get_object_store(names::PAYLOADS_STORE).await {
@@ -116,6 +123,7 @@ impl Connection {
             results,
             records,
             cancels,
+            submissions,
             hosts,
             checkpoints,
             payloads,

@@ -332,7 +332,10 @@ mod tests {
         write(checkpoints.join("000002.json"), r#"{"type":"git_diff"}"#);
         write(checkpoints.join("000001.json"), r#"{"type":"summary"}"#);
         write(checkpoints.join("000001.summary.payload"), "half-way");
-        write(checkpoints.join(".000003.json.tmp-x"), r#"{"type":"summary"}"#);
+        write(
+            checkpoints.join(".000003.json.tmp-x"),
+            r#"{"type":"summary"}"#,
+        );
         write(checkpoints.join("000004.json"), r#"{"type":"no spaces"}"#);
         write(checkpoints.join("7.json"), r#"{"type":"summary"}"#);
         write(artifacts.join("notes.txt"), "hello");

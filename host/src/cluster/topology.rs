@@ -17,6 +17,9 @@ pub const STEPS_BUCKET: &str = "baa-steps";
 /// Cancellations asked for, at key `<identity>`: a step still queued, or
 /// moving between hosts, is cancelled when a host picks it up.
 pub const CANCELS_BUCKET: &str = "baa-cancels";
+/// The digest of each step's submitted request, by key: the same identity
+/// submitted again must be the same request.
+pub const SUBMISSIONS_BUCKET: &str = "baa-submissions";
 /// Replicated checkpoint records, at [`checkpoint_name`].
 pub const CHECKPOINTS_BUCKET: &str = "baa-checkpoints";
 /// Replicated checkpoint payloads (up to 8 MiB each), at [`checkpoint_name`].

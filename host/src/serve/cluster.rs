@@ -11,33 +11,65 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{error_message, event_json, Utf8Chunks};
 use super::Steps;
-use crate::cluster::{ClusterEvent, ClusterStep, Reply};
+use crate::bounds::cut_owned;
+use crate::cluster::{ClusterEvent, ClusterStep, Reply, ReplyError};
 
 /// How long a cancelled step's answer may take before its client is told
 /// it did not come (the answer still lands on the results stream).
 const ANSWER_AFTER_CANCEL: Duration = Duration::from_secs(60);
+/// How long asking the cluster to cancel may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The error kinds an answer may carry to a client; any other is reported
+/// as `host-error` (the answer stream is the cluster's, not this host's).
+const ANSWER_KINDS: [&str; 4] = [
+    "invalid-request",
+    "invalid-input",
+    "host-error",
+    "cancelled",
+];
+/// Most bytes of an answer's error message and field passed on.
+const MAX_MESSAGE: usize = 4096;
+const MAX_FIELD: usize = 256;
 
-/// Forward a queued step's events and answer to its client; `cancel`
+/// What the step's follower does when its client or server lets go.
+pub(super) struct Following {
+    /// Cancelled by the client's `cancel`, or when the connection closes
+    /// or the server stops.
+    pub cancel: CancellationToken,
+    /// Whether closing the connection cancels the step: only for the
+    /// connection that queued it (one that follows an earlier submission
+    /// of the same step leaves it to its submitter).
+    pub owned: bool,
+    /// Fires when the connection closes or the server stops.
+    pub closing: CancellationToken,
+}
+
+/// Forward a queued step's events and answer to its client; cancelling
 /// cancels it wherever it runs (or answers it `cancelled` while queued).
 pub(super) async fn forward(
     id: String,
     mut step: ClusterStep,
-    cancel: CancellationToken,
+    following: Following,
     outbox: mpsc::Sender<Value>,
     steps: Steps,
 ) {
     let mut numbering = Numbering::default();
     let mut text = Utf8Chunks::default();
     let mut deadline = None;
+    let Following {
+        cancel,
+        owned,
+        closing,
+    } = following;
     let ended = loop {
+        let cancelling = cancel.cancelled();
         let next = tokio::select! {
-            () = cancel.cancelled(), if deadline.is_none() => {
-                if let Err(e) = step.cancel().await {
-                    tracing::warn!("cancelling step {}: {e}", step.identity());
-                }
-                deadline = Some(tokio::time::Instant::now() + ANSWER_AFTER_CANCEL);
+            biased;
+            () = cancelling, if deadline.is_none() => {
+                deadline = Some(ask_cancel(&step).await);
                 continue;
             }
+            () = closing.cancelled(), if deadline.is_none() && !owned => break Ok(()),
             () = sleep_until(deadline) => break Err(format!(
                 "the cluster did not answer step {} within {}s of its cancellation; \
                  its answer will still be on the results stream",
@@ -46,38 +78,100 @@ pub(super) async fn forward(
             )),
             next = step.next_event() => next,
         };
-        match next {
-            Ok(Some(event)) => {
-                let Some(message) = numbering.message(&id, event, &mut text) else {
-                    continue;
-                };
-                // As for a local step: a client that stops reading makes
-                // this wait, and the subscription then skips events.
-                if outbox.send(message).await.is_err() {
-                    break Ok(());
-                }
-            }
+        let event = match next {
+            Ok(Some(event)) => event,
             Ok(None) => break Ok(()),
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err(format!("{e}; the step may still run in the cluster")),
+        };
+        let Some(message) = numbering.message(&id, event, &mut text) else {
+            continue;
+        };
+        // A client that reads slowly makes this wait (the subscription then
+        // skips events); one that is gone, or a server stopping, does not.
+        let sent = tokio::select! {
+            biased;
+            sent = outbox.send(message) => sent.is_ok(),
+            () = cancel.cancelled(), if deadline.is_none() => true,
+            () = closing.cancelled() => false,
+        };
+        if !sent {
+            if owned && deadline.is_none() {
+                deadline = Some(ask_cancel(&step).await);
+            }
+            if !owned {
+                break Ok(());
+            }
         }
     };
     let message = match ended {
-        Ok(()) => match step.answer().await {
-            Ok(answer) => match answer.reply {
-                Reply::Result(result) => json!({ "id": id, "type": "result", "result": result }),
-                Reply::Error(e) => {
-                    error_message(Some(&id), &e.kind, &e.message, e.field.as_deref())
-                }
-            },
-            Err(e) => {
-                let (kind, field) = e.wire_kind();
-                error_message(Some(&id), kind, &e.to_string(), field)
-            }
-        },
-        Err(why) => error_message(Some(&id), "host-error", &why, None),
+        Ok(()) if closing.is_cancelled() && !owned => None,
+        Ok(()) => Some(answer_message(&id, &mut step, deadline).await),
+        Err(why) => Some(error_message(Some(&id), "host-error", &why, None)),
     };
     steps.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    let _ = outbox.send(message).await;
+    if let Some(message) = message {
+        tokio::select! {
+            biased;
+            _ = outbox.send(message) => {}
+            () = closing.cancelled() => {}
+        }
+    }
+}
+
+/// Ask the cluster to cancel the step; when its answer must come by.
+fn ask_cancel(step: &ClusterStep) -> impl std::future::Future<Output = tokio::time::Instant> {
+    // The cancel future owns what it needs: nothing of `step` is held.
+    let (cancel, id) = (step.cancel(), step.identity().to_string());
+    async move {
+        match tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cancelling step {id}: {e}"),
+            Err(_) => tracing::warn!("cancelling step {id}: no word from the cluster"),
+        }
+        tokio::time::Instant::now() + ANSWER_AFTER_CANCEL
+    }
+}
+
+/// The step's answer as its client's last message (bounded by `deadline`
+/// when it was cancelled).
+async fn answer_message(
+    id: &str,
+    step: &mut ClusterStep,
+    deadline: Option<tokio::time::Instant>,
+) -> Value {
+    let answer = step.take_answer();
+    let answer = match (answer, deadline) {
+        (Some(answer), _) => Ok(answer),
+        (None, Some(at)) => match tokio::time::timeout_at(at, step.wait_answer()).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let why = format!("no answer from the cluster for step {}", step.identity());
+                return error_message(Some(id), "host-error", &why, None);
+            }
+        },
+        (None, None) => step.wait_answer().await,
+    };
+    match answer.map(|a| a.reply) {
+        Ok(Reply::Result(result)) => json!({ "id": id, "type": "result", "result": result }),
+        Ok(Reply::Error(e)) => {
+            let e = bounded(e);
+            error_message(Some(id), &e.kind, &e.message, e.field.as_deref())
+        }
+        Err(e) => {
+            let (kind, field) = e.wire_kind();
+            error_message(Some(id), kind, &e.to_string(), field)
+        }
+    }
+}
+
+/// An answer's error as a client may see it: a kind it knows, bounded text.
+fn bounded(e: ReplyError) -> ReplyError {
+    let known = ANSWER_KINDS.contains(&e.kind.as_str());
+    ReplyError {
+        kind: if known { e.kind } else { "host-error".into() },
+        message: cut_owned(e.message, MAX_MESSAGE),
+        field: e.field.map(|f| cut_owned(f, MAX_FIELD)),
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -97,17 +191,24 @@ struct Numbering {
     last: u64,
 }
 
+/// The largest `seq` a turn's event may carry (a step's events fit well
+/// below it); a larger one is not a host's.
+const MAX_SEQ: u64 = 1 << 40;
+
 impl Numbering {
     fn renumber(&mut self, host: &str, delivery: u64, seq: u64) -> Option<u64> {
+        if seq > MAX_SEQ || delivery > MAX_SEQ {
+            return None;
+        }
         let same = matches!(&self.turn, Some((h, d)) if h == host && *d == delivery);
         if !same {
-            if self.turn.as_ref().is_some_and(|(_, d)| *d > delivery) {
-                return None; // a late event of a turn already taken over
+            if self.turn.as_ref().is_some_and(|(_, d)| *d >= delivery) {
+                return None; // a turn not newer than the one followed
             }
             self.turn = Some((host.to_owned(), delivery));
             self.base = self.last;
         }
-        let seq = self.base + seq;
+        let seq = self.base.saturating_add(seq);
         if seq <= self.last && self.last > 0 {
             return None; // not newer than what the client has
         }
@@ -139,9 +240,28 @@ mod tests {
         // Host b takes over (delivery 2) and numbers from 1 again.
         assert_eq!(n.renumber("b", 2, 1), Some(6));
         assert_eq!(n.renumber("b", 2, 3), Some(8));
-        // A late event of host a's turn is not the client's any more.
+        // A late event of host a's turn is not the client's any more, nor
+        // one claiming the same delivery from another host.
         assert_eq!(n.renumber("a", 1, 6), None);
+        assert_eq!(n.renumber("c", 2, 9), None);
         // A repeated event is dropped.
         assert_eq!(n.renumber("b", 2, 3), None);
+        // Numbers no host makes are dropped, not wrapped.
+        assert_eq!(n.renumber("b", 2, u64::MAX), None);
+        assert_eq!(n.renumber("x", u64::MAX, 1), None);
+        assert_eq!(n.renumber("b", 2, 4), Some(9));
+    }
+
+    #[test]
+    fn an_answer_error_reaches_the_client_bounded_and_of_a_known_kind() {
+        let e = bounded(ReplyError {
+            kind: "unknown-id".into(),
+            message: "x".repeat(10_000),
+            field: Some("f".repeat(1000)),
+        });
+        assert_eq!(e.kind, "host-error");
+        // Cut, with a note of how much.
+        assert!(e.message.len() < MAX_MESSAGE + 32, "{}", e.message.len());
+        assert!(e.field.unwrap().ends_with("(744 bytes cut)"));
     }
 }

@@ -58,9 +58,21 @@ impl From<crate::cluster::Cluster> for Backend {
     }
 }
 
-/// A connection's running steps by the client's ids: cancelling the token
-/// cancels the step.
-type Steps = Arc<Mutex<HashMap<String, CancellationToken>>>;
+/// A connection's running steps by the client's ids.
+type Steps = Arc<Mutex<HashMap<String, Running>>>;
+
+/// A step a connection follows.
+struct Running {
+    /// Cancelling it cancels the step.
+    cancel: CancellationToken,
+    /// Whether the connection closing cancels it (a step queued by another
+    /// submission is only followed).
+    cancel_on_close: bool,
+}
+
+/// How long a closing connection's steps may wait for a client that does
+/// not read before their messages are dropped (their records are kept).
+const WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bind `path` (a stale socket file left by an earlier server is replaced)
 /// and serve until `shutdown` fires; then every running step is cancelled
@@ -128,6 +140,7 @@ async fn connection(backend: Backend, stream: UnixStream, stop: CancellationToke
     });
     let session = Session {
         backend,
+        closing: stop.child_token(),
         stop,
         outbox,
         steps: Arc::default(),
@@ -162,7 +175,16 @@ async fn connection(backend: Backend, stream: UnixStream, stop: CancellationToke
             }
         }
     }
-    session.close().await;
+    let closing = session.close();
+    tokio::pin!(closing);
+    tokio::select! {
+        () = &mut closing => {}
+        () = tokio::time::sleep(WRITE_GRACE) => {
+            // A client that stopped reading: let the steps' messages fail.
+            writer.abort();
+            closing.await;
+        }
+    }
     let _ = writer.await;
 }
 
@@ -171,6 +193,8 @@ async fn connection(backend: Backend, stream: UnixStream, stop: CancellationToke
 struct Session {
     backend: Backend,
     stop: CancellationToken,
+    /// Fires when the connection closes (or the server stops).
+    closing: CancellationToken,
     outbox: mpsc::Sender<Value>,
     steps: Steps,
     tasks: tokio_util::task::TaskTracker,
@@ -186,7 +210,7 @@ impl Session {
 
     fn token(&self, id: &str) -> Option<CancellationToken> {
         let steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
-        steps.get(id).cloned()
+        steps.get(id).map(|running| running.cancel.clone())
     }
 
     async fn cancel(&self, id: &str) {
@@ -233,14 +257,18 @@ impl Session {
         self.error(Some(id), kind, &e.to_string(), field).await;
     }
 
-    fn register(&self, id: &str, token: CancellationToken) {
+    fn register(&self, id: &str, cancel: CancellationToken, cancel_on_close: bool) {
         let mut steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
-        steps.insert(id.to_owned(), token);
+        let running = Running {
+            cancel,
+            cancel_on_close,
+        };
+        steps.insert(id.to_owned(), running);
     }
 
     /// A step started here: accepted with its run directory, then followed.
     async fn follow(&self, id: String, handle: StepHandle) {
-        self.register(&id, handle.cancellation_token());
+        self.register(&id, handle.cancellation_token(), true);
         let accepted = json!({ "id": id, "type": "accepted", "runDir": handle.run_dir() });
         let _ = self.outbox.send(accepted).await;
         let forwarded = forward(id, handle, self.outbox.clone(), self.steps.clone());
@@ -251,8 +279,9 @@ impl Session {
     /// wherever it runs; cancelling the token cancels it cluster-wide.
     #[cfg(feature = "cluster")]
     async fn follow_queued(&self, id: String, step: crate::cluster::ClusterStep) {
-        let token = self.stop.child_token();
-        self.register(&id, token.clone());
+        let cancel = CancellationToken::new();
+        let owned = !step.duplicate();
+        self.register(&id, cancel.clone(), owned);
         let accepted = json!({
             "id": id,
             "type": "accepted",
@@ -261,22 +290,26 @@ impl Session {
         });
         let _ = self.outbox.send(accepted).await;
         let (outbox, steps) = (self.outbox.clone(), self.steps.clone());
-        self.tasks
-            .spawn(cluster::forward(id, step, token, outbox, steps));
+        let following = cluster::Following {
+            cancel,
+            owned,
+            closing: self.closing.clone(),
+        };
+        let forwarded = cluster::forward(id, step, following, outbox, steps);
+        self.tasks.spawn(forwarded);
     }
 
     /// The client is gone (or the server stops): its steps are cancelled,
     /// and their records written before the connection is done. Taking
     /// `self` drops the outbox, which ends the connection's writer.
     async fn close(self) {
-        for token in self
-            .steps
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
         {
-            token.cancel();
+            let steps = self.steps.lock().unwrap_or_else(|p| p.into_inner());
+            for running in steps.values().filter(|r| r.cancel_on_close) {
+                running.cancel.cancel();
+            }
         }
+        self.closing.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }

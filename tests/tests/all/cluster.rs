@@ -747,6 +747,54 @@ async fn serve_with_nats_queues_steps_in_the_cluster_over_the_same_protocol() {
         errors["unserved"]
     );
 
+    // Another connection submitting the same step follows it (duplicate),
+    // and closing leaves it to its submitter; the same identity with
+    // another request is refused, naming the attempt to bump.
+    send(&mut write, &message("long", "sleep 1; echo long done")).await;
+    let (read2, mut write2) = tokio::net::UnixStream::connect(&socket)
+        .await
+        .unwrap()
+        .into_split();
+    let mut lines2 = tokio::io::BufReader::new(read2).lines();
+    let mut next2 = async || -> Value {
+        let line = lines2.next_line().await.unwrap().unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    send(&mut write2, &message("ok", "echo from the cluster")).await;
+    let again = next2().await;
+    assert_eq!(again["type"], "accepted", "{again}");
+    assert_eq!(again["duplicate"], true, "{again}");
+    loop {
+        let message = next2().await;
+        if message["type"] == "result" {
+            assert_eq!(message["result"]["ok"], true, "the first answer, again");
+            break;
+        }
+    }
+    send(&mut write2, &message("ok", "echo another request")).await;
+    let refused = next2().await;
+    assert_eq!(refused["error"]["kind"], "invalid-request", "{refused}");
+    assert_eq!(refused["error"]["field"], "attempt");
+    send(&mut write2, &message("long", "sleep 1; echo long done")).await;
+    let follows = next2().await;
+    assert_eq!(follows["duplicate"], true, "{follows}");
+    drop((write2, lines2));
+    let long = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["id"] == "long" && message["type"] == "result" {
+                return message["result"].clone();
+            }
+        }
+    })
+    .await
+    .expect("the submitter's step is answered");
+    assert_eq!(
+        long["ok"], true,
+        "a follower closing did not cancel it: {long}"
+    );
+
     // SIGTERM stops the server cleanly (nothing of its own is running).
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };

@@ -11,7 +11,8 @@ mod step;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use anyhow::Context;
 use baa_runner::checkpoints::StepHistory;
@@ -924,7 +925,27 @@ fn serve(serving: Serving, socket: &Path, stop_on_stdin_close: bool) -> anyhow::
         };
         let listener = baa_runner::serve::listen(socket)?;
         eprintln!("baa-runner: serving on {}", socket.display());
-        baa_runner::serve::serve_on(backend, listener, socket, shutdown).await?;
+        let serving = baa_runner::serve::serve_on(backend, listener, socket, shutdown.clone());
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => {
+                served?;
+                return anyhow::Ok(0);
+            }
+            () = shutdown.cancelled() => {}
+        }
+        // Stopping: the steps are cancelled and their records written. A
+        // second signal does not wait for them.
+        let signal = Arc::new(AtomicI32::new(0));
+        let again = step::cancelled_on_signal(signal.clone())?;
+        tokio::select! {
+            served = serving => served?,
+            () = again.cancelled() => {
+                let _ = std::fs::remove_file(socket);
+                eprintln!("baa-runner: stopped without waiting for the steps' records");
+                return anyhow::Ok(128 + signal.load(Ordering::SeqCst) as u8);
+            }
+        }
         anyhow::Ok(0)
     })
 }
