@@ -78,6 +78,38 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])], durability: Durability) -> std
     Ok(())
 }
 
+/// [`write_all_atomic`] beneath `dir` (cap-std): files named by plain
+/// names, each written to a new temporary file (never an existing one,
+/// never through a link), renamed into place, the directory fsynced.
+pub fn write_all_atomic_in(
+    dir: &cap_std::fs::Dir,
+    files: &[(&str, &[u8])],
+    durability: Durability,
+) -> std::io::Result<()> {
+    let sync = durability == Durability::PowerLoss;
+    for (name, bytes) in files {
+        let tmp = format!(".{name}.tmp-{}", random_name());
+        let mut options = cap_std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        let written = (|| {
+            let mut file = dir.open_with(&tmp, &options)?;
+            file.write_all(bytes)?;
+            if sync {
+                file.sync_all()?;
+            }
+            dir.rename(&tmp, dir, name)
+        })();
+        if let Err(e) = written {
+            let _ = dir.remove_file(&tmp);
+            return Err(e);
+        }
+    }
+    if sync {
+        dir.try_clone()?.into_std_file().sync_all()?;
+    }
+    Ok(())
+}
+
 fn parent_dir(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())

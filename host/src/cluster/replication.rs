@@ -4,6 +4,7 @@
 //! checkpoints and resumes from the last.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::record::{ReplicatedArtifact, ReplicatedCheckpoint, MAX_LISTED_CHECKPOINTS};
 use super::topology::{artifact_object, check_token, checkpoint_name};
@@ -132,11 +133,13 @@ impl Turn<'_> {
         let Ok(step_dir) = self.worker.runner.step_dir(request) else {
             return; // an invalid request: the run says why
         };
-        let dir = step_dir.join(INHERITED_DIR).join("checkpoints");
-        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-            tracing::warn!(step = %self.id, "cannot inherit checkpoints: {e}");
-            return;
-        }
+        let dir = match inherited_dir(request, &step_dir).await {
+            Ok(dir) => Arc::new(dir),
+            Err(e) => {
+                tracing::warn!(step = %self.id, "cannot inherit checkpoints: {e}");
+                return;
+            }
+        };
         for checkpoint in &inherited {
             if let Err(e) = self.inherit_one(&dir, checkpoint).await {
                 tracing::warn!(step = %self.id, "checkpoint {} not inherited: {e}", checkpoint.seq);
@@ -153,7 +156,7 @@ impl Turn<'_> {
 
     async fn inherit_one(
         &self,
-        dir: &Path,
+        dir: &Arc<cap_std::fs::Dir>,
         checkpoint: &ReplicatedCheckpoint,
     ) -> Result<(), ClusterError> {
         check_token(&checkpoint.checkpoint_type).map_err(|why| ClusterError::Corrupt {
@@ -165,14 +168,19 @@ impl Turn<'_> {
             .get_checkpoint(&checkpoint.name, checkpoint.payload)
             .await?;
         let payload_name = payload_file_name(checkpoint.seq, &checkpoint.checkpoint_type);
-        let mut files = vec![(dir.join(record_file_name(checkpoint.seq)), record_file)];
-        files.extend(payload.map(|p| (dir.join(payload_name), p)));
+        // The payload before its record: a record never names a payload
+        // not there.
+        let mut files: Vec<(String, Vec<u8>)> =
+            payload.map(|p| (payload_name, p)).into_iter().collect();
+        files.push((record_file_name(checkpoint.seq), record_file));
+        let dir = dir.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let files: Vec<(&Path, &[u8])> = files
+            let files: Vec<(&str, &[u8])> = files
                 .iter()
-                .map(|(p, b)| (p.as_path(), b.as_slice()))
+                .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
                 .collect();
-            crate::fsutil::write_all_atomic(&files, crate::fsutil::Durability::PowerLoss)
+            let durability = crate::fsutil::Durability::PowerLoss;
+            crate::fsutil::write_all_atomic_in(&dir, &files, durability)
         })
         .await;
         match written {
@@ -181,6 +189,33 @@ impl Turn<'_> {
             Err(e) => Err(ClusterError::Io(e.to_string())),
         }
     }
+}
+
+/// `<step dir>/inherited/checkpoints`, made and opened beneath the turn's
+/// runs root with cap-std: no link can lead it elsewhere. (`step_dir` is
+/// the validated `<runs root>/<task>/<run>/<step>`.)
+async fn inherited_dir(
+    request: &StepExecutionRequest,
+    step_dir: &Path,
+) -> std::io::Result<cap_std::fs::Dir> {
+    let rel = Path::new(&request.task_id)
+        .join(&request.run_id)
+        .join(&request.step_id)
+        .join(INHERITED_DIR)
+        .join("checkpoints");
+    let runs_root = step_dir
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| std::io::Error::other("the step directory has no runs root"))?
+        .to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&runs_root)?;
+        let root = cap_std::fs::Dir::open_ambient_dir(&runs_root, cap_std::ambient_authority())?;
+        root.create_dir_all(&rel)?;
+        root.open_dir(&rel)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// The seq and type of a checkpoint the host captured, when `event` says so
