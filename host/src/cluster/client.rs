@@ -102,7 +102,7 @@ impl Cluster {
         let kind = request.worker_kind.as_str();
         let id = StepIdentity::of(request);
         let payload = Bytes::from(serde_json::to_vec(request).unwrap_or_default());
-        self.check_same_request(&id, &payload).await?;
+        let first = self.check_same_request(&id, request).await?;
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload)
             .message_id(id.key());
@@ -114,21 +114,22 @@ impl Cluster {
             .map_err(|e| nats_error("queueing a step")(Box::new(e)))?
             .await
             .map_err(|e| nats_error("queueing a step")(Box::new(e)))?;
-        Ok(ack.duplicate)
+        Ok(ack.duplicate || !first)
     }
 
     /// A step submitted again must be the same request: otherwise its
-    /// submitter would follow (and be answered by) another one.
+    /// submitter would follow (and be answered by) another one. `true` for
+    /// the first submission of the step.
     async fn check_same_request(
         &self,
         id: &StepIdentity,
-        payload: &[u8],
-    ) -> Result<(), ClusterError> {
-        let digest = Bytes::from(crate::fsutil::sha256_hex(payload));
+        request: &StepExecutionRequest,
+    ) -> Result<bool, ClusterError> {
+        let digest = Bytes::from(request_digest(request));
         let store = &self.connection.submissions;
         let created = store.create(id.key(), digest.clone()).await;
         match created {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(nats_error("recording a submission")(Box::new(e))),
         }
@@ -140,13 +141,12 @@ impl Cluster {
             return Err(crate::Error::InvalidRequest {
                 field: "attempt".into(),
                 message: format!(
-                    "step {id} was already submitted with a different request; submit this one as attempt {}",
-                    id.attempt.saturating_add(1)
+                    "step {id} was already submitted with a different request; submit this one as a new attempt"
                 ),
             }
             .into());
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Every answer in the results stream, oldest first, then each new one
@@ -269,6 +269,17 @@ impl Cluster {
                 .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
         }))
     }
+}
+
+/// The digest of what a request asks a host to do: not when it was made
+/// (`createdAt`) nor where its conductor would keep records (a host uses
+/// its own runs directory), so a conductor resubmitting after a restart is
+/// recognised.
+fn request_digest(request: &StepExecutionRequest) -> String {
+    let mut request = request.clone();
+    request.created_at = None;
+    request.runtime.runs_root_dir = None;
+    crate::fsutil::sha256_hex(&serde_json::to_vec(&request).unwrap_or_default())
 }
 
 /// A request that can be queued: its kind is a subject token, its ids

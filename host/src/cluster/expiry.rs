@@ -4,20 +4,27 @@
 //! once and leaves the queue, so no conductor waits for an answer forever.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio_util::task::TaskTracker;
 
 use super::record::{self, Answer, GiveUp, Reply, ReplyError};
-use super::topology::{kind_of_subject, StepIdentity};
-use super::transport::{Delivery, Transport};
+use super::topology::{consumer_name, kind_of_subject, StepIdentity};
+use super::transport::{Delivery, Exhausted, Transport};
 use super::turn::retrying;
 use super::worker::{identity_of, Worker};
 use super::ClusterError;
 
+/// How often a step whose owner still says it runs it is looked at again.
+const RECHECK: Duration = Duration::from_secs(5);
+/// How long after the announcement a step's owner is taken to run it
+/// whatever its heartbeat says.
+const OWNER_GRACE: Duration = Duration::from_secs(15);
+
 /// Answer each step the queue gives up on, as the server announces it.
 pub(super) async fn listen(worker: Arc<Worker>) {
-    let transport = worker.transport.as_ref();
-    let mut exhausted = match transport.exhausted().await {
+    let mut exhausted = match worker.transport.exhausted().await {
         Ok(exhausted) => exhausted,
         Err(e) => {
             tracing::warn!(
@@ -26,39 +33,110 @@ pub(super) async fn listen(worker: Arc<Worker>) {
             return;
         }
     };
-    while let Some((sequence, deliveries)) = exhausted.next().await {
-        let Ok(Some((payload, subject))) = transport.queued(sequence).await else {
-            continue; // answered and gone meanwhile
-        };
-        let Some(id) = identity_of(&payload) else {
-            let _ = transport.unqueue(sequence).await;
-            continue;
-        };
-        let kind = kind_of_subject(&subject).unwrap_or_default();
-        let answered = retrying(&id, || give_up(transport, &id, &kind, sequence, deliveries)).await;
-        if answered.is_ok() {
-            tracing::warn!(step = %id, "no host finished it in {deliveries} deliveries: answered host-error");
-        }
+    let checks = TaskTracker::new();
+    while let Some(advisory) = exhausted.next().await {
+        checks.spawn(settle(worker.clone(), advisory));
     }
+    checks.close();
+    checks.wait().await;
+}
+
+/// What one announcement leads to: the step answered, or nothing (the
+/// announcement was not the queue's, or the step's host still runs it and
+/// answers it itself: looked at again until it has or falls silent).
+async fn settle(worker: Arc<Worker>, advisory: Exhausted) {
+    let transport = worker.transport.as_ref();
+    let announced = tokio::time::Instant::now();
+    for _ in 0..MAX_LOOKS {
+        // A host that held the step gets a while to say it still runs it
+        // (its heartbeats resume within seconds of a server restart).
+        let patient = announced.elapsed() < OWNER_GRACE;
+        match look(transport, &advisory, patient).await {
+            Ok(Look::Done) => return,
+            Ok(Look::OwnerRuns) => {}
+            Err(e) => tracing::warn!("a step out of deliveries: {e}; looking again"),
+        }
+        tokio::time::sleep(RECHECK).await;
+    }
+}
+
+/// At most this many looks at one announcement (a day at [`RECHECK`]).
+const MAX_LOOKS: u32 = 24 * 3600 / 5;
+
+enum Look {
+    Done,
+    OwnerRuns,
+}
+
+/// Check the announcement against the queue, then answer the step.
+async fn look(
+    transport: &dyn Transport,
+    advisory: &Exhausted,
+    patient: bool,
+) -> Result<Look, ClusterError> {
+    let Some((payload, subject)) = transport.queued(advisory.sequence).await? else {
+        return Ok(Look::Done); // answered and gone meanwhile
+    };
+    let kind = kind_of_subject(&subject).unwrap_or_default();
+    // The queue's own word: its consumer, its max-deliver, a message it
+    // delivered. Anything else is not believed (and deletes nothing).
+    let Some((max_deliver, delivered)) = transport.queue_state(&kind).await? else {
+        tracing::warn!(
+            ?advisory,
+            "ignored an announcement of a step out of deliveries for a kind no host served"
+        );
+        return Ok(Look::Done);
+    };
+    if advisory.consumer != consumer_name(&kind)
+        || advisory.deliveries < max_deliver
+        || advisory.sequence > delivered
+    {
+        tracing::warn!(
+            ?advisory,
+            "ignored an announcement of a step out of deliveries that the queue does not bear out"
+        );
+        return Ok(Look::Done);
+    }
+    let Some(id) = identity_of(&payload) else {
+        return transport
+            .unqueue(advisory.sequence)
+            .await
+            .map(|()| Look::Done);
+    };
+    let (sequence, deliveries) = (advisory.sequence, advisory.deliveries);
+    let answered = give_up(transport, &id, &kind, (sequence, deliveries), patient).await?;
+    if matches!(answered, Look::Done) {
+        tracing::warn!(step = %id, "no host finished it in {} deliveries: answered", advisory.deliveries);
+    }
+    Ok(answered)
 }
 
 /// The queue gave up on message `sequence` of step `id`: answer the step
 /// (fenced by its record's revision, so a host coming back late cannot
-/// answer too), then take the message out of the queue.
+/// answer too), then take the message out of the queue. A host that still
+/// says it runs the step (its last delivery outlived the queue's wait: a
+/// server restart lost its signs of life) is left to answer it.
 async fn give_up(
     transport: &dyn Transport,
     id: &StepIdentity,
     kind: &str,
-    sequence: u64,
-    deliveries: u64,
-) -> Result<(), ClusterError> {
+    (sequence, deliveries): (u64, u64),
+    patient: bool,
+) -> Result<Look, ClusterError> {
     for _ in 0..16 {
         let existing = match transport.record(id).await {
             Err(e @ ClusterError::Corrupt { .. }) => {
-                return answer_without_record(transport, id, sequence, &e).await
+                answer_without_record(transport, id, sequence, &e).await?;
+                return Ok(Look::Done);
             }
             existing => existing?,
         };
+        if let Some((record, _)) = &existing {
+            let open = record.reply.is_none() && !record.owner.is_empty();
+            if open && (patient || transport.host_runs(&record.owner, &id.key()).await?) {
+                return Ok(Look::OwnerRuns);
+            }
+        }
         let revision = existing.as_ref().map(|(_, revision)| *revision);
         let step = id.to_string();
         match record::give_up(existing.map(|(r, _)| r), &step, kind, sequence, deliveries) {
@@ -70,14 +148,16 @@ async fn give_up(
                     }
                 }
                 Err(e @ ClusterError::Corrupt { .. }) => {
-                    return answer_without_record(transport, id, sequence, &e).await
+                    answer_without_record(transport, id, sequence, &e).await?;
+                    return Ok(Look::Done);
                 }
                 Err(e) => return Err(e),
             },
             GiveUp::Answered(answer) => transport.publish_answer(id, &answer).await?,
             GiveUp::Duplicate => {}
         }
-        return transport.unqueue(sequence).await;
+        transport.unqueue(sequence).await?;
+        return Ok(Look::Done);
     }
     Err(ClusterError::Nats {
         doing: "answering a step no host finished",

@@ -14,13 +14,15 @@ use tokio::sync::Mutex;
 
 use super::record::{Answer, StepRecord};
 use super::topology::{self as names, StepIdentity};
-use super::transport::{Delivery, Transport};
+use super::transport::{Delivery, Exhausted, Transport};
 use super::ClusterError;
 use crate::config::ClusterSettings;
 
 /// Most bytes of a step's record (the server's default message size is
 /// 1 MiB); a larger one is refused as a permanent error.
 const MAX_RECORD_BYTES: usize = 1000 * 1024;
+/// A host whose heartbeat is older than this is not taken to be alive.
+const HOST_SILENCE_SECS: i64 = 15;
 /// See [`Connection::open`].
 const SUBSCRIPTION_CAPACITY: usize = 1024;
 /// How long answers and step records are kept.
@@ -461,7 +463,7 @@ impl Transport for NatsTransport {
             .boxed())
     }
 
-    async fn exhausted(&self) -> Result<BoxStream<'static, (u64, u64)>, ClusterError> {
+    async fn exhausted(&self) -> Result<BoxStream<'static, Exhausted>, ClusterError> {
         let subscriber = self
             .connection
             .client
@@ -474,12 +476,48 @@ impl Transport for NatsTransport {
         Ok(subscriber
             .filter_map(|message| async move {
                 let advisory: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
-                Some((
-                    advisory.get("stream_seq")?.as_u64()?,
-                    advisory.get("deliveries")?.as_u64()?,
-                ))
+                Some(Exhausted {
+                    sequence: advisory.get("stream_seq")?.as_u64()?,
+                    deliveries: advisory.get("deliveries")?.as_u64()?,
+                    consumer: advisory.get("consumer")?.as_str()?.to_owned(),
+                })
             })
             .boxed())
+    }
+
+    async fn queue_state(&self, kind: &str) -> Result<Option<(u64, u64)>, ClusterError> {
+        let info = match self
+            .connection
+            .steps
+            .consumer_info(names::consumer_name(kind))
+            .await
+        {
+            Ok(info) => info,
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(nats_error("reading a kind's queue")(boxed(e))),
+        };
+        let max_deliver = u64::try_from(info.config.max_deliver).unwrap_or(u64::MAX);
+        Ok(Some((max_deliver, info.delivered.stream_sequence)))
+    }
+
+    async fn host_runs(&self, host: &str, key: &str) -> Result<bool, ClusterError> {
+        let entry = self
+            .connection
+            .hosts
+            .entry(names::token(host))
+            .await
+            .map_err(|e| nats_error("reading a host's heartbeat")(boxed(e)))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(false);
+        };
+        let age = time::OffsetDateTime::now_utc() - entry.created;
+        let status: serde_json::Value = serde_json::from_slice(&entry.value).unwrap_or_default();
+        let listed = status["steps"]
+            .as_array()
+            .is_some_and(|steps| steps.iter().any(|s| s == key));
+        Ok(listed && age < time::Duration::seconds(HOST_SILENCE_SECS))
     }
 
     async fn queued(&self, sequence: u64) -> Result<Option<(Vec<u8>, String)>, ClusterError> {

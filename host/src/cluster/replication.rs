@@ -82,35 +82,38 @@ impl Turn<'_> {
         self.update(|r| r.with_artifact(artifact.clone())).await
     }
 
+    /// Whether this turn replicated its checkpoint `seq`.
+    pub fn replicated(&self, seq: u32) -> bool {
+        let (host, delivery) = (self.host(), self.delivery.delivered());
+        (self.record.checkpoints.iter())
+            .any(|c| c.seq == seq && c.host == host && c.delivery == delivery)
+    }
+
+    /// Whether this turn replicated its artifact `name`.
+    pub fn stored(&self, name: &str) -> bool {
+        let (host, delivery) = (self.host(), self.delivery.delivered());
+        (self.record.artifacts.iter())
+            .any(|a| a.name == name && a.host == host && a.delivery == delivery)
+    }
+
     /// Replicate what this turn's run directory holds and the step's record
     /// does not list yet: the captures and declarations whose events the
     /// step's stream skipped (a slow server made this host read it late).
     /// `false` when the step was taken over meanwhile.
     pub async fn catch_up(&mut self, run_dir: &str) -> Result<bool, ClusterError> {
-        let (host, delivery) = (self.host().to_owned(), self.delivery.delivered());
-        let ours = |h: &str, d: u64| h == host && d == delivery;
         let dir = Path::new(run_dir);
-        for (seq, kind) in checkpoints_on_disk(&dir.join("checkpoints")).await {
-            let listed = &self.record.checkpoints;
-            if listed.len() >= MAX_LISTED_CHECKPOINTS {
-                break;
-            }
-            if listed
-                .iter()
-                .any(|c| c.seq == seq && ours(&c.host, c.delivery))
-            {
-                continue;
+        let checkpoints = dir.join("checkpoints");
+        let on_disk = checkpoints_on_disk(&checkpoints, |seq| !self.replicated(seq)).await;
+        for (seq, kind) in on_disk {
+            if self.record.checkpoints.len() >= MAX_LISTED_CHECKPOINTS {
+                break; // the record lists no more
             }
             if !self.replicate(run_dir, seq, &kind).await? {
                 return Ok(false);
             }
         }
         for name in artifacts_on_disk(&dir.join("artifacts")).await {
-            let listed = &self.record.artifacts;
-            if listed
-                .iter()
-                .any(|a| a.name == name && ours(&a.host, a.delivery))
-            {
+            if self.stored(&name) {
                 continue;
             }
             if !self.replicate_artifact(run_dir, &name).await? {
@@ -248,15 +251,16 @@ pub(super) fn declared_artifact(event: &StepEvent) -> Option<String> {
     Some(name.to_owned())
 }
 
-/// The checkpoints a run directory's `checkpoints/` holds (seq, type), in
-/// order: each record file names its type.
-async fn checkpoints_on_disk(dir: &Path) -> Vec<(u32, String)> {
+/// The checkpoints a run directory's `checkpoints/` holds (seq, type) of
+/// the numbers `wanted`, in order: each record file names its type.
+async fn checkpoints_on_disk(dir: &Path, wanted: impl Fn(u32) -> bool) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     for name in file_names(dir).await {
         let Some(seq) = name
             .strip_suffix(".json")
             .filter(|s| s.len() == 6)
             .and_then(|s| s.parse::<u32>().ok())
+            .filter(|seq| wanted(*seq))
         else {
             continue;
         };
@@ -327,10 +331,20 @@ async fn read_capped(path: &Path, limit: usize) -> Result<Vec<u8>, ReadError> {
     use tokio::io::AsyncReadExt;
     let failed =
         |e: std::io::Error| ReadError::Failed(ClusterError::Io(format!("{}: {e}", path.display())));
+    // Never through a link, never blocking on a FIFO; then only a regular
+    // file with no other name (what the host itself writes).
     let opened = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path);
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|file| {
+            use std::os::unix::fs::MetadataExt;
+            let meta = file.metadata()?;
+            if !meta.file_type().is_file() || meta.nlink() != 1 {
+                return Err(std::io::Error::other("not a file this host wrote"));
+            }
+            Ok(file)
+        });
     let file = match opened {
         Ok(file) => tokio::fs::File::from_std(file),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -376,11 +390,17 @@ mod tests {
         write(artifacts.join("notes.txt"), "hello");
         write(artifacts.join(".notes.txt.tmp-1"), "hel");
         assert_eq!(
-            checkpoints_on_disk(&checkpoints).await,
+            checkpoints_on_disk(&checkpoints, |_| true).await,
             [(1, "summary".to_owned()), (2, "git_diff".to_owned())]
         );
+        assert_eq!(
+            checkpoints_on_disk(&checkpoints, |seq| seq != 1).await,
+            [(2, "git_diff".to_owned())]
+        );
         assert_eq!(artifacts_on_disk(&artifacts).await, ["notes.txt"]);
-        assert!(checkpoints_on_disk(&run.join("missing")).await.is_empty());
+        assert!(checkpoints_on_disk(&run.join("missing"), |_| true)
+            .await
+            .is_empty());
         std::fs::remove_dir_all(&run).unwrap();
     }
 }

@@ -66,10 +66,19 @@ pub trait Transport: Send + Sync + 'static {
     /// The keys of steps whose cancellation is asked for from now on.
     async fn cancellations(&self) -> Result<BoxStream<'static, String>, ClusterError>;
 
-    /// Messages of the steps queue that the queue stopped delivering
-    /// (`max-deliver` reached): their sequence and deliveries. Each is told
-    /// to one of the hosts listening.
-    async fn exhausted(&self) -> Result<BoxStream<'static, (u64, u64)>, ClusterError>;
+    /// Messages of the steps queue that the queue says it stopped
+    /// delivering (`max-deliver` reached). Each is told to one of the hosts
+    /// listening; anyone who may publish the announcement can forge one.
+    async fn exhausted(&self) -> Result<BoxStream<'static, Exhausted>, ClusterError>;
+
+    /// The queue of `kind` as its consumer sees it: the most deliveries it
+    /// makes of a message, and the last queue sequence it delivered (`None`
+    /// when no host ever served the kind).
+    async fn queue_state(&self, kind: &str) -> Result<Option<(u64, u64)>, ClusterError>;
+
+    /// Whether `host` said in its last heartbeat, recently, that it runs
+    /// step `key`.
+    async fn host_runs(&self, host: &str, key: &str) -> Result<bool, ClusterError>;
 
     /// A message still in the steps queue: its payload and subject.
     async fn queued(&self, sequence: u64) -> Result<Option<(Vec<u8>, String)>, ClusterError>;
@@ -80,6 +89,18 @@ pub trait Transport: Send + Sync + 'static {
     /// Tell the cluster this host is alive, what it serves and how busy it
     /// is (`status`: a JSON document: host, pid, kinds, capacity, running).
     async fn heartbeat(&self, host: &str, status: &serde_json::Value);
+}
+
+/// The server's announcement that a steps consumer stopped delivering a
+/// message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exhausted {
+    /// The message's place in the steps queue.
+    pub sequence: u64,
+    /// The deliveries made.
+    pub deliveries: u64,
+    /// The consumer that gave up (`steps-<kind>`).
+    pub consumer: String,
 }
 
 /// One delivery of a queued step to this host.

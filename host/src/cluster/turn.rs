@@ -269,7 +269,9 @@ impl Turn<'_> {
                 self.catch_up_or_stop(&run_dir, token).await;
             }
             last_seq = event.seq;
-            if let Some((seq, kind)) = super::replication::captured_checkpoint(&event) {
+            let captured = super::replication::captured_checkpoint(&event);
+            // Caught up already (its event read after a gap): not again.
+            if let Some((seq, kind)) = captured.filter(|(seq, _)| !self.replicated(*seq)) {
                 match self.replicate(&run_dir, seq, &kind).await {
                     Ok(true) => {}
                     Ok(false) => token.cancel(), // taken over: stop working for nothing
@@ -278,7 +280,8 @@ impl Turn<'_> {
                     }
                 }
             }
-            if let Some(name) = super::replication::declared_artifact(&event) {
+            let declared = super::replication::declared_artifact(&event);
+            if let Some(name) = declared.filter(|name| !self.stored(name)) {
                 match self.replicate_artifact(&run_dir, &name).await {
                     Ok(true) => {}
                     Ok(false) => token.cancel(),
@@ -347,7 +350,13 @@ impl Turn<'_> {
         let (transport, delivery) = (self.transport(), &self.delivery);
         let published = retrying(self.id, || async {
             transport.publish_answer(self.id, &answer).await?;
-            delivery.ack().await
+            delivery.ack().await?;
+            // The queue's last delivery may have outlived its wait (the
+            // queue then keeps the message): take it out.
+            if delivery.delivered() >= delivery.max_deliver() {
+                transport.unqueue(delivery.sequence()).await?;
+            }
+            Ok(())
         })
         .await;
         if published.is_err() {

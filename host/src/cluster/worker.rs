@@ -164,6 +164,13 @@ impl Worker {
         slot
     }
 
+    /// The keys of the steps running here.
+    fn running_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.lock_running().keys().map(|(k, _)| k.clone()).collect();
+        keys.dedup();
+        keys
+    }
+
     /// Whether this process runs `id`'s delivery `delivery` now.
     pub(super) fn is_running(&self, id: &StepIdentity, delivery: u64) -> bool {
         self.lock_running().contains_key(&(id.key(), delivery))
@@ -216,6 +223,7 @@ impl Worker {
                 "kinds": kinds,
                 "capacity": capacity,
                 "running": self.lock_running().len(),
+                "steps": self.running_keys(),
                 "since": since,
                 "seenAt": now_rfc3339(),
             });

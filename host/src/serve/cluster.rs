@@ -93,6 +93,7 @@ pub(super) async fn forward(
             sent = outbox.send(message) => sent.is_ok(),
             () = cancel.cancelled(), if deadline.is_none() => true,
             () = closing.cancelled() => false,
+            () = sleep_until(deadline) => true, // the loop reports it
         };
         if !sent {
             if owned && deadline.is_none() {

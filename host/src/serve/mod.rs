@@ -175,14 +175,19 @@ async fn connection(backend: Backend, stream: UnixStream, stop: CancellationToke
             }
         }
     }
+    let outbox = session.outbox.downgrade();
     let closing = session.close();
     tokio::pin!(closing);
-    tokio::select! {
-        () = &mut closing => {}
-        () = tokio::time::sleep(WRITE_GRACE) => {
-            // A client that stopped reading: let the steps' messages fail.
-            writer.abort();
-            closing.await;
+    loop {
+        tokio::select! {
+            () = &mut closing => break,
+            () = tokio::time::sleep(WRITE_GRACE) => {
+                // A client that stopped reading (its messages queue up and
+                // none leaves): let the steps' messages fail.
+                if outbox.upgrade().is_some_and(|o| o.capacity() == 0) {
+                    writer.abort();
+                }
+            }
         }
     }
     let _ = writer.await;

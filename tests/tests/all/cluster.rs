@@ -508,8 +508,8 @@ async fn a_step_no_delivery_finishes_is_answered_when_the_queue_gives_up() {
     ];
     let cluster = Cluster::connect(&server.url()).await.unwrap();
     let marker = format!("35.{}", std::process::id());
-    let request = request(&sandbox, "doomed", &format!("echo started; sleep {marker}"));
-    let mut step = cluster.start(&request).await.unwrap();
+    let doomed = request(&sandbox, "doomed", &format!("echo started; sleep {marker}"));
+    let mut step = cluster.start(&doomed).await.unwrap();
     let running_on = loop {
         let event = step.next_event().await.unwrap().expect("the step starts");
         if let baa_runner::StepEventBody::Output { bytes, .. } = &event.event.body {
@@ -544,6 +544,43 @@ async fn a_step_no_delivery_finishes_is_answered_when_the_queue_gives_up() {
         processes_with(&marker).is_empty(),
         "the killed host's step went with it"
     );
+
+    // An announcement the queue does not bear out (a step no host served,
+    // so never delivered) is not believed: the step stays queued.
+    let mut unserved = request(&sandbox, "waits-for-a-host", "true");
+    unserved.worker_kind = baa_runner::contracts::WorkerKind::new("nobody-serves").unwrap();
+    cluster.submit(&unserved).await.unwrap();
+    let mut steps = cluster.connection().steps.clone();
+    let sequence = steps.info().await.unwrap().state.last_sequence;
+    for consumer in ["steps-nobody-serves", "steps-shell"] {
+        let forged =
+            serde_json::json!({ "stream_seq": sequence, "deliveries": 8, "consumer": consumer });
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.BAA_STEPS.{consumer}");
+        cluster
+            .connection()
+            .client
+            .publish(subject, forged.to_string().into())
+            .await
+            .unwrap();
+    }
+    cluster.connection().client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        queued(&cluster).await,
+        1,
+        "a forged announcement took a step out of the queue"
+    );
+    assert_eq!(
+        answers_in_stream(&cluster).await,
+        1,
+        "a forged announcement answered a step"
+    );
+    cluster
+        .connection()
+        .steps
+        .delete_message(sequence)
+        .await
+        .unwrap();
 
     // A record no host wrote: the step is answered, never run.
     let forged = request_with_id(&sandbox, "forged-record");
