@@ -234,6 +234,7 @@ impl Cluster {
                 // No host ever served the kind: everything queued waits.
                 Err(_) => (queue.queued, 0, 0),
             };
+            queue.out_of_deliveries = queue.queued.saturating_sub(queue.waiting + queue.running);
         }
         let oldest_queued_at = (state.messages > 0)
             .then(|| {
@@ -338,6 +339,9 @@ pub struct KindQueue {
     pub running: u64,
     /// Delivered more than once (a host died, stalled or gave it back).
     pub redelivered: u64,
+    /// In the queue but neither waiting nor running: the queue stopped
+    /// delivering them and no host has answered them yet.
+    pub out_of_deliveries: u64,
     /// The live hosts that serve it.
     pub hosts: Vec<String>,
 }
@@ -350,6 +354,7 @@ impl KindQueue {
             waiting: 0,
             running: 0,
             redelivered: 0,
+            out_of_deliveries: 0,
             hosts: Vec::new(),
         }
     }

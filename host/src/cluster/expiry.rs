@@ -41,6 +41,65 @@ pub(super) async fn listen(worker: Arc<Worker>) {
     checks.wait().await;
 }
 
+/// How often a host looks for steps out of deliveries that no announcement
+/// reached (made while no host listened).
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// Answer the steps of `kinds` that the queue stopped delivering without
+/// an announcement any host heard: a while after this host starts, then
+/// every few minutes.
+pub(super) async fn sweep(worker: Arc<Worker>, kinds: Vec<String>) {
+    tokio::time::sleep(OWNER_GRACE).await;
+    loop {
+        for kind in &kinds {
+            if let Err(e) = sweep_kind(worker.transport.as_ref(), kind).await {
+                tracing::warn!(%kind, "looking for steps out of deliveries: {e}");
+            }
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
+/// One kind's queue: a step whose last delivery its record shows taken,
+/// by a host that does not say it runs it (looked at twice, a grace
+/// apart), is given up; one answered already leaves the queue.
+async fn sweep_kind(transport: &dyn Transport, kind: &str) -> Result<(), ClusterError> {
+    if transport.out_of_deliveries(kind).await? == 0 {
+        return Ok(());
+    }
+    let Some((max_deliver, delivered)) = transport.queue_state(kind).await? else {
+        return Ok(());
+    };
+    let mut candidates = Vec::new();
+    let mut from = 1;
+    while let Some((sequence, payload)) = transport.next_queued(kind, from).await? {
+        if sequence > delivered {
+            break; // not delivered yet: waiting, not out of deliveries
+        }
+        from = sequence + 1;
+        let Some(id) = identity_of(&payload) else {
+            continue;
+        };
+        let Ok(Some((record, _))) = transport.record(&id).await else {
+            continue;
+        };
+        let last_taken = record.sequence == sequence && record.delivery >= max_deliver;
+        if record.reply.is_some() || last_taken {
+            candidates.push((id, sequence, record.delivery));
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    tokio::time::sleep(OWNER_GRACE).await;
+    for (id, sequence, deliveries) in candidates {
+        if let Look::Done = give_up(transport, &id, kind, (sequence, deliveries), false).await? {
+            tracing::warn!(step = %id, "out of deliveries, unannounced: answered");
+        }
+    }
+    Ok(())
+}
+
 /// What one announcement leads to: the step answered, or nothing (the
 /// announcement was not the queue's, or the step's host still runs it and
 /// answers it itself: looked at again until it has or falls silent).

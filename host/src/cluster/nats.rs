@@ -502,6 +502,45 @@ impl Transport for NatsTransport {
         Ok(Some((max_deliver, info.delivered.stream_sequence)))
     }
 
+    async fn next_queued(
+        &self,
+        kind: &str,
+        from: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, ClusterError> {
+        let next = self
+            .connection
+            .steps
+            .raw_message_builder()
+            .sequence(from.max(1))
+            .next_by_subject(names::steps_subject(kind))
+            .send()
+            .await;
+        match next {
+            Ok(message) => Ok(Some((message.sequence, message.payload.to_vec()))),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(nats_error("reading the queue")(boxed(e))),
+        }
+    }
+
+    async fn out_of_deliveries(&self, kind: &str) -> Result<u64, ClusterError> {
+        let subject = names::steps_subject(kind);
+        let mut counts = (self.connection.steps)
+            .info_with_subjects(&subject)
+            .await
+            .map_err(|e| nats_error("reading the queue")(boxed(e)))?;
+        let mut queued = 0;
+        while let Some(Ok((_, count))) = counts.next().await {
+            queued += count as u64;
+        }
+        let info = self
+            .connection
+            .steps
+            .consumer_info(names::consumer_name(kind))
+            .await
+            .map_err(|e| nats_error("reading a kind's queue")(boxed(e)))?;
+        Ok(queued.saturating_sub(info.num_pending + info.num_ack_pending as u64))
+    }
+
     async fn host_runs(&self, host: &str, key: &str) -> Result<bool, ClusterError> {
         let entry = self
             .connection

@@ -76,6 +76,18 @@ pub trait Transport: Send + Sync + 'static {
     /// when no host ever served the kind).
     async fn queue_state(&self, kind: &str) -> Result<Option<(u64, u64)>, ClusterError>;
 
+    /// The first message queued for `kind` at or after queue sequence
+    /// `from`: its sequence and payload.
+    async fn next_queued(
+        &self,
+        kind: &str,
+        from: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>, ClusterError>;
+
+    /// Messages queued for `kind` that its consumer neither waits to
+    /// deliver nor awaits an answer for: the queue stopped delivering them.
+    async fn out_of_deliveries(&self, kind: &str) -> Result<u64, ClusterError>;
+
     /// Whether `host` said in its last heartbeat, recently, that it runs
     /// step `key`.
     async fn host_runs(&self, host: &str, key: &str) -> Result<bool, ClusterError>;

@@ -131,6 +131,7 @@ impl Worker {
         };
         let heartbeat = tokio::spawn(self.clone().heartbeats(kinds.clone()));
         let expiries = tokio::spawn(super::expiry::listen(self.clone()));
+        let sweeps = tokio::spawn(super::expiry::sweep(self.clone(), kinds.clone()));
         tracing::info!(host = %self.host, ?kinds, "serving");
         let pullers = TaskTracker::new();
         for kind in kinds {
@@ -144,6 +145,7 @@ impl Worker {
         listener.abort();
         heartbeat.abort();
         expiries.abort();
+        sweeps.abort();
         Ok(())
     }
 

@@ -608,6 +608,53 @@ async fn a_step_no_delivery_finishes_is_answered_when_the_queue_gives_up() {
     .await;
 }
 
+/// The only host dies holding the step's last delivery, so no host hears
+/// the queue give up on it: a host that starts later answers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_whose_only_host_died_is_answered_by_the_next_host_to_start() {
+    let sandbox = Sandbox::new();
+    let server = NatsServer::start(&sandbox.dir.path().join("js"));
+    let config = worker_config(&sandbox, "alone", 1, "");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("max-deliver = 1\n");
+    std::fs::write(&config, toml).unwrap();
+    let binary = built_binary("baa-runner");
+    let mut alone = WorkerProcess::start(&binary, &server.url(), "alone", &config, &[]);
+    let cluster = Cluster::connect(&server.url()).await.unwrap();
+    let marker = format!("36.{}", std::process::id());
+    let lonely = request(&sandbox, "lonely", &format!("echo started; sleep {marker}"));
+    let mut step = cluster.start(&lonely).await.unwrap();
+    while let Some(event) = step.next_event().await.unwrap() {
+        if matches!(&event.event.body, baa_runner::StepEventBody::Output { bytes, .. } if bytes.starts_with(b"started"))
+        {
+            break;
+        }
+    }
+    alone.child.kill().unwrap();
+    alone.child.wait().unwrap();
+    // Its one delivery expires with no host listening.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let next = WorkerProcess::start(&binary, &server.url(), "next", &config, &[]);
+    let answer = tokio::time::timeout(Duration::from_secs(90), step.answer())
+        .await
+        .expect("answered once a host is back")
+        .unwrap();
+    let Reply::Error(error) = &answer.reply else {
+        panic!("no host finished it, yet: {answer:?}");
+    };
+    assert_eq!(error.kind, "host-error");
+    assert_eq!(turns(&answer), [("alone", Some(RunEnd::Expired))]);
+    until("the message leaves the queue", async || {
+        queued(&cluster).await == 0
+    })
+    .await;
+    // By its sweep of the queue: the server's announcement went unheard.
+    until("the sweep says so", async || {
+        next.logged("unannounced: answered")
+    })
+    .await;
+}
+
 fn request_with_id(sandbox: &Sandbox, step: &str) -> StepExecutionRequest {
     request(sandbox, step, "echo never")
 }

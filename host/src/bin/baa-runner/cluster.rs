@@ -218,8 +218,12 @@ pub fn status(nats: Option<&str>, settings: &ClusterSettings, json: bool) -> any
             0 => "NO HOST SERVES IT".to_owned(),
             _ => format!("served by {}", kind.hosts.join(", ")),
         };
+        let stuck = match kind.out_of_deliveries {
+            0 => String::new(),
+            n => format!(" out of deliveries {n} (unanswered: restart a worker to answer them)"),
+        };
         println!(
-            "  {:<16} waiting {:<5} running {:<5} redelivered {:<5} {served}",
+            "  {:<16} waiting {:<5} running {:<5} redelivered {:<5} {served}{stuck}",
             kind.kind, kind.waiting, kind.running, kind.redelivered
         );
     }
