@@ -10,7 +10,7 @@ use std::time::Duration;
 use baa_runner::cluster::{Answer, Cluster, Reply, RunEnd, StepIdentity};
 use baa_runner::contracts::StepExecutionRequest;
 use baa_runner_tests::nats::{NatsServer, WorkerProcess};
-use baa_runner_tests::{processes_with, Reaped, Sandbox};
+use baa_runner_tests::{processes_in, processes_with, Reaped, Sandbox};
 use serde_json::Value;
 
 use crate::{assert_exit, built_binary, cli, probe_config_file};
@@ -802,6 +802,13 @@ async fn serve_with_nats_queues_steps_in_the_cluster_over_the_same_protocol() {
                         output.push_str(text);
                     }
                     if id == "slow" && text.contains("working") {
+                        // Its process works in the sandbox (what the chaos
+                        // test's last check looks for).
+                        let sandbox_dir = sandbox.dir.path();
+                        until("the step's sleep runs", async || {
+                            !processes_in(sandbox_dir).is_empty()
+                        })
+                        .await;
                         send(&mut write, &json!({ "op": "cancel", "id": "slow" })).await;
                     }
                 }
@@ -823,6 +830,8 @@ async fn serve_with_nats_queues_steps_in_the_cluster_over_the_same_protocol() {
         processes_with(&marker).is_empty(),
         "the cancelled step's process is gone"
     );
+    let left = processes_in(sandbox.dir.path());
+    assert!(left.is_empty(), "{left:?}");
     assert_eq!(errors["bad"]["kind"], "invalid-request");
     assert_eq!(errors["bad"]["field"], "timeoutSec");
     assert_eq!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use baa_runner::cluster::{Answer, Cluster, Reply, RunEnd};
 use baa_runner::contracts::StepExecutionRequest;
 use baa_runner_tests::nats::{NatsServer, WorkerProcess};
-use baa_runner_tests::{processes_with, Sandbox};
+use baa_runner_tests::{processes_in, processes_with, Sandbox};
 use serde_json::Value;
 
 use crate::{built_binary, probe_config_file};
@@ -190,4 +190,7 @@ async fn every_step_is_answered_once_through_a_killed_host_a_paused_host_and_a_s
         "{:?}",
         processes_with(&marker)
     );
+    // Nor any process at all working in this test's repository or runs.
+    let left = processes_in(sandbox.dir.path());
+    assert!(left.is_empty(), "{left:?}");
 }
