@@ -97,16 +97,29 @@ pub fn write_all_atomic_in(
             if sync {
                 file.sync_all()?;
             }
-            dir.rename(&tmp, dir, name)
+            dir.rename(&tmp, dir, name)?;
+            // Each in place before the next: a later file never stands
+            // without an earlier one (a record without its payload).
+            if sync {
+                sync_dir_in(dir)?;
+            }
+            Ok(())
         })();
         if let Err(e) = written {
             let _ = dir.remove_file(&tmp);
             return Err(e);
         }
     }
-    if sync {
-        dir.try_clone()?.into_std_file().sync_all()?;
-    }
+    Ok(())
+}
+
+/// fsync `dir` itself (a cap-std Dir is an `O_PATH` descriptor, which
+/// cannot be synced: the directory is opened again, read-only, beneath it).
+fn sync_dir_in(dir: &cap_std::fs::Dir) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let me = rustix::fs::openat(dir, ".", flags, Mode::empty())?;
+    rustix::fs::fsync(&me)?;
     Ok(())
 }
 
@@ -305,4 +318,27 @@ pub fn new_temp_dir(prefix: &str) -> std::io::Result<std::path::PathBuf> {
 /// A path as a display string for records.
 pub fn display(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn files_are_written_beneath_a_dir_durably_and_never_through_a_link() {
+        let path = std::env::temp_dir().join(format!("baa-write-in-{}", std::process::id()));
+        fs::create_dir_all(&path).unwrap();
+        let dir = cap_std::fs::Dir::open_ambient_dir(&path, cap_std::ambient_authority()).unwrap();
+        let files: [(&str, &[u8]); 2] = [("a.payload", b"payload"), ("a.json", b"{}")];
+        write_all_atomic_in(&dir, &files, Durability::PowerLoss).unwrap();
+        assert_eq!(fs::read(path.join("a.payload")).unwrap(), b"payload");
+        // A name that is a link is replaced, its target untouched.
+        let target = path.join("target");
+        fs::write(&target, "kept").unwrap();
+        std::os::unix::fs::symlink(&target, path.join("b.json")).unwrap();
+        write_all_atomic_in(&dir, &[("b.json", b"new")], Durability::PowerLoss).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "kept");
+        assert_eq!(fs::read(path.join("b.json")).unwrap(), b"new");
+        fs::remove_dir_all(&path).unwrap();
+    }
 }

@@ -3,7 +3,8 @@
 //! their record cannot be read or written. Each is answered `host-error`
 //! once and leaves the queue, so no conductor waits for an answer forever.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,32 +19,155 @@ use super::ClusterError;
 
 /// How often a step whose owner still says it runs it is looked at again.
 const RECHECK: Duration = Duration::from_secs(5);
-/// How long after the announcement a step's owner is taken to run it
-/// whatever its heartbeat says.
+/// How long a host that held a step has to show, by a new heartbeat that
+/// lists it, that it still runs it (heartbeats come every 5 s).
 const OWNER_GRACE: Duration = Duration::from_secs(15);
+/// How often a host looks for steps out of deliveries that no announcement
+/// reached (made while no host listened).
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// Most announcements a host looks into at once; more are left to the
+/// sweeps (a flood of forged ones costs nothing more).
+const MAX_SETTLING: usize = 256;
+/// At most this many looks at one announcement (a day at [`RECHECK`]).
+const MAX_LOOKS: u32 = 24 * 3600 / 5;
+
+/// Whether a step's owner still runs it, judged without clocks: within the
+/// grace it may; after it, only a heartbeat newer than the one seen when
+/// the last grace began, listing the step, says it does.
+struct OwnerWatch {
+    since: tokio::time::Instant,
+    seen: Option<u64>,
+    sampled: bool,
+}
+
+impl OwnerWatch {
+    fn new() -> Self {
+        OwnerWatch {
+            since: tokio::time::Instant::now(),
+            seen: None,
+            sampled: false,
+        }
+    }
+
+    async fn runs(
+        &mut self,
+        transport: &dyn Transport,
+        host: &str,
+        key: &str,
+    ) -> Result<bool, ClusterError> {
+        let beat = transport.heartbeat_of(host, key).await?;
+        let revision = beat.map(|(revision, _)| revision);
+        if !self.sampled {
+            (self.seen, self.sampled) = (revision, true);
+        }
+        if self.since.elapsed() < OWNER_GRACE {
+            return Ok(true);
+        }
+        let fresh = matches!(beat, Some((r, true)) if Some(r) != self.seen);
+        if fresh {
+            // It runs it: the next verdict needs a heartbeat newer still.
+            (self.seen, self.since) = (revision, tokio::time::Instant::now());
+        }
+        Ok(fresh)
+    }
+}
 
 /// Answer each step the queue gives up on, as the server announces it.
 pub(super) async fn listen(worker: Arc<Worker>) {
     let mut exhausted = match worker.transport.exhausted().await {
         Ok(exhausted) => exhausted,
         Err(e) => {
-            tracing::warn!(
-                "{e}: steps that exhaust their deliveries are not answered by this host"
-            );
+            tracing::warn!("{e}: steps that exhaust their deliveries are answered only by the sweeps of this host");
             return;
         }
     };
     let checks = TaskTracker::new();
+    let settling = Arc::new(Mutex::new(HashSet::new()));
     while let Some(advisory) = exhausted.next().await {
-        checks.spawn(settle(worker.clone(), advisory));
+        {
+            let mut set = settling.lock().unwrap_or_else(|p| p.into_inner());
+            if set.len() >= MAX_SETTLING || !set.insert(advisory.sequence) {
+                continue; // looked into already, or too many at once
+            }
+        }
+        let (worker, settling) = (worker.clone(), settling.clone());
+        checks.spawn(async move {
+            settle(worker.transport.as_ref(), &advisory).await;
+            let mut set = settling.lock().unwrap_or_else(|p| p.into_inner());
+            set.remove(&advisory.sequence);
+        });
     }
     checks.close();
     checks.wait().await;
 }
 
-/// How often a host looks for steps out of deliveries that no announcement
-/// reached (made while no host listened).
-const SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// What one announcement leads to: the step answered, or nothing (the
+/// announcement was not the queue's, or the step's host still runs it and
+/// answers it itself: looked at again until it has or falls silent).
+async fn settle(transport: &dyn Transport, advisory: &Exhausted) {
+    let mut watch = OwnerWatch::new();
+    for _ in 0..MAX_LOOKS {
+        match look(transport, advisory, &mut watch).await {
+            Ok(Look::Done) => return,
+            Ok(Look::OwnerRuns) => {}
+            Err(e) => tracing::warn!("a step out of deliveries: {e}; looking again"),
+        }
+        tokio::time::sleep(RECHECK).await;
+    }
+    tracing::warn!(?advisory, "stopped looking at a step out of deliveries whose host still runs it after a day; the sweeps go on");
+}
+
+enum Look {
+    Done,
+    OwnerRuns,
+}
+
+/// Check the announcement against the queue, then answer the step.
+async fn look(
+    transport: &dyn Transport,
+    advisory: &Exhausted,
+    watch: &mut OwnerWatch,
+) -> Result<Look, ClusterError> {
+    let Some((payload, subject)) = transport.queued(advisory.sequence).await? else {
+        return Ok(Look::Done); // answered and gone meanwhile
+    };
+    let kind = kind_of_subject(&subject).unwrap_or_default();
+    // The queue's own word: its consumer, its max-deliver, a message it
+    // delivered. Anything else is not believed (and deletes nothing).
+    let Some((max_deliver, delivered)) = transport.queue_state(&kind).await? else {
+        return Ok(not_believed(advisory));
+    };
+    if advisory.consumer != consumer_name(&kind)
+        || advisory.deliveries < max_deliver
+        || advisory.sequence > delivered
+    {
+        return Ok(not_believed(advisory));
+    }
+    let Some(id) = identity_of(&payload) else {
+        return transport
+            .unqueue(advisory.sequence)
+            .await
+            .map(|()| Look::Done);
+    };
+    let out = Out {
+        kind: &kind,
+        sequence: advisory.sequence,
+        max_deliver,
+    };
+    let answered = give_up(transport, &id, &out, watch).await?;
+    if matches!(answered, Look::Done) {
+        tracing::warn!(step = %id, "no host finished it in {} deliveries: answered", advisory.deliveries);
+    }
+    Ok(answered)
+}
+
+fn not_believed(advisory: &Exhausted) -> Look {
+    tracing::warn!(
+        ?advisory,
+        "ignored an announcement of a step out of deliveries that the queue does not bear out"
+    );
+    Look::Done
+}
 
 /// Answer the steps of `kinds` that the queue stopped delivering without
 /// an announcement any host heard: a while after this host starts, then
@@ -53,16 +177,16 @@ pub(super) async fn sweep(worker: Arc<Worker>, kinds: Vec<String>) {
     loop {
         for kind in &kinds {
             if let Err(e) = sweep_kind(worker.transport.as_ref(), kind).await {
-                tracing::warn!(%kind, "looking for steps out of deliveries: {e}");
+                tracing::warn!(%kind, "looking for steps out of deliveries: {e}; the next sweep tries again");
             }
         }
         tokio::time::sleep(SWEEP_EVERY).await;
     }
 }
 
-/// One kind's queue: a step whose last delivery its record shows taken,
-/// by a host that does not say it runs it (looked at twice, a grace
-/// apart), is given up; one answered already leaves the queue.
+/// One kind's queue: a step whose record shows its last delivery taken, by
+/// a host that has not shown since that it still runs it, is given up; one
+/// answered already leaves the queue.
 async fn sweep_kind(transport: &dyn Transport, kind: &str) -> Result<(), ClusterError> {
     if transport.out_of_deliveries(kind).await? == 0 {
         return Ok(());
@@ -85,103 +209,50 @@ async fn sweep_kind(transport: &dyn Transport, kind: &str) -> Result<(), Cluster
         };
         let last_taken = record.sequence == sequence && record.delivery >= max_deliver;
         if record.reply.is_some() || last_taken {
-            candidates.push((id, sequence, record.delivery));
+            let mut watch = OwnerWatch::new();
+            if !record.owner.is_empty() {
+                watch.runs(transport, &record.owner, &id.key()).await?;
+            }
+            candidates.push((id, sequence, watch));
         }
     }
     if candidates.is_empty() {
         return Ok(());
     }
     tokio::time::sleep(OWNER_GRACE).await;
-    for (id, sequence, deliveries) in candidates {
-        if let Look::Done = give_up(transport, &id, kind, (sequence, deliveries), false).await? {
+    for (id, sequence, mut watch) in candidates {
+        let out = Out {
+            kind,
+            sequence,
+            max_deliver,
+        };
+        if let Look::Done = give_up(transport, &id, &out, &mut watch).await? {
             tracing::warn!(step = %id, "out of deliveries, unannounced: answered");
         }
     }
     Ok(())
 }
 
-/// What one announcement leads to: the step answered, or nothing (the
-/// announcement was not the queue's, or the step's host still runs it and
-/// answers it itself: looked at again until it has or falls silent).
-async fn settle(worker: Arc<Worker>, advisory: Exhausted) {
-    let transport = worker.transport.as_ref();
-    let announced = tokio::time::Instant::now();
-    for _ in 0..MAX_LOOKS {
-        // A host that held the step gets a while to say it still runs it
-        // (its heartbeats resume within seconds of a server restart).
-        let patient = announced.elapsed() < OWNER_GRACE;
-        match look(transport, &advisory, patient).await {
-            Ok(Look::Done) => return,
-            Ok(Look::OwnerRuns) => {}
-            Err(e) => tracing::warn!("a step out of deliveries: {e}; looking again"),
-        }
-        tokio::time::sleep(RECHECK).await;
-    }
+/// A queue message out of deliveries.
+struct Out<'a> {
+    kind: &'a str,
+    sequence: u64,
+    max_deliver: u64,
 }
 
-/// At most this many looks at one announcement (a day at [`RECHECK`]).
-const MAX_LOOKS: u32 = 24 * 3600 / 5;
-
-enum Look {
-    Done,
-    OwnerRuns,
-}
-
-/// Check the announcement against the queue, then answer the step.
-async fn look(
-    transport: &dyn Transport,
-    advisory: &Exhausted,
-    patient: bool,
-) -> Result<Look, ClusterError> {
-    let Some((payload, subject)) = transport.queued(advisory.sequence).await? else {
-        return Ok(Look::Done); // answered and gone meanwhile
-    };
-    let kind = kind_of_subject(&subject).unwrap_or_default();
-    // The queue's own word: its consumer, its max-deliver, a message it
-    // delivered. Anything else is not believed (and deletes nothing).
-    let Some((max_deliver, delivered)) = transport.queue_state(&kind).await? else {
-        tracing::warn!(
-            ?advisory,
-            "ignored an announcement of a step out of deliveries for a kind no host served"
-        );
-        return Ok(Look::Done);
-    };
-    if advisory.consumer != consumer_name(&kind)
-        || advisory.deliveries < max_deliver
-        || advisory.sequence > delivered
-    {
-        tracing::warn!(
-            ?advisory,
-            "ignored an announcement of a step out of deliveries that the queue does not bear out"
-        );
-        return Ok(Look::Done);
-    }
-    let Some(id) = identity_of(&payload) else {
-        return transport
-            .unqueue(advisory.sequence)
-            .await
-            .map(|()| Look::Done);
-    };
-    let (sequence, deliveries) = (advisory.sequence, advisory.deliveries);
-    let answered = give_up(transport, &id, &kind, (sequence, deliveries), patient).await?;
-    if matches!(answered, Look::Done) {
-        tracing::warn!(step = %id, "no host finished it in {} deliveries: answered", advisory.deliveries);
-    }
-    Ok(answered)
-}
-
-/// The queue gave up on message `sequence` of step `id`: answer the step
+/// The queue gave up on message `out` of step `id`: answer the step
 /// (fenced by its record's revision, so a host coming back late cannot
-/// answer too), then take the message out of the queue. A host that still
-/// says it runs the step (its last delivery outlived the queue's wait: a
-/// server restart lost its signs of life) is left to answer it.
+/// answer too), then take the message out of the queue. Only a step on its
+/// last delivery is given up, and not while its host shows it still runs it
+/// (its last delivery outlived the queue's wait through a server restart:
+/// it answers itself).
 async fn give_up(
     transport: &dyn Transport,
     id: &StepIdentity,
-    kind: &str,
-    (sequence, deliveries): (u64, u64),
-    patient: bool,
+    out: &Out<'_>,
+    watch: &mut OwnerWatch,
 ) -> Result<Look, ClusterError> {
+    let sequence = out.sequence;
     for _ in 0..16 {
         let existing = match transport.record(id).await {
             Err(e @ ClusterError::Corrupt { .. }) => {
@@ -190,15 +261,31 @@ async fn give_up(
             }
             existing => existing?,
         };
-        if let Some((record, _)) = &existing {
-            let open = record.reply.is_none() && !record.owner.is_empty();
-            if open && (patient || transport.host_runs(&record.owner, &id.key()).await?) {
-                return Ok(Look::OwnerRuns);
+        match &existing {
+            Some((record, _)) if record.reply.is_none() && record.sequence == sequence => {
+                if record.delivery < out.max_deliver {
+                    return Ok(Look::Done); // deliveries left: not out of them
+                }
+                let key = id.key();
+                if !record.owner.is_empty() && watch.runs(transport, &record.owner, &key).await? {
+                    return Ok(Look::OwnerRuns);
+                }
             }
+            // Never claimed: only when the queue itself has steps it
+            // stopped delivering.
+            None if transport.out_of_deliveries(out.kind).await? == 0 => return Ok(Look::Done),
+            _ => {}
         }
         let revision = existing.as_ref().map(|(_, revision)| *revision);
         let step = id.to_string();
-        match record::give_up(existing.map(|(r, _)| r), &step, kind, sequence, deliveries) {
+        let deliveries = out.max_deliver;
+        match record::give_up(
+            existing.map(|(r, _)| r),
+            &step,
+            out.kind,
+            sequence,
+            deliveries,
+        ) {
             GiveUp::Answer(record) => match transport.write_record(id, &record, revision).await {
                 Ok(None) => continue, // changed meanwhile: look again
                 Ok(Some(_)) => {

@@ -21,8 +21,6 @@ use crate::config::ClusterSettings;
 /// Most bytes of a step's record (the server's default message size is
 /// 1 MiB); a larger one is refused as a permanent error.
 const MAX_RECORD_BYTES: usize = 1000 * 1024;
-/// A host whose heartbeat is older than this is not taken to be alive.
-const HOST_SILENCE_SECS: i64 = 15;
 /// See [`Connection::open`].
 const SUBSCRIPTION_CAPACITY: usize = 1024;
 /// How long answers and step records are kept.
@@ -271,6 +269,14 @@ impl NatsTransport {
                 "the queue of `{kind}` waits {}s for a sign of life (set by the host that created it), not this host's ack-wait-sec {}: this host follows the queue",
                 actual.as_secs(),
                 self.settings.ack_wait_sec
+            );
+        }
+        let max_deliver = consumer.cached_info().config.max_deliver;
+        if max_deliver != i64::from(self.settings.max_deliver.max(1)) {
+            tracing::warn!(
+                %kind,
+                "the queue of `{kind}` makes {max_deliver} deliveries of a step (set by the host that created it), not this host's max-deliver {}: this host follows the queue",
+                self.settings.max_deliver
             );
         }
         consumers.insert(kind.to_owned(), consumer.clone());
@@ -541,7 +547,11 @@ impl Transport for NatsTransport {
         Ok(queued.saturating_sub(info.num_pending + info.num_ack_pending as u64))
     }
 
-    async fn host_runs(&self, host: &str, key: &str) -> Result<bool, ClusterError> {
+    async fn heartbeat_of(
+        &self,
+        host: &str,
+        key: &str,
+    ) -> Result<Option<(u64, bool)>, ClusterError> {
         let entry = self
             .connection
             .hosts
@@ -549,14 +559,13 @@ impl Transport for NatsTransport {
             .await
             .map_err(|e| nats_error("reading a host's heartbeat")(boxed(e)))?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            return Ok(false);
+            return Ok(None);
         };
-        let age = time::OffsetDateTime::now_utc() - entry.created;
         let status: serde_json::Value = serde_json::from_slice(&entry.value).unwrap_or_default();
         let listed = status["steps"]
             .as_array()
             .is_some_and(|steps| steps.iter().any(|s| s == key));
-        Ok(listed && age < time::Duration::seconds(HOST_SILENCE_SECS))
+        Ok(Some((entry.revision, listed)))
     }
 
     async fn queued(&self, sequence: u64) -> Result<Option<(Vec<u8>, String)>, ClusterError> {

@@ -418,10 +418,13 @@ impl StepRecord {
         self
     }
 
-    /// A host that lost the step records that its late work was refused.
+    /// A host that lost the step records that its late work was refused
+    /// (a turn the queue's giving up ended stays as the answer says).
     pub fn superseded(mut self, host: &str, delivery: u64) -> Self {
         if let Some(turn) = self.turn(host, delivery) {
-            turn.end = Some(RunEnd::Superseded);
+            if turn.end != Some(RunEnd::Expired) {
+                turn.end = Some(RunEnd::Superseded);
+            }
         }
         self
     }

@@ -130,9 +130,9 @@ impl Turn<'_> {
         let inherited = self
             .record
             .inherited(self.host(), self.delivery.delivered());
-        let Some(last) = inherited.last() else {
+        if inherited.is_empty() {
             return;
-        };
+        }
         let Ok(step_dir) = self.worker.runner.step_dir(request) else {
             return; // an invalid request: the run says why
         };
@@ -143,9 +143,14 @@ impl Turn<'_> {
                 return;
             }
         };
+        // Resume from the last checkpoint actually written here.
+        let mut last = None;
         for checkpoint in &inherited {
-            if let Err(e) = self.inherit_one(&dir, checkpoint).await {
-                tracing::warn!(step = %self.id, "checkpoint {} not inherited: {e}", checkpoint.seq);
+            match self.inherit_one(&dir, checkpoint).await {
+                Ok(()) => last = Some(checkpoint.seq),
+                Err(e) => {
+                    tracing::warn!(step = %self.id, "checkpoint {} not inherited: {e}", checkpoint.seq)
+                }
             }
         }
         let resume = &mut request
@@ -153,7 +158,7 @@ impl Turn<'_> {
             .get_or_insert_with(Default::default)
             .resume_from_seq;
         if resume.is_none() {
-            *resume = Some(last.seq);
+            *resume = last;
         }
     }
 

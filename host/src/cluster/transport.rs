@@ -88,9 +88,13 @@ pub trait Transport: Send + Sync + 'static {
     /// deliver nor awaits an answer for: the queue stopped delivering them.
     async fn out_of_deliveries(&self, kind: &str) -> Result<u64, ClusterError>;
 
-    /// Whether `host` said in its last heartbeat, recently, that it runs
-    /// step `key`.
-    async fn host_runs(&self, host: &str, key: &str) -> Result<bool, ClusterError>;
+    /// `host`'s last heartbeat: its revision (each heartbeat has a new
+    /// one) and whether it lists step `key` as running there.
+    async fn heartbeat_of(
+        &self,
+        host: &str,
+        key: &str,
+    ) -> Result<Option<(u64, bool)>, ClusterError>;
 
     /// A message still in the steps queue: its payload and subject.
     async fn queued(&self, sequence: u64) -> Result<Option<(Vec<u8>, String)>, ClusterError>;

@@ -212,14 +212,13 @@ impl Turn<'_> {
 
     /// Run the step here. `None` when it was given back to the queue or
     /// taken over while it ran.
+    /// The step stays listed as running here (heartbeats say so) until
+    /// the turn ends, its answer published or not.
     pub async fn run(&mut self, request: StepExecutionRequest) -> Option<Reply> {
         let token = CancellationToken::new();
-        let slot = self
-            .worker
+        self.worker
             .running_insert(self.id, self.delivery.delivered(), &token);
-        let ran = self.execute(request, &token).await;
-        self.worker.running_remove(&slot);
-        ran
+        self.execute(request, &token).await
     }
 
     async fn execute(
@@ -380,6 +379,13 @@ impl Turn<'_> {
                 return;
             }
         }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let slot = (self.id.key(), self.delivery.delivered());
+        self.worker.running_remove(&slot);
     }
 }
 

@@ -129,7 +129,7 @@ pub async fn serve_on(
 async fn connection(backend: Backend, stream: UnixStream, stop: CancellationToken) {
     let (read, mut write) = stream.into_split();
     let (outbox, mut pending) = mpsc::channel::<Value>(OUTBOX);
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(message) = pending.recv().await {
             let mut line = serde_json::to_vec(&message).unwrap_or_default();
             line.push(b'\n');
@@ -190,7 +190,13 @@ async fn connection(backend: Backend, stream: UnixStream, stop: CancellationToke
             }
         }
     }
-    let _ = writer.await;
+    // A client that neither reads nor closes does not hold the server.
+    if tokio::time::timeout(WRITE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
 
 /// One client connection: its steps by the client's ids (their tasks end
