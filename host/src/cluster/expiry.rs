@@ -58,7 +58,10 @@ impl OwnerWatch {
         let beat = transport.heartbeat_of(host, key).await?;
         let revision = beat.map(|(revision, _)| revision);
         if !self.sampled {
+            // The grace runs from the first heartbeat seen.
             (self.seen, self.sampled) = (revision, true);
+            self.since = tokio::time::Instant::now();
+            return Ok(true);
         }
         if self.since.elapsed() < OWNER_GRACE {
             return Ok(true);
@@ -262,9 +265,15 @@ async fn give_up(
             existing => existing?,
         };
         match &existing {
-            Some((record, _)) if record.reply.is_none() && record.sequence == sequence => {
-                if record.delivery < out.max_deliver {
-                    return Ok(Look::Done); // deliveries left: not out of them
+            Some((record, _))
+                if record.reply.is_none()
+                    && (record.sequence == 0 || record.sequence == sequence) =>
+            {
+                // Its last delivery not claimed (hosts died before they
+                // could): only when the queue has steps it stopped delivering.
+                let unclaimed_last = record.delivery < out.max_deliver;
+                if unclaimed_last && transport.out_of_deliveries(out.kind).await? == 0 {
+                    return Ok(Look::Done);
                 }
                 let key = id.key();
                 if !record.owner.is_empty() && watch.runs(transport, &record.owner, &key).await? {
