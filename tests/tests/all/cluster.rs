@@ -28,6 +28,15 @@ fn worker_config(sandbox: &Sandbox, name: &str, ack_wait: u64, extra: &str) -> P
     path
 }
 
+/// A worker config whose queue delivers each step once, waiting 1 s.
+fn one_delivery_config(sandbox: &Sandbox, name: &str) -> PathBuf {
+    let config = worker_config(sandbox, name, 1, "");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("max-deliver = 1\n");
+    std::fs::write(&config, toml).unwrap();
+    config
+}
+
 fn request(sandbox: &Sandbox, step: &str, command: &str) -> StepExecutionRequest {
     let mut json = sandbox.request_json("shell", command);
     json["stepId"] = step.into();
@@ -497,10 +506,7 @@ async fn a_killed_host_is_succeeded_by_one_resuming_from_its_last_replicated_che
 async fn a_step_no_delivery_finishes_is_answered_when_the_queue_gives_up() {
     let sandbox = Sandbox::new();
     let server = NatsServer::start(&sandbox.dir.path().join("js"));
-    let config = worker_config(&sandbox, "one-delivery", 1, "");
-    let mut toml = std::fs::read_to_string(&config).unwrap();
-    toml.push_str("max-deliver = 1\n");
-    std::fs::write(&config, toml).unwrap();
+    let config = one_delivery_config(&sandbox, "one-delivery");
     let binary = built_binary("baa-runner");
     let mut hosts = [
         WorkerProcess::start(&binary, &server.url(), "one", &config, &[]),
@@ -614,10 +620,7 @@ async fn a_step_no_delivery_finishes_is_answered_when_the_queue_gives_up() {
 async fn a_step_whose_only_host_died_is_answered_by_the_next_host_to_start() {
     let sandbox = Sandbox::new();
     let server = NatsServer::start(&sandbox.dir.path().join("js"));
-    let config = worker_config(&sandbox, "alone", 1, "");
-    let mut toml = std::fs::read_to_string(&config).unwrap();
-    toml.push_str("max-deliver = 1\n");
-    std::fs::write(&config, toml).unwrap();
+    let config = one_delivery_config(&sandbox, "alone");
     let binary = built_binary("baa-runner");
     let mut alone = WorkerProcess::start(&binary, &server.url(), "alone", &config, &[]);
     let cluster = Cluster::connect(&server.url()).await.unwrap();
